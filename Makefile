@@ -1,0 +1,49 @@
+# loopline: the two commands of the README.
+#   make demo   set up .venv (runtime only: no torch) and run the daemon on the bundled demo stream
+#   make test   set up .venv with the pinned test set (incl. torch for training/export) and run
+#               ruff + pytest
+# Both start from nothing on a fresh clone. What gets installed is pinned in requirements/.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "loopline needs Python >= 3.11 (got $$($(PYTHON) --version))"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+# Runtime set: the daemon, ONNX Runtime and OpenVINO engines, no torch.
+$(VENV)/.runtime-installed: requirements/runtime.txt pyproject.toml | $(BIN)/python
+	$(PIP) install -q -r requirements/runtime.txt
+	$(PIP) install -q --no-deps --no-build-isolation -e . || $(PIP) install -q --no-deps -e .
+	touch $@
+
+# Test set: everything, torch pinned to the build that lies on these machines' disk.
+$(VENV)/.test-installed: requirements/ci.txt requirements/runtime.txt pyproject.toml | $(BIN)/python
+	$(PIP) install -q -r requirements/ci.txt
+	$(PIP) install -q --no-deps --no-build-isolation -e . || $(PIP) install -q --no-deps -e .
+	touch $@ $(VENV)/.runtime-installed
+
+demo: $(VENV)/.runtime-installed
+	$(BIN)/python -m loopline.daemon.demo
+
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check loopline tests benchmarks
+
+test: $(VENV)/.test-installed
+	$(BIN)/ruff check loopline tests benchmarks
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.test-installed
+	$(BIN)/python benchmarks/synth.py
+	$(BIN)/python benchmarks/pipelines.py
+	$(BIN)/python benchmarks/engines.py --quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,117 @@
+"""The ``loopline`` command: one entry point, one subcommand per job.
+
+Subcommands are looked up in ``COMMANDS``; heavy imports happen inside each command's ``run``
+so that ``loopline --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import sys
+from collections.abc import Callable
+
+from . import __version__
+from .errors import CliError
+
+logger = logging.getLogger("loopline")
+
+NOT_YET = 3  # exit status of a subcommand that this version does not implement yet
+
+
+# Every subcommand lives in a module of the feature it drives; the module defines ``HELP``,
+# ``add_arguments(parser)`` and ``run(args) -> int`` and keeps heavy imports inside ``run``.
+# A module that this version does not ship yet makes its command say so (exit status 3).
+COMMANDS: dict[str, str] = {
+    "synth": "loopline.synth.command",
+    "import": "loopline.synth.import_command",
+    "train": "loopline.training.command",
+    "eval": "loopline.evaluation.command",
+    "analyze": "loopline.pipelines.command",
+    "export": "loopline.engines.command",
+    "serve": "loopline.daemon.serve_command",
+    "simulate": "loopline.daemon.simulate_command",
+    "view": "loopline.viewers.command",
+    "report": "loopline.reports.command",
+}
+
+_PENDING_HELP = {
+    "eval": "evaluate a model on a dataset (mAP, LAR, loop F1)",
+    "analyze": "measure lines, loops and tracks in a video offline",
+    "export": "export a model to ONNX / OpenVINO / TensorRT",
+    "serve": "run the live analysis daemon",
+    "simulate": "publish frames like a camera",
+    "view": "live terminal or browser viewer",
+    "report": "figures and tables of a run folder",
+}
+
+
+def _not_yet(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(_a: argparse.Namespace) -> int:
+        print(f"loopline {name}: not yet implemented in this version.", file=sys.stderr)
+        return NOT_YET
+
+    return run
+
+
+def _module(path: str):
+    try:
+        if importlib.util.find_spec(path) is None:
+            return None
+    except ModuleNotFoundError:  # the feature's package itself is not there yet
+        return None
+    return importlib.import_module(path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="loopline",
+        description="Real-time analysis of dislocations and loops in in-situ TEM video.",
+    )
+    parser.add_argument("--version", action="version", version=f"loopline {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, path in COMMANDS.items():
+        mod = _module(path)
+        if mod is None:
+            text = _PENDING_HELP.get(name, name)
+            p = sub.add_parser(name, help=f"{text} [not yet implemented]", description=text)
+            p.set_defaults(func=_not_yet(name))
+            continue
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(func=mod.run)
+    return parser
+
+
+def _setup_logging(verbose: int) -> None:
+    from rich.logging import RichHandler
+
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(
+        level=max(level, logging.DEBUG), format="%(message)s",
+        handlers=[RichHandler(show_path=False, rich_tracebacks=False)],
+    )  # fmt: skip
+    logging.getLogger("loopline").setLevel(max(logging.INFO - 10 * verbose, logging.DEBUG))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if a.command is None:
+        parser.print_help()
+        return 2
+    _setup_logging(a.verbose)
+    try:
+        return int(a.func(a) or 0)
+    except CliError as e:
+        print(f"loopline {a.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

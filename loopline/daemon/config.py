@@ -1,0 +1,250 @@
+"""Configuration of the daemon: ``defaults.toml`` → frozen dataclasses, validated once.
+
+Layers, each overriding the one before: ``defaults.toml`` beside this file, the user's TOML
+file (``--config``), then ``--set SECTION.KEY=VALUE`` pairs and named command-line flags.
+An unknown section or key, a value of the wrong type, or a value outside its range raises
+:class:`ConfigError` with a message naming the key, so a typo fails at start-up instead of
+hours later.
+
+>>> cfg = load_config(overrides={"batch.size": 8})
+>>> cfg.batch.size
+8
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ConfigError", "DaemonConfig", "load_config", "parse_set"]
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown or its value is invalid."""
+
+
+def _rng(lo: float | None = None, hi: float | None = None) -> dict[str, Any]:
+    return {"range": (lo, hi)}
+
+
+def _choice(*values: str) -> dict[str, Any]:
+    return {"choices": values}
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    protocol: str = field(metadata=_choice("loopline", "dectris1", "dectris2", "file"))
+    endpoint: str
+    socket: str = field(metadata=_choice("pull", "sub"))
+    bind: bool
+    path: str
+    rate: float = field(metadata=_rng(0.0, 10000.0))
+    rcvhwm: int = field(metadata=_rng(1, 10_000_000))
+    curve_server_key: str
+    curve_client_secret: str
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: str
+    engine: str
+    imgsz: int = field(metadata=_rng(32, 4096))
+    conf: float = field(metadata=_rng(0.0, 1.0))
+    iou: float = field(metadata=_rng(0.01, 1.0))
+    device: str
+    threads: int = field(metadata=_rng(0, 256))
+    workers: int = field(metadata=_rng(1, 16))
+    factory: str
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    size: int = field(metadata=_rng(1, 256))
+    deadline_ms: float = field(metadata=_rng(0.0, 10_000.0))
+    max_pending: int = field(metadata=_rng(0, 10_000))
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    profile: str
+    nm_per_px: float = field(metadata=_rng(0.0, 1e6))
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    slots: int = field(metadata=_rng(4, 4096))
+    max_height: int = field(metadata=_rng(16, 16384))
+    max_width: int = field(metadata=_rng(16, 16384))
+    max_instances: int = field(metadata=_rng(1, 1024))
+    slot_timeout_s: float = field(metadata=_rng(1.0, 3600.0))
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: str
+    mp4: bool
+    video_fps: float = field(metadata=_rng(0.0, 10000.0))
+    raw: str = field(metadata=_choice("none", "npy", "tiff"))
+    csv: bool
+    parquet: bool
+    flush_rows: int = field(metadata=_rng(1, 1_000_000))
+    result_timeout_s: float = field(metadata=_rng(0.1, 3600.0))
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    enabled: bool
+    endpoint: str
+    hwm: int = field(metadata=_rng(1, 100_000))
+    jpeg: bool
+    jpeg_quality: int = field(metadata=_rng(1, 100))
+    jpeg_max_side: int = field(metadata=_rng(16, 16384))
+    curve_secret_key: str
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    prometheus_port: int = field(metadata=_rng(0, 65535))
+    prometheus_host: str
+    interval_s: float = field(metadata=_rng(0.05, 3600.0))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    until_series_end: bool
+    duration_s: float = field(metadata=_rng(0.0, 1e9))
+    restarts: int = field(metadata=_rng(0, 1_000_000))
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    source: SourceConfig
+    engine: EngineConfig
+    batch: BatchConfig
+    calibration: CalibrationConfig
+    pool: PoolConfig
+    output: OutputConfig
+    publish: PublishConfig
+    metrics: MetricsConfig
+    run: RunConfig
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **sections: dict[str, Any]) -> DaemonConfig:
+        """A copy with some keys changed: ``cfg.replace(batch={"size": 2})`` (validated)."""
+        flat = {f"{s}.{k}": v for s, kv in sections.items() for k, v in kv.items()}
+        return _build(_merge(self.to_dict(), flat))
+
+    @property
+    def max_pending(self) -> int:
+        return self.batch.max_pending or self.batch.size
+
+
+_SECTIONS: dict[str, type] = {
+    "source": SourceConfig, "engine": EngineConfig, "batch": BatchConfig,
+    "calibration": CalibrationConfig, "pool": PoolConfig, "output": OutputConfig,
+    "publish": PublishConfig, "metrics": MetricsConfig, "run": RunConfig,
+}  # fmt: skip
+
+
+def _defaults() -> dict[str, dict[str, Any]]:
+    text = resources.files(__package__).joinpath("defaults.toml").read_text()
+    return tomllib.loads(text)
+
+
+def _check_value(key: str, f: dataclasses.Field, value: Any) -> Any:
+    kind = {"str": str, "int": int, "float": float, "bool": bool}[str(f.type)]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if kind is not bool and isinstance(value, bool) or not isinstance(value, kind):
+        raise ConfigError(f"{key} must be a {kind.__name__}, got {value!r}")
+    lo, hi = f.metadata.get("range", (None, None))
+    if lo is not None and value < lo or hi is not None and value > hi:
+        raise ConfigError(f"{key} must lie in [{lo}, {hi}], got {value!r}")
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+def _merge(base: dict[str, dict[str, Any]], flat: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out = {s: dict(kv) for s, kv in base.items()}
+    for key, value in flat.items():
+        sec, _, name = key.partition(".")
+        if sec not in _SECTIONS:
+            raise ConfigError(f"unknown config section {sec!r} in {key!r} "
+                              f"(known: {', '.join(_SECTIONS)})")  # fmt: skip
+        if name not in out[sec]:
+            raise ConfigError(f"unknown config key {key!r} (known in [{sec}]: "
+                              f"{', '.join(out[sec])})")  # fmt: skip
+        out[sec][name] = value
+    return out
+
+
+def _build(tree: dict[str, dict[str, Any]]) -> DaemonConfig:
+    sections = {}
+    for sec, cls in _SECTIONS.items():
+        values = tree.get(sec, {})
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {n: _check_value(f"{sec}.{n}", fields[n], values[n]) for n in fields}
+        sections[sec] = cls(**kwargs)
+    cfg = DaemonConfig(**sections)
+    if cfg.engine.imgsz % 32:
+        raise ConfigError(f"engine.imgsz must be a multiple of 32, got {cfg.engine.imgsz}")
+    if cfg.engine.factory and ":" not in cfg.engine.factory:
+        raise ConfigError(f"engine.factory must read 'module:callable', got {cfg.engine.factory!r}")
+    if cfg.source.protocol == "file" and not cfg.source.path:
+        raise ConfigError("source.path is required when source.protocol = 'file'")
+    for name in ("source.endpoint", "publish.endpoint"):
+        sec, _, key = name.partition(".")
+        ep = getattr(getattr(cfg, sec), key)
+        if "://" not in ep:
+            raise ConfigError(f"{name} must be a ZeroMQ URL like tcp://127.0.0.1:5555, got {ep!r}")
+    return cfg
+
+
+def _flatten_file(data: dict[str, Any], origin: str) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for sec, kv in data.items():
+        if not isinstance(kv, dict):
+            raise ConfigError(f"{origin}: top-level key {sec!r} must be a [section] table")
+        for k, v in kv.items():
+            flat[f"{sec}.{k}"] = v
+    return flat
+
+
+def parse_set(text: str) -> tuple[str, Any]:
+    """``"batch.size=8"`` → ``("batch.size", 8)``; values are TOML, bare words are strings."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or "." not in key:
+        raise ConfigError(f"--set expects SECTION.KEY=VALUE, got {text!r}")
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def load_config(
+    path: str | Path | None = None, *, overrides: dict[str, Any] | None = None
+) -> DaemonConfig:
+    """Defaults, then the TOML file at ``path``, then ``overrides`` (``"section.key": value``)."""
+    tree = _defaults()
+    if path is not None:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {p}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{p}: not valid TOML: {e}") from None
+        tree = _merge(tree, _flatten_file(data, str(p)))
+    tree = _merge(tree, dict(overrides or {}))
+    return _build(tree)

@@ -1,0 +1,140 @@
+"""The one small interface every inference engine implements.
+
+An engine turns a batch of grey frames into per-frame instances: masks at frame resolution,
+boxes, scores and classes (0 = dislocation, 1 = loop). Runtimes differ only in ``load`` and
+``forward``; pre- and post-processing are shared (``loopline.engines.ops``) so that every
+engine gives the same result for the same frames.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["CLASS_NAMES", "Detections", "Engine"]
+
+CLASS_NAMES: tuple[str, ...] = ("dislocation", "loop")
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Instances found in one frame.
+
+    Attributes
+    ----------
+    masks : (N, H, W) bool
+        Instance masks at frame resolution.
+    boxes : (N, 4) float32
+        Boxes ``x0, y0, x1, y1`` in frame pixels.
+    scores : (N,) float32
+        Confidence in [0, 1].
+    classes : (N,) int64
+        Class index into ``CLASS_NAMES``.
+    timings_ms : dict
+        Milliseconds per stage (``preprocess``, ``inference``, ``postprocess``) for this frame
+        (a batch's time shared equally between its frames).
+    """
+
+    masks: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        m, b, s, c = self.masks, self.boxes, self.scores, self.classes
+        if m.ndim != 3 or m.dtype != bool:
+            raise ValueError(f"masks must be a (N, H, W) bool array, got {m.shape} {m.dtype}")
+        n = m.shape[0]
+        if b.shape != (n, 4):
+            raise ValueError(f"boxes must have shape ({n}, 4), got {b.shape}")
+        if s.shape != (n,):
+            raise ValueError(f"scores must have shape ({n},), got {s.shape}")
+        if c.shape != (n,):
+            raise ValueError(f"classes must have shape ({n},), got {c.shape}")
+
+    def __len__(self) -> int:
+        return int(self.masks.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Frame shape (H, W)."""
+        return int(self.masks.shape[1]), int(self.masks.shape[2])
+
+    @classmethod
+    def empty(cls, shape: tuple[int, int], timings_ms: dict[str, float] | None = None):
+        h, w = shape
+        return cls(
+            masks=np.zeros((0, h, w), bool), boxes=np.zeros((0, 4), np.float32),
+            scores=np.zeros(0, np.float32), classes=np.zeros(0, np.int64),
+            timings_ms=dict(timings_ms or {}),
+        )  # fmt: skip
+
+    def select(self, keep: np.ndarray) -> Detections:
+        """A subset by boolean mask or index array."""
+        return Detections(
+            masks=self.masks[keep], boxes=self.boxes[keep], scores=self.scores[keep],
+            classes=self.classes[keep], timings_ms=dict(self.timings_ms),
+        )  # fmt: skip
+
+
+class Engine(ABC):
+    """Load once, then ``forward`` batches of frames.
+
+    Parameters
+    ----------
+    model : Path or None
+        Model file (``.pt``, ``.onnx``, ``.xml``, ``.engine``) or None for weight-free engines.
+    imgsz : int
+        Network input size (square, px); frames are letterboxed to it.
+    conf, iou : float
+        Score threshold and NMS IoU threshold.
+    max_det : int
+        Most instances kept per frame.
+    """
+
+    name: str = "base"
+
+    def __init__(
+        self,
+        model: Path | None = None,
+        *,
+        imgsz: int = 512,
+        conf: float = 0.25,
+        iou: float = 0.7,
+        max_det: int = 300,
+        device: str = "cpu",
+    ) -> None:
+        if not 0.0 <= conf <= 1.0:
+            raise ValueError(f"conf must lie in [0, 1], got {conf}")
+        if not 0.0 < iou <= 1.0:
+            raise ValueError(f"iou must lie in (0, 1], got {iou}")
+        if imgsz < 32 or imgsz % 32:
+            raise ValueError(f"imgsz must be a multiple of 32 (>= 32), got {imgsz}")
+        self.model = Path(model) if model is not None else None
+        self.imgsz = imgsz
+        self.conf = conf
+        self.iou = iou
+        self.max_det = max_det
+        self.device = device
+        self.loaded = False
+
+    @abstractmethod
+    def load(self) -> None:
+        """Read the model and prepare the runtime (idempotent)."""
+
+    @abstractmethod
+    def forward(self, frames: list[np.ndarray]) -> list[Detections]:
+        """Detect instances in a batch of (H, W) grey frames (uint8 or uint16)."""
+
+    def __call__(self, frames: list[np.ndarray]) -> list[Detections]:
+        if not self.loaded:
+            self.load()
+            self.loaded = True
+        return self.forward(frames)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.model}, imgsz={self.imgsz}, conf={self.conf})"

@@ -1,0 +1,79 @@
+"""PyTorch engine: ultralytics' own predictor (CPU or CUDA), the reference for parity.
+
+Frames go through ultralytics' pre- and post-processing unchanged (``retina_masks=True``, so
+masks come at frame resolution), which makes this engine the yardstick the exported runtimes
+are checked against and the baseline of ``benchmarks/engines.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from .._offline import configure_offline, use_all_threads
+from . import ops
+from .base import Detections, Engine
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TorchEngine"]
+
+
+def _import_yolo():
+    configure_offline()
+    try:
+        from ultralytics import YOLO
+    except ImportError as e:
+        raise ImportError(
+            "the torch engine needs ultralytics and torch: pip install 'loopline[train]'"
+        ) from e
+    return YOLO
+
+
+class TorchEngine(Engine):
+    """YOLOv8-seg ``.pt`` weights run by ultralytics.
+
+    Parameters
+    ----------
+    threads : int or None
+        Torch threads (default: every core; ultralytics alone would use one fewer).
+    """
+
+    name = "torch"
+
+    def __init__(self, model=None, *, threads: int | None = None, **kwargs) -> None:
+        super().__init__(model, **kwargs)
+        self.threads = threads
+        self.yolo = None
+
+    def load(self) -> None:
+        if self.yolo is not None:
+            return
+        YOLO = _import_yolo()
+        use_all_threads(self.threads)
+        self.yolo = YOLO(str(self.model), task="segment")
+        self.loaded = True
+
+    def forward(self, frames: list[np.ndarray]) -> list[Detections]:
+        if not frames:
+            return []
+        imgs = [np.repeat(ops.to_uint8(f)[:, :, None], 3, axis=2) for f in frames]
+        results = self.yolo.predict(
+            imgs, imgsz=self.imgsz, conf=self.conf, iou=self.iou, max_det=self.max_det,
+            retina_masks=True, device=self.device, verbose=False, batch=len(imgs),
+        )  # fmt: skip
+        out = []
+        for r, f in zip(results, frames, strict=True):
+            t = {k: float(v or 0.0) for k, v in r.speed.items()}
+            if r.masks is None or len(r.boxes) == 0:
+                out.append(Detections.empty(f.shape[:2], t))
+                continue
+            out.append(Detections(
+                masks=r.masks.data.cpu().numpy().astype(bool),
+                boxes=r.boxes.xyxy.cpu().numpy().astype(np.float32),
+                scores=r.boxes.conf.cpu().numpy().astype(np.float32),
+                classes=r.boxes.cls.cpu().numpy().astype(np.int64),
+                timings_ms=t,
+            ))  # fmt: skip
+        return out

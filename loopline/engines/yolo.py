@@ -1,0 +1,89 @@
+"""The part of every YOLOv8-seg runtime that is not the runtime: batching and timings.
+
+A subclass implements ``load`` and ``_infer(batch) -> (pred, protos)``; pre- and
+post-processing come from ``loopline.engines.ops`` so that every runtime gives the same result.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import abstractmethod
+
+import numpy as np
+
+from . import ops
+from .base import Detections, Engine
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["YoloEngine"]
+
+
+class YoloEngine(Engine):
+    """Engine for an exported YOLOv8-seg network (raw head output + mask prototypes).
+
+    Parameters
+    ----------
+    max_batch : int or None
+        Frames per network call; a longer list is split. None: the model's own limit (a static
+        batch dimension) or no limit.
+    impl : {"numba", "python"} or None
+        Post-processing kernels (``ops``).
+    """
+
+    name = "yolo"
+
+    def __init__(self, model=None, *, max_batch: int | None = None, impl: str | None = None,
+                 **kwargs) -> None:  # fmt: skip
+        super().__init__(model, **kwargs)
+        if max_batch is not None and max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.max_batch = max_batch
+        self.impl = impl
+        self.static_batch: int | None = None  # set by load() when the model fixes it
+
+    @abstractmethod
+    def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B, 3, S, S) float32 -> pred (B, 4 + nc + nm, A), protos (B, nm, S/4, S/4)."""
+
+    def _chunk(self) -> int | None:
+        sizes = [s for s in (self.max_batch, self.static_batch) if s]
+        return min(sizes) if sizes else None
+
+    def forward(self, frames: list[np.ndarray]) -> list[Detections]:
+        if not frames:
+            return []
+        chunk = self._chunk() or len(frames)
+        out: list[Detections] = []
+        for i in range(0, len(frames), chunk):
+            out.extend(self._forward_batch(frames[i : i + chunk]))
+        return out
+
+    def _forward_batch(self, frames: list[np.ndarray]) -> list[Detections]:
+        t0 = time.perf_counter()
+        batch, lbs = ops.preprocess(frames, self.imgsz)
+        n = len(frames)
+        if self.static_batch and n < self.static_batch:  # pad a fixed-batch model
+            batch = np.concatenate([batch, np.zeros((self.static_batch - n, *batch.shape[1:]),
+                                                    batch.dtype)])  # fmt: skip
+        t1 = time.perf_counter()
+        pred, protos = self._infer(batch)
+        t2 = time.perf_counter()
+        res = ops.postprocess(pred[:n], protos[:n], lbs, conf=self.conf, iou=self.iou,
+                              max_det=self.max_det, impl=self.impl)  # fmt: skip
+        t3 = time.perf_counter()
+        timings = {"preprocess": (t1 - t0) * 1e3 / n, "inference": (t2 - t1) * 1e3 / n,
+                   "postprocess": (t3 - t2) * 1e3 / n}  # fmt: skip
+        logger.debug("%s batch %d: %s", self.name, n, timings)
+        return [Detections(m, b, s, c, dict(timings)) for m, b, s, c in res]
+
+
+def split_outputs(outputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(pred, protos) from a runtime's outputs, told apart by rank (3 vs 4)."""
+    pred = next((o for o in outputs if o.ndim == 3), None)
+    protos = next((o for o in outputs if o.ndim == 4), None)
+    if pred is None or protos is None:
+        shapes = [o.shape for o in outputs]
+        raise ValueError(f"expected a YOLOv8-seg model (outputs of rank 3 and 4), got {shapes}")
+    return pred, protos

@@ -1,0 +1,900 @@
+"""Metrics of instance segmentation for dislocation lines and loops.
+
+Pure functions over numpy arrays. Masks are boolean stacks ``(N, H, W)`` (one instance per
+slice); boxes are ``(N, 4)`` ``x0, y0, x1, y1`` in pixels; lengths and distances are in pixels.
+
+- ``lar``: the Length-Aware Recall of Ruzaeva et al. (2023), Algorithm 1, exactly.
+- ``lar_tol`` and ``line_f1_tol``: the same idea for thin human line labels (1-3 px strokes,
+  where mask IoU means little): lines are compared as skeletons within a distance tolerance.
+- ``loop_f1``: F1 at a box-IoU cut-off with the greedy global assignment of Shen et al. (2021).
+- ``relative_error``, ``ellipse_diameters``, ``foreground_fraction``: the relative errors
+  N_re, D_re and F_re of Salvador et al. (2026).
+- ``pileup_spacing``: mean nearest-neighbour spacing of the lines of a pile-up.
+- ``match_detections`` and ``average_precision``: COCO-style AP for box and mask mAP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+from scipy import sparse
+from scipy.sparse import csgraph
+from scipy.spatial import cKDTree
+
+__all__ = [
+    "COCO_IOU_THRESHOLDS",
+    "F1Counts",
+    "LARResult",
+    "LineF1",
+    "average_precision",
+    "box_iou",
+    "ellipse_diameters",
+    "foreground_fraction",
+    "greedy_match",
+    "lar",
+    "lar_tol",
+    "line_f1_tol",
+    "longest_skeleton_length",
+    "loop_f1",
+    "mask_boxes",
+    "mask_iou",
+    "match_detections",
+    "pileup_spacing",
+    "relative_error",
+    "resample_polyline",
+    "skeleton",
+    "skeleton_length",
+    "skeleton_polyline",
+]
+
+#: IoU thresholds of COCO's mAP50-95: 0.50, 0.55, ..., 0.95.
+COCO_IOU_THRESHOLDS = np.round(np.linspace(0.5, 0.95, 10), 2)
+
+_EIGHT = np.ones((3, 3), bool)
+
+
+# ---------------------------------------------------------------------------------------------
+# input checks
+
+
+def _stack(masks: np.ndarray, name: str, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Validate a mask stack; a single (H, W) mask becomes a stack of one."""
+    m = np.asarray(masks)
+    if m.ndim == 2:
+        m = m[None]
+    if m.ndim != 3:
+        raise ValueError(f"{name} must have shape (N, H, W) or (H, W), got {m.shape}")
+    if shape is not None and m.shape[1:] != tuple(shape):
+        raise ValueError(f"{name} must have frames of shape {tuple(shape)}, got {m.shape[1:]}")
+    return m.astype(bool, copy=False)
+
+
+def _boxes(boxes: np.ndarray, name: str) -> np.ndarray:
+    b = np.asarray(boxes, dtype=np.float64)
+    if b.ndim == 1 and b.size == 0:
+        b = b.reshape(0, 4)
+    if b.ndim != 2 or b.shape[1] != 4:
+        raise ValueError(f"{name} must have shape (N, 4), got {b.shape}")
+    return b
+
+
+def _threshold(t: float, name: str) -> float:
+    if not 0.0 < t <= 1.0:
+        raise ValueError(f"{name} must lie in (0, 1], got {t}")
+    return float(t)
+
+
+# ---------------------------------------------------------------------------------------------
+# overlaps
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union of every pair of masks.
+
+    Parameters
+    ----------
+    a : (N, H, W) bool
+    b : (M, H, W) bool
+
+    Returns
+    -------
+    (N, M) float64
+        IoU; 0 where both masks are empty.
+
+    Examples
+    --------
+    >>> a = np.zeros((1, 4, 4), bool); a[0, :2] = True
+    >>> mask_iou(a, np.ones((1, 4, 4), bool))
+    array([[0.5]])
+    """
+    a = _stack(a, "a")
+    b = _stack(b, "b", a.shape[1:])
+    n, m = len(a), len(b)
+    if n == 0 or m == 0:
+        return np.zeros((n, m))
+    # Sparse products: lines are thin, so this is far lighter than (N, H*W) dense floats.
+    sa, sb = _sparse(a), _sparse(b)
+    inter = (sa @ sb.T).toarray().astype(np.float64)
+    area_a = np.asarray(sa.sum(axis=1)).ravel()
+    area_b = np.asarray(sb.sum(axis=1)).ravel()
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def _sparse(m: np.ndarray) -> sparse.csr_matrix:
+    flat = m.reshape(len(m), -1)
+    rows, cols = np.nonzero(flat)
+    data = np.ones(rows.size, np.float32)
+    return sparse.csr_matrix((data, (rows, cols)), shape=flat.shape)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union of every pair of boxes.
+
+    Parameters
+    ----------
+    a : (N, 4) float
+        Boxes ``x0, y0, x1, y1`` (px).
+    b : (M, 4) float
+
+    Returns
+    -------
+    (N, M) float64
+
+    Examples
+    --------
+    >>> box_iou(np.array([[0, 0, 2, 2]]), np.array([[1, 0, 3, 2]]))
+    array([[0.33333333]])
+    """
+    a, b = _boxes(a, "a"), _boxes(b, "b")
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(rb - lt, 0.0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0.0, None), axis=1)
+    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0.0, None), axis=1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def mask_boxes(masks: np.ndarray) -> np.ndarray:
+    """Tight boxes of masks, ``x0, y0, x1, y1`` with exclusive ends (px), (N, 4) float64.
+
+    An empty mask gets the box ``0, 0, 0, 0``.
+    """
+    m = _stack(masks, "masks")
+    out = np.zeros((len(m), 4))
+    for i, mi in enumerate(m):
+        ys = np.flatnonzero(mi.any(axis=1))
+        xs = np.flatnonzero(mi.any(axis=0))
+        if ys.size:
+            out[i] = xs[0], ys[0], xs[-1] + 1, ys[-1] + 1
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# skeletons
+
+
+def skeleton(mask: np.ndarray) -> np.ndarray:
+    """Lee skeleton of one (H, W) mask (``skimage.morphology.skeletonize(method="lee")``)."""
+    from skimage.morphology import skeletonize
+
+    m = np.asarray(mask).astype(bool, copy=False)
+    if m.ndim != 2:
+        raise ValueError(f"mask must have shape (H, W), got {m.shape}")
+    if not m.any():
+        return np.zeros(m.shape, bool)
+    # Crop to the object (plus a margin) for speed: the skeleton is local to it.
+    ys, xs = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+    y0, y1 = max(ys[0] - 1, 0), min(ys[-1] + 2, m.shape[0])
+    x0, x1 = max(xs[0] - 1, 0), min(xs[-1] + 2, m.shape[1])
+    out = np.zeros(m.shape, bool)
+    out[y0:y1, x0:x1] = skeletonize(m[y0:y1, x0:x1], method="lee") > 0
+    return out
+
+
+def skeleton_length(mask: np.ndarray) -> int:
+    """Length of a mask's Lee skeleton as its pixel count (Ruzaeva et al., section II-B), px."""
+    return int(np.count_nonzero(skeleton(mask)))
+
+
+def longest_skeleton_length(mask: np.ndarray) -> int:
+    """Pixel count of the longest 8-connected piece of a mask's Lee skeleton, px.
+
+    A fractured mask has several skeleton pieces; Ruzaeva et al. (case 2 of section II-C) take
+    the longest one.
+    """
+    return _longest_piece(skeleton(mask))
+
+
+def _longest_piece(skel: np.ndarray) -> int:
+    lab, n = ndi.label(skel, structure=_EIGHT)
+    if n == 0:
+        return 0
+    return int(np.bincount(lab.ravel())[1:].max())
+
+
+def skeleton_polyline(mask: np.ndarray) -> np.ndarray:
+    """The longest path through a mask's Lee skeleton, as an ordered polyline.
+
+    Parameters
+    ----------
+    mask : (H, W) bool
+
+    Returns
+    -------
+    (K, 2) float64
+        Points ``x, y`` (px) from one end to the other along the skeleton's longest geodesic
+        path (spurs and shorter pieces are dropped); ``(0, 2)`` for an empty mask.
+    """
+    sk = skeleton(mask)
+    ys, xs = np.nonzero(sk)
+    if ys.size == 0:
+        return np.zeros((0, 2))
+    if ys.size == 1:
+        return np.array([[xs[0], ys[0]]], float)
+    index = -np.ones(sk.shape, np.int64)
+    index[ys, xs] = np.arange(ys.size)
+    rows, cols, w = [], [], []
+    h, wd = sk.shape
+    for dy, dx in ((0, 1), (1, -1), (1, 0), (1, 1)):  # each undirected neighbour pair once
+        y2, x2 = ys + dy, xs + dx
+        ok = (y2 >= 0) & (y2 < h) & (x2 >= 0) & (x2 < wd)
+        j = np.full(ys.size, -1)
+        j[ok] = index[y2[ok], x2[ok]]
+        hit = j >= 0
+        rows.append(np.flatnonzero(hit))
+        cols.append(j[hit])
+        w.append(np.full(hit.sum(), np.hypot(dy, dx)))
+    r, c, wt = np.concatenate(rows), np.concatenate(cols), np.concatenate(w)
+    g = sparse.csr_matrix((wt, (r, c)), shape=(ys.size, ys.size))
+    # The longest geodesic path of a tree: farthest node from any node, then farthest from it.
+    _, comp = csgraph.connected_components(g, directed=False)
+    big = np.argmax(np.bincount(comp))
+    start = int(np.flatnonzero(comp == big)[0])
+    d = csgraph.dijkstra(g, directed=False, indices=start)
+    a = int(np.nanargmax(np.where(np.isfinite(d), d, -1)))
+    d, pred = csgraph.dijkstra(g, directed=False, indices=a, return_predecessors=True)
+    b = int(np.nanargmax(np.where(np.isfinite(d), d, -1)))
+    path = [b]
+    while path[-1] != a:
+        path.append(int(pred[path[-1]]))
+    path = path[::-1]
+    return np.stack([xs[path], ys[path]], axis=1).astype(float)
+
+
+def resample_polyline(points: np.ndarray, n: int) -> np.ndarray:
+    """``n`` points equally spaced in arc length along a polyline (both ends kept).
+
+    Parameters
+    ----------
+    points : (K, 2) float
+        Polyline ``x, y`` (px), K >= 1.
+    n : int
+        Number of output points.
+
+    Returns
+    -------
+    (n, 2) float64
+    """
+    p = np.asarray(points, float)
+    if p.ndim != 2 or p.shape[1] != 2 or len(p) == 0:
+        raise ValueError(f"points must have shape (K, 2) with K >= 1, got {p.shape}")
+    if len(p) == 1:
+        return np.repeat(p, n, axis=0)
+    s = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(p, axis=0).T))])
+    t = np.linspace(0.0, s[-1], n)
+    return np.stack([np.interp(t, s, p[:, 0]), np.interp(t, s, p[:, 1])], axis=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Length-Aware Recall
+
+
+@dataclass(frozen=True)
+class LARResult:
+    """Outcome of ``lar`` or ``lar_tol`` on one frame.
+
+    Attributes
+    ----------
+    value : float
+        Mean of ``scores`` (NaN without ground truth).
+    scores : (N,) float64
+        ``LAR_i`` of every ground-truth instance, in input order (0 where unmatched).
+    matches : (N,) int64
+        Index of the prediction matched to each ground-truth instance, -1 where none.
+    """
+
+    value: float
+    scores: np.ndarray
+    matches: np.ndarray
+
+
+def lar(
+    gt_masks: np.ndarray,
+    pred_masks: np.ndarray,
+    iou_threshold: float = 0.5,
+    *,
+    remove_unmatched: bool = True,
+) -> LARResult:
+    """Length-Aware Recall (LAR), Algorithm 1 of Ruzaeva et al. (2023), exactly.
+
+    For each ground-truth mask in turn: find the remaining prediction with the highest mask
+    IoU (the first in input order on a tie); if that IoU is at least ``iou_threshold``,
+    ``LAR_i = 1 - |len(S(gt_i)) - len(S(pred_j))| / len(S(gt_i))`` where ``S`` is Lee
+    skeletonisation, ``len`` counts skeleton pixels, and a fractured prediction is measured by
+    its longest skeleton piece; otherwise ``LAR_i = 0``. Then that prediction is deleted from
+    the list. ``LAR`` is the mean of ``LAR_i``.
+
+    Parameters
+    ----------
+    gt_masks : (N, H, W) bool
+        Ground-truth instances, none empty.
+    pred_masks : (M, H, W) bool
+        Predicted instances.
+    iou_threshold : float
+        ``t`` of the paper (0.5).
+    remove_unmatched : bool
+        Algorithm 1 deletes the best prediction after every ground-truth instance, matched or
+        not (the "Delete" step sits after the ``if``); False deletes only matched predictions.
+
+    Returns
+    -------
+    LARResult
+        ``value`` in (-inf, 1] (negative only if a matched prediction is more than twice as
+        long as its ground truth), per-instance ``scores`` and ``matches``.
+
+    Examples
+    --------
+    >>> gt = np.zeros((1, 9, 20), bool); gt[0, 3:6, 2:18] = True      # skeleton 16 px
+    >>> pred = np.zeros((1, 9, 20), bool); pred[0, 3:6, 2:14] = True  # skeleton 12 px, IoU 0.75
+    >>> lar(gt, pred).value
+    0.75
+    """
+    gt = _stack(gt_masks, "gt_masks")
+    pred = _stack(pred_masks, "pred_masks", gt.shape[1:])
+    t = _threshold(iou_threshold, "iou_threshold")
+    _no_empty(gt, "gt_masks")
+    iou = mask_iou(gt, pred)
+
+    def length_pair(i: int, j: int) -> tuple[int, int]:
+        return skeleton_length(gt[i]), longest_skeleton_length(pred[j])
+
+    return _lar_loop(iou, t, length_pair, remove_unmatched)
+
+
+def _no_empty(gt: np.ndarray, name: str) -> None:
+    empty = np.flatnonzero(~gt.reshape(len(gt), -1).any(axis=1))
+    if empty.size:
+        raise ValueError(f"{name} must not hold empty masks, got empty ones at {empty.tolist()}")
+
+
+def _lar_loop(score: np.ndarray, t: float, length_pair, remove_unmatched: bool) -> LARResult:
+    n, m = score.shape
+    scores = np.zeros(n)
+    matches = np.full(n, -1, np.int64)
+    left = np.ones(m, bool)
+    for i in range(n):
+        if not left.any():
+            break  # nothing left to match: LAR_i = 0 for the rest
+        j = int(np.argmax(np.where(left, score[i], -np.inf)))
+        if score[i, j] >= t:
+            l_gt, l_pred = length_pair(i, j)
+            scores[i] = 1.0 - abs(l_gt - l_pred) / l_gt
+            matches[i] = j
+            left[j] = False
+        elif remove_unmatched:
+            left[j] = False
+    value = float(scores.mean()) if n else float("nan")
+    return LARResult(value=value, scores=scores, matches=matches)
+
+
+# ---------------------------------------------------------------------------------------------
+# tolerance metrics for thin line labels
+
+
+def _skeleton_points(masks: np.ndarray) -> list[np.ndarray]:
+    """Per instance: (K, 2) ``row, col`` coordinates of its Lee skeleton."""
+    return [np.argwhere(skeleton(m)) for m in masks]
+
+
+def _within(points: np.ndarray, tree: cKDTree | None, tol: float) -> np.ndarray:
+    """Which of ``points`` lie within ``tol`` of any point of ``tree``, (K,) bool."""
+    if tree is None or len(points) == 0:
+        return np.zeros(len(points), bool)
+    d, _ = tree.query(points, k=1, distance_upper_bound=tol + 1e-9)
+    return d <= tol + 1e-9
+
+
+def _tolerant_f1(a: np.ndarray, b: np.ndarray, ta: cKDTree, tb: cKDTree, tol: float) -> float:
+    """F1 of two skeletons within ``tol``: 1 when each lies within ``tol`` of the other."""
+    if len(a) == 0 or len(b) == 0:
+        return 0.0
+    r = _within(a, tb, tol).mean()
+    p = _within(b, ta, tol).mean()
+    return 0.0 if p + r == 0 else float(2 * p * r / (p + r))
+
+
+def lar_tol(
+    gt_masks: np.ndarray,
+    pred_masks: np.ndarray,
+    *,
+    tol: float = 3.0,
+    threshold: float = 0.5,
+    remove_unmatched: bool = True,
+) -> LARResult:
+    """Length-Aware Recall with a distance tolerance, for thin human line labels.
+
+    Algorithm 1 of Ruzaeva et al. with mask IoU, which is meaningless for 1-3 px strokes,
+    replaced by a tolerant overlap of skeletons: for a ground-truth line ``i`` and a prediction
+    ``j`` with Lee skeletons ``S_i`` and ``S_j``, ``r`` is the fraction of ``S_i`` within
+    ``tol`` px of ``S_j`` (``S_j`` dilated by a disk of radius ``tol``), ``p`` the fraction of
+    ``S_j`` within ``tol`` of ``S_i``, and the overlap is their harmonic mean ``2pr / (p + r)``.
+    A ground-truth line matches the remaining prediction of highest overlap if it is at least
+    ``threshold``; lengths, the longest piece of a fractured prediction, the score ``1 - e``
+    and the removal of predictions are as in ``lar``.
+
+    Parameters
+    ----------
+    gt_masks : (N, H, W) bool
+        Ground-truth lines (strokes of any width), none empty.
+    pred_masks : (M, H, W) bool
+    tol : float
+        Distance tolerance (px).
+    threshold : float
+        Least tolerant overlap for a match, in (0, 1].
+    remove_unmatched : bool
+        As in ``lar``.
+
+    Returns
+    -------
+    LARResult
+    """
+    gt = _stack(gt_masks, "gt_masks")
+    pred = _stack(pred_masks, "pred_masks", gt.shape[1:])
+    t = _threshold(threshold, "threshold")
+    if tol < 0:
+        raise ValueError(f"tol must be >= 0 px, got {tol}")
+    _no_empty(gt, "gt_masks")
+    sg, sp = _skeleton_points(gt), _skeleton_points(pred)
+    tg = [cKDTree(p) if len(p) else None for p in sg]
+    tp = [cKDTree(p) if len(p) else None for p in sp]
+    bg, bp = _point_boxes(sg), _point_boxes(sp)
+    score = np.zeros((len(gt), len(pred)))
+    for i in range(len(gt)):
+        for j in range(len(pred)):
+            if _boxes_near(bg[i], bp[j], tol):
+                score[i, j] = _tolerant_f1(sg[i], sp[j], tg[i], tp[j], tol)
+
+    def length_pair(i: int, j: int) -> tuple[int, int]:
+        return len(sg[i]), _longest_piece(_points_image(sp[j], gt.shape[1:]))
+
+    return _lar_loop(score, t, length_pair, remove_unmatched)
+
+
+def _point_boxes(points: list[np.ndarray]) -> np.ndarray:
+    out = np.full((len(points), 4), np.nan)
+    for k, p in enumerate(points):
+        if len(p):
+            out[k] = *p.min(axis=0), *p.max(axis=0)
+    return out
+
+
+def _boxes_near(a: np.ndarray, b: np.ndarray, tol: float) -> bool:
+    if np.isnan(a[0]) or np.isnan(b[0]):
+        return False
+    return bool(
+        a[0] <= b[2] + tol and b[0] <= a[2] + tol and a[1] <= b[3] + tol and b[1] <= a[3] + tol
+    )
+
+
+def _points_image(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    img = np.zeros(shape, bool)
+    img[points[:, 0], points[:, 1]] = True
+    return img
+
+
+@dataclass(frozen=True)
+class LineF1:
+    """Skeleton-pixel precision, recall and F1 within a tolerance (``line_f1_tol``).
+
+    ``tp_pred`` of ``n_pred`` predicted skeleton pixels lie within the tolerance of the
+    ground-truth skeleton; ``tp_gt`` of ``n_gt`` ground-truth skeleton pixels lie within it of
+    the prediction. The counts add up over frames: use ``LineF1.pool``.
+    """
+
+    tp_pred: int
+    n_pred: int
+    tp_gt: int
+    n_gt: int
+
+    @property
+    def precision(self) -> float:
+        if self.n_pred == 0:
+            return float("nan") if self.n_gt == 0 else 0.0
+        return self.tp_pred / self.n_pred
+
+    @property
+    def recall(self) -> float:
+        if self.n_gt == 0:
+            return float("nan") if self.n_pred == 0 else 0.0
+        return self.tp_gt / self.n_gt
+
+    @property
+    def f1(self) -> float:
+        p, r = self.precision, self.recall
+        if np.isnan(p) or np.isnan(r):
+            return float("nan")
+        return 0.0 if p + r == 0 else 2 * p * r / (p + r)
+
+    @staticmethod
+    def pool(items: Sequence[LineF1]) -> LineF1:
+        """Sum the pixel counts of several frames."""
+        return LineF1(
+            sum(x.tp_pred for x in items), sum(x.n_pred for x in items),
+            sum(x.tp_gt for x in items), sum(x.n_gt for x in items),
+        )  # fmt: skip
+
+
+def line_f1_tol(gt_masks: np.ndarray, pred_masks: np.ndarray, *, tol: float = 3.0) -> LineF1:
+    """Precision, recall and F1 of skeleton pixels within a distance tolerance.
+
+    Every instance is reduced to its Lee skeleton; a predicted skeleton pixel is correct if a
+    ground-truth skeleton pixel lies within ``tol`` px (the ground-truth skeleton dilated by a
+    disk of radius ``tol``), and a ground-truth skeleton pixel is found if a predicted one lies
+    within ``tol`` px.
+
+    Parameters
+    ----------
+    gt_masks : (N, H, W) bool or (H, W) bool
+        Ground-truth lines; a single (H, W) mask is taken as one instance.
+    pred_masks : (M, H, W) bool or (H, W) bool
+    tol : float
+        Distance tolerance (px).
+
+    Returns
+    -------
+    LineF1
+
+    Examples
+    --------
+    >>> gt = np.zeros((20, 20), bool); gt[5, 2:18] = True
+    >>> pred = np.zeros((20, 20), bool); pred[7, 2:10] = True      # 2 px off, half as long
+    >>> r = line_f1_tol(gt, pred); (r.precision, r.recall)
+    (1.0, 0.5)
+    """
+    gt = _stack(gt_masks, "gt_masks")
+    pred = _stack(pred_masks, "pred_masks", gt.shape[1:])
+    if tol < 0:
+        raise ValueError(f"tol must be >= 0 px, got {tol}")
+    # Union of per-instance skeletons: touching instances keep their own centre lines.
+    sg = _union_points(_skeleton_points(gt))
+    sp = _union_points(_skeleton_points(pred))
+    tg = cKDTree(sg) if len(sg) else None
+    tp = cKDTree(sp) if len(sp) else None
+    return LineF1(
+        tp_pred=int(_within(sp, tg, tol).sum()), n_pred=len(sp),
+        tp_gt=int(_within(sg, tp, tol).sum()), n_gt=len(sg),
+    )  # fmt: skip
+
+
+def _union_points(points: list[np.ndarray]) -> np.ndarray:
+    if not points or all(len(p) == 0 for p in points):
+        return np.zeros((0, 2), np.int64)
+    return np.unique(np.concatenate([p for p in points if len(p)]), axis=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# loops
+
+
+@dataclass(frozen=True)
+class F1Counts:
+    """True positives, false positives and false negatives; add them up over frames."""
+
+    tp: int
+    fp: int
+    fn: int
+
+    @property
+    def precision(self) -> float:
+        d = self.tp + self.fp
+        return self.tp / d if d else float("nan")
+
+    @property
+    def recall(self) -> float:
+        d = self.tp + self.fn
+        return self.tp / d if d else float("nan")
+
+    @property
+    def f1(self) -> float:
+        d = 2 * self.tp + self.fp + self.fn
+        return 2 * self.tp / d if d else float("nan")
+
+    def __add__(self, other: F1Counts) -> F1Counts:
+        return F1Counts(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn)
+
+
+def greedy_match(iou: np.ndarray, threshold: float) -> list[tuple[int, int]]:
+    """Greedy global assignment: repeatedly pair the highest remaining IoU at or above cut-off.
+
+    Shen et al. (2021): "assignments ... using the highest IoU in the whole matrix. When an
+    assignment is made all the matrix entries associated with those predicted and ground truth
+    bounding boxes are removed from the matrix and the process is repeated."
+
+    Parameters
+    ----------
+    iou : (N, M) float
+        IoU of ground truth (rows) against predictions (columns).
+    threshold : float
+        Cut-off IoU; pairs below it are never assigned.
+
+    Returns
+    -------
+    list of (int, int)
+        ``(gt index, prediction index)`` pairs in order of assignment.
+    """
+    iou = np.asarray(iou, float)
+    if iou.ndim != 2:
+        raise ValueError(f"iou must have shape (N, M), got {iou.shape}")
+    if iou.size == 0:
+        return []
+    # Sorting all candidate pairs once is the same as re-taking the matrix maximum each time.
+    gi, pj = np.nonzero(iou >= threshold)
+    order = np.lexsort((pj, gi, -iou[gi, pj]))
+    used_g, used_p, out = set(), set(), []
+    for k in order:
+        g, p = int(gi[k]), int(pj[k])
+        if g not in used_g and p not in used_p:
+            used_g.add(g)
+            used_p.add(p)
+            out.append((g, p))
+    return out
+
+
+def loop_f1(gt_boxes: np.ndarray, pred_boxes: np.ndarray, iou_threshold: float = 0.15) -> F1Counts:
+    """Detection counts of loops at a box-IoU cut-off (Shen et al. 2021: 0.15).
+
+    Parameters
+    ----------
+    gt_boxes : (N, 4) float
+        Ground-truth boxes ``x0, y0, x1, y1`` (px).
+    pred_boxes : (M, 4) float
+    iou_threshold : float
+        Cut-off IoU, in (0, 1].
+
+    Returns
+    -------
+    F1Counts
+        ``.f1``, ``.precision``, ``.recall``; add counts over frames before taking F1.
+
+    Examples
+    --------
+    >>> gt = np.array([[0, 0, 10, 10], [20, 20, 30, 30]])
+    >>> loop_f1(gt, np.array([[2, 2, 12, 12]])).f1    # one hit (IoU 0.47), one miss
+    0.6666666666666666
+    """
+    t = _threshold(iou_threshold, "iou_threshold")
+    g, p = _boxes(gt_boxes, "gt_boxes"), _boxes(pred_boxes, "pred_boxes")
+    tp = len(greedy_match(box_iou(g, p), t))
+    return F1Counts(tp=tp, fp=len(p) - tp, fn=len(g) - tp)
+
+
+def relative_error(pred: float, gt: float) -> float:
+    """Signed relative error ``(pred - gt) / gt`` (Salvador et al. eq. 1, as a fraction).
+
+    NaN where ``gt`` is 0 or either value is NaN.
+
+    >>> relative_error(90.0, 100.0)
+    -0.1
+    """
+    if gt == 0 or np.isnan(gt) or np.isnan(pred):
+        return float("nan")
+    return float((pred - gt) / gt)
+
+
+def ellipse_diameters(masks: np.ndarray) -> np.ndarray:
+    """Mean diameter of the ellipse fitted to each loop mask, px.
+
+    The ellipse is OpenCV's least-squares fit to the outer contour of the mask's largest
+    component; its diameter is the mean of its two axes ``(D_major + D_minor) / 2``. A mask
+    whose contour has fewer than five points gets the diameter of the circle of equal area.
+
+    Parameters
+    ----------
+    masks : (N, H, W) bool
+
+    Returns
+    -------
+    (N,) float64
+        NaN for an empty mask.
+    """
+    import cv2
+
+    m = _stack(masks, "masks")
+    out = np.full(len(m), np.nan)
+    for k, mk in enumerate(m):
+        if not mk.any():
+            continue
+        contours, _ = cv2.findContours(mk.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                       cv2.CHAIN_APPROX_NONE)  # fmt: skip
+        c = max(contours, key=cv2.contourArea)
+        if len(c) >= 5:
+            (_, _), (d1, d2), _ = cv2.fitEllipse(c)
+            out[k] = (d1 + d2) / 2.0
+        else:
+            out[k] = 2.0 * np.sqrt(np.count_nonzero(mk) / np.pi)
+    return out
+
+
+def foreground_fraction(masks: np.ndarray, shape: tuple[int, int] | None = None) -> float:
+    """Fraction of the frame covered by the union of masks (Salvador et al.'s F).
+
+    Parameters
+    ----------
+    masks : (N, H, W) bool
+    shape : (H, W), optional
+        Frame shape when ``masks`` is empty with no frame dimensions.
+    """
+    m = _stack(masks, "masks")
+    h, w = m.shape[1:] if shape is None else shape
+    if h * w == 0:
+        return float("nan")
+    return float(np.count_nonzero(m.any(axis=0))) / (h * w) if len(m) else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# pile-up spacing
+
+
+def _point_to_polyline(points: np.ndarray, line: np.ndarray) -> np.ndarray:
+    """Distance of each point (K, 2) to a polyline (L, 2), (K,) px."""
+    if len(line) == 1:
+        return np.hypot(*(points - line[0]).T)
+    a, b = line[:-1], line[1:]
+    ab = b - a
+    ll = np.maximum((ab**2).sum(axis=1), 1e-12)
+    ap = points[:, None, :] - a[None]
+    u = np.clip((ap * ab[None]).sum(axis=2) / ll[None], 0.0, 1.0)
+    closest = a[None] + u[..., None] * ab[None]
+    return np.sqrt(((points[:, None, :] - closest) ** 2).sum(axis=2)).min(axis=1)
+
+
+def line_distance(a: np.ndarray, b: np.ndarray, *, n_points: int = 50) -> float:
+    """Mean distance from ``n_points`` equally spaced points of line ``a`` to line ``b``, px."""
+    return float(_point_to_polyline(resample_polyline(a, n_points), np.asarray(b, float)).mean())
+
+
+def pileup_spacing(lines: Sequence[np.ndarray], *, n_points: int = 50) -> float:
+    """Mean nearest-neighbour spacing of the lines of a pile-up, px.
+
+    Each line is resampled to ``n_points`` points equally spaced in arc length; the distance of
+    line ``i`` to line ``j`` is the mean over those points of the closest distance to line
+    ``j``; a line's spacing is its distance to its nearest neighbour; the pile-up's spacing is
+    the mean over its lines.
+
+    Parameters
+    ----------
+    lines : sequence of (K, 2) float
+        Polylines ``x, y`` (px).
+    n_points : int
+        Points per line (50).
+
+    Returns
+    -------
+    float
+        NaN for fewer than two lines.
+
+    Examples
+    --------
+    >>> lines = [np.array([[0.0, y], [100.0, y]]) for y in (0, 10, 30)]
+    >>> pileup_spacing(lines)    # nearest neighbours 10, 10, 20
+    13.333333333333334
+    """
+    ls = [np.asarray(x, float) for x in lines if len(x) >= 1]
+    if len(ls) < 2:
+        return float("nan")
+    d = np.full((len(ls), len(ls)), np.inf)
+    for i, a in enumerate(ls):
+        pa = resample_polyline(a, n_points)
+        for j, b in enumerate(ls):
+            if i != j:
+                d[i, j] = _point_to_polyline(pa, b).mean()
+    return float(d.min(axis=1).mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# COCO-style average precision
+
+
+def match_detections(
+    iou: np.ndarray,
+    scores: np.ndarray,
+    thresholds: np.ndarray = COCO_IOU_THRESHOLDS,
+) -> np.ndarray:
+    """Mark each detection of one frame and class as true or false positive (COCO rules).
+
+    Detections are taken in order of decreasing score; each is matched to the not yet matched
+    ground-truth instance of highest IoU at or above the threshold.
+
+    Parameters
+    ----------
+    iou : (N, M) float
+        IoU of ground truth (rows) against detections (columns).
+    scores : (M,) float
+    thresholds : (T,) float
+
+    Returns
+    -------
+    (M, T) bool
+        True positive at each IoU threshold, rows in the input order of detections.
+    """
+    iou = np.asarray(iou, float)
+    scores = np.asarray(scores, float)
+    n, m = iou.shape
+    if scores.shape != (m,):
+        raise ValueError(f"scores must have shape ({m},), got {scores.shape}")
+    th = np.asarray(thresholds, float)
+    tp = np.zeros((m, th.size), bool)
+    if n == 0 or m == 0:
+        return tp
+    order = np.argsort(-scores, kind="stable")
+    for k, t in enumerate(th):
+        taken = np.zeros(n, bool)
+        for d in order:
+            col = np.where(taken, -1.0, iou[:, d])
+            g = int(np.argmax(col))
+            if col[g] >= t:
+                taken[g] = True
+                tp[d, k] = True
+    return tp
+
+
+def average_precision(tp: np.ndarray, scores: np.ndarray, n_gt: int) -> np.ndarray:
+    """COCO 101-point interpolated average precision at each IoU threshold.
+
+    Parameters
+    ----------
+    tp : (M, T) bool
+        True-positive flags of all detections of one class over the dataset
+        (``match_detections`` of every frame, concatenated).
+    scores : (M,) float
+    n_gt : int
+        Ground-truth instances of that class over the dataset.
+
+    Returns
+    -------
+    (T,) float64
+        AP per threshold; NaN when ``n_gt`` is 0.
+
+    Examples
+    --------
+    >>> average_precision(np.array([[True], [False]]), np.array([0.9, 0.8]), 1)
+    array([1.])
+    """
+    tp = np.asarray(tp, bool)
+    if tp.ndim == 1:
+        tp = tp[:, None]
+    scores = np.asarray(scores, float)
+    if n_gt == 0:
+        return np.full(tp.shape[1], np.nan)
+    if len(scores) == 0:
+        return np.zeros(tp.shape[1])
+    order = np.argsort(-scores, kind="mergesort")
+    tps = np.cumsum(tp[order], axis=0)
+    fps = np.cumsum(~tp[order], axis=0)
+    recall = tps / n_gt
+    precision = tps / np.maximum(tps + fps, 1)
+    rec_points = np.linspace(0.0, 1.0, 101)
+    out = np.zeros(tp.shape[1])
+    for k in range(tp.shape[1]):
+        # Precision envelope: the best precision at any recall at least this high.
+        env = np.maximum.accumulate(precision[::-1, k])[::-1]
+        idx = np.searchsorted(recall[:, k], rec_points, side="left")
+        ok = idx < len(env)
+        out[k] = np.where(ok, env[np.minimum(idx, len(env) - 1)], 0.0).mean()
+    return out

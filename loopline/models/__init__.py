@@ -1,0 +1,43 @@
+"""Models shipped with loopline, loaded from the package with no network.
+
+One two-class YOLOv8-seg model (class 0 dislocation, class 1 loop) trained on loopline's own
+synthetic data is shipped as ``defects.pt`` (PyTorch, for training and export) and
+``defects.onnx`` (for the CPU runtimes). The names ``dislocations`` and ``loops`` select the
+same weights; the measuring stages use the class of each instance. See README.md here for the
+model card: the exact command, seed, data and metrics of every shipped model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["MODEL_DIR", "SHIPPED", "resolve_model"]
+
+MODEL_DIR = Path(__file__).resolve().parent
+
+#: shipped name -> file stem in MODEL_DIR
+SHIPPED: dict[str, str] = {"defects": "defects", "dislocations": "defects", "loops": "defects"}
+
+
+def resolve_model(name_or_path: str | Path, *, suffix: str = ".onnx") -> Path:
+    """Path of a shipped model by name (``dislocations``, ``loops``, ``defects``) or a file.
+
+    ``suffix`` picks the format of a shipped model (``.onnx`` for the CPU runtimes, ``.pt``
+    for torch). A path is returned as is if it exists.
+
+    Raises
+    ------
+    FileNotFoundError
+        Naming what was asked for and what is shipped.
+    """
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    stem = SHIPPED.get(str(name_or_path))
+    if stem is not None:
+        f = MODEL_DIR / f"{stem}{suffix}"
+        if f.exists():
+            return f
+        raise FileNotFoundError(f"shipped model {name_or_path!r} has no {suffix} file at {f}")
+    names = ", ".join(sorted(SHIPPED))
+    raise FileNotFoundError(f"no model file {p} and no shipped model of that name ({names})")

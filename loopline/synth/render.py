@@ -1,0 +1,231 @@
+"""Drawing a scene: grey frame, instance polygons and ground truth (section 2.4 of Govind et al.).
+
+Lines and loops are drawn with OpenCV's anti-aliased primitives at sub-pixel precision into a
+darkening layer, blurred, and multiplied onto the background; slip traces are added as weak
+signed lines and are never labelled. Instance labels are polygons in image pixels: a line's
+label is its polyline buffered to ``label_width`` (one width for every line, whatever width it
+was drawn with, so a model learns one mask shape); a loop's label is its filled ellipse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .background import render_background
+from .scene import Line, Loop, drift_at, lines_at, loops_at, trace_segments
+
+__all__ = ["CLASSES", "Instance", "Rendered", "render_frame", "resample_polyline"]
+
+#: Class table shared by every label format: YOLO class index -> name (COCO id = index + 1).
+CLASSES: tuple[str, ...] = ("dislocation", "loop")
+
+_SHIFT = 4  # sub-pixel bits for cv2 drawing
+_SCALE = 1 << _SHIFT
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One labelled object: class index, polygon (N, 2) in px, and its truth record."""
+
+    cls: int
+    polygon: np.ndarray
+    truth: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Rendered:
+    image: np.ndarray  # (H, W) uint8 or uint16
+    instances: list[Instance]
+    truth: dict[str, Any]  # this frame's ground truth (lines, loops, drift)
+
+
+def resample_polyline(pts: np.ndarray, step: float) -> np.ndarray:
+    """Resample an (N, 2) polyline at equal arc-length ``step`` (px), keeping both ends."""
+    seg = np.hypot(*np.diff(pts, axis=0).T)
+    s = np.concatenate([[0.0], np.cumsum(seg)])
+    n = max(int(np.ceil(s[-1] / step)), 1) + 1
+    t = np.linspace(0.0, s[-1], n)
+    return np.stack([np.interp(t, s, pts[:, 0]), np.interp(t, s, pts[:, 1])], axis=1)
+
+
+def line_polygon(pts: np.ndarray, width: float) -> np.ndarray:
+    """Outline of a polyline buffered by ``width / 2`` on each side (flat ends), (M, 2) px."""
+    p = resample_polyline(pts, 1.5)
+    d = np.gradient(p, axis=0)
+    d /= np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)[:, None]
+    nrm = np.stack([-d[:, 1], d[:, 0]], axis=1) * (width / 2.0)
+    return np.concatenate([p + nrm, (p - nrm)[::-1]])
+
+
+def ellipse_polygon(loop: Loop, n: int = 48) -> np.ndarray:
+    """Filled-ellipse outline of a loop, (n, 2) px."""
+    th = np.linspace(0.0, 2.0 * np.pi, n, endpoint=False)
+    a, b = loop.major / 2.0, loop.minor / 2.0
+    ang = np.deg2rad(loop.angle)
+    x, y = a * np.cos(th), b * np.sin(th)
+    cx, cy = loop.center
+    return np.stack(
+        [cx + x * np.cos(ang) - y * np.sin(ang), cy + x * np.sin(ang) + y * np.cos(ang)], axis=1
+    )
+
+
+def _fixed(pts: np.ndarray) -> np.ndarray:
+    return np.round(pts * _SCALE).astype(np.int32).reshape(-1, 1, 2)
+
+
+def _draw_lines(shape: tuple[int, int], lines: list[Line], blur: dict[int, float]) -> np.ndarray:
+    """Darkening layer (0 = none, 1 = black) of all dislocation lines."""
+    dark = np.zeros(shape, np.float32)
+    by_pileup: dict[int, list[Line]] = {}
+    for ln in lines:
+        by_pileup.setdefault(ln.pileup, []).append(ln)
+    tmp = np.zeros(shape, np.uint8)
+    for pid, group in by_pileup.items():
+        layer = np.zeros(shape, np.float32)
+        for ln in group:
+            tmp[:] = 0
+            thick = max(round(ln.width), 1)
+            cv2.polylines(tmp, [_fixed(ln.points)], False, 255, thick, cv2.LINE_AA, _SHIFT)
+            np.maximum(layer, tmp.astype(np.float32) * (ln.contrast / 255.0), out=layer)
+        sigma = blur[pid]
+        if sigma > 0:
+            layer = cv2.GaussianBlur(layer, (0, 0), sigma)
+        np.maximum(dark, layer, out=dark)
+    return dark
+
+
+def _draw_loops(shape: tuple[int, int], loops: list[Loop], dark: np.ndarray) -> None:
+    h, w = shape
+    for lp in loops:
+        pad = int(np.ceil(lp.major / 2 + 3 * lp.blur + lp.rim + 2))
+        cx, cy = lp.center
+        x0, y0 = max(int(cx) - pad, 0), max(int(cy) - pad, 0)
+        x1, y1 = min(int(cx) + pad + 1, w), min(int(cy) + pad + 1, h)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        roi = np.zeros((y1 - y0, x1 - x0), np.float32)
+        center = (round((cx - x0) * _SCALE), round((cy - y0) * _SCALE))
+        axes = (round(lp.major / 2 * _SCALE), round(lp.minor / 2 * _SCALE))
+        if lp.ring:
+            thick = max(round(lp.rim), 1)
+            cv2.ellipse(roi, center, axes, lp.angle, 0, 360, 1.0, thick, cv2.LINE_AA, _SHIFT)
+            # Faint interior: bright-field loops enclose slightly darker, strained material.
+            cv2.ellipse(roi, center, axes, lp.angle, 0, 360, 0.35, -1, cv2.LINE_AA, _SHIFT)
+            cv2.ellipse(roi, center, axes, lp.angle, 0, 360, 1.0, thick, cv2.LINE_AA, _SHIFT)
+        else:
+            cv2.ellipse(roi, center, axes, lp.angle, 0, 360, 1.0, -1, cv2.LINE_AA, _SHIFT)
+        if lp.blur > 0:
+            roi = cv2.GaussianBlur(roi, (0, 0), lp.blur)
+        np.maximum(dark[y0:y1, x0:x1], roi * lp.contrast, out=dark[y0:y1, x0:x1])
+
+
+def _draw_traces(shape: tuple[int, int], scene: dict[str, Any], t: int) -> np.ndarray:
+    signed = np.zeros(shape, np.float32)
+    tmp = np.zeros(shape, np.uint8)
+    for seg, contrast, width in trace_segments(scene, t):
+        tmp[:] = 0
+        thick = max(round(width), 1)
+        cv2.polylines(tmp, [_fixed(seg)], False, 255, thick, cv2.LINE_AA, _SHIFT)
+        signed += cv2.GaussianBlur(tmp.astype(np.float32) * (contrast / 255.0), (0, 0), 0.8)
+    return signed
+
+
+class BackgroundCache:
+    """A scene's background, rendered once with a margin for stage drift, cropped per frame."""
+
+    def __init__(self, scene: dict[str, Any], backgrounds: Path | None = None):
+        self.scene = scene
+        dx, dy = scene["stage_drift"]
+        f = scene["frames"]
+        self.margin = int(np.ceil(max(abs(dx), abs(dy)) * max(f - 1, 0))) + 2 if f > 1 else 0
+        m = self.margin
+        shape = (scene["height"] + 2 * m, scene["width"] + 2 * m)
+        self.full = render_background(shape, scene["background"], backgrounds=backgrounds)
+
+    def at(self, t: int) -> np.ndarray:
+        h, w = self.scene["height"], self.scene["width"]
+        if self.margin == 0:
+            return self.full.copy()
+        ddx, ddy = drift_at(self.scene, t)
+        m = self.margin
+        mat = np.float32([[1, 0, ddx - m], [0, 1, ddy - m]])
+        return cv2.warpAffine(
+            self.full, mat, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
+        )
+
+
+def render_frame(
+    scene: dict[str, Any],
+    t: int = 0,
+    *,
+    background: BackgroundCache | None = None,
+    backgrounds: Path | None = None,
+) -> Rendered:
+    """Render frame ``t`` of ``scene``: image, labelled instances and the frame's truth."""
+    h, w = scene["height"], scene["width"]
+    shape = (h, w)
+    bg = background if background is not None else BackgroundCache(scene, backgrounds)
+    img = bg.at(t)
+    img += _draw_traces(shape, scene, t)
+    lines = lines_at(scene, t)
+    loops = loops_at(scene, t)
+    blur = {pu["id"]: pu["blur"] for pu in scene["pileups"]}
+    dark = _draw_lines(shape, lines, blur)
+    _draw_loops(shape, loops, dark)
+    img *= 1.0 - dark
+    rng = np.random.default_rng(np.random.SeedSequence([scene["noise_seed"], t]))
+    if scene["camera_noise"] > 0:
+        img += rng.normal(0.0, scene["camera_noise"], size=shape).astype(np.float32)
+    np.clip(img, 0.0, 1.0, out=img)
+    if scene["bit_depth"] == 16:
+        out = np.round(img * 65535.0).astype(np.uint16)
+    else:
+        out = np.round(img * 255.0).astype(np.uint8)
+
+    instances: list[Instance] = []
+    lw = scene["label_width"]
+    line_truth = []
+    for ln in lines:
+        pts = resample_polyline(ln.points, 2.0)
+        rec = {
+            "id": ln.id,
+            "pileup": ln.pileup,
+            "points": np.round(pts, 3).tolist(),
+            "length_px": round(ln.length, 4),
+            "velocity_px_per_frame": round(ln.velocity, 6),
+            "glide_dir": [round(ln.glide_dir[0], 6), round(ln.glide_dir[1], 6)],
+        }
+        line_truth.append(rec)
+        instances.append(Instance(0, line_polygon(ln.points, lw), rec))
+    loop_truth = []
+    for lp in loops:
+        rec = {
+            "id": lp.id,
+            "center": [round(lp.center[0], 4), round(lp.center[1], 4)],
+            "major_px": round(lp.major, 4),
+            "minor_px": round(lp.minor, 4),
+            "angle_deg": round(lp.angle, 4),
+        }
+        loop_truth.append(rec)
+        instances.append(Instance(1, ellipse_polygon(lp), rec))
+    ddx, ddy = drift_at(scene, t)
+    truth = {
+        "index": t,
+        "time_s": round(t / scene["fps"], 9),
+        "drift_px": [round(ddx, 4), round(ddy, 4)],
+        "lines": line_truth,
+        "loops": loop_truth,
+    }
+    return Rendered(image=out, instances=instances, truth=truth)
+
+
+def polygon_mask(polygon: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Rasterise a polygon (N, 2) px into a boolean (H, W) mask."""
+    mask = np.zeros(shape, np.uint8)
+    cv2.fillPoly(mask, [_fixed(polygon)], 1, cv2.LINE_8, _SHIFT)
+    return mask.astype(bool)

@@ -1,0 +1,189 @@
+"""``loopline train``: YOLOv8-seg from scratch on loopline datasets, fully offline.
+
+No pretrained weights can be fetched, so the network is built from the architecture yaml
+shipped inside ultralytics (``yolov8n-seg.yaml``, ``yolov8s-seg.yaml``). Every run writes its
+folder (``weights/last.pt``, ``weights/best.pt``, ``results.csv``, ``args.yaml``) and a
+``loopline_run.json`` with the exact command, seed, data and timings, so a shipped model can
+be traced back to how it was made.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._offline import configure_offline, use_all_threads
+from .command import _ARCHITECTURES as ARCHITECTURES
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ARCHITECTURES", "TrainConfig", "train"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options of one training run (see ``loopline train --help``)."""
+
+    data: Path
+    out: Path = Path("runs/train")
+    name: str = "loopline"
+    arch: str = "yolov8n-seg"
+    weights: Path | None = None  # start from these weights (fine-tuning) instead of scratch
+    epochs: int = 100
+    hours: float | None = None  # wall-time budget; overrides epochs (schedule adapts)
+    imgsz: int = 320
+    batch: int = 16
+    seed: int = 0
+    workers: int = 2
+    patience: int = 100
+    threads: int | None = None
+    resume: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"arch must be one of {ARCHITECTURES}, got {self.arch!r}")
+        if not self.resume and not Path(self.data).exists():
+            raise FileNotFoundError(f"dataset {self.data} does not exist")
+        if self.imgsz < 32 or self.imgsz % 32:
+            raise ValueError(f"imgsz must be a multiple of 32 (>= 32), got {self.imgsz}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.hours is not None and self.hours <= 0:
+            raise ValueError(f"hours must be > 0, got {self.hours}")
+
+
+def _data_yaml(data: Path) -> Path:
+    data = Path(data)
+    if data.is_dir():
+        data = data / "data.yaml"
+    if not data.exists():
+        raise FileNotFoundError(f"no data.yaml at {data}: make one with 'loopline synth'")
+    return data.resolve()
+
+
+def _epoch_printer():
+    """An ultralytics callback that prints one rich line per epoch."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    state = {"t": time.perf_counter()}
+
+    def on_fit_epoch_end(trainer) -> None:
+        # A progress line must never stop a training run: any surprise is logged, not raised.
+        try:
+            m = trainer.metrics or {}
+            now = time.perf_counter()
+            dt, state["t"] = now - state["t"], now
+            items = trainer.label_loss_items(trainer.tloss, prefix="train")
+            loss = sum(float(v) for v in items.values())
+            console.print(
+                f"[bold]epoch {trainer.epoch + 1}/{trainer.epochs}[/] "
+                f"loss {loss:.3f}  box mAP50 {m.get('metrics/mAP50(B)', float('nan')):.3f}  "
+                f"mask mAP50 {m.get('metrics/mAP50(M)', float('nan')):.3f}  "
+                f"mask mAP50-95 {m.get('metrics/mAP50-95(M)', float('nan')):.3f}  "
+                f"[dim]{dt:.0f} s[/]"
+            )
+        except Exception as e:  # display only
+            logger.warning("epoch summary failed: %s", e)
+
+    return on_fit_epoch_end
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train (or resume) and return the path of the best weights.
+
+    The run folder is ``cfg.out / cfg.name``; ``--resume`` continues from its ``last.pt``.
+    """
+    cfg.validate()
+    configure_offline(cfg.threads)
+    from ultralytics import YOLO
+
+    n_threads = use_all_threads(cfg.threads)
+    run_dir = (Path(cfg.out) / cfg.name).resolve()
+    t0 = time.perf_counter()
+    if cfg.resume:
+        last = run_dir / "weights" / "last.pt"
+        if not last.exists():
+            raise FileNotFoundError(f"nothing to resume: {last} does not exist")
+        model = YOLO(str(last))
+        model.add_callback("on_fit_epoch_end", _epoch_printer())
+        model.train(resume=True)
+    else:
+        if cfg.weights is not None:
+            if not Path(cfg.weights).exists():
+                raise FileNotFoundError(f"weights {cfg.weights} do not exist")
+            model = YOLO(str(cfg.weights))
+        else:
+            model = YOLO(f"{cfg.arch}.yaml")  # built from the architecture, no download
+        model.add_callback("on_fit_epoch_end", _epoch_printer())
+        args: dict[str, Any] = {
+            "data": str(_data_yaml(cfg.data)),
+            "epochs": cfg.epochs,
+            "imgsz": cfg.imgsz,
+            "batch": cfg.batch,
+            "seed": cfg.seed,
+            "deterministic": True,
+            "workers": cfg.workers,
+            "device": "cpu" if not _cuda() else 0,
+            "amp": False,  # the AMP check downloads a checkpoint
+            "plots": False,  # plotting fetches fonts and costs time per epoch
+            "project": str(run_dir.parent),
+            "name": run_dir.name,
+            "exist_ok": True,
+            "patience": cfg.patience,
+            "flipud": 0.5,  # TEM frames have no up or down
+            "fliplr": 0.5,
+            "verbose": False,
+        }
+        if cfg.hours is not None:
+            args["time"] = cfg.hours
+        args.update(cfg.extra)
+        model.train(**args)
+    wall = time.perf_counter() - t0
+    best = run_dir / "weights" / "best.pt"
+    record = {
+        "command": " ".join(["loopline", *sys.argv[1:]]) if sys.argv else "",
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "threads": n_threads,
+        "wall_s": round(wall, 1),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "metrics": _final_metrics(run_dir),
+        "host_cpus": os.cpu_count(),
+    }
+    (run_dir / "loopline_run.json").write_text(json.dumps(record, indent=1), "utf-8")
+    logger.info("training finished in %.0f s; best weights %s", wall, best)
+    return best
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def _final_metrics(run_dir: Path) -> dict[str, float]:
+    csv = run_dir / "results.csv"
+    if not csv.exists():
+        return {}
+    lines = [ln for ln in csv.read_text().splitlines() if ln.strip()]
+    if len(lines) < 2:
+        return {}
+    head = [h.strip() for h in lines[0].split(",")]
+    last = [v.strip() for v in lines[-1].split(",")]
+    out = {}
+    for h, v in zip(head, last, strict=False):
+        try:
+            out[h] = float(v)
+        except ValueError:
+            continue
+    return out
