@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean system-test-deps
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -21,22 +21,35 @@ $(BIN)/python:
 # Runtime set: the daemon, ONNX Runtime and OpenVINO engines, no torch.
 $(VENV)/.runtime-installed: requirements/runtime.txt pyproject.toml | $(BIN)/python
 	$(PIP) install -q -r requirements/runtime.txt
-	$(PIP) install -q --no-deps --no-build-isolation -e . || $(PIP) install -q --no-deps -e .
+	$(PIP) install -q --no-deps -e .
 	touch $@
 
 # Test set: everything, torch pinned to the build that lies on these machines' disk.
 $(VENV)/.test-installed: requirements/ci.txt requirements/runtime.txt pyproject.toml | $(BIN)/python
 	$(PIP) install -q -r requirements/ci.txt
-	$(PIP) install -q --no-deps --no-build-isolation -e . || $(PIP) install -q --no-deps -e .
+	$(PIP) install -q --no-deps -e .
 	touch $@ $(VENV)/.runtime-installed
 
 demo: $(VENV)/.runtime-installed
-	$(BIN)/python -m loopline.daemon.demo
+	$(BIN)/python -m loopline.daemon.demo --seconds 30 --out runs/demo
+
+# The browser test needs Debian's chromium + chromium-driver, the dashboard test tmux.
+# Installed when missing and we are root; otherwise those tests skip and say why.
+system-test-deps:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null \
+	    && command -v tmux >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      chromium chromium-driver tmux >/dev/null; } \
+	  || echo "!!! could not install chromium/chromium-driver/tmux: browser and tmux tests will skip"; \
+	else \
+	  echo "!!! chromium/chromium-driver/tmux missing and not root: browser and tmux tests will skip"; \
+	fi
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check loopline tests benchmarks
 
-test: $(VENV)/.test-installed
+test: $(VENV)/.test-installed system-test-deps
 	$(BIN)/ruff check loopline tests benchmarks
 	$(BIN)/python -m pytest -q
 

@@ -66,6 +66,7 @@ class BatchConfig:
     size: int = field(metadata=_rng(1, 256))
     deadline_ms: float = field(metadata=_rng(0.0, 10_000.0))
     max_pending: int = field(metadata=_rng(0, 10_000))
+    max_inflight: int = field(metadata=_rng(0, 10_000))
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ class PoolConfig:
 class OutputConfig:
     dir: str
     mp4: bool
-    video_fps: float = field(metadata=_rng(0.0, 10000.0))
+    video_fps: float = field(metadata=_rng(0.1, 10000.0))
     raw: str = field(metadata=_choice("none", "npy", "tiff"))
     csv: bool
     parquet: bool
@@ -144,6 +145,10 @@ class DaemonConfig:
     def max_pending(self) -> int:
         return self.batch.max_pending or self.batch.size
 
+    @property
+    def max_inflight(self) -> int:
+        return self.batch.max_inflight or 2 * self.batch.size * self.engine.workers
+
 
 _SECTIONS: dict[str, type] = {
     "source": SourceConfig, "engine": EngineConfig, "batch": BatchConfig,
@@ -161,10 +166,10 @@ def _check_value(key: str, f: dataclasses.Field, value: Any) -> Any:
     kind = {"str": str, "int": int, "float": float, "bool": bool}[str(f.type)]
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if kind is not bool and isinstance(value, bool) or not isinstance(value, kind):
+    if (kind is not bool and isinstance(value, bool)) or not isinstance(value, kind):
         raise ConfigError(f"{key} must be a {kind.__name__}, got {value!r}")
     lo, hi = f.metadata.get("range", (None, None))
-    if lo is not None and value < lo or hi is not None and value > hi:
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
         raise ConfigError(f"{key} must lie in [{lo}, {hi}], got {value!r}")
     choices = f.metadata.get("choices")
     if choices and value not in choices:

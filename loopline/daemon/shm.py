@@ -43,9 +43,10 @@ STAGES = ("receiver", "batcher", "engine", "measure", "output")
 STAT_NAMES: tuple[str, ...] = (
     # frame counters (summary.json "counters")
     "received", "malformed", "analysed", "skipped", "skipped_backpressure", "skipped_lost",
-    "recorded", "dropped_no_slot", "rejected_oversize", "published", "published_jpeg",
+    "recorded", "dropped_no_slot", "dropped_source", "rejected_oversize", "published",
+    "published_jpeg",
     "slots_reclaimed", "series_started", "series_ended", "series_aborted", "restarts",
-    "batches", "late_results",
+    "batches", "late_results", "analysis_seq", "analysis_done",
     # gauges
     "queue_batcher", "queue_engine", "queue_output", "slots_in_use",
     "latency_p50_ms", "latency_p99_ms", "latency_max_ms", "latency_count",
@@ -148,18 +149,9 @@ class SlotPool:
 
     @classmethod
     def attach(cls, spec: PoolSpec) -> SlotPool:
-        # track=False: a worker must not unlink the block when it exits (Python >= 3.13);
-        # on 3.11/3.12 we unregister from the resource tracker by hand.
-        try:
-            shm = shared_memory.SharedMemory(name=spec.name, track=False)  # type: ignore[call-arg]
-        except TypeError:
-            shm = shared_memory.SharedMemory(name=spec.name)
-            try:
-                from multiprocessing import resource_tracker
-
-                resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
-            except Exception:  # pragma: no cover - best effort
-                pass
+        # Spawned workers share the supervisor's resource tracker, which records the name
+        # once; only the creator unlinks (``unlink``), so attaching registers nothing new.
+        shm = shared_memory.SharedMemory(name=spec.name)
         return cls(spec, shm, owner=False)
 
     def close(self) -> None:

@@ -38,13 +38,22 @@ class OpenVinoEngine(YoloEngine):
     hint : {"LATENCY", "THROUGHPUT"}
     threads : int or None
         Inference threads (default: every core).
+    precision : {"f32", "bf16", "f16"} or None
+        Floating-point precision of the non-INT8 layers. None lets OpenVINO choose: on CPUs with
+        AMX or AVX512-BF16 (Sapphire Rapids and later) that is bf16, about 1.5-2x faster than
+        f32 with a small loss; ``"f32"`` gives results equal to torch FP32.
     """
 
     name = "openvino"
 
     def __init__(self, model=None, *, hint: str = "LATENCY", threads: int | None = None,
-                 **kwargs) -> None:  # fmt: skip
+                 precision: str | None = None, **kwargs) -> None:  # fmt: skip
         super().__init__(model, **kwargs)
+        if hint not in ("LATENCY", "THROUGHPUT"):
+            raise ValueError(f"hint must be 'LATENCY' or 'THROUGHPUT', got {hint!r}")
+        if precision not in (None, "f32", "bf16", "f16"):
+            raise ValueError(f"precision must be None, 'f32', 'bf16' or 'f16', got {precision!r}")
+        self.precision = precision
         self.hint = hint
         self.threads = threads
         self._compiled: dict[int, object] = {}
@@ -79,6 +88,8 @@ class OpenVinoEngine(YoloEngine):
             m.reshape({m.inputs[0]: [b, 3, self.imgsz, self.imgsz]})
             cfg = {"PERFORMANCE_HINT": self.hint,
                    "INFERENCE_NUM_THREADS": self.threads or os.cpu_count() or 1}  # fmt: skip
+            if self.precision:
+                cfg["INFERENCE_PRECISION_HINT"] = self.precision
             self._compiled[b] = self.core.compile_model(m, "CPU", cfg)
             req = self._requests[b] = self._compiled[b].create_infer_request()
         return req

@@ -12,12 +12,12 @@ they give the same result for the same frames and so that the CPU runtimes need 
     same class is > ``iou``).
 ``decode_masks``
     mask coefficients + prototypes -> (N, H, W) bool masks at *frame* resolution, **crop first**:
-    the logits are one matrix product at prototype resolution (N x 32 @ 32 x mh*mw), and only the
-    frame pixels inside each box are interpolated (bilinear, half-pixel centres, as
-    ``F.interpolate(align_corners=False)``) and thresholded. Ultralytics'
-    ``process_mask_native`` instead upsamples every mask to the whole frame before cropping; on
-    2 cores that costs ~1.5 ms per detection at 512 px (``benchmarks/engines.py --post`` shows
-    the comparison).
+    each box's logits are computed only on the window of prototype cells its pixels sample
+    (32 multiply-adds per cell), and only the frame pixels inside the box are interpolated
+    (bilinear, half-pixel centres, as ``F.interpolate(align_corners=False)``) and thresholded.
+    Ultralytics' ``process_mask_native`` instead computes every mask over the whole prototype
+    grid and upsamples it to the whole frame before cropping; on 2 cores that costs ~1.5 ms per
+    detection at 512 px (``benchmarks/engines.py --post-only`` shows the comparison).
 
 Every compiled kernel (``_nms_nb``, ``_decode_nb``) has a pure-Python twin (``impl="python"``)
 that the tests run against it.
@@ -31,7 +31,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-
 try:  # numba is a core dependency; the Python twins keep working without it
     from numba import jit, prange
 
@@ -42,6 +41,7 @@ except ImportError:  # pragma: no cover
 
     def jit(*_a, **_k):
         return lambda f: f
+
 
 logger = logging.getLogger(__name__)
 
@@ -148,8 +148,8 @@ def preprocess(
         One per frame, to map results back to frame pixels.
 
     >>> batch, lbs = preprocess([np.zeros((64, 128), np.uint8)], 64)
-    >>> batch.shape, lbs[0].top, float(batch[0, 0, 0, 0])
-    ((1, 3, 64, 64), 16, 0.4470588...)
+    >>> batch.shape, lbs[0].top, round(float(batch[0, 0, 0, 0]), 4)
+    ((1, 3, 64, 64), 16, 0.4471)
     """
     if not frames:
         raise ValueError("frames must not be empty")
@@ -219,7 +219,9 @@ def _nms_nb(boxes, order, iou):  # pragma: no cover - compiled
     return keep[:k]
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, *, impl: str | None = None) -> np.ndarray:
+def nms(
+    boxes: np.ndarray, scores: np.ndarray, iou: float, *, impl: str | None = None
+) -> np.ndarray:
     """Greedy NMS; indices of kept boxes by decreasing score.
 
     Parameters
@@ -340,34 +342,56 @@ def _box_ranges(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return r
 
 
-def _decode_py(logits, ranges, ry0, ry1, wy, cx0, cx1, wx, out):
-    for n in range(len(logits)):
+def _proto_window(rng, ry0, ry1, cx0, cx1):
+    """Prototype rows/cols [py0, py1] x [px0, px1] (inclusive) that a box's pixels sample."""
+    c0, r0, c1, r1 = rng
+    return ry0[r0], ry1[r1 - 1], cx0[c0], cx1[c1 - 1]
+
+
+def _decode_py(protos, coeffs, ranges, ry0, ry1, wy, cx0, cx1, wx, out, hit):
+    for n in range(len(coeffs)):
         c0, r0, c1, r1 = ranges[n]
         if c1 <= c0 or r1 <= r0:
             continue
-        lg = logits[n]
+        py0, py1, px0, px1 = _proto_window(ranges[n], ry0, ry1, cx0, cx1)
+        lg = np.tensordot(coeffs[n], protos[:, py0 : py1 + 1, px0 : px1 + 1], axes=1)
         w_y = wy[r0:r1, None]
-        rows = lg[ry0[r0:r1]] * (1 - w_y) + lg[ry1[r0:r1]] * w_y  # (rows, mw)
+        rows = lg[ry0[r0:r1] - py0] * (1 - w_y) + lg[ry1[r0:r1] - py0] * w_y  # (rows, cols)
         w_x = wx[c0:c1]
-        v = rows[:, cx0[c0:c1]] * (1 - w_x) + rows[:, cx1[c0:c1]] * w_x
+        v = rows[:, cx0[c0:c1] - px0] * (1 - w_x) + rows[:, cx1[c0:c1] - px0] * w_x
         out[n, r0:r1, c0:c1] = v > 0
+        hit[n] = out[n, r0:r1, c0:c1].any()
 
 
-@jit(nopython=True, cache=True, parallel=True, nogil=True)
-def _decode_nb(logits, ranges, ry0, ry1, wy, cx0, cx1, wx, out):  # pragma: no cover - compiled
-    for n in prange(logits.shape[0]):
+@jit(nopython=True, cache=True, nogil=True)
+def _decode_nb(protos, coeffs, ranges, ry0, ry1, wy, cx0, cx1, wx, out, hit):  # pragma: no cover
+    # serial on purpose: per box the work is small, and worker threads that wait on a busy
+    # core (the daemon shares its CPU) cost more than they save
+    nm = protos.shape[0]
+    for n in range(coeffs.shape[0]):
         c0, r0, c1, r1 = ranges[n, 0], ranges[n, 1], ranges[n, 2], ranges[n, 3]
+        if c1 <= c0 or r1 <= r0:
+            continue
+        py0, py1, px0, px1 = ry0[r0], ry1[r1 - 1], cx0[c0], cx1[c1 - 1]
+        lg = np.zeros((py1 - py0 + 1, px1 - px0 + 1), np.float32)
+        for k in range(nm):  # logits of this box's prototype window only
+            c = coeffs[n, k]
+            for py in range(py0, py1 + 1):
+                for px in range(px0, px1 + 1):
+                    lg[py - py0, px - px0] += c * protos[k, py, px]
         for y in range(r0, r1):
-            a = logits[n, ry0[y]]
-            b = logits[n, ry1[y]]
+            a = lg[ry0[y] - py0]
+            b = lg[ry1[y] - py0]
             t = wy[y]
             for x in range(c0, c1):
-                i0 = cx0[x]
-                i1 = cx1[x]
+                i0 = cx0[x] - px0
+                i1 = cx1[x] - px0
                 u = wx[x]
                 v0 = a[i0] * (1 - t) + b[i0] * t
                 v1 = a[i1] * (1 - t) + b[i1] * t
-                out[n, y, x] = v0 * (1 - u) + v1 * u > 0
+                if v0 * (1 - u) + v1 * u > 0:
+                    out[n, y, x] = True
+                    hit[n] = True
 
 
 def decode_masks(
@@ -377,7 +401,8 @@ def decode_masks(
     lb: Letterbox,
     *,
     impl: str | None = None,
-) -> np.ndarray:
+    return_nonempty: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Instance masks at frame resolution, computed only inside each box.
 
     Parameters
@@ -392,33 +417,36 @@ def decode_masks(
         The frame's letterbox.
     impl : {"numba", "python"}, optional
 
+    return_nonempty : bool
+        Also return which masks have any pixel set (free: found while decoding).
+
     Returns
     -------
-    (N, H, W) bool
+    masks : (N, H, W) bool
+    nonempty : (N,) bool, only if ``return_nonempty``
     """
     nm, mh, mw = protos.shape
     n = len(coeffs)
     h, w = lb.shape
     out = np.zeros((n, h, w), bool)
+    hit = np.zeros(n, bool)
     if n == 0:
-        return out
+        return (out, hit) if return_nonempty else out
     if coeffs.shape != (n, nm):
         raise ValueError(f"coeffs must have shape ({n}, {nm}), got {coeffs.shape}")
-    # one BLAS product for every mask at prototype resolution (cheap: N x 32 x mh*mw)
-    logits = (coeffs.astype(np.float32) @ protos.reshape(nm, -1).astype(np.float32)).reshape(
-        n, mh, mw
-    )
+    protos = np.ascontiguousarray(protos, np.float32)
+    coeffs = np.ascontiguousarray(coeffs, np.float32)
     ry0, ry1, wy = _sample_axis(h, lb.gain, lb.top, lb.imgsz / mh, mh)
     cx0, cx1, wx = _sample_axis(w, lb.gain, lb.left, lb.imgsz / mw, mw)
     ranges = _box_ranges(boxes, (h, w))
     impl = impl or _default_impl()
     if impl == "numba":
-        _decode_nb(logits, ranges, ry0, ry1, wy, cx0, cx1, wx, out)
+        _decode_nb(protos, coeffs, ranges, ry0, ry1, wy, cx0, cx1, wx, out, hit)
     elif impl == "python":
-        _decode_py(logits, ranges, ry0, ry1, wy, cx0, cx1, wx, out)
+        _decode_py(protos, coeffs, ranges, ry0, ry1, wy, cx0, cx1, wx, out, hit)
     else:
         raise ValueError(f"impl must be 'numba' or 'python', got {impl!r}")
-    return out
+    return (out, hit) if return_nonempty else out
 
 
 def postprocess(
@@ -449,8 +477,7 @@ def postprocess(
     results = []
     for d, p, lb in zip(dets, protos, lbs, strict=True):
         boxes = scale_boxes(d[:, :4], lb)
-        masks = decode_masks(p, d[:, 6:], boxes, lb, impl=impl)
-        keep = masks.any(axis=(1, 2)) if len(masks) else np.zeros(0, bool)
+        masks, keep = decode_masks(p, d[:, 6:], boxes, lb, impl=impl, return_nonempty=True)
         if not keep.all():
             masks, boxes, d = masks[keep], boxes[keep], d[keep]
         results.append((masks, boxes, d[:, 4].copy(), d[:, 5].astype(np.int64)))

@@ -148,7 +148,7 @@ def _make_calibrator(trt, batches: Iterable[np.ndarray], cache: Path):
         def get_batch_size(self) -> int:
             return int(self._first.shape[0])
 
-        def get_batch(self, names, p_str=None):  # noqa: ARG002 - TensorRT's signature
+        def get_batch(self, names, p_str=None):
             b = self._pending if self._pending is not None else next(self._it, None)
             self._pending = None
             if b is None:

@@ -36,6 +36,7 @@ __all__ = [
     "greedy_match",
     "lar",
     "lar_tol",
+    "line_distances",
     "line_f1_tol",
     "longest_skeleton_length",
     "loop_f1",
@@ -179,27 +180,33 @@ def mask_boxes(masks: np.ndarray) -> np.ndarray:
 # skeletons
 
 
-def skeleton(mask: np.ndarray) -> np.ndarray:
-    """Lee skeleton of one (H, W) mask (``skimage.morphology.skeletonize(method="lee")``)."""
+def _skeleton_crop(mask: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """Lee skeleton of the mask's bounding box (plus a 1 px margin) and the box's origin."""
     from skimage.morphology import skeletonize
 
     m = np.asarray(mask).astype(bool, copy=False)
     if m.ndim != 2:
         raise ValueError(f"mask must have shape (H, W), got {m.shape}")
-    if not m.any():
-        return np.zeros(m.shape, bool)
-    # Crop to the object (plus a margin) for speed: the skeleton is local to it.
-    ys, xs = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
-    y0, y1 = max(ys[0] - 1, 0), min(ys[-1] + 2, m.shape[0])
-    x0, x1 = max(xs[0] - 1, 0), min(xs[-1] + 2, m.shape[1])
-    out = np.zeros(m.shape, bool)
-    out[y0:y1, x0:x1] = skeletonize(m[y0:y1, x0:x1], method="lee") > 0
+    rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+    if rows.size == 0:
+        return np.zeros((0, 0), bool), 0, 0
+    # The skeleton is local to the object: cropping makes it independent of the frame size.
+    y0, y1 = max(rows[0] - 1, 0), min(rows[-1] + 2, m.shape[0])
+    x0, x1 = max(cols[0] - 1, 0), min(cols[-1] + 2, m.shape[1])
+    return skeletonize(m[y0:y1, x0:x1], method="lee") > 0, int(y0), int(x0)
+
+
+def skeleton(mask: np.ndarray) -> np.ndarray:
+    """Lee skeleton of one (H, W) mask (``skimage.morphology.skeletonize(method="lee")``)."""
+    sk, y0, x0 = _skeleton_crop(mask)
+    out = np.zeros(np.shape(mask), bool)
+    out[y0 : y0 + sk.shape[0], x0 : x0 + sk.shape[1]] = sk
     return out
 
 
 def skeleton_length(mask: np.ndarray) -> int:
     """Length of a mask's Lee skeleton as its pixel count (Ruzaeva et al., section II-B), px."""
-    return int(np.count_nonzero(skeleton(mask)))
+    return int(np.count_nonzero(_skeleton_crop(mask)[0]))
 
 
 def longest_skeleton_length(mask: np.ndarray) -> int:
@@ -208,7 +215,7 @@ def longest_skeleton_length(mask: np.ndarray) -> int:
     A fractured mask has several skeleton pieces; Ruzaeva et al. (case 2 of section II-C) take
     the longest one.
     """
-    return _longest_piece(skeleton(mask))
+    return _longest_piece(_skeleton_crop(mask)[0])
 
 
 def _longest_piece(skel: np.ndarray) -> int:
@@ -231,12 +238,12 @@ def skeleton_polyline(mask: np.ndarray) -> np.ndarray:
         Points ``x, y`` (px) from one end to the other along the skeleton's longest geodesic
         path (spurs and shorter pieces are dropped); ``(0, 2)`` for an empty mask.
     """
-    sk = skeleton(mask)
+    sk, oy, ox = _skeleton_crop(mask)
     ys, xs = np.nonzero(sk)
     if ys.size == 0:
         return np.zeros((0, 2))
     if ys.size == 1:
-        return np.array([[xs[0], ys[0]]], float)
+        return np.array([[xs[0] + ox, ys[0] + oy]], float)
     index = -np.ones(sk.shape, np.int64)
     index[ys, xs] = np.arange(ys.size)
     rows, cols, w = [], [], []
@@ -264,7 +271,7 @@ def skeleton_polyline(mask: np.ndarray) -> np.ndarray:
     while path[-1] != a:
         path.append(int(pred[path[-1]]))
     path = path[::-1]
-    return np.stack([xs[path], ys[path]], axis=1).astype(float)
+    return np.stack([xs[path] + ox, ys[path] + oy], axis=1).astype(float)
 
 
 def resample_polyline(points: np.ndarray, n: int) -> np.ndarray:
@@ -368,7 +375,7 @@ def lar(
 
 
 def _no_empty(gt: np.ndarray, name: str) -> None:
-    empty = np.flatnonzero(~gt.reshape(len(gt), -1).any(axis=1))
+    empty = np.flatnonzero(~gt.any(axis=(1, 2)))
     if empty.size:
         raise ValueError(f"{name} must not hold empty masks, got empty ones at {empty.tolist()}")
 
@@ -399,7 +406,11 @@ def _lar_loop(score: np.ndarray, t: float, length_pair, remove_unmatched: bool) 
 
 def _skeleton_points(masks: np.ndarray) -> list[np.ndarray]:
     """Per instance: (K, 2) ``row, col`` coordinates of its Lee skeleton."""
-    return [np.argwhere(skeleton(m)) for m in masks]
+    out = []
+    for m in masks:
+        sk, y0, x0 = _skeleton_crop(m)
+        out.append(np.argwhere(sk) + np.array([y0, x0]))
+    return out
 
 
 def _within(points: np.ndarray, tree: cKDTree | None, tol: float) -> np.ndarray:
@@ -563,7 +574,7 @@ def line_f1_tol(gt_masks: np.ndarray, pred_masks: np.ndarray, *, tol: float = 3.
     Examples
     --------
     >>> gt = np.zeros((20, 20), bool); gt[5, 2:18] = True
-    >>> pred = np.zeros((20, 20), bool); pred[7, 2:10] = True      # 2 px off, half as long
+    >>> pred = np.zeros((20, 20), bool); pred[7, 2:8] = True       # 2 px off, 6 px long
     >>> r = line_f1_tol(gt, pred); (r.precision, r.recall)
     (1.0, 0.5)
     """
@@ -701,8 +712,10 @@ def ellipse_diameters(masks: np.ndarray) -> np.ndarray:
     """Mean diameter of the ellipse fitted to each loop mask, px.
 
     The ellipse is OpenCV's least-squares fit to the outer contour of the mask's largest
-    component; its diameter is the mean of its two axes ``(D_major + D_minor) / 2``. A mask
-    whose contour has fewer than five points gets the diameter of the circle of equal area.
+    component; its diameter is the mean of its two axes ``(D_major + D_minor) / 2``, each
+    widened by 1 px because the contour runs through the centres of the boundary pixels, half
+    a pixel inside the object's edge. A mask whose contour has fewer than five points gets the
+    diameter of the circle of equal area.
 
     Parameters
     ----------
@@ -725,7 +738,7 @@ def ellipse_diameters(masks: np.ndarray) -> np.ndarray:
         c = max(contours, key=cv2.contourArea)
         if len(c) >= 5:
             (_, _), (d1, d2), _ = cv2.fitEllipse(c)
-            out[k] = (d1 + d2) / 2.0
+            out[k] = (d1 + d2) / 2.0 + 1.0
         else:
             out[k] = 2.0 * np.sqrt(np.count_nonzero(mk) / np.pi)
     return out
@@ -751,22 +764,85 @@ def foreground_fraction(masks: np.ndarray, shape: tuple[int, int] | None = None)
 # pile-up spacing
 
 
-def _point_to_polyline(points: np.ndarray, line: np.ndarray) -> np.ndarray:
-    """Distance of each point (K, 2) to a polyline (L, 2), (K,) px."""
+_DENSE_STEP = 0.5  # px: lines are sampled this finely for closest-distance queries
+
+
+class _Lines:
+    """Polylines prepared for mean closest-distance queries.
+
+    ``samples[i]``: ``n_points`` points equally spaced along line ``i``; ``trees[i]``: a k-d tree
+    of line ``i`` sampled every 0.5 px, which finds the segment closest to a point; the distance
+    to that segment is then exact.
+    """
+
+    def __init__(self, lines: Sequence[np.ndarray], n_points: int) -> None:
+        self.lines = [np.asarray(x, float).reshape(-1, 2) for x in lines]
+        for k, ln in enumerate(self.lines):
+            if len(ln) == 0:
+                raise ValueError(f"line {k} has no points")
+        self.samples = [resample_polyline(ln, n_points) for ln in self.lines]
+        self.dense = [_dense(ln) for ln in self.lines]
+        self.trees = [cKDTree(d) for d in self.dense]
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def distances(self, samples: Sequence[np.ndarray]) -> np.ndarray:
+        """Mean closest distance of each point set in ``samples`` (A of (n, 2)) to each line,
+        (A, len(self)) px."""
+        out = np.zeros((len(samples), len(self)))
+        if len(samples) == 0:
+            return out
+        pts = np.concatenate(samples)
+        ends = np.cumsum([len(s) for s in samples])[:-1]
+        for j, tree in enumerate(self.trees):
+            d = _refine(pts, self.dense[j], tree.query(pts, k=1)[1])
+            out[:, j] = [x.mean() for x in np.split(d, ends)]
+        return out
+
+
+def _refine(pts: np.ndarray, dense: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Exact distance of each point to the two segments around its nearest dense sample."""
+    if len(dense) == 1:
+        return np.hypot(*(pts - dense[0]).T)
+    best = np.full(len(pts), np.inf)
+    for lo in (k - 1, k):
+        lo = np.clip(lo, 0, len(dense) - 2)
+        a, b = dense[lo], dense[lo + 1]
+        ab = b - a
+        u = np.clip(((pts - a) * ab).sum(axis=1) / np.maximum((ab**2).sum(axis=1), 1e-12), 0, 1)
+        best = np.minimum(best, np.hypot(*(pts - a - u[:, None] * ab).T))
+    return best
+
+
+def _dense(line: np.ndarray) -> np.ndarray:
     if len(line) == 1:
-        return np.hypot(*(points - line[0]).T)
-    a, b = line[:-1], line[1:]
-    ab = b - a
-    ll = np.maximum((ab**2).sum(axis=1), 1e-12)
-    ap = points[:, None, :] - a[None]
-    u = np.clip((ap * ab[None]).sum(axis=2) / ll[None], 0.0, 1.0)
-    closest = a[None] + u[..., None] * ab[None]
-    return np.sqrt(((points[:, None, :] - closest) ** 2).sum(axis=2)).min(axis=1)
+        return line
+    s = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(line, axis=0).T))])
+    n = max(int(np.ceil(s[-1] / _DENSE_STEP)), 1) + 1
+    return resample_polyline(line, n)
 
 
-def line_distance(a: np.ndarray, b: np.ndarray, *, n_points: int = 50) -> float:
-    """Mean distance from ``n_points`` equally spaced points of line ``a`` to line ``b``, px."""
-    return float(_point_to_polyline(resample_polyline(a, n_points), np.asarray(b, float)).mean())
+def line_distances(
+    a: Sequence[np.ndarray], b: Sequence[np.ndarray], *, n_points: int = 50
+) -> np.ndarray:
+    """Mean closest distance from each line of ``a`` to each line of ``b``.
+
+    Parameters
+    ----------
+    a, b : sequences of (K, 2) float
+        Polylines ``x, y`` (px).
+    n_points : int
+        Points equally spaced along each line of ``a`` whose closest distances are averaged.
+
+    Returns
+    -------
+    (len(a), len(b)) float64
+        Distances (px).
+    """
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    return _Lines(b, n_points).distances([resample_polyline(x, n_points) for x in a])
 
 
 def pileup_spacing(lines: Sequence[np.ndarray], *, n_points: int = 50) -> float:
@@ -780,7 +856,7 @@ def pileup_spacing(lines: Sequence[np.ndarray], *, n_points: int = 50) -> float:
     Parameters
     ----------
     lines : sequence of (K, 2) float
-        Polylines ``x, y`` (px).
+        Polylines ``x, y`` (px), K >= 1.
     n_points : int
         Points per line (50).
 
@@ -795,15 +871,11 @@ def pileup_spacing(lines: Sequence[np.ndarray], *, n_points: int = 50) -> float:
     >>> pileup_spacing(lines)    # nearest neighbours 10, 10, 20
     13.333333333333334
     """
-    ls = [np.asarray(x, float) for x in lines if len(x) >= 1]
-    if len(ls) < 2:
+    if len(lines) < 2:
         return float("nan")
-    d = np.full((len(ls), len(ls)), np.inf)
-    for i, a in enumerate(ls):
-        pa = resample_polyline(a, n_points)
-        for j, b in enumerate(ls):
-            if i != j:
-                d[i, j] = _point_to_polyline(pa, b).mean()
+    ls = _Lines(lines, n_points)
+    d = ls.distances(ls.samples)
+    np.fill_diagonal(d, np.inf)
     return float(d.min(axis=1).mean())
 
 

@@ -3,8 +3,9 @@
 Every kernel here is plain Python over NumPy arrays; ``KERNELS["numba"]`` holds the same
 source compiled by ``numba.njit`` and ``KERNELS["python"]`` the interpreted twin (the pattern
 of ``trackpy.try_numba``), so one test suite checks both and they cannot drift apart.
-Kernels do not call each other (a compiled kernel cannot call an interpreted one); the public
-stages in ``lines.py`` chain them.
+``trace`` fuses the whole per-line stage (largest piece, thinning, graph walk, smoothing, end
+extension, resampling, curvature) into one call; compiled kernels call compiled kernels because
+each is compiled with a namespace of compiled kernels as its globals (``_compile``).
 
 Coordinates are (x, y) in pixels with pixel centres on integers, as in the synthetic
 ground truth and OpenCV drawing.
@@ -13,7 +14,7 @@ ground truth and OpenCV drawing.
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
+from types import FunctionType, SimpleNamespace
 
 import numpy as np
 
@@ -24,6 +25,29 @@ _DY = np.array([0, -1, -1, -1, 0, 1, 1, 1], np.int64)
 _DX = np.array([1, 1, 0, -1, -1, -1, 0, 1], np.int64)
 
 
+def _deletable_table() -> np.ndarray:
+    """256-entry table: 1 where a pixel with that 8-neighbourhood code may be thinned away.
+
+    Bit j of the code is neighbour x_(j+1) in the order E, NE, N, NW, W, SW, S, SE. A pixel
+    may go when it has more than one neighbour (not an end point) and is simple: its Yokoi
+    8-connectivity number sum_{k=1,3,5,7} (~x_k - ~x_k ~x_(k+1) ~x_(k+2)) is 1.
+    """
+    table = np.zeros(256, np.uint8)
+    for code in range(256):
+        nb = [(code >> j) & 1 for j in range(8)]
+        if sum(nb) <= 1:
+            continue
+        yokoi = 0
+        for j in range(0, 8, 2):
+            a, b, c = 1 - nb[j], 1 - nb[(j + 1) % 8], 1 - nb[(j + 2) % 8]
+            yokoi += a - a * b * c
+        table[code] = yokoi == 1
+    return table
+
+
+_DELETABLE = _deletable_table()
+
+
 def thin(img):
     """Thin a binary image in place to an 8-connected, one-pixel-wide skeleton.
 
@@ -32,11 +56,10 @@ def thin(img):
     scikit-image's ``method="lee"``: in each of four sub-iterations (N, S, E, W), border
     pixels of that direction that are simple (Yokoi 8-connectivity number 1) and not end
     points (more than one neighbour) are collected, then re-checked one by one against the
-    current image and removed; repeated until nothing changes. Only foreground pixels are
-    visited, so the cost scales with the object, not the crop.
+    current image and removed; repeated until nothing changes. Only the remaining foreground
+    pixels are visited (the list is compacted after each round), and the test is one lookup
+    in a 256-entry table, so the cost scales with the object, not the crop.
     """
-    dy = np.array([0, -1, -1, -1, 0, 1, 1, 1])
-    dx = np.array([1, 1, 0, -1, -1, -1, 0, 1])
     h, w = img.shape
     n = 0
     for y in range(h):
@@ -52,61 +75,65 @@ def thin(img):
                 ys[k] = y
                 xs[k] = x
                 k += 1
-    alive = np.ones(n, np.uint8)
+    thin_px(img, ys, xs, n)
+    return img
+
+
+def thin_px(img, ys, xs, n):
+    """``thin`` given the foreground pixels ``ys[:n]``, ``xs[:n]`` of ``img`` in raster order.
+
+    Thins ``img`` in place; on return ``ys[:m]``, ``xs[:m]`` are the skeleton's pixels, still
+    in raster order, and ``m`` is returned.
+    """
+    table = _DELETABLE
     cand = np.empty(n, np.int64)
-    nb = np.zeros(8, np.int64)
-    directions = np.array([2, 6, 0, 4])  # N, S, E, W as indices into dy/dx
+    m = n
     changed = True
     while changed:
         changed = False
-        for di in range(4):
-            d = directions[di]
+        for d in range(4):  # N, S, E, W
             nc = 0
-            for i in range(n):
-                if not alive[i]:
-                    continue
+            for i in range(m):
                 y = ys[i]
                 x = xs[i]
-                if img[y + dy[d], x + dx[d]]:
-                    continue  # not a border pixel in this direction
-                s = 0
-                for j in range(8):
-                    nb[j] = 1 if img[y + dy[j], x + dx[j]] else 0
-                    s += nb[j]
-                if s <= 1:
-                    continue  # end point or isolated pixel: keep
-                yokoi = 0
-                for j in range(0, 8, 2):
-                    a = 1 - nb[j]
-                    b = 1 - nb[(j + 1) % 8]
-                    c = 1 - nb[(j + 2) % 8]
-                    yokoi += a - a * b * c
-                if yokoi == 1:
+                if d == 0:
+                    border = img[y - 1, x] == 0
+                elif d == 1:
+                    border = img[y + 1, x] == 0
+                elif d == 2:
+                    border = img[y, x + 1] == 0
+                else:
+                    border = img[y, x - 1] == 0
+                if not border:
+                    continue
+                code = (img[y, x + 1] | (img[y - 1, x + 1] << 1) | (img[y - 1, x] << 2)
+                        | (img[y - 1, x - 1] << 3) | (img[y, x - 1] << 4)
+                        | (img[y + 1, x - 1] << 5) | (img[y + 1, x] << 6)
+                        | (img[y + 1, x + 1] << 7))  # fmt: skip
+                if table[code]:
                     cand[nc] = i
                     nc += 1
-            for ci in range(nc):
-                i = cand[ci]
+            for c in range(nc):
+                i = cand[c]
                 y = ys[i]
                 x = xs[i]
                 # re-check against the image as it is now: removing a candidate may have made
                 # its neighbour non-simple (topology is preserved only one pixel at a time)
-                s = 0
-                for j in range(8):
-                    nb[j] = 1 if img[y + dy[j], x + dx[j]] else 0
-                    s += nb[j]
-                if s <= 1:
-                    continue
-                yokoi = 0
-                for j in range(0, 8, 2):
-                    a = 1 - nb[j]
-                    b = 1 - nb[(j + 1) % 8]
-                    c = 1 - nb[(j + 2) % 8]
-                    yokoi += a - a * b * c
-                if yokoi == 1:
+                code = (img[y, x + 1] | (img[y - 1, x + 1] << 1) | (img[y - 1, x] << 2)
+                        | (img[y - 1, x - 1] << 3) | (img[y, x - 1] << 4)
+                        | (img[y + 1, x - 1] << 5) | (img[y + 1, x] << 6)
+                        | (img[y + 1, x + 1] << 7))  # fmt: skip
+                if table[code]:
                     img[y, x] = 0
-                    alive[i] = 0
                     changed = True
-    return img
+        k = 0
+        for i in range(m):
+            if img[ys[i], xs[i]]:
+                ys[k] = ys[i]
+                xs[k] = xs[i]
+                k += 1
+        m = k
+    return m
 
 
 def longest_path(skel):
@@ -118,34 +145,44 @@ def longest_path(skel):
     branches and spurs are pruned. Returns the path from a to b as (K, 2) float64 (x, y);
     (0, 2) for an empty skeleton.
     """
-    dy = np.array([0, -1, -1, -1, 0, 1, 1, 1])
-    dx = np.array([1, 1, 0, -1, -1, -1, 0, 1])
     h, w = skel.shape
-    idx = np.full((h, w), -1, np.int64)
     n = 0
     for y in range(h):
         for x in range(w):
             if skel[y, x]:
-                idx[y, x] = n
                 n += 1
-    if n == 0:
-        return np.zeros((0, 2), np.float64)
     ys = np.empty(n, np.int64)
     xs = np.empty(n, np.int64)
-    adj = np.full((n, 8), -1, np.int64)
-    deg = np.zeros(n, np.int64)
+    k = 0
     for y in range(h):
         for x in range(w):
-            i = idx[y, x]
-            if i < 0:
-                continue
-            ys[i] = y
-            xs[i] = x
-            for j in range(8):
-                q = idx[y + dy[j], x + dx[j]]
-                if q >= 0:
-                    adj[i, j] = q
-                    deg[i] += 1
+            if skel[y, x]:
+                ys[k] = y
+                xs[k] = x
+                k += 1
+    return path_px(skel, ys, xs, n)
+
+
+def path_px(skel, ys, xs, n):
+    """``longest_path`` given the skeleton's pixels ``ys[:n]``, ``xs[:n]`` in raster order."""
+    dy = np.array([0, -1, -1, -1, 0, 1, 1, 1])
+    dx = np.array([1, 1, 0, -1, -1, -1, 0, 1])
+    if n == 0:
+        return np.zeros((0, 2), np.float64)
+    h, w = skel.shape
+    idx = np.full((h, w), -1, np.int64)
+    for i in range(n):
+        idx[ys[i], xs[i]] = i
+    adj = np.full((n, 8), -1, np.int64)
+    deg = np.zeros(n, np.int64)
+    for i in range(n):
+        y = ys[i]
+        x = xs[i]
+        for j in range(8):
+            q = idx[y + dy[j], x + dx[j]]
+            if q >= 0:
+                adj[i, j] = q
+                deg[i] += 1
     start = 0
     for i in range(n):
         if deg[i] == 1:
@@ -262,11 +299,37 @@ def resample(pts, n):
     return out
 
 
+def nearest_vertex_dist(px, py, b, bj, bd):
+    """Distance from (px, py) to the two segments of the polyline ``b`` at its vertex ``bj``.
+
+    ``bd`` is the squared distance to that vertex (the nearest one); see ``mean_closest``.
+    """
+    kb = b.shape[0]
+    best = math.sqrt(bd)
+    for j in range(bj - 1, bj + 1):
+        if j < 0 or j >= kb - 1:
+            continue
+        x0 = b[j, 0]
+        y0 = b[j, 1]
+        ex = b[j + 1, 0] - x0
+        ey = b[j + 1, 1] - y0
+        ll = ex * ex + ey * ey
+        if ll <= 0.0:
+            continue
+        t = ((px - x0) * ex + (py - y0) * ey) / ll
+        t = min(max(t, 0.0), 1.0)
+        d = math.hypot(px - x0 - t * ex, py - y0 - t * ey)
+        if d < best:
+            best = d
+    return best
+
+
 def mean_closest(a, b):
     """Mean over the points of ``a`` (K, 2) of the distance to the polyline ``b`` (M, 2), px.
 
-    The distance is to the nearest point of any segment of ``b`` (not only to its vertices),
-    so it does not depend on how densely ``b`` is sampled.
+    The distance is to the nearest point of the two segments of ``b`` at its vertex nearest
+    to the point, so it does not depend on how densely ``b`` is sampled (for lines sampled
+    finer than their spacing and curvature, that is the nearest point of the polyline).
     """
     ka = a.shape[0]
     kb = b.shape[0]
@@ -274,24 +337,84 @@ def mean_closest(a, b):
     for i in range(ka):
         px = a[i, 0]
         py = a[i, 1]
-        best = np.inf
-        if kb == 1:
-            best = math.hypot(px - b[0, 0], py - b[0, 1])
-        for j in range(kb - 1):
-            x0 = b[j, 0]
-            y0 = b[j, 1]
-            ex = b[j + 1, 0] - x0
-            ey = b[j + 1, 1] - y0
-            ll = ex * ex + ey * ey
-            t = 0.0
-            if ll > 0.0:
-                t = ((px - x0) * ex + (py - y0) * ey) / ll
-                t = min(max(t, 0.0), 1.0)
-            d = math.hypot(px - x0 - t * ex, py - y0 - t * ey)
-            if d < best:
-                best = d
-        total += best
+        bj = 0
+        bd = np.inf
+        for j in range(kb):
+            ddx = px - b[j, 0]
+            ddy = py - b[j, 1]
+            d2 = ddx * ddx + ddy * ddy
+            if d2 < bd:
+                bd = d2
+                bj = j
+        total += nearest_vertex_dist(px, py, b, bj, bd)
     return total / ka if ka > 0 else np.nan
+
+
+def mean_closest_pair(a, b):
+    """``0.5 * (mean_closest(a, b) + mean_closest(b, a))``, the same numbers in one pass.
+
+    The squared vertex distances of the two directions are the same (K, M) table, so it is
+    computed once: each row's and each column's first minimum give the nearest vertices of
+    both directions (as ``mean_closest`` finds them), then the segment distances are summed
+    in the same order.
+    """
+    ka = a.shape[0]
+    kb = b.shape[0]
+    if ka == 0 or kb == 0:
+        return np.nan
+    ax = np.empty(ka)
+    ay = np.empty(ka)
+    for i in range(ka):
+        ax[i] = a[i, 0]
+        ay[i] = a[i, 1]
+    bx = np.empty(kb)
+    by = np.empty(kb)
+    for j in range(kb):
+        bx[j] = b[j, 0]
+        by[j] = b[j, 1]
+    row_j = np.zeros(ka, np.int64)
+    row_d = np.empty(ka)
+    col_i = np.zeros(kb, np.int64)
+    col_d = np.full(kb, np.inf)
+    row = np.empty(kb)
+    for i in range(ka):
+        px = ax[i]
+        py = ay[i]
+        for j in range(kb):  # no loop-carried dependency: vectorisable
+            ddx = px - bx[j]
+            ddy = py - by[j]
+            d2 = ddx * ddx + ddy * ddy
+            row[j] = d2
+            if d2 < col_d[j]:
+                col_d[j] = d2
+                col_i[j] = i
+        # first minimum of the row, with two interleaved running minima (ties: lower index)
+        b0 = 0
+        d0 = np.inf
+        b1 = 0
+        d1 = np.inf
+        for j in range(0, kb - 1, 2):
+            if row[j] < d0:
+                d0 = row[j]
+                b0 = j
+            if row[j + 1] < d1:
+                d1 = row[j + 1]
+                b1 = j + 1
+        if kb % 2 == 1 and row[kb - 1] < d0:
+            d0 = row[kb - 1]
+            b0 = kb - 1
+        if d1 < d0 or (d1 == d0 and d1 < np.inf and b1 < b0):
+            d0 = d1
+            b0 = b1
+        row_j[i] = b0
+        row_d[i] = d0
+    s_ab = 0.0
+    for i in range(ka):
+        s_ab += nearest_vertex_dist(ax[i], ay[i], b, row_j[i], row_d[i])
+    s_ba = 0.0
+    for j in range(kb):
+        s_ba += nearest_vertex_dist(bx[j], by[j], a, col_i[j], col_d[j])
+    return 0.5 * (s_ab / ka + s_ba / kb)
 
 
 def ray_exit(mask, x, y, ux, uy, step):
@@ -308,8 +431,8 @@ def ray_exit(mask, x, y, ux, uy, step):
     limit = 2.0 * (h + w)
     while t < limit:
         t += step
-        xi = int(math.floor(x + t * ux + 0.5))
-        yi = int(math.floor(y + t * uy + 0.5))
+        xi = int(math.floor(x + t * ux + 0.5))  # noqa: RUF046 (numba)
+        yi = int(math.floor(y + t * uy + 0.5))  # noqa: RUF046
         if xi < 0 or yi < 0 or xi >= w or yi >= h:
             return t - step, 1
         if not mask[yi, xi]:
@@ -347,18 +470,351 @@ def bbox(mask):
     return y0, y1 + 1, x0, x1 + 1
 
 
-_NAMES = ("thin", "longest_path", "smooth", "polyline_length", "resample", "mean_closest",
-          "ray_exit", "bbox")  # fmt: skip
+def largest_piece(crop, out):
+    """Copy the largest 8-connected piece of ``crop`` (H, W) into ``out`` (H+2, W+2) at (1, 1).
+
+    Returns ``(pieces, area)``: the number of 8-connected pieces and the kept piece's pixels.
+    """
+    h, w = crop.shape
+    ys = np.empty(h * w, np.int64)
+    xs = np.empty(h * w, np.int64)
+    return largest_piece_px(crop, out, ys, xs)
+
+
+def largest_piece_px(crop, out, ys, xs):
+    """``largest_piece`` that also lists the kept pixels (``out`` coordinates, raster order).
+
+    ``ys``, ``xs`` hold at least H*W entries; the first ``area`` are filled.
+    """
+    h, w = crop.shape
+    ww = w + 2
+    lab = np.zeros((h + 2, ww), np.int32)  # 0 background (and border), -1 unvisited, k piece
+    for y in range(h):
+        for x in range(w):
+            if crop[y, x]:
+                lab[y + 1, x + 1] = -1
+    stack = np.empty(h * w + 1, np.int64)
+    pieces = 0
+    best = 0
+    best_area = 0
+    for y in range(1, h + 1):
+        for x in range(1, w + 1):
+            if lab[y, x] != -1:
+                continue
+            pieces += 1
+            lab[y, x] = pieces
+            stack[0] = y * ww + x
+            top = 1
+            area = 0
+            while top > 0:
+                top -= 1
+                q = stack[top]
+                qy = q // ww
+                qx = q - qy * ww
+                area += 1
+                for ny in range(qy - 1, qy + 2):
+                    for nx in range(qx - 1, qx + 2):
+                        if lab[ny, nx] == -1:
+                            lab[ny, nx] = pieces
+                            stack[top] = ny * ww + nx
+                            top += 1
+            if area > best_area:
+                best_area = area
+                best = pieces
+    c = 0
+    for y in range(h + 2):
+        for x in range(ww):
+            if best > 0 and lab[y, x] == best:
+                out[y, x] = 1
+                ys[c] = y
+                xs[c] = x
+                c += 1
+            else:
+                out[y, x] = 0
+    return pieces, best_area
+
+
+def trim_ends(sm, trim):
+    """Drop ``trim`` px of arc at each end of a polyline, keeping at least its middle third."""
+    n = sm.shape[0]
+    if trim <= 0 or n < 4:
+        return sm
+    cum = np.zeros(n)
+    for i in range(n - 1):
+        cum[i + 1] = cum[i] + math.hypot(sm[i + 1, 0] - sm[i, 0], sm[i + 1, 1] - sm[i, 1])
+    total = cum[n - 1]
+    t = min(trim, total / 3.0)
+    a = 0
+    while a < n and cum[a] < t:
+        a += 1
+    b = n
+    while b > 0 and cum[b - 1] > total - t:
+        b -= 1
+    if b - a < 2:
+        return sm
+    return sm[a:b]
+
+
+def extend_ends(core, piece, step):
+    """Prepend/append where each end's tangent ray leaves ``piece`` (see ``lines.py``)."""
+    n = core.shape[0]
+    if n == 0 or step <= 0:
+        return core.copy()
+    if n == 1:
+        # a blob that thins to one pixel: measure along the piece's principal axis
+        h, w = piece.shape
+        sx = 0.0
+        sy = 0.0
+        cnt = 0
+        for y in range(h):
+            for x in range(w):
+                if piece[y, x]:
+                    sx += x
+                    sy += y
+                    cnt += 1
+        mx = sx / cnt
+        my = sy / cnt
+        cxx = 0.0
+        cyy = 0.0
+        cxy = 0.0
+        for y in range(h):
+            for x in range(w):
+                if piece[y, x]:
+                    cxx += (x - mx) * (x - mx)
+                    cyy += (y - my) * (y - my)
+                    cxy += (x - mx) * (y - my)
+        ang = 0.5 * math.atan2(2.0 * cxy, cxx - cyy)
+        ux = math.cos(ang)
+        uy = math.sin(ang)
+        x = core[0, 0]
+        y = core[0, 1]
+        out = np.empty((2, 2))
+        t1, _ = ray_exit(piece, x, y, -ux, -uy, step)
+        t2, _ = ray_exit(piece, x, y, ux, uy, step)
+        out[0, 0] = x - t1 * ux
+        out[0, 1] = y - t1 * uy
+        out[1, 0] = x + t2 * ux
+        out[1, 1] = y + t2 * uy
+        return out
+    q = min(3, n - 1)
+    out = np.empty((n + 2, 2))
+    out[1 : n + 1] = core
+    first = 1
+    last = n + 1
+    for side in range(2):
+        if side == 0:
+            ex, ey = core[0, 0], core[0, 1]
+            ox, oy = core[q, 0], core[q, 1]
+        else:
+            ex, ey = core[n - 1, 0], core[n - 1, 1]
+            ox, oy = core[n - 1 - q, 0], core[n - 1 - q, 1]
+        norm = math.hypot(ex - ox, ey - oy)
+        if norm <= 0:
+            continue
+        ux = (ex - ox) / norm
+        uy = (ey - oy) / norm
+        t, _ = ray_exit(piece, ex, ey, ux, uy, step)
+        if t <= 0:
+            continue
+        if side == 0:
+            first = 0
+            out[0, 0] = ex + t * ux
+            out[0, 1] = ey + t * uy
+        else:
+            last = n + 2
+            out[n + 1, 0] = ex + t * ux
+            out[n + 1, 1] = ey + t * uy
+    return out[first:last].copy()
+
+
+def curvature_gauss(pts, sigma):
+    """Signed curvature (1/px) of an equally spaced polyline from Gaussian-smoothed coordinates.
+
+    Coordinates are smoothed with a Gaussian of ``sigma`` samples (edges repeated), then
+    differentiated with second-order central differences (one-sided at the ends).
+    """
+    n = pts.shape[0]
+    out = np.zeros(n)
+    if n < 5:
+        return out
+    ds = 0.0
+    for i in range(n - 1):
+        ds += math.hypot(pts[i + 1, 0] - pts[i, 0], pts[i + 1, 1] - pts[i, 1])
+    ds /= n - 1
+    if ds <= 0:
+        return out
+    r = int(math.ceil(4.0 * sigma)) if sigma > 0 else 0  # noqa: RUF046 (numba)
+    wts = np.empty(2 * r + 1)
+    tot = 0.0
+    for j in range(-r, r + 1):
+        wts[j + r] = math.exp(-0.5 * (j / sigma) ** 2) if sigma > 0 else 1.0
+        tot += wts[j + r]
+    sm = np.empty((n, 2))
+    for i in range(n):
+        ax = 0.0
+        ay = 0.0
+        for j in range(-r, r + 1):
+            k = min(max(i + j, 0), n - 1)
+            ax += wts[j + r] * pts[k, 0]
+            ay += wts[j + r] * pts[k, 1]
+        sm[i, 0] = ax / tot
+        sm[i, 1] = ay / tot
+    d1 = np.empty((n, 2))
+    d2 = np.empty((n, 2))
+    for c in range(2):
+        for i in range(1, n - 1):
+            d1[i, c] = (sm[i + 1, c] - sm[i - 1, c]) / (2 * ds)
+            d2[i, c] = (sm[i + 1, c] - 2 * sm[i, c] + sm[i - 1, c]) / (ds * ds)
+        d1[0, c] = (sm[1, c] - sm[0, c]) / ds
+        d1[n - 1, c] = (sm[n - 1, c] - sm[n - 2, c]) / ds
+        d2[0, c] = d2[1, c]
+        d2[n - 1, c] = d2[n - 2, c]
+    for i in range(n):
+        den = (d1[i, 0] ** 2 + d1[i, 1] ** 2) ** 1.5
+        if den > 1e-12:
+            out[i] = (d1[i, 0] * d2[i, 1] - d1[i, 1] * d2[i, 0]) / den
+    return out
+
+
+def trace(crop, x0, y0, width, height, half, trim, step, n_points, sigma):
+    """The whole per-line stage on one crop (see ``lines.trace_line``).
+
+    ``crop`` is the (h, w) uint8 mask crop whose pixel (0, 0) is frame pixel (x0, y0);
+    ``width``/``height`` the frame size. Returns ``(points (n_points, 2), length px,
+    pieces, area px, curvature (n_points,))``; pieces is 0 for an empty crop.
+    """
+    h, w = crop.shape
+    piece = np.empty((h + 2, w + 2), np.uint8)
+    ys = np.empty(h * w, np.int64)
+    xs = np.empty(h * w, np.int64)
+    pieces, area = largest_piece_px(crop, piece, ys, xs)
+    if pieces == 0:
+        return np.zeros((n_points, 2)), 0.0, 0, 0, np.zeros(n_points)
+    # the pixel lists carry over (raster order), so no stage rescans the crop
+    skel = piece.copy()
+    m = thin_px(skel, ys, xs, area)
+    path = path_px(skel, ys, xs, m)
+    if path.shape[0] >= 2:
+        core = trim_ends(smooth(path, half), trim)
+    else:
+        core = path
+    full = extend_ends(core, piece, step)
+    for i in range(full.shape[0]):
+        full[i, 0] = min(max(full[i, 0] + x0 - 1, 0.0), width - 1.0)
+        full[i, 1] = min(max(full[i, 1] + y0 - 1, 0.0), height - 1.0)
+    length = polyline_length(full) if full.shape[0] >= 2 else 0.0
+    pts = resample(full, n_points)
+    return pts, length, pieces, area, curvature_gauss(pts, sigma)
+
+
+def neighbours(lines, probes, cent, tang, length, max_spacing, sin_max):
+    """(N, N) uint8: 1 where two lines are nearest neighbours side by side (pileups.py).
+
+    Each line is joined to its nearest candidate on either side (by the distance of the
+    centroids across the line): a candidate is nearly parallel (sine of the angle at most
+    ``sin_max``), beside rather than behind (along-line offset at most half the longer line)
+    and within ``max_spacing`` by the mean distance of five probe points. Chains of nearest
+    neighbours make the pile-ups; only two distances are computed per line.
+    """
+    n = lines.shape[0]
+    adj = np.zeros((n, n), np.uint8)
+    for i in range(n):
+        best_p = -1
+        best_n = -1
+        dp = np.inf
+        dn = np.inf
+        for j in range(n):
+            if j == i:
+                continue
+            dcx = cent[j, 0] - cent[i, 0]
+            dcy = cent[j, 1] - cent[i, 1]
+            if math.hypot(dcx, dcy) > 0.5 * (length[i] + length[j]) + max_spacing:
+                continue
+            if abs(tang[i, 0] * tang[j, 1] - tang[i, 1] * tang[j, 0]) > sin_max:
+                continue
+            along = max(abs(dcx * tang[i, 0] + dcy * tang[i, 1]),
+                        abs(dcx * tang[j, 0] + dcy * tang[j, 1]))  # fmt: skip
+            if along > 0.5 * max(length[i], length[j]):
+                continue
+            perp = tang[i, 0] * dcy - tang[i, 1] * dcx
+            if perp >= 0 and perp < dp:
+                dp = perp
+                best_p = j
+            elif perp < 0 and -perp < dn:
+                dn = -perp
+                best_n = j
+        for j in (best_p, best_n):
+            if j < 0 or adj[i, j]:
+                continue
+            d = 0.5 * (mean_closest(probes[i], lines[j]) + mean_closest(probes[j], lines[i]))
+            if d <= max_spacing:
+                adj[i, j] = 1
+                adj[j, i] = 1
+    return adj
+
+
+def components(adj):
+    """Connected components of an (N, N) adjacency: (N,) labels 0, 1, ... numbered in the
+    order of each component's lowest line index."""
+    n = adj.shape[0]
+    lab = np.full(n, -1, np.int64)
+    stack = np.empty(n, np.int64)
+    nl = 0
+    for s in range(n):
+        if lab[s] >= 0:
+            continue
+        lab[s] = nl
+        stack[0] = s
+        top = 1
+        while top > 0:
+            top -= 1
+            u = stack[top]
+            for v in range(n):
+                if adj[u, v] and lab[v] < 0:
+                    lab[v] = nl
+                    stack[top] = v
+                    top += 1
+        nl += 1
+    return lab
+
+
+def chain_spacing(lines, order):
+    """Symmetric mean closest distance of consecutive lines ``order[k]``, ``order[k+1]``, px."""
+    m = order.shape[0]
+    out = np.empty(max(m - 1, 0))
+    for k in range(m - 1):
+        a = lines[order[k]]
+        b = lines[order[k + 1]]
+        out[k] = mean_closest_pair(a, b)
+    return out
+
+
+_NAMES = ("thin", "thin_px", "longest_path", "path_px", "smooth", "polyline_length", "resample",
+          "nearest_vertex_dist", "mean_closest", "mean_closest_pair",
+          "ray_exit", "bbox", "largest_piece", "largest_piece_px", "trim_ends", "extend_ends",
+          "curvature_gauss",
+          "trace", "neighbours", "components", "chain_spacing")  # fmt: skip
 
 _PY = SimpleNamespace(**{name: globals()[name] for name in _NAMES}, name="python")
 _NB: SimpleNamespace | None = None
 
 
 def _compile() -> SimpleNamespace:
+    """Compile every kernel into a namespace of its own, so compiled kernels call compiled ones.
+
+    Each function is rebuilt from its code object with that namespace as its globals; when
+    Numba compiles ``trace`` it then finds the jitted ``thin``, ``longest_path`` ... there.
+    """
     import numba
 
-    jit = numba.njit(cache=True, nogil=True)
-    return SimpleNamespace(**{name: jit(globals()[name]) for name in _NAMES}, name="numba")
+    ns: dict = {"np": np, "math": math, "_DELETABLE": _DELETABLE}
+    for name in _NAMES:
+        f = globals()[name]
+        g = FunctionType(f.__code__, ns, name, f.__defaults__)
+        g.__qualname__ = f.__qualname__
+        g.__module__ = f.__module__
+        ns[name] = numba.njit(cache=True, nogil=True)(g)
+    return SimpleNamespace(**{name: ns[name] for name in _NAMES}, name="numba")
 
 
 def get_kernels(impl: str = "numba") -> SimpleNamespace:

@@ -19,6 +19,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 __all__ = [
     "FrameView",
     "LineView",
@@ -33,7 +35,11 @@ JPEG_MAGIC = b"\xff\xd8"
 
 @dataclass(frozen=True)
 class LineView:
-    """A dislocation line: track id, pile-up, polyline (K, 2) in px (x, y), length, velocity."""
+    """A dislocation line, positions in px (x, y) of the frame.
+
+    ``points`` is the line's polyline (K, 2) when ``ordered``, else unordered skeleton pixels;
+    ``contour`` the outline (M, 2) of its mask; ``centroid`` (x, y).
+    """
 
     id: int | None
     pileup: int | None
@@ -41,17 +47,23 @@ class LineView:
     length_nm: float | None
     velocity_nm_s: float | None
     position_nm: float | None = None
+    contour: list[list[float]] = field(default_factory=list)
+    centroid: list[float] | None = None
+    ordered: bool = True
+    glide_dir: list[float] | None = None
 
 
 @dataclass(frozen=True)
 class LoopView:
-    """A loop: track id, centre (x, y) px, semi-axes (a, b) px, angle (deg), major axis nm."""
+    """A loop: track id, centre (x, y) px, semi-axes (a, b) px, angle (deg), major axis nm,
+    and the outline (M, 2) px of its mask when the stream carries one."""
 
     id: int | None
     center: list[float]
     axes: list[float]
     angle_deg: float
     major_nm: float | None
+    contour: list[list[float]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,8 @@ class FrameView:
     source: str = ""
     engine: str = ""
     fps: dict[str, float] = field(default_factory=dict)
+    stage_ms: dict[str, float] = field(default_factory=dict)
+    latency_ms: float | None = None
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
     counters: dict[str, int] = field(default_factory=dict)
@@ -92,10 +106,12 @@ class FrameView:
         return asdict(self)
 
 
-def parse_message(parts: list[bytes]) -> tuple[dict[str, Any], bytes | None]:
-    """Split a multipart message into (JSON header, JPEG bytes or None).
+def parse_message(parts: list[bytes]) -> tuple[str, dict[str, Any], bytes | None]:
+    """Split a multipart message into (topic, JSON header, JPEG bytes or None).
 
-    A leading topic frame (any part that is not a JSON object) is skipped.
+    The daemon sends ``[topic, header, jpeg?]`` with topics ``frame``, ``metrics`` and
+    ``series``; without a topic part the topic is read from the header's ``schema``
+    (``loopline.frame/1`` → ``frame``) and defaults to ``frame``.
 
     Raises
     ------
@@ -104,9 +120,12 @@ def parse_message(parts: list[bytes]) -> tuple[dict[str, Any], bytes | None]:
     """
     header: dict[str, Any] | None = None
     jpeg: bytes | None = None
-    for p in parts:
+    topic = ""
+    for i, p in enumerate(parts):
         b = bytes(p)
-        if b.startswith(JPEG_MAGIC):
+        if i == 0 and len(b) < 64 and b[:1] != b"{" and not b.startswith(JPEG_MAGIC):
+            topic = b.decode("ascii", "replace")
+        elif b.startswith(JPEG_MAGIC):
             jpeg = b
         elif header is None and b[:1] == b"{":
             try:
@@ -117,7 +136,10 @@ def parse_message(parts: list[bytes]) -> tuple[dict[str, Any], bytes | None]:
                 header = obj
     if header is None:
         raise ValueError(f"no JSON header in a {len(parts)}-part message")
-    return header, jpeg
+    if not topic:
+        schema = header.get("schema")
+        topic = schema.split(".", 1)[-1].split("/")[0] if isinstance(schema, str) else "frame"
+    return topic, header, jpeg
 
 
 def _first(d: Mapping[str, Any] | None, *keys: str, default: Any = None) -> Any:
@@ -186,17 +208,34 @@ def _lines(items: Any, nm_per_px: float | None, fps: float | None) -> list[LineV
     for d in items or []:
         if not isinstance(d, Mapping):
             continue
+        pts = _points(_first(d, "points_px", "points", "polyline", "line", "xy"))
+        ordered = bool(pts)
+        if not pts:  # the daemon's instances: a centre line, or skeleton pixels (fallback)
+            pts = _points(_first(d, "skeleton_px", "skeleton"))
+            ordered = _is_polyline(pts)
+        cen = _points([_first(d, "centroid_px", "centroid", default=[math.nan, math.nan])])
         out.append(
             LineView(
                 id=_int(_first(d, "track_id", "track", "id")),
                 pileup=_int(_first(d, "pileup", "pileup_id")),
-                points=_points(_first(d, "points_px", "points", "polyline", "line", "xy")),
+                points=pts,
                 length_nm=_nm(d, "length", nm_per_px),
                 velocity_nm_s=_nm(d, "velocity", nm_per_px, per_s=fps),
                 position_nm=_nm(d, "position", nm_per_px),
+                contour=_points(_first(d, "contour_px", "contour", "polygon")),
+                centroid=cen[0] if cen else None,
+                ordered=ordered,
+                glide_dir=(_points([d["glide_dir"]]) or [None])[0] if d.get("glide_dir") else None,
             )
         )
     return out
+
+
+def _is_line(d: Mapping[str, Any]) -> bool:
+    name = _first(d, "class", "class_name", "kind")
+    if isinstance(name, str):
+        return name.lower() in ("dislocation", "line", "dislocations")
+    return _int(_first(d, "cls", "class_id", default=0)) == 0
 
 
 def _loops(items: Any, nm_per_px: float | None) -> list[LoopView]:
@@ -204,13 +243,14 @@ def _loops(items: Any, nm_per_px: float | None) -> list[LoopView]:
     for d in items or []:
         if not isinstance(d, Mapping):
             continue
-        c = _points([_first(d, "center_px", "center", "centre", default=[math.nan, math.nan])])
+        c = _points([_first(d, "center_px", "center", "centre", "centroid_px", "centroid",
+                            default=[math.nan, math.nan])])  # fmt: skip
         if not c:
             continue
         axes = _first(d, "axes_px", "semi_axes_px", "axes")
         if axes is None:
             # full axes (diameters) given: ellipses are drawn with semi-axes
-            major = _num(_first(d, "major_px", "major_axis_px", "major"))
+            major = _num(_first(d, "major_px", "major_axis_px", "major", "length_px"))
             minor = _num(_first(d, "minor_px", "minor_axis_px", "minor", default=major))
             axes = [(major or 0.0) / 2, (minor or 0.0) / 2]
         ax = [abs(_num(a) or 0.0) for a in list(axes)[:2]] + [0.0, 0.0]
@@ -224,6 +264,7 @@ def _loops(items: Any, nm_per_px: float | None) -> list[LoopView]:
                 axes=[round(ax[0], 2), round(ax[1], 2)],
                 angle_deg=_num(_first(d, "angle_deg", "angle", default=0.0)) or 0.0,
                 major_nm=major_nm,
+                contour=_points(_first(d, "contour_px", "contour", "polygon")),
             )
         )
     return out
@@ -253,14 +294,30 @@ def _pileups(items: Any, lines: list[LineView], nm_per_px: float | None) -> list
 
 
 def _counters(header: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str, int]:
-    raw = _first(metrics, "counters") or _first(header, "counters") or {}
-    out = {}
-    if isinstance(raw, Mapping):
-        for k, v in raw.items():
-            n = _int(v)
-            if n is not None:
-                out[str(k)] = n
+    # the frame's own counters are the freshest; the metrics message adds the rest
+    out: dict[str, int] = {}
+    for raw in (_first(metrics, "counters"), _first(header, "counters")):
+        if isinstance(raw, Mapping):
+            for k, v in raw.items():
+                n = _int(v)
+                if n is not None:
+                    out[str(k)] = n
     return out
+
+
+def _source_from_series(info: Mapping[str, Any]) -> str:
+    if not info:
+        return ""
+    shape = info.get("shape")
+    dims = "×".join(str(x) for x in shape) if isinstance(shape, list) else ""
+    return " ".join(x for x in (f"series {info.get('series', '')}", dims,
+                                str(info.get("dtype") or "")) if x.strip())  # fmt: skip
+
+
+def _num_map(raw: Any) -> dict[str, float]:
+    if not isinstance(raw, Mapping):
+        return {}
+    return {str(k): v for k, v in ((k, _num(v)) for k, v in raw.items()) if v is not None}
 
 
 def _fps(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -268,7 +325,7 @@ def _fps(metrics: Mapping[str, Any]) -> dict[str, float]:
     if not isinstance(raw, Mapping):
         v = _num(raw)
         return {} if v is None else {"total": v}
-    return {str(k): v for k, v in ((k, _num(v)) for k, v in raw.items()) if v is not None}
+    return _num_map(raw)
 
 
 def _latency(metrics: Mapping[str, Any]) -> tuple[float | None, float | None]:
@@ -279,8 +336,57 @@ def _latency(metrics: Mapping[str, Any]) -> tuple[float | None, float | None]:
             _num(_first(metrics, "latency_p99_ms", "p99_ms")))  # fmt: skip
 
 
-def to_view(header: Mapping[str, Any], *, jpeg: bytes | None = None) -> FrameView:
+def _rows(x: Any) -> list[dict[str, Any]] | None:
+    """A list of per-object dicts from either a list of dicts or a dict of columns."""
+    if isinstance(x, Mapping):
+        cols = {k: v for k, v in x.items() if isinstance(v, list)}
+        n = max((len(v) for v in cols.values()), default=0)
+        return [{k: v[i] for k, v in cols.items() if i < len(v)} for i in range(n)]
+    if isinstance(x, list):
+        return [d for d in x if isinstance(d, Mapping)]
+    return None
+
+
+def _columnar_pileups(result: Mapping[str, Any], line_rows: list[dict[str, Any]],
+                      nm: float | None) -> list[dict[str, Any]]:  # fmt: skip
+    """Pile-ups of a ``FrameResult.to_dict()``: spacings from its pairs, leader from rank 0.
+
+    There, ``lines.pileup`` and ``pairs.pileup`` index the ``pileups`` columns; this turns
+    them into the pile-up ids (persistent after tracking) the viewers show.
+    """
+    pu = _rows(result.get("pileups")) or []
+    pairs = _rows(result.get("pairs")) or []
+    out = []
+    for idx, p in enumerate(pu):
+        mine = sorted((q for q in pairs if _int(q.get("pileup")) == idx),
+                      key=lambda q: _int(q.get("rank")) or 0)  # fmt: skip
+        sp = []
+        for q in mine:
+            v = _num(q.get("spacing_nm"))
+            if v is None and nm:
+                v = (_num(q.get("spacing_px")) or math.nan) * nm
+            sp.append(v)
+        lead = next((ln for ln in line_rows
+                     if _int(ln.get("pileup")) == idx and _int(ln.get("rank")) == 0), None)
+        out.append({"id": _int(p.get("id")) if p.get("id") is not None else idx,
+                    "spacings_nm": [v for v in sp if v is not None],
+                    "dislocation_ids": [] if lead is None else [lead.get("track_id")],
+                    "glide_dir": p.get("glide_dir")})  # fmt: skip
+    return out
+
+
+def to_view(header: Mapping[str, Any], *, jpeg: bytes | None = None,
+            metrics: Mapping[str, Any] | None = None,
+            series_info: Mapping[str, Any] | None = None) -> FrameView:  # fmt: skip
     """Normalise one published header (and its JPEG, if any) into a :class:`FrameView`.
+
+    Understood layouts: a header whose ``result`` is a ``FrameResult.to_dict()`` (columns per
+    object kind), lists of per-object dicts under ``lines``/``loops``/``pileups``, and the
+    daemon's per-instance list ``instances`` (class, track id, contour, skeleton, centroid);
+    when both a ``result`` and ``instances`` are present the instances' mask contours are
+    attached to the result's lines and loops by track id. ``metrics`` is the newest
+    ``metrics`` message (fps per stage, latency percentiles, counters) and ``series_info`` the
+    newest ``series`` start message, both published apart from the frames.
 
     Raises
     ------
@@ -288,21 +394,56 @@ def to_view(header: Mapping[str, Any], *, jpeg: bytes | None = None) -> FrameVie
         If the header has no frame number.
     """
     result = _first(header, "result", "frame_result", default=header)
-    metrics = _first(header, "metrics", default={}) or {}
+    if not isinstance(result, Mapping):
+        result = header
+    row = _first(header, "row", default={}) or {}
+    metrics = metrics or _first(header, "metrics", default={}) or {}
+    series_info = series_info or {}
     frame = _int(_first(header, "frame", "frame_index", "index", "frame_id"))
     if frame is None:
         frame = _int(_first(result, "frame", "frame_index", "index", "frame_id"))
     if frame is None:
         raise ValueError(f"header has no frame number (keys: {', '.join(sorted(header))})")
-    nm = _num(_first(header, "nm_per_px", "pixel_size_nm")) or _num(
-        _first(result, "nm_per_px", "pixel_size_nm"))  # fmt: skip
+    nm = (_num(_first(header, "nm_per_px", "px_nm", "pixel_size_nm"))
+          or _num(_first(result, "nm_per_px", "px_nm", "pixel_size_nm"))
+          or _num(_first(series_info, "pixel_size_nm", "px_nm")))  # fmt: skip
     shape = _first(header, "shape", default=None) or _first(result, "shape", default=None)
     height = _int(_first(header, "height")) or (_int(shape[0]) if shape else None)
     width = _int(_first(header, "width")) or (_int(shape[1]) if shape else None)
-    src_fps = _num(_first(header, "source_fps", "frame_rate")) or _num(_first(metrics, "source_fps"))
-    lines = _lines(_first(result, "lines", "dislocations"), nm, src_fps)
-    loops = _loops(_first(result, "loops"), nm)
-    pileups = _pileups(_first(result, "pileups"), lines, nm)
+    src_fps = _num(_first(header, "source_fps", "frame_rate")) or _num(
+        _first(metrics, "source_fps"))  # fmt: skip
+
+    line_rows = _rows(_first(result, "lines", "dislocations"))
+    loop_rows = _rows(_first(result, "loops"))
+    pileup_rows = _rows(_first(result, "pileups"))
+    if isinstance(result.get("lines"), Mapping):  # FrameResult.to_dict(): columns
+        lines_idx = line_rows or []
+        pileup_rows = _columnar_pileups(result, lines_idx, nm)
+        for ln in lines_idx:  # pile-up index -> pile-up id
+            k = _int(ln.get("pileup"))
+            ok = k is not None and 0 <= k < len(pileup_rows)
+            ln["pileup"] = pileup_rows[k]["id"] if ok else None
+            ln["glide_dir"] = pileup_rows[k]["glide_dir"] if ok else None
+    instances = _rows(_first(header, "instances") or _first(result, "instances")) or []
+    if nm is None:
+        # no pixel size in the header: the daemon's instances may still carry px and nm
+        for d in instances:
+            px, n_ = _num(d.get("length_px")), _num(d.get("length_nm"))
+            if px and n_:
+                nm = n_ / px
+                break
+    inst_lines = [d for d in instances if _is_line(d)]
+    inst_loops = [d for d in instances if not _is_line(d)]
+    if line_rows is None and loop_rows is None:
+        line_rows, loop_rows = inst_lines, inst_loops
+        if pileup_rows is None:
+            pileup_rows = _instance_pileups(inst_lines, _rows(header.get("pairs")) or [], nm)
+    else:
+        _attach_contours(line_rows or [], inst_lines)
+        _attach_contours(loop_rows or [], inst_loops)
+    lines = _lines(line_rows, nm, src_fps)
+    loops = _loops(loop_rows, nm)
+    pileups = _pileups(pileup_rows, lines, nm)
     if not pileups:
         # derive pile-ups from the lines when the message only carries per-line data
         groups: dict[int, list[LineView]] = {}
@@ -311,24 +452,31 @@ def to_view(header: Mapping[str, Any], *, jpeg: bytes | None = None) -> FrameVie
                 groups.setdefault(ln.pileup, []).append(ln)
         pileups = [PileupView(id=k, spacings_nm=[], lead_velocity_nm_s=v[0].velocity_nm_s,
                               lead_id=v[0].id) for k, v in sorted(groups.items())]  # fmt: skip
-    jpeg_w = _int(_first(header, "jpeg_width"))
-    scale = _num(_first(header, "jpeg_scale"))
+    jpeg_info = header.get("jpeg")
+    jpeg_w = _int(_first(header, "jpeg_width")) or _int(_first(jpeg_info, "width"))
+    scale = _num(_first(header, "jpeg_scale")) or _num(_first(jpeg_info, "scale"))
     if scale is None and jpeg_w and width:
         scale = jpeg_w / width
-    n_disl = _int(_first(result, "n_dislocations", "n_lines"))
-    n_loops = _int(_first(result, "n_loops"))
+    n_disl = _int(_first(row, "n_dislocations")) if row else None
+    n_disl = n_disl if n_disl is not None else _int(_first(result, "n_dislocations", "n_lines"))
+    n_loops = _int(_first(row, "n_loops")) if row else None
+    n_loops = n_loops if n_loops is not None else _int(_first(result, "n_loops"))
+    timings = _first(header, "timings_ms") or _first(result, "timings_ms") or {}
     return FrameView(
         frame=frame,
         series=_text(_first(header, "series", "series_id", default="")),
-        time_s=_num(_first(header, "t", "time_s", "timestamp", "time")),
+        time_s=_num(_first(header, "time_s", "t", "timestamp", "time")),
         width=width,
         height=height,
         nm_per_px=nm,
-        source=_text(_first(header, "source", default="") or _first(metrics, "source")),
+        source=_text(_first(header, "source", default="") or _first(metrics, "source")
+                     or _source_from_series(series_info)),
         engine=_text(_first(header, "engine", default="") or _first(metrics, "engine")),
         fps=_fps(metrics),
-        latency_p50_ms=_latency(metrics)[0],
-        latency_p99_ms=_latency(metrics)[1],
+        stage_ms=_num_map(timings),
+        latency_ms=_num(_first(header, "latency_ms")),
+        latency_p50_ms=_latency(metrics)[0] or _latency(header)[0],
+        latency_p99_ms=_latency(metrics)[1] or _latency(header)[1],
         counters=_counters(header, metrics),
         lines=lines,
         loops=loops,
@@ -338,3 +486,45 @@ def to_view(header: Mapping[str, Any], *, jpeg: bytes | None = None) -> FrameVie
         has_jpeg=jpeg is not None,
         jpeg_scale=scale or 1.0,
     )
+
+
+def _instance_pileups(lines: list[dict[str, Any]], pairs: list[dict[str, Any]],
+                      nm: float | None) -> list[dict[str, Any]]:  # fmt: skip
+    """Pile-ups of the daemon's message: instances carry ``pileup``/``rank``, ``pairs`` the
+    neighbour spacings (``rank`` 0 = the pair with the leader)."""
+    ids = sorted({p for p in (_int(d.get("pileup")) for d in lines) if p is not None}
+                 | {p for p in (_int(q.get("pileup")) for q in pairs) if p is not None})
+    out = []
+    for pid in ids:
+        mine = sorted((q for q in pairs if _int(q.get("pileup")) == pid),
+                      key=lambda q: _int(q.get("rank")) or 0)  # fmt: skip
+        sp = []
+        for q in mine:
+            v = _num(q.get("spacing_nm"))
+            if v is None and nm:
+                v = (_num(q.get("spacing_px")) or math.nan) * nm
+            if v is not None and math.isfinite(v):
+                sp.append(v)
+        members = [d for d in lines if _int(d.get("pileup")) == pid]
+        lead = min(members, key=lambda d: _int(d.get("rank")) or 0, default=None)
+        out.append({"id": pid, "spacings_nm": sp,
+                    "dislocation_ids": [] if lead is None else [_first(lead, "track_id", "id")]})
+    return out
+
+
+def _is_polyline(pts: list[list[float]]) -> bool:
+    """True when consecutive points follow the line (no jumps), as a resampled centre line
+    does; skeleton pixels listed in raster order jump where the line recrosses a row."""
+    if len(pts) < 3:
+        return True
+    a = np.asarray(pts)
+    step = np.hypot(*np.diff(a, axis=0).T)
+    return bool(step.max() <= 3 * np.median(step) + 2.0)
+
+
+def _attach_contours(rows: list[dict[str, Any]], instances: list[dict[str, Any]]) -> None:
+    by_id = {_int(_first(d, "track_id", "id")): d for d in instances}
+    for r in rows:
+        inst = by_id.get(_int(_first(r, "track_id", "id")))
+        if inst is not None and "contour" not in r and "contour_px" not in r:
+            r["contour"] = inst.get("contour") or inst.get("contour_px") or []

@@ -1,0 +1,186 @@
+"""The measure/track step of the daemon, kept thin: detections in; row, instances, pairs out.
+
+:class:`Analyzer` wraps ``loopline.pipelines`` (``measure_frame`` and ``OnlineTracker``).
+What leaves here is plain JSON-able data:
+
+- ``row``: flat scalars for the time series (one row per analysed frame);
+- ``instances``: one dict per instance (``id``, ``cls``, ``score``, ``centroid`` [x, y] px,
+  ``length_px``, ``length_nm``, ``contour`` [[x, y], ...] px, ``skeleton`` [[x, y], ...] px;
+  dislocations also ``pileup``, ``rank`` and their pile-up's unit ``glide_dir`` [x, y]) for
+  tracks.csv, the overlay and the published message;
+- ``pairs``: neighbouring dislocations of a pile-up (track ids ``a``, ``b``, ``spacing_px``,
+  ``spacing_nm``, ``pileup``, ``rank``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ..engines.base import Detections
+from ..pipelines import OnlineTracker, measure_frame
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Analyzer", "contour_of"]
+
+_MAX_CONTOUR_POINTS = 200
+
+
+def contour_of(mask: np.ndarray) -> list[list[float]]:
+    """Outer contour of the largest blob of a (H, W) bool mask, simplified, [[x, y], ...] px."""
+    cs, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not cs:
+        return []
+    c = max(cs, key=cv2.contourArea)
+    c = cv2.approxPolyDP(c, 1.0, True).reshape(-1, 2)
+    if len(c) > _MAX_CONTOUR_POINTS:
+        c = c[:: math.ceil(len(c) / _MAX_CONTOUR_POINTS)]
+    return c.astype(float).tolist()
+
+
+def _finite(v: Any, nd: int = 3) -> float | None:
+    v = float(v)
+    return round(v, nd) if math.isfinite(v) else None
+
+
+class Analyzer:
+    """Measure and track one series at a time (``new_series`` resets the tracker).
+
+    Parameters
+    ----------
+    nm_per_px : float
+        Pixel size used when a frame brings none (0 = unknown, nm values are None).
+    calibration_profile : str
+        Path of a calibration file for ``loopline.calibration.load_calibration`` ("" = none).
+    """
+
+    def __init__(self, *, nm_per_px: float = 0.0, calibration_profile: str = "") -> None:
+        self.nm_per_px = nm_per_px
+        self.profile = calibration_profile
+        self._calibration: Any = None
+        self._tracker: OnlineTracker | None = None
+        self.series: str | None = None
+
+    def _calib(self, px_nm: float):
+        from ..calibration import Calibration, load_calibration
+
+        cal = load_calibration(self.profile) if self.profile else Calibration()
+        px = px_nm or self.nm_per_px or None
+        if px and cal.nm_per_px is None:
+            cal = cal.replace(nm_per_px=px)
+        return cal
+
+    def new_series(self, series: str, px_nm: float = 0.0) -> None:
+        self.series = series
+        self._calibration = self._calib(px_nm)
+        self._tracker = OnlineTracker(self._calibration)
+
+    def warmup(self, shape: tuple[int, int] = (128, 128)) -> None:
+        """One synthetic frame through measure and track (compiles Numba kernels now)."""
+        h, w = shape
+        m = np.zeros((2, h, w), bool)
+        m[0, h // 2 - 2 : h // 2 + 2, 10 : w - 10] = True
+        m[1, 10:30, 10:30] = True
+        det = Detections(m, np.array([[10, h / 2 - 2, w - 10, h / 2 + 2], [10, 10, 30, 30]],
+                                     np.float32), np.array([0.9, 0.9], np.float32),
+                         np.array([0, 1]))  # fmt: skip
+        img = np.full(shape, 128, np.uint8)
+        self.new_series("warmup", 1.0)
+        for i in range(2):
+            self.process(det, index=i, time_s=0.04 * i, image=img)
+        self.series = None
+
+    def process(
+        self, det: Detections, *, index: int, time_s: float, image: np.ndarray | None = None,
+    ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, float], list[dict[str, Any]]]:
+        """One frame of the current series: (row, instances, timings_ms, pairs).
+
+        See the module docstring; :meth:`new_series` must have been called first.
+        """
+        if self._tracker is None:
+            raise RuntimeError("Analyzer.process: call new_series() first")
+        t0 = time.perf_counter()
+        res = measure_frame(det, index=index, time_s=time_s, calibration=self._calibration)
+        res = self._tracker.update(res, image)
+        t1 = time.perf_counter()
+        nm = res.nm_per_px
+        line_masks = [i for i in range(len(det)) if int(det.classes[i]) == 0]
+        instances: list[dict[str, Any]] = []
+        cents = res.line_centroid_px
+        h, w = det.shape
+        for i in range(res.n_lines):
+            pts = res.line_points_px[i]
+            # the detection this line was measured from: the class-0 mask its points lie on
+            contour: list[list[float]] = []
+            if line_masks:
+                xs = np.clip(np.round(pts[:, 0]).astype(int), 0, w - 1)
+                ys = np.clip(np.round(pts[:, 1]).astype(int), 0, h - 1)
+                hits = [int(det.masks[j][ys, xs].sum()) for j in line_masks]
+                j = line_masks[int(np.argmax(hits))]
+                if max(hits) > 0:
+                    contour = contour_of(det.masks[j])
+            x0, y0 = pts.min(axis=0)
+            x1, y1 = pts.max(axis=0)
+            glide = None
+            if res.n_pileups:
+                gx, gy = res.pileup_glide_dir[res.line_pileup[i]]
+                glide = [_finite(gx, 4), _finite(gy, 4)]
+            instances.append({
+                "id": int(res.line_track_id[i]), "cls": 0, "class": "dislocation",
+                "score": _finite(res.line_score[i]),
+                "centroid": [_finite(cents[i, 0], 2), _finite(cents[i, 1], 2)],
+                "box": [_finite(x0, 1), _finite(y0, 1), _finite(x1, 1), _finite(y1, 1)],
+                "length_px": _finite(res.line_length_px[i]),
+                "length_nm": _finite(res.line_length_px[i] * nm),
+                "width_px": _finite(res.line_width_px[i]),
+                "pileup": int(res.pileup_id[res.line_pileup[i]]) if res.n_pileups else -1,
+                "rank": int(res.line_rank[i]), "glide_dir": glide,
+                "contour": contour, "skeleton": np.round(pts, 2).tolist(),
+            })  # fmt: skip
+        for i in range(res.n_loops):
+            cx, cy = res.loop_center_px[i]
+            a, b = res.loop_major_px[i] / 2, res.loop_minor_px[i] / 2
+            poly = cv2.ellipse2Poly((round(cx), round(cy)), (max(round(a), 1), max(round(b), 1)),
+                                    round(float(res.loop_angle_deg[i])), 0, 360, 15)  # fmt: skip
+            instances.append({
+                "id": int(res.loop_track_id[i]), "cls": 1, "class": "loop",
+                "score": _finite(res.loop_score[i]), "centroid": [_finite(cx, 2), _finite(cy, 2)],
+                "box": [_finite(cx - a, 1), _finite(cy - a, 1), _finite(cx + a, 1),
+                        _finite(cy + a, 1)],
+                "length_px": _finite(res.loop_major_px[i]),
+                "length_nm": _finite(res.loop_major_px[i] * nm),
+                "minor_px": _finite(res.loop_minor_px[i]),
+                "angle_deg": _finite(res.loop_angle_deg[i]),
+                "contour": poly.astype(float).tolist(), "skeleton": [],
+            })  # fmt: skip
+        pairs = []
+        for q in range(len(res.pair_spacing_px)):
+            la, lb = res.pair_lines[q]
+            pairs.append({
+                "a": int(res.line_track_id[la]), "b": int(res.line_track_id[lb]),
+                "pileup": int(res.pileup_id[res.pair_pileup[q]]), "rank": int(res.pair_rank[q]),
+                "spacing_px": _finite(res.pair_spacing_px[q]),
+                "spacing_nm": _finite(res.pair_spacing_px[q] * nm),
+            })  # fmt: skip
+        lengths = res.line_length_px
+        row: dict[str, Any] = {
+            "n_dislocations": res.n_lines, "n_loops": res.n_loops, "n_pileups": res.n_pileups,
+            "mean_length_px": _finite(lengths.mean()) if len(lengths) else None,
+            "mean_length_nm": _finite(lengths.mean() * nm) if len(lengths) else None,
+            "mean_spacing_px": _finite(res.pair_spacing_px.mean()) if pairs else None,
+            "mean_spacing_nm": _finite(res.pair_spacing_px.mean() * nm) if pairs else None,
+            "mean_loop_major_nm": _finite(res.loop_major_nm.mean()) if res.n_loops else None,
+            "drift_x_px": _finite(res.drift_px[0]), "drift_y_px": _finite(res.drift_px[1]),
+            "nm_per_px": _finite(nm, 6),
+        }  # fmt: skip
+        for k, v in res.densities.items():
+            row[k] = _finite(v, 6)
+        timings = {k: float(v) for k, v in res.timings_ms.items()}
+        timings["measure_track"] = (t1 - t0) * 1e3
+        return row, instances, timings, pairs

@@ -1,0 +1,181 @@
+"""Live results for viewers: one ZeroMQ PUB socket, latest wins.
+
+Transport
+---------
+``loopline serve`` binds a PUB socket on ``publish.endpoint`` (default
+``tcp://127.0.0.1:5556``; loopback only unless configured otherwise). A viewer connects a SUB
+socket and subscribes to the topics it wants (``b""`` for all). Every message is multipart::
+
+    [topic: bytes, header: JSON (UTF-8), *payload]
+
+No pickle, ever. The send high-water mark is ``publish.hwm`` messages per viewer (default 4):
+a viewer that cannot keep up silently loses messages (ZeroMQ PUB semantics) and always sees
+recent ones — *latest wins*. The daemon never waits for viewers. Viewers should also set a
+small ``RCVHWM`` and may drain their socket and keep only the newest ``frame`` message.
+Drops are visible to a viewer as gaps in ``seq`` (it should count them: ``seq`` increases by
+one per ``frame`` message sent, for the daemon's whole life, restarts of the output worker
+aside).
+
+With ``publish.curve_secret_key`` set, the socket is a CURVE server: viewers must set
+``CURVE_SERVERKEY`` to the daemon's public key (and any client key pair of their own).
+
+Topics
+------
+``b"frame"`` — one analysed frame: ``[b"frame", header, jpeg]``, or ``[b"frame", header]`` when
+JPEGs are off. Header (``schema = "loopline.frame/1"``)::
+
+    {
+      "schema": "loopline.frame/1",
+      "seq": 1234,                 # message counter (gaps = messages this viewer lost)
+      "series": "s0001",           # series (acquisition) id
+      "index": 57,                 # frame index within the series
+      "time_s": 2.28,              # s since the series' first frame
+      "timestamp": 1716400000.12,  # camera timestamp, s since the UNIX epoch
+      "published": 1716400000.19,  # when this message left the daemon (same clock)
+      "latency_ms": 70.3,          # timestamp -> published (null if the camera clock is off)
+      "shape": [512, 512],         # frame (H, W) px; all coordinates below are frame px
+      "px_nm": 2.0,                # pixel size in nm: the camera's, else the calibration's
+                                   # (null if neither gives one)
+      "jpeg": {"width": 512, "height": 512, "scale": 1.0} | null,
+                                   # overlay JPEG size; jpeg px = frame px * scale
+      "instances": [               # one per detected object
+        {"id": 12,                 # track id, stable across frames within a series
+         "cls": 0, "class": "dislocation",    # 0 dislocation, 1 loop
+         "score": 0.91,
+         "centroid": [x, y],       # px
+         "box": [x0, y0, x1, y1],  # px
+         "length_px": 96.0,        # centre-line length (dislocation) or major axis (loop)
+         "length_nm": 192.0,       # null when px_nm is unknown
+         "contour": [[x, y], ...], # outer contour, simplified (<= 200 points)
+         "skeleton": [[x, y], ...],# centre line, ordered points (50 per line; [] for loops)
+         "width_px": 4.1,          # dislocations only: line width
+         "pileup": 0, "rank": 2,   # dislocations only: pile-up id, place from the leader (0)
+         "glide_dir": [gx, gy]     # dislocations only: unit glide direction of the pile-up
+                                   # (x, y), from tail to leader (null: no pile-up)
+         "minor_px": 30.0, "angle_deg": 15.0  # loops only: minor axis, major axis angle
+        }, ...],
+      "pairs": [                   # neighbouring dislocations of each pile-up
+        {"a": 12, "b": 13,         # track ids (a is on the leader's side)
+         "pileup": 0, "rank": 0,   # pile-up id; 0 = the pair that includes the leader
+         "spacing_px": 21.5, "spacing_nm": 43.0}, ...],
+      "row": {...},                # the time-series row of this frame (scalars; series.csv)
+      "timings_ms": {...},         # per-stage times of this frame (engine, measure, track, ...)
+      "counters": {"received": n, "analysed": n, "skipped": n, "malformed": n, "recorded": n}
+    }
+
+The JPEG (third part) is the annotated frame: masks, skeletons, track ids and a scale bar,
+downscaled so its longer side is at most ``publish.jpeg_max_side``.
+
+``b"metrics"`` — once per ``metrics.interval_s``: ``[b"metrics", header]`` with
+``schema = "loopline.metrics/1"``: ``counters`` (received, analysed, skipped, malformed,
+recorded, skipped_backpressure, skipped_lost, dropped_no_slot, ... — see
+:data:`loopline.daemon.metrics.COUNTERS`), ``fps`` per stage (receiver, batcher, engine,
+measure, output), ``busy`` fraction per stage, ``queues`` (queue_batcher, queue_engine,
+queue_output, slots_in_use), ``latency_ms`` {p50, p99, max}, ``ingest_latency_ms``,
+``stage_ms_per_frame``, ``uptime_s``, ``source`` {``protocol``, ``endpoint``} (a path for file
+replay) and ``engine`` (model and runtime, e.g. ``"defects/openvino"``; null until the first
+frame is analysed). summary.json carries the same ``source`` and ``engine``.
+
+``b"series"`` — a series starts or ends: ``[b"series", header]`` with
+``schema = "loopline.series/1"``, ``event`` ("start" | "end"), ``series``, ``timestamp``,
+and for "start" ``shape``, ``dtype``, ``pixel_size_nm``, ``frames`` (announced, or null);
+for "end" ``frames`` and ``aborted`` (true when the series never sent its end).
+
+Floats that are NaN or infinite are sent as ``null``. Unknown keys must be ignored by
+viewers (the schema grows by adding keys; a breaking change bumps the ``/1``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import cv2
+import numpy as np
+import zmq
+
+from .config import PublishConfig
+from .wire import clean_json, load_curve_key, socket
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FRAME_SCHEMA", "METRICS_SCHEMA", "SERIES_SCHEMA", "Publisher", "decode"]
+
+FRAME_SCHEMA = "loopline.frame/1"
+METRICS_SCHEMA = "loopline.metrics/1"
+SERIES_SCHEMA = "loopline.series/1"
+
+
+def _dumps(obj: dict[str, Any]) -> bytes:
+    return json.dumps(clean_json(obj), separators=(",", ":"), allow_nan=False).encode()
+
+
+class Publisher:
+    """The PUB socket (owned by the output worker's one thread)."""
+
+    def __init__(self, ctx: zmq.Context, cfg: PublishConfig) -> None:
+        self.cfg = cfg
+        self.sock = socket(ctx, zmq.PUB, sndhwm=cfg.hwm, linger_ms=0)
+        if cfg.curve_secret_key:
+            secret = load_curve_key(cfg.curve_secret_key)
+            self.sock.curve_secretkey = secret
+            self.sock.curve_publickey = zmq.curve_public(secret)
+            self.sock.curve_server = True
+        self.sock.bind(cfg.endpoint)
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.sent = 0
+        self.sent_jpeg = 0
+
+    def _send(self, parts: list[bytes]) -> None:
+        try:
+            self.sock.send_multipart(parts, zmq.NOBLOCK)
+        except zmq.Again:  # PUB does not block; kept for safety
+            pass
+
+    def frame(self, msg: dict[str, Any], annotated: np.ndarray | None, *,
+              latency_ms: float | None, counters: dict[str, int]) -> None:  # fmt: skip
+        jpeg = None
+        info = None
+        if self.cfg.jpeg and annotated is not None:
+            h, w = annotated.shape[:2]
+            scale = min(1.0, self.cfg.jpeg_max_side / max(h, w))
+            img = annotated
+            if scale < 1.0:
+                img = cv2.resize(annotated, (round(w * scale), round(h * scale)),
+                                 interpolation=cv2.INTER_AREA)  # fmt: skip
+            ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, self.cfg.jpeg_quality])
+            if ok:
+                jpeg = buf.tobytes()
+                info = {"width": img.shape[1], "height": img.shape[0], "scale": round(scale, 6)}
+        header = {
+            "schema": FRAME_SCHEMA, "seq": self.sent, "series": msg["series"],
+            "index": msg["index"], "time_s": msg["time_s"], "timestamp": msg["ts"],
+            "published": time.time(), "latency_ms": latency_ms,
+            "shape": msg.get("shape"), "px_nm": msg.get("px_nm"), "jpeg": info,
+            "instances": msg["instances"], "pairs": msg.get("pairs", []), "row": msg["row"],
+            "timings_ms": msg["timings_ms"],
+            "counters": counters,
+        }  # fmt: skip
+        parts = [b"frame", _dumps(header)]
+        if jpeg is not None:
+            parts.append(jpeg)
+            self.sent_jpeg += 1
+        self._send(parts)
+        self.sent += 1
+
+    def metrics(self, snap: dict[str, Any]) -> None:
+        self._send([b"metrics", _dumps({**snap, "schema": METRICS_SCHEMA})])
+
+    def series(self, msg: dict[str, Any]) -> None:
+        body = {k: v for k, v in msg.items() if k not in ("t", "ts")}
+        body.update(schema=SERIES_SCHEMA, timestamp=msg.get("ts"))
+        self._send([b"series", _dumps(body)])
+
+
+def decode(parts: list[bytes]) -> tuple[str, dict[str, Any], bytes | None]:
+    """Viewer side: ``(topic, header, jpeg_or_None)`` from one received multipart message."""
+    topic = parts[0].decode()
+    header = json.loads(parts[1])
+    return topic, header, parts[2] if len(parts) > 2 else None

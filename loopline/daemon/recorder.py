@@ -1,0 +1,379 @@
+"""The run folder: every frame recorded, results appended as the run goes.
+
+Layout of ``RUN_DIR`` (``output.dir``):
+
+- ``annotated.mp4`` — one video frame per received frame, in arrival order: analysed frames
+  with their overlay (masks, skeletons, track ids, scale bar), frames that were not analysed
+  marked ``SKIPPED`` (latest-wins backpressure) or ``NOT ANALYSED`` (lost with a crashed
+  worker or too late), in grey.
+- ``frames.csv`` — one row per recorded frame: series, index, seq, timestamp, fate
+  (analysed | skipped | lost); it and the MP4 have the same number of frames.
+- ``series.csv`` and ``series.parquet`` — the time series: one row per analysed frame (counts,
+  lengths, latency, per-stage timings); appended every ``output.flush_rows`` rows, so a crash
+  loses at most that many rows.
+- ``tracks.csv`` — one row per instance per analysed frame (track id, class, centroid, length).
+- ``pairs.csv`` — one row per pair of neighbouring dislocations per analysed frame (track ids,
+  pile-up, rank from the leader, spacing in px and nm).
+- ``raw/`` — optional raw frames (``output.raw``): ``frames.tif`` (BigTIFF, appended) or
+  ``{series}_{index:06d}.npy``.
+- ``summary.json`` — ``source`` (protocol, endpoint) and ``engine`` ("model/runtime") names,
+  counters (``received``, ``analysed``, ``skipped``, ``malformed``, ``recorded`` and the
+  detailed ones), latency percentiles, mean rates, warnings.
+
+When the output worker is restarted after a crash it starts a new *part*: ``annotated.1.mp4``,
+``series.1.parquet`` and so on (CSV files are appended to).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .config import OutputConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Recorder", "annotate", "nice_scale_bar", "to_display"]
+
+_COLORS = {0: (60, 200, 255), 1: (255, 120, 60)}  # BGR: dislocation amber, loop blue
+_SKIP_COLOR = (0, 140, 255)
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def to_display(image: np.ndarray) -> np.ndarray:
+    """(H, W) grey of any dtype → uint8 (robust 0.5–99.5 % stretch unless already uint8)."""
+    if image.dtype == np.uint8:
+        return image
+    sub = image[::4, ::4].astype(np.float32)
+    lo, hi = np.percentile(sub, (0.5, 99.5))
+    if hi <= lo:
+        hi = lo + 1.0
+    out = (image.astype(np.float32) - lo) * (255.0 / (hi - lo))
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def nice_scale_bar(width_px: int, px_nm: float) -> tuple[float, str]:
+    """A round bar length (px) near a fifth of the width and its label."""
+    target_nm = width_px * px_nm / 5.0
+    k = 10 ** math.floor(math.log10(target_nm))
+    nm = max((m * k for m in (1, 2, 5) if m * k <= target_nm), default=k)
+    label = f"{nm / 1000:g} µm" if nm >= 1000 else f"{nm:g} nm"
+    return nm / px_nm, label
+
+
+def _scale_bar(img: np.ndarray, px_nm: float | None) -> None:
+    h, w = img.shape[:2]
+    if not px_nm:
+        return
+    length, label = nice_scale_bar(w, px_nm)
+    x1, y = w - 12, h - 14
+    x0 = round(x1 - length)
+    cv2.rectangle(img, (x0 - 4, y - 20), (x1 + 4, y + 8), (0, 0, 0), -1)
+    cv2.line(img, (x0, y), (x1, y), (255, 255, 255), 3)
+    cv2.putText(img, label.replace("µ", "u"), (x0, y - 6), _FONT, 0.4, (255, 255, 255), 1,
+                cv2.LINE_AA)  # fmt: skip
+
+
+def annotate(image: np.ndarray, result: dict[str, Any] | None, *, px_nm: float | None = None,
+             mark: str | None = None, title: str = "") -> np.ndarray:  # fmt: skip
+    """The overlay frame (BGR uint8): instance fills and outlines, skeletons, ids, scale bar.
+
+    ``result`` is a result message (instances as described in :mod:`.publisher`); None
+    draws the frame with ``mark`` (e.g. "SKIPPED") instead.
+    """
+    g = to_display(image)
+    bgr = cv2.cvtColor(g, cv2.COLOR_GRAY2BGR)
+    h, w = g.shape
+    if result is not None:
+        fill = bgr.copy()
+        insts = result.get("instances", [])
+        for inst in insts:
+            c = np.asarray(inst.get("contour") or [], np.int32).reshape(-1, 1, 2)
+            if len(c) >= 3:
+                cv2.fillPoly(fill, [c], _COLORS.get(inst["cls"], (200, 200, 200)))
+        cv2.addWeighted(fill, 0.35, bgr, 0.65, 0, dst=bgr)
+        for inst in insts:
+            col = _COLORS.get(inst["cls"], (200, 200, 200))
+            c = np.asarray(inst.get("contour") or [], np.int32).reshape(-1, 1, 2)
+            if len(c) >= 2:
+                cv2.polylines(bgr, [c], True, col, 1, cv2.LINE_AA)
+            sk = np.asarray(inst.get("skeleton") or [], np.float64).reshape(-1, 2)
+            if "rank" in inst and len(sk) >= 2:  # an ordered centre line
+                cv2.polylines(bgr, [np.round(sk * 16).astype(np.int32).reshape(-1, 1, 2)], False,
+                              (255, 255, 255), 1, cv2.LINE_AA, 4)  # fmt: skip
+            elif len(sk):  # skeleton pixels
+                sk = sk.astype(np.int32)
+                xs = np.clip(sk[:, 0], 0, w - 1)
+                ys = np.clip(sk[:, 1], 0, h - 1)
+                bgr[ys, xs] = (255, 255, 255)
+            x, y = inst["centroid"]
+            cv2.putText(bgr, str(inst.get("id", "")), (int(x) + 4, int(y) - 4), _FONT, 0.4,
+                        (255, 255, 255), 1, cv2.LINE_AA)  # fmt: skip
+        n_l = sum(1 for i in insts if i["cls"] == 0)
+        title = f"{title}  {n_l} disl. {len(insts) - n_l} loops".strip()
+    if title:
+        cv2.putText(bgr, title, (6, 14), _FONT, 0.4, (0, 255, 0), 1, cv2.LINE_AA)
+    if mark:
+        cv2.putText(bgr, mark, (6, 32), _FONT, 0.55, _SKIP_COLOR, 2, cv2.LINE_AA)
+    _scale_bar(bgr, px_nm)
+    return bgr
+
+
+_LEAD = ("series", "index", "seq", "time_s", "timestamp", "latency_ms")
+_TRACK_COLS = ("series", "index", "time_s", "id", "cls", "score", "x_px", "y_px", "length_px",
+               "length_nm", "area_px")  # fmt: skip
+
+
+class _Table:
+    """Rows appended to CSV and/or Parquet; columns fixed by the first row."""
+
+    def __init__(self, csv_path: Path | None, parquet_path: Path | None, flush_rows: int):
+        self.csv_path = csv_path
+        self.parquet_path = parquet_path
+        self.flush_rows = flush_rows
+        self.columns: list[str] | None = None
+        self.rows: list[dict[str, Any]] = []
+        self._csv = None
+        self._writer: Any = None
+        self._pq: Any = None
+        self._schema: Any = None
+        self.count = 0
+
+    def append(self, row: dict[str, Any]) -> None:
+        if self.columns is None:
+            self.columns = list(row)
+        self.rows.append(row)
+        self.count += 1
+        if len(self.rows) >= self.flush_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows or self.columns is None:
+            return
+        rows, self.rows = self.rows, []
+        if self.csv_path is not None:
+            if self._csv is None:
+                new = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
+                self._csv = open(self.csv_path, "a", newline="")
+                self._writer = csv.DictWriter(self._csv, self.columns, extrasaction="ignore")
+                if new:
+                    self._writer.writeheader()
+            self._writer.writerows(rows)
+            self._csv.flush()
+        if self.parquet_path is not None:
+            self._write_parquet(rows)
+
+    def _write_parquet(self, rows: list[dict[str, Any]]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        cols = self.columns or []
+        if self._schema is None:
+            fields = []
+            for c in cols:
+                v = next((r.get(c) for r in rows if r.get(c) is not None), None)
+                if isinstance(v, bool):
+                    t = pa.bool_()
+                elif isinstance(v, int):
+                    t = pa.int64()
+                elif isinstance(v, float) or v is None:
+                    t = pa.float64()
+                else:
+                    t = pa.string()
+                fields.append(pa.field(c, t))
+            self._schema = pa.schema(fields)
+            self._pq = pq.ParquetWriter(self.parquet_path, self._schema)
+        data = {}
+        for f in self._schema:
+            vals = [r.get(f.name) for r in rows]
+            if pa.types.is_string(f.type):
+                vals = [None if v is None else str(v) for v in vals]
+            elif pa.types.is_floating(f.type) or pa.types.is_integer(f.type):
+                vals = [v if isinstance(v, int | float) and not isinstance(v, bool) else None
+                        for v in vals]  # fmt: skip
+                if pa.types.is_integer(f.type):
+                    vals = [None if v is None else int(v) for v in vals]
+            data[f.name] = pa.array(vals, type=f.type)
+        self._pq.write_table(pa.Table.from_pydict(data, schema=self._schema))
+
+    def close(self) -> None:
+        self.flush()
+        if self._csv is not None:
+            self._csv.close()
+            self._csv = None
+        if self._pq is not None:
+            self._pq.close()
+            self._pq = None
+
+
+class Recorder:
+    """Writes the run folder (see the module docstring). Owned by the output worker."""
+
+    def __init__(self, run_dir: str | Path, cfg: OutputConfig, *, part: int = 0) -> None:
+        self.dir = Path(run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.cfg = cfg
+        self.part = part
+        sfx = f".{part}" if part else ""
+        self.mp4_path = self.dir / f"annotated{sfx}.mp4" if cfg.mp4 else None
+        self._video: cv2.VideoWriter | None = None
+        self._size: tuple[int, int] | None = None
+        self.series_table = _Table(
+            self.dir / "series.csv" if cfg.csv else None,
+            self.dir / f"series{sfx}.parquet" if cfg.parquet else None, cfg.flush_rows,
+        )  # fmt: skip
+        self.tracks = _Table(self.dir / "tracks.csv" if cfg.csv else None, None,
+                             cfg.flush_rows * 8)  # fmt: skip
+        self.frames = _Table(self.dir / "frames.csv", None, cfg.flush_rows)
+        self.pairs = _Table(self.dir / "pairs.csv" if cfg.csv else None, None,
+                            cfg.flush_rows * 8)  # fmt: skip
+        self._tif = None
+        if cfg.raw != "none":
+            (self.dir / "raw").mkdir(exist_ok=True)
+        if cfg.parquet:  # import now, not in the middle of a run (a stall of a second or more)
+            import pyarrow.parquet  # noqa: F401
+        self.series: list[dict[str, Any]] = []
+        self.written = 0
+        self.t_open = time.time()
+
+    # -- overlays
+    def annotate(self, image: np.ndarray, result: dict[str, Any]) -> np.ndarray:
+        return annotate(image, result, px_nm=result.get("px_nm"),
+                        title=f"{result['series']} #{result['index']}")  # fmt: skip
+
+    # -- frames
+    def _video_write(self, bgr: np.ndarray) -> None:
+        if self.mp4_path is None:
+            return
+        h, w = bgr.shape[:2]
+        if self._video is None:
+            self._size = (w, h)
+            fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+            self._video = cv2.VideoWriter(str(self.mp4_path), fourcc, self.cfg.video_fps, (w, h))
+            if not self._video.isOpened():
+                raise OSError(f"cannot open {self.mp4_path} for writing (OpenCV mp4v)")
+        if (w, h) != self._size:
+            bgr = cv2.resize(bgr, self._size, interpolation=cv2.INTER_AREA)
+        self._video.write(bgr)
+
+    def write_frame(self, image: np.ndarray, hdr: dict[str, Any], annotated: np.ndarray | None,
+                    fate: str) -> None:  # fmt: skip
+        """Record one frame (every frame comes here exactly once, in arrival order)."""
+        if self.mp4_path is not None:
+            if annotated is None:
+                mark = "SKIPPED" if fate == "skipped" else "NOT ANALYSED"
+                annotated = annotate(image, None, px_nm=hdr.get("px_nm"), mark=mark,
+                                     title=f"{hdr['series']} #{hdr['index']}")  # fmt: skip
+            self._video_write(annotated)
+        if self.cfg.raw == "npy":
+            np.save(self.dir / "raw" / f"{hdr['series']}_{hdr['index']:06d}.npy", image)
+        elif self.cfg.raw == "tiff":
+            if self._tif is None:
+                import tifffile
+
+                sfx = f".{self.part}" if self.part else ""
+                self._tif = tifffile.TiffWriter(self.dir / "raw" / f"frames{sfx}.tif",
+                                                bigtiff=True)  # fmt: skip
+            self._tif.write(image, contiguous=False,
+                            description=json.dumps({"series": hdr["series"],
+                                                    "index": hdr["index"]}))  # fmt: skip
+        self.frames.append({"series": hdr["series"], "index": hdr["index"], "seq": hdr["seq"],
+                            "timestamp": hdr["ts"], "fate": fate})  # fmt: skip
+        self.written += 1
+
+    # -- results
+    def append_result(self, msg: dict[str, Any], *, latency_ms: float | None) -> None:
+        row: dict[str, Any] = {
+            "series": msg["series"], "index": msg["index"], "seq": msg["seq"],
+            "time_s": msg["time_s"], "timestamp": msg["ts"],
+            "latency_ms": None if latency_ms is None else round(latency_ms, 3),
+        }  # fmt: skip
+        row.update(msg["row"])
+        for k, v in msg["timings_ms"].items():
+            row[f"t_{k}_ms"] = round(float(v), 4)
+        self.series_table.append(row)
+        for inst in msg["instances"]:
+            x, y = inst["centroid"]
+            self.tracks.append({
+                "series": msg["series"], "index": msg["index"], "time_s": msg["time_s"],
+                "id": inst.get("id"), "cls": inst["cls"], "score": inst["score"], "x_px": x,
+                "y_px": y, "length_px": inst.get("length_px"), "length_nm": inst.get("length_nm"),
+                "area_px": inst.get("area_px"), "pileup": inst.get("pileup"),
+                "rank": inst.get("rank"),
+            })  # fmt: skip
+        for pr in msg.get("pairs", ()):
+            self.pairs.append({"series": msg["series"], "index": msg["index"],
+                               "time_s": msg["time_s"], **pr})  # fmt: skip
+
+    def series_event(self, msg: dict[str, Any]) -> None:
+        self.series.append({k: v for k, v in msg.items() if k != "t"})
+
+    # -- end
+    def close(self, stats: dict[str, float], *, latency: dict[str, Any],
+              ingest_latency: dict[str, Any], metrics: dict[str, Any],
+              names: dict[str, Any] | None = None) -> Path:  # fmt: skip
+        """Flush and close every file, then write summary.json (returns its path).
+
+        ``names``: ``source`` ({protocol, endpoint}) and ``engine`` ("model/runtime").
+        """
+        from .metrics import COUNTERS
+
+        for t in (self.series_table, self.tracks, self.frames, self.pairs):
+            t.close()
+        if self._video is not None:
+            self._video.release()
+            self._video = None
+        if self._tif is not None:
+            self._tif.close()
+            self._tif = None
+        counters = {k: int(stats.get(k, 0)) for k in COUNTERS}
+        warnings = []
+        if counters["dropped_no_slot"]:
+            warnings.append(f"{counters['dropped_no_slot']} frames were NOT recorded: the slot "
+                            "pool was exhausted (recorder too slow; raise pool.slots)")  # fmt: skip
+        if counters["dropped_source"]:
+            warnings.append(f"{counters['dropped_source']} frames were dropped by the source's "
+                            "queue before they reached the daemon")  # fmt: skip
+        if counters["rejected_oversize"]:
+            warnings.append(f"{counters['rejected_oversize']} frames were larger than "
+                            "pool.max_height x pool.max_width and were rejected")  # fmt: skip
+        if counters["recorded"] + counters["dropped_no_slot"] + counters[
+            "rejected_oversize"
+        ] != counters["received"]:
+            warnings.append("recorded + dropped + rejected != received (a worker crash lost "
+                            "frames between the receiver and the recorder)")  # fmt: skip
+        elapsed = time.time() - self.t_open
+        summary = {
+            "schema": "loopline.summary/1",
+            "source": (names or {}).get("source"),
+            "engine": (names or {}).get("engine"),
+            "counters": counters,
+            "latency_ms": latency,
+            "ingest_latency_ms": ingest_latency,
+            "elapsed_s": round(elapsed, 3),
+            "fps_mean": metrics.get("fps_mean", {}),
+            "series": self.series,
+            "rows": {"series": self.series_table.count, "tracks": self.tracks.count,
+                     "frames": self.frames.count},
+            "files": sorted(p.name for p in self.dir.iterdir()),
+            "part": self.part,
+            "warnings": warnings,
+        }
+        for w in warnings:
+            logger.error("%s", w)
+        from .wire import clean_json
+
+        path = self.dir / "summary.json"  # the part that drains the run writes the summary
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(clean_json(summary), indent=1) + "\n")
+        os.replace(tmp, path)
+        return path

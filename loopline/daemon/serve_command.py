@@ -1,0 +1,106 @@
+"""``loopline serve``: the live analysis daemon beside the microscope.
+
+Every option of ``defaults.toml`` can be set in a TOML file (``--config``) and overridden on
+the command line with ``--set SECTION.KEY=VALUE``; the most used ones have their own flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from ..errors import CliError
+
+HELP = "run the live analysis daemon (ZeroMQ in, results, recording and metrics out)"
+
+logger = logging.getLogger(__name__)
+
+# flag -> (config key, argparse kwargs)
+_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "--endpoint": ("source.endpoint", {"metavar": "URL", "help": "camera / simulator URL"}),
+    "--protocol": ("source.protocol", {"choices": ("loopline", "dectris1", "dectris2", "file"),
+                                       "help": "frame protocol"}),
+    "--socket": ("source.socket", {"choices": ("pull", "sub"), "help": "PULL or SUB"}),
+    "--from": ("source.path", {"metavar": "FILE", "help": "replay a file (protocol file)"}),
+    "--out": ("output.dir", {"metavar": "RUN_DIR", "help": "run folder"}),
+    "--model": ("engine.model", {"help": "model name or path (defects, ridge, *.onnx, ...)"}),
+    "--engine": ("engine.engine", {"help": "runtime (torch, onnx, openvino, tensorrt)"}),
+    "--imgsz": ("engine.imgsz", {"type": int, "help": "network input size (px)"}),
+    "--batch": ("batch.size", {"type": int, "metavar": "N", "help": "frames per engine call"}),
+    "--deadline-ms": ("batch.deadline_ms", {"type": float, "help": "batch latency deadline"}),
+    "--workers": ("engine.workers", {"type": int, "help": "engine worker processes"}),
+    "--nm-per-px": ("calibration.nm_per_px", {"type": float, "help": "pixel size (nm)"}),
+    "--calibration": ("calibration.profile", {"metavar": "FILE", "help": "calibration profile"}),
+    "--publish": ("publish.endpoint", {"metavar": "URL", "help": "PUB endpoint for viewers"}),
+    "--prometheus-port": ("metrics.prometheus_port", {"type": int, "metavar": "PORT",
+                                                      "help": "serve /metrics (0 = off)"}),
+    "--raw": ("output.raw", {"choices": ("none", "npy", "tiff"), "help": "also raw frames"}),
+    "--duration": ("run.duration_s", {"type": float, "metavar": "S", "help": "stop after S s"}),
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML file overriding defaults.toml")
+    for flag, (key, kw) in _FLAGS.items():
+        dest = "opt_" + key.replace(".", "__")
+        p.add_argument(flag, dest=dest, default=None, **kw)
+    p.add_argument("--until-series-end", action="store_true", default=None,
+                   help="stop cleanly after the first complete series")  # fmt: skip
+    p.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override any config key (repeatable), e.g. --set batch.size=8",
+    )  # fmt: skip
+    p.add_argument("--print-config", action="store_true", help="print the merged config, exit")
+
+
+def build_config(a: argparse.Namespace):
+    """The validated config from defaults, ``--config``, ``--set`` and the named flags."""
+    from .config import ConfigError, load_config, parse_set
+
+    try:
+        overrides: dict[str, Any] = dict(parse_set(s) for s in a.sets)
+        for key, _kw in _FLAGS.values():
+            v = getattr(a, "opt_" + key.replace(".", "__"), None)
+            if v is not None:
+                overrides[key] = v
+        if getattr(a, "until_series_end", None):
+            overrides["run.until_series_end"] = True
+        if overrides.get("source.path") and "source.protocol" not in overrides:
+            overrides["source.protocol"] = "file"
+        return load_config(a.config, overrides=overrides)
+    except ConfigError as e:
+        raise CliError(str(e)) from None
+
+
+def run(a: argparse.Namespace) -> int:
+    import tomllib  # noqa: F401  (fail early on a too-old Python)
+
+    from .supervisor import Supervisor, install_signal_handlers
+
+    cfg = build_config(a)
+    if a.print_config:
+        _print_toml(cfg.to_dict())
+        return 0
+    sup = Supervisor(cfg, log_level=logging.getLogger("loopline").getEffectiveLevel())
+    install_signal_handlers(sup)
+    code = sup.run()
+    s = sup.final_stats
+    if s:
+        print(
+            f"loopline serve: received {int(s['received'])}, analysed {int(s['analysed'])}, "
+            f"skipped {int(s['skipped'])}, malformed {int(s['malformed'])}, "
+            f"recorded {int(s['recorded'])} -> {cfg.output.dir}"
+        )
+    return code
+
+
+def _print_toml(tree: dict[str, dict[str, Any]]) -> None:
+    import json
+
+    for sec, kv in tree.items():
+        print(f"[{sec}]")
+        for k, v in kv.items():
+            val = ("true" if v else "false") if isinstance(v, bool) else json.dumps(v)
+            print(f"{k} = {val}")
+        print()

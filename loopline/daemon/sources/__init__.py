@@ -1,0 +1,101 @@
+"""Frame sources of the daemon: every one an iterator of events with ``close()``.
+
+=====================  ===================================  ==================================
+class                  input                                module
+=====================  ===================================  ==================================
+:class:`LooplineSource`  loopline protocol, ZeroMQ PULL/SUB   :mod:`.zmq_loopline`
+:class:`DectrisSource`   DECTRIS Stream v1 (JSON) / v2 (CBOR)  :mod:`.dectris`
+:class:`FileSource`      video, TIFF, image folder, DM3/DM4   :mod:`.files`
+:class:`MemorySource`    events or raw messages in memory     :mod:`.memory` (the tests' twin)
+=====================  ===================================  ==================================
+
+Events: :class:`SeriesStart`, :class:`Frame`, :class:`SeriesEnd` (:mod:`.base`). Build the
+one a configuration names with :func:`open_source`. Submodules are imported on first use,
+so that importing this package does not pull in ZeroMQ, OpenCV or cbor2.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .base import COUNTER_NAMES, Event, Frame, SeriesEnd, SeriesStart, Source
+
+if TYPE_CHECKING:
+    from .dectris import DectrisSource
+    from .files import FileSource
+    from .memory import MemorySource
+    from .zmq_loopline import LooplineSource
+
+__all__ = [
+    "COUNTER_NAMES",
+    "PROTOCOLS",
+    "DectrisSource",
+    "Event",
+    "FileSource",
+    "Frame",
+    "LooplineSource",
+    "MemorySource",
+    "SeriesEnd",
+    "SeriesStart",
+    "Source",
+    "open_source",
+]
+
+_LAZY = {
+    "LooplineSource": ".zmq_loopline",
+    "DectrisSource": ".dectris",
+    "FileSource": ".files",
+    "MemorySource": ".memory",
+}
+
+#: Protocol names understood by :func:`open_source` (and ``--protocol`` of the commands).
+PROTOCOLS: tuple[str, ...] = ("loopline", "dectris1", "dectris2", "dectris", "file")
+_ZMQ_SCHEMES = ("tcp://", "ipc://", "inproc://", "pgm://", "epgm://", "udp://")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def open_source(endpoint: str, protocol: str = "loopline", **options: Any) -> Source:
+    """The source for an endpoint URL (or a file path) and a protocol name.
+
+    Parameters
+    ----------
+    endpoint : str
+        A ZeroMQ URL (``tcp://127.0.0.1:5555``) for ``loopline`` / ``dectris1`` /
+        ``dectris2`` / ``dectris`` (v1 or v2, detected per message); a path, or
+        ``file://PATH``, for ``file`` (a path with any protocol also means a file).
+    protocol : str
+        One of :data:`PROTOCOLS`.
+    **options
+        Passed to the source: ``socket`` ("pull"/"sub"), ``bind``, ``rcvhwm``,
+        ``max_queued_frames``, ``context`` for ZeroMQ sources (``channel`` for DECTRIS);
+        ``fps``, ``loop``, ``max_frames``, ``series``, ``pixel_size_nm`` for files.
+
+    Examples
+    --------
+    >>> src = open_source("tcp://127.0.0.1:5555", "loopline")      # doctest: +SKIP
+    >>> src = open_source("tcp://dcu:9999", "dectris1")            # doctest: +SKIP
+    >>> src = open_source("runs/pileup.mp4", "file", fps=float("inf"))  # doctest: +SKIP
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
+    is_url = endpoint.startswith(_ZMQ_SCHEMES)
+    if protocol == "file" or not is_url:
+        from .files import FileSource
+
+        path = endpoint.removeprefix("file://")
+        return FileSource(path, **options)
+    if protocol == "loopline":
+        from .zmq_loopline import LooplineSource
+
+        return LooplineSource(endpoint, **options)
+    from .dectris import DectrisSource
+
+    version: int | str = {"dectris1": 1, "dectris2": 2, "dectris": "auto"}[protocol]
+    return DectrisSource(endpoint, version=version, **options)
+

@@ -1,0 +1,74 @@
+"""Small, fast stand-ins used by the daemon's tests and its in-memory runs.
+
+``ThresholdEngine`` is a real :class:`~loopline.engines.base.Engine`: it finds dark,
+connected structures by thresholding (no weights, a few ms per 256² frame), so the daemon's
+process, socket and recording machinery can be tested at full frame rate on a busy CPU.
+It is not a model of anything; use ``engine.model = "ridge"`` or a trained model for that.
+
+Select it with ``engine.factory = "loopline.daemon.standins:ThresholdEngine"``; the
+``delay_ms`` keyword (``"loopline.daemon.standins:slow_engine"``) makes it artificially slow
+for backpressure tests.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import cv2
+import numpy as np
+
+from ..engines.base import Detections, Engine
+
+__all__ = ["ThresholdEngine", "slow_engine"]
+
+
+class ThresholdEngine(Engine):
+    """Dark connected components as instances (elongated → dislocation, compact → loop)."""
+
+    name = "threshold"
+
+    def __init__(self, model=None, *, k: float = 2.0, min_area: int = 20,
+                 delay_ms: float = 0.0, **kwargs) -> None:  # fmt: skip
+        kwargs = {k_: v for k_, v in kwargs.items() if k_ in ("imgsz", "conf", "iou", "max_det")}
+        super().__init__(None, **kwargs)
+        self.k = k
+        self.min_area = min_area
+        self.delay_ms = delay_ms
+
+    def load(self) -> None:
+        pass
+
+    def _one(self, frame: np.ndarray) -> Detections:
+        t0 = time.perf_counter()
+        f = frame.astype(np.float32)
+        f = cv2.GaussianBlur(f, (0, 0), 1.0)
+        mu, sd = float(f.mean()), float(f.std()) or 1.0
+        dark = (f < mu - self.k * sd).astype(np.uint8)
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(dark, connectivity=8)
+        keep = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= self.min_area]
+        keep = keep[: self.max_det]
+        h, w = frame.shape
+        masks = np.zeros((len(keep), h, w), bool)
+        boxes = np.zeros((len(keep), 4), np.float32)
+        classes = np.zeros(len(keep), np.int64)
+        for j, i in enumerate(keep):
+            masks[j] = labels == i
+            x, y, bw, bh = stats[i, :4]
+            boxes[j] = (x, y, x + bw, y + bh)
+            fill = stats[i, cv2.CC_STAT_AREA] / max(bw * bh, 1)
+            classes[j] = 1 if fill > 0.5 and 0.5 < bw / max(bh, 1) < 2.0 else 0
+        scores = np.full(len(keep), 0.9, np.float32)
+        ms = (time.perf_counter() - t0) * 1e3
+        return Detections(masks, boxes, scores, classes, {"inference": ms})
+
+    def forward(self, frames: list[np.ndarray]) -> list[Detections]:
+        if self.delay_ms:
+            time.sleep(self.delay_ms * len(frames) / 1e3)
+        return [self._one(f) for f in frames]
+
+
+def slow_engine(model=None, **kwargs) -> ThresholdEngine:
+    """A ThresholdEngine that sleeps ``LOOPLINE_TEST_DELAY_MS`` (default 100) ms per frame."""
+    delay = float(os.environ.get("LOOPLINE_TEST_DELAY_MS", "100"))
+    return ThresholdEngine(model, delay_ms=delay, **kwargs)

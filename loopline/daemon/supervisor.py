@@ -1,0 +1,327 @@
+"""The supervisor: starts, watches and restarts the worker processes; drains on SIGTERM.
+
+One :class:`Supervisor` owns the shared-memory pool, the private ``ipc://`` folder, the ``ctl``
+socket every worker reports to, the Prometheus endpoint and the systemd notifications.
+
+- A worker's exception arrives on ``ctl`` with its stage, type, message and traceback; it is
+  logged with the stage. An exception while a worker is starting (``setup``: a missing model,
+  a port in use) is re-raised at once as :class:`WorkerError`; one while running restarts the
+  stage, up to ``run.restarts`` times, after which it is re-raised.
+- A worker that dies without a word (SIGKILL, the OOM killer, a segfault in a runtime) is
+  restarted the same way. When an analysis stage dies, the recorder is told which frames
+  will not come back, so that recording never waits on them.
+- SIGTERM / SIGINT (or ``run.duration_s``, or the end of a series with
+  ``run.until_series_end``) drain: the receiver stops taking frames, every queued frame is
+  analysed or skipped, every frame is recorded, files are flushed and closed, then the
+  workers exit and :meth:`Supervisor.run` returns 0. An unrecoverable error returns 1 after
+  the same clean-up, so that systemd (``Restart=on-failure``) starts the daemon again.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from .config import DaemonConfig
+from .shm import SlotPool
+from .wire import Endpoints, recv_json, send_json, socket
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Supervisor", "WorkerError"]
+
+_ANALYSIS_STAGES = ("batcher", "engine", "measure")
+
+
+class WorkerError(RuntimeError):
+    """A worker failed and could not (or may not) be restarted."""
+
+    def __init__(self, stage: str, message: str, tb: str = "") -> None:
+        super().__init__(f"{stage} worker failed: {message}")
+        self.stage = stage
+        self.traceback = tb
+
+
+@dataclass
+class _Worker:
+    stage: str
+    slot: int  # engine workers are numbered
+    proc: Any = None
+    restarts: int = 0
+    part: int = 0
+    error: dict[str, Any] | None = None
+    ready: bool = False
+    started: float = field(default_factory=time.time)
+
+    @property
+    def label(self) -> str:
+        return f"{self.stage}{self.slot}" if self.stage == "engine" else self.stage
+
+
+class Supervisor:
+    """Run the daemon with ``cfg`` until it drains; see the module docstring.
+
+    Parameters
+    ----------
+    cfg : DaemonConfig
+        The validated configuration; ``cfg.output.dir`` is the run folder.
+    log_level : int
+        Logging level for the workers.
+    on_ready : callable, optional
+        Called once every worker reported ready (tests use it to start sending).
+    """
+
+    def __init__(self, cfg: DaemonConfig, *, log_level: int = logging.INFO,
+                 on_ready=None) -> None:  # fmt: skip
+        self.cfg = cfg
+        self.log_level = log_level
+        self.on_ready = on_ready
+        self.run_dir = Path(cfg.output.dir)
+        self._stop = threading.Event()
+        self._stop_reason = ""
+        self.workers: list[_Worker] = []
+        self.pool: SlotPool | None = None
+        self.eps: Endpoints | None = None
+        self.notifier = _Notifier()
+        self.started_at = 0.0
+        self.all_ready = False
+
+    # -- control from outside (signal handlers, tests)
+    def request_stop(self, reason: str = "stop requested") -> None:
+        if not self._stop.is_set():
+            self._stop_reason = reason
+            self._stop.set()
+
+    def pids(self) -> dict[str, int]:
+        return {w.label: w.proc.pid for w in self.workers if w.proc is not None}
+
+    @property
+    def stats(self):
+        assert self.pool is not None
+        return self.pool.stats
+
+    # -- processes
+    def _spawn(self, w: _Worker) -> None:
+        from .workers import worker_main
+
+        ctx = mp.get_context("spawn")
+        assert self.pool is not None and self.eps is not None
+        w.proc = ctx.Process(
+            target=worker_main, name=f"loopline-{w.label}", daemon=False,
+            args=(w.stage, self.cfg, self.pool.spec, self.eps, w.part, str(self.run_dir),
+                  self.log_level),
+        )  # fmt: skip
+        w.ready = False
+        w.error = None
+        w.started = time.time()
+        w.proc.start()
+        logger.debug("started %s (pid %d)", w.label, w.proc.pid)
+
+    def _restart(self, w: _Worker, why: str) -> None:
+        died_at = time.time()
+        w.restarts += 1
+        self.stats.add("restarts")
+        if w.restarts > self.cfg.run.restarts:
+            raise WorkerError(w.label, f"{why}; restarted {w.restarts - 1} times, giving up",
+                              (w.error or {}).get("traceback", ""))  # fmt: skip
+        logger.warning("%s worker %s; restarting (%d/%d)", w.label, why, w.restarts,
+                       self.cfg.run.restarts)  # fmt: skip
+        if w.stage == "engine":  # the batcher knows exactly which frames that engine held
+            send_json(self._to_batch, {"t": "engine_dead", "pid": w.proc.pid}, block=True)
+        elif w.stage in _ANALYSIS_STAGES:
+            # frames held by the dead worker will never come back: do not let the recorder
+            # wait result_timeout_s for each of them
+            send_json(self._to_out, {"t": "chain_reset", "before": died_at,
+                                     "stage": w.stage}, block=True)  # fmt: skip
+        if w.stage == "output":
+            w.part += 1  # a new annotated.N.mp4: the old one could not be finalised
+        self._spawn(w)
+
+    def _handle_ctl(self, msg: dict[str, Any]) -> str | None:
+        kind = msg.get("t")
+        pid = msg.get("pid")
+        w = next((x for x in self.workers if x.proc is not None and x.proc.pid == pid), None)
+        if kind == "ready" and w is not None:
+            w.ready = True
+            logger.debug("%s ready", w.label)
+        elif kind == "error":
+            stage = msg.get("stage", "?")
+            logger.error("%s worker raised %s: %s\n%s", stage, msg.get("type"), msg.get("message"),
+                         msg.get("traceback", ""))  # fmt: skip
+            if w is not None:
+                w.error = msg
+            if msg.get("phase") == "setup":
+                raise WorkerError(stage, f"{msg.get('type')}: {msg.get('message')}",
+                                  msg.get("traceback", ""))  # fmt: skip
+        elif kind == "draining":
+            logger.info("draining: %s", msg.get("reason"))
+            if not self._stop.is_set():
+                self.request_stop(str(msg.get("reason")))
+        elif kind == "done":
+            return "done"
+        return None
+
+    def _check_workers(self, *, allow_restart: bool) -> None:
+        for w in self.workers:
+            p = w.proc
+            if p is None or p.is_alive():
+                continue
+            code = p.exitcode
+            p.join(0)
+            if w.error:
+                why = f"raised {w.error.get('type')}: {w.error.get('message')}"
+            elif code is not None and code < 0:
+                why = f"was killed by signal {-code}"
+            else:
+                why = f"exited with status {code}"
+            if not allow_restart:
+                raise WorkerError(w.label, why, (w.error or {}).get("traceback", ""))
+            self._restart(w, why)
+
+    # -- main
+    def run(self) -> int:
+        """Start everything, supervise until drained; 0 on a clean stop, 1 on failure."""
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.pool = SlotPool.create(cfg.pool.slots, cfg.pool.max_height, cfg.pool.max_width,
+                                    cfg.pool.max_instances)  # fmt: skip
+        self.eps = Endpoints.make()
+        zctx = zmq.Context()
+        ctl = socket(zctx, zmq.PULL, bind=self.eps.ctl, rcvhwm=0)
+        self._to_out = socket(zctx, zmq.PUSH, connect=self.eps.out, sndhwm=0)
+        self._to_batch = socket(zctx, zmq.PUSH, connect=self.eps.batch, sndhwm=0)
+        prom = None
+        code = 1
+        try:
+            if cfg.metrics.prometheus_port:
+                from .metrics import start_prometheus
+
+                prom = start_prometheus(self.pool.stats, port=cfg.metrics.prometheus_port,
+                                        host=cfg.metrics.prometheus_host)  # fmt: skip
+            stages = ["output", "measure", *["engine"] * cfg.engine.workers, "batcher",
+                      "receiver"]  # fmt: skip
+            for i, st in enumerate(stages):
+                self.workers.append(_Worker(st, i - 2 if st == "engine" else 0))
+            for w in self.workers:
+                self._spawn(w)
+            self.started_at = time.monotonic()
+            code = self._supervise(ctl)
+        except WorkerError as e:
+            logger.error("%s", e)
+            if e.traceback:
+                logger.debug("%s", e.traceback)
+            self.error = e
+            code = 1
+        finally:
+            self._shutdown()
+            if prom is not None:
+                try:
+                    prom[0].shutdown()
+                except Exception:  # older prometheus-client returns no server
+                    pass
+            ctl.close(linger=0)
+            self._to_out.close(linger=0)
+            self._to_batch.close(linger=0)
+            zctx.term()
+            self.final_stats = self.pool.stats.snapshot()
+            self.pool.close()
+            self.pool.unlink()
+            self.eps.cleanup()
+            self.notifier.notify("STOPPING=1")
+        return code
+
+    error: WorkerError | None = None
+    final_stats: dict[str, float] = {}  # noqa: RUF012 - replaced per instance
+
+    def _supervise(self, ctl: zmq.Socket) -> int:
+        cfg = self.cfg
+        drain_deadline: float | None = None
+        last_status = 0.0
+        while True:
+            if ctl.poll(100):
+                while True:
+                    try:
+                        msg = recv_json(ctl)
+                    except zmq.Again:
+                        break
+                    if msg is not None and self._handle_ctl(msg) == "done":
+                        logger.info("run folder complete: %s", self.run_dir)
+                        return 0
+            self._check_workers(allow_restart=True)
+            if not self.all_ready and all(w.ready for w in self.workers):
+                self.all_ready = True
+                logger.info("loopline serve: all %d workers ready; listening on %s",
+                            len(self.workers), cfg.source.endpoint)  # fmt: skip
+                self.notifier.notify("READY=1")
+                if self.on_ready is not None:
+                    self.on_ready(self)
+            if (cfg.run.duration_s and self.all_ready
+                    and time.monotonic() - self.started_at > cfg.run.duration_s):  # fmt: skip
+                self.request_stop(f"ran {cfg.run.duration_s:g} s")
+            if self._stop.is_set() and drain_deadline is None:
+                logger.info("stopping (%s): draining the pipeline", self._stop_reason)
+                self.stats["stopping"] = 1
+                self.notifier.notify("STOPPING=1")
+                drain_deadline = time.monotonic() + cfg.output.result_timeout_s * 2 + 10
+            if drain_deadline is not None and time.monotonic() > drain_deadline:
+                logger.error("drain did not finish in time; stopping the workers")
+                return 1
+            now = time.monotonic()
+            if now - last_status > 5:
+                last_status = now
+                s = self.stats
+                self.notifier.notify(
+                    f"STATUS=received {int(s['received'])} analysed {int(s['analysed'])} "
+                    f"skipped {int(s['skipped'])} recorded {int(s['recorded'])}"
+                )
+
+    def _shutdown(self) -> None:
+        procs = [w.proc for w in self.workers if w.proc is not None and w.proc.is_alive()]
+        for p in procs:
+            p.terminate()  # SIGTERM: each worker leaves its loop and closes its files
+        deadline = time.monotonic() + 15
+        for p in procs:
+            p.join(max(0.1, deadline - time.monotonic()))
+        for p in procs:
+            if p.is_alive():
+                logger.error("%s did not stop; killing it", p.name)
+                p.kill()
+                p.join(5)
+
+
+class _Notifier:
+    """systemd notifications (Type=notify) when run under systemd; a no-op otherwise."""
+
+    def __init__(self) -> None:
+        self._n = None
+        import os
+
+        if os.environ.get("NOTIFY_SOCKET"):
+            try:
+                import sdnotify
+
+                self._n = sdnotify.SystemdNotifier()
+            except ImportError:
+                logger.warning("NOTIFY_SOCKET is set but sdnotify is not installed")
+
+    def notify(self, state: str) -> None:
+        if self._n is not None:
+            self._n.notify(state)
+
+
+def install_signal_handlers(sup: Supervisor) -> None:
+    """SIGTERM and SIGINT drain the pipeline (a second SIGINT is not special: drain is bounded)."""
+
+    def handler(signum: int, _frame: Any) -> None:
+        sup.request_stop(f"received {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

@@ -1,0 +1,896 @@
+"""The daemon's worker processes: receiver → batcher → engine(s) → measure/track → output.
+
+Each stage is a class with ``setup()`` (open sockets, load the model) and ``loop()``; one
+process runs one stage through :func:`worker_main`, which reports ``ready`` to the
+supervisor, and on any exception sends the stage name, the exception and its traceback on
+the ``ctl`` channel before exiting non-zero (the supervisor logs it with the stage and
+re-raises it, or restarts the stage). Frames move through shared memory slots
+(:mod:`loopline.daemon.shm`); only JSON headers travel on the sockets (:mod:`.wire`).
+
+Backpressure policy (stated once, here): the receiver never waits for analysis. The batcher
+keeps at most ``batch.max_pending`` frames waiting for an engine; when a newer frame arrives
+and the queue is full, the *oldest* waiting frame is skipped (latest wins): its analysis claim
+is released, the recorder is told, and ``skipped``/``skipped_backpressure`` count it. The
+recording path has no such policy: every frame the receiver could place in a slot is recorded;
+if the pool is exhausted (the recorder itself is too slow) the frame is dropped, counted in
+``dropped_no_slot`` and logged at ERROR.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import importlib
+import logging
+import os
+import signal
+import time
+import traceback
+from collections import OrderedDict, deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from .config import DaemonConfig
+from .shm import ANALYSIS, RECORD, PoolSpec, SlotPool
+from .wire import Endpoints, recv_json, send_json, socket
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["STAGE_CLASSES", "engine_label", "make_engine", "source_label", "worker_main"]
+
+_POLL_MS = 50
+
+
+class _Stage:
+    name = "stage"
+
+    def __init__(self, cfg: DaemonConfig, pool: SlotPool, eps: Endpoints, ctx: zmq.Context,
+                 ctl: zmq.Socket, part: int, run_dir: str) -> None:  # fmt: skip
+        self.cfg = cfg
+        self.pool = pool
+        self.stats = pool.stats
+        self.eps = eps
+        self.ctx = ctx
+        self.ctl = ctl
+        self.part = part
+        self.run_dir = run_dir
+        self.terminate = False  # set by SIGTERM: leave the loop now
+        self.sockets: list[zmq.Socket] = []
+
+    def sock(self, kind: int, **kw: Any) -> zmq.Socket:
+        s = socket(self.ctx, kind, **kw)
+        self.sockets.append(s)
+        return s
+
+    def setup(self) -> None:
+        pass
+
+    def loop(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        for s in self.sockets:
+            s.close()
+
+    def beat(self, frames: int = 0, busy_s: float = 0.0) -> None:
+        st = self.stats
+        st[f"heartbeat_{self.name}"] = time.time()
+        if frames:
+            st.add(f"frames_{self.name}", frames)
+        if busy_s:
+            st.add(f"busy_s_{self.name}", busy_s)
+
+    def ctl_send(self, kind: str, **kw: Any) -> None:
+        send_json(self.ctl, {"t": kind, "stage": self.name, "pid": os.getpid(), **kw}, block=True)
+
+    def idle(self) -> None:
+        """Drained: wait for the supervisor to end this process."""
+        while not self.terminate:
+            time.sleep(0.05)
+            self.beat()
+
+
+# ----------------------------------------------------------------------------- receiver
+
+
+def open_source(cfg: DaemonConfig):
+    """The configured frame source (:func:`loopline.daemon.sources.open_source`), listening."""
+    from .sources import open_source as _open
+
+    s = cfg.source
+    if s.protocol == "file":
+        return _open(s.path, "file", **({"fps": s.rate} if s.rate else {}))
+    kw: dict[str, Any] = {"socket": s.socket, "bind": s.bind, "rcvhwm": s.rcvhwm,
+                          "max_queued_frames": 256}  # fmt: skip
+    if s.curve_server_key or s.curve_client_secret:
+        kw["curve_server_key"] = s.curve_server_key
+        kw["curve_client_secret"] = s.curve_client_secret
+    return _open(s.endpoint, s.protocol, **kw)
+
+
+class Receiver(_Stage):
+    """Source → slots. Never waits for analysis; see the module docstring for the policy."""
+
+    name = "receiver"
+
+    def setup(self) -> None:
+        from .sources.base import Frame, SeriesEnd, SeriesStart
+
+        self._types = (Frame, SeriesStart, SeriesEnd)
+        self.src = open_source(self.cfg)
+        self.to_batch = self.sock(zmq.PUSH, connect=self.eps.batch, sndhwm=4096)
+        self.to_out = self.sock(zmq.PUSH, connect=self.eps.out, sndhwm=1_000_000)
+        # counters in shared memory survive a restart; the source's start from 0 again
+        self._base = {k: self.stats[k] for k in ("malformed", "dropped_source")}
+        self._series_t0: dict[str, float] = {}
+        self._px: dict[str, float | None] = {}
+        self._warned = 0.0
+        self._last_house = 0.0
+        self._seq = int(self.stats["received"])
+
+    def close(self) -> None:
+        src = getattr(self, "src", None)
+        if src is not None:
+            src.close()
+        super().close()
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if now - self._last_house < 0.25:
+            return
+        self._last_house = now
+        c = self.src.counters
+        self.stats["malformed"] = self._base["malformed"] + c.get("malformed", 0)
+        self.stats["dropped_source"] = self._base["dropped_source"] + c.get("dropped", 0)
+        self.stats["slots_in_use"] = self.pool.in_use()
+        n = self.pool.reclaim(older_than_s=self.cfg.pool.slot_timeout_s)
+        if n:
+            self.stats.add("slots_reclaimed", n)
+            logger.warning("reclaimed %d frame slots held longer than %.0f s", n,
+                           self.cfg.pool.slot_timeout_s)  # fmt: skip
+        self.beat()
+
+    def _series(self, ev: Any, kind: str) -> None:
+        msg = {"t": "series", "event": kind, "series": ev.series, "ts": ev.timestamp_s}
+        if kind == "start":
+            self._series_t0.pop(ev.series, None)
+            self._px[ev.series] = ev.pixel_size_nm
+            msg.update(shape=list(ev.shape) if ev.shape else None, dtype=ev.dtype,
+                       pixel_size_nm=ev.pixel_size_nm, frames=ev.frames,
+                       synthesized=ev.synthesized)  # fmt: skip
+            self.stats.add("series_started")
+        else:
+            msg.update(frames=ev.frames, aborted=ev.aborted)
+            self.stats.add("series_aborted" if ev.aborted else "series_ended")
+        send_json(self.to_batch, msg)
+        send_json(self.to_out, msg, block=True)
+
+    def _frame(self, ev: Any) -> None:
+        t_recv = time.time()
+        self.stats.add("received")
+        img = ev.image
+        if not self.pool.fits(img.shape, img.dtype):
+            self.stats.add("rejected_oversize")
+            self.stats.add("skipped")
+            logger.error("frame %s/%d %s %s does not fit the slot pool (%dx%d max); rejected",
+                         ev.series, ev.index, img.shape, img.dtype, self.cfg.pool.max_height,
+                         self.cfg.pool.max_width)  # fmt: skip
+            return
+        got = self.pool.acquire()
+        if got is None:
+            self.stats.add("dropped_no_slot")
+            self.stats.add("skipped")
+            if time.monotonic() - self._warned > 5:
+                self._warned = time.monotonic()
+                logger.error("all %d frame slots in use: frame %s/%d NOT RECORDED (the "
+                             "recorder is behind; raise pool.slots)", self.pool.spec.slots,
+                             ev.series, ev.index)  # fmt: skip
+            return
+        slot, gen = got
+        self.pool.write_image(slot, img)
+        t0 = self._series_t0.setdefault(ev.series, ev.timestamp_s)
+        px = ev.pixel_size_nm or self._px.get(ev.series) or None
+        hdr = {
+            "t": "frame", "slot": slot, "gen": gen, "series": ev.series, "index": int(ev.index),
+            "ts": ev.timestamp_s, "time_s": round(ev.timestamp_s - t0, 6), "recv": t_recv,
+            "shape": list(img.shape), "dtype": img.dtype.name, "px_nm": px, "seq": self._seq,
+        }  # fmt: skip
+        self._seq += 1
+        if not send_json(self.to_out, hdr):  # cannot happen with the pool bounding it; be loud
+            self.pool.release(slot, gen, RECORD)
+            self.stats.add("dropped_no_slot")
+            self.stats.add("skipped")
+            logger.error("recorder queue full: frame %s/%d NOT RECORDED", ev.series, ev.index)
+        if not send_json(self.to_batch, hdr):
+            self.pool.release(slot, gen, ANALYSIS)
+            self.stats.add("skipped")
+            self.stats.add("skipped_backpressure")
+            send_json(self.to_out, {"t": "skip", "series": ev.series, "index": int(ev.index),
+                                    "seq": hdr["seq"]}, block=True)  # fmt: skip
+
+    def loop(self) -> None:
+        Frame, SeriesStart, SeriesEnd = self._types
+        until_end = self.cfg.run.until_series_end
+        done_reason = ""
+        while not self.terminate:
+            self._housekeeping()
+            if self.stats["stopping"]:
+                done_reason = "stop requested"
+                break
+            try:
+                ev = self.src.get(timeout=0.05)
+            except StopIteration:
+                done_reason = "source exhausted"
+                break
+            if ev is None:
+                continue
+            t0 = time.perf_counter()
+            if isinstance(ev, Frame):
+                self._frame(ev)
+                self.beat(1, time.perf_counter() - t0)
+            elif isinstance(ev, SeriesStart):
+                self._series(ev, "start")
+            elif isinstance(ev, SeriesEnd):
+                self._series(ev, "end")
+                if until_end and not ev.aborted:
+                    done_reason = f"series {ev.series} ended"
+                    break
+        if self.terminate:
+            return
+        self._housekeeping()
+        self.src.close()
+        self._housekeeping()
+        logger.info("receiver: %s; draining", done_reason)
+        eos = {"t": "eos", "reason": done_reason, "frames": self._seq}
+        send_json(self.to_batch, eos, block=True)
+        send_json(self.to_out, eos, block=True)
+        self.ctl_send("draining", reason=done_reason)
+        self.idle()
+
+
+# ----------------------------------------------------------------------------- batcher
+
+
+class Batcher(_Stage):
+    """Frames → batches of up to ``batch.size`` or ``batch.deadline_ms``, latest wins."""
+
+    name = "batcher"
+
+    def setup(self) -> None:
+        self.pull = self.sock(zmq.PULL, bind=self.eps.batch, rcvhwm=4096)
+        self.router = self.sock(zmq.ROUTER, bind=self.eps.work)
+        self.to_out = self.sock(zmq.PUSH, connect=self.eps.out, sndhwm=1_000_000)
+        self.to_det = self.sock(zmq.PUSH, connect=self.eps.det)
+        self.pending: deque[dict[str, Any]] = deque()
+        self.idle_engines: deque[bytes] = deque()
+        self.busy: dict[bytes, tuple[float, list[dict[str, Any]]]] = {}
+        self.pids: dict[bytes, int] = {}
+        self.flush = False
+        self.draining = False
+        self.size = self.cfg.batch.size
+        self.deadline = self.cfg.batch.deadline_ms / 1e3
+        self.max_pending = self.cfg.max_pending
+        self.max_inflight = self.cfg.max_inflight
+        self.stalled_since: float | None = None
+
+    def _skip_oldest(self) -> None:
+        h = self.pending.popleft()
+        self.pool.release(h["slot"], h["gen"], ANALYSIS)
+        self.stats.add("skipped")
+        self.stats.add("skipped_backpressure")
+        send_json(self.to_out, {"t": "skip", "series": h["series"], "index": h["index"],
+                                "seq": h["seq"]}, block=True)  # fmt: skip
+
+    def _on_frame_msg(self, msg: dict[str, Any]) -> None:
+        t = msg.get("t")
+        if t == "frame":
+            msg["_arr"] = time.monotonic()
+            self.pending.append(msg)
+            while len(self.pending) > self.max_pending:
+                self._skip_oldest()
+        elif t == "series":
+            if msg.get("event") == "end":
+                self.flush = True
+        elif t == "eos":
+            self.draining = True
+            self.flush = True
+        elif t == "engine_dead":  # from the supervisor: that engine's batch is lost
+            pid = int(msg.get("pid", -1))
+            for ident in [i for i, p in self.pids.items() if p == pid]:
+                _, batch = self.busy.pop(ident, (0.0, []))
+                for h in batch:
+                    self.pool.release(h["slot"], h["gen"], ANALYSIS)
+                    send_json(self.to_out, {"t": "lost", "series": h["series"],
+                                            "index": h["index"], "seq": h["seq"],
+                                            "why": "engine died"}, block=True)  # fmt: skip
+                if ident in self.idle_engines:
+                    self.idle_engines.remove(ident)
+                del self.pids[ident]
+                if batch:
+                    logger.warning("batcher: %d frames lost with engine pid %d", len(batch), pid)
+
+    def _room(self, now: float) -> bool:
+        """Frames dispatched but not yet measured stay under ``batch.max_inflight``.
+
+        This puts the measure worker behind the same latest-wins policy as the engines. If
+        no progress comes for ``output.result_timeout_s`` (frames lost with a crashed
+        worker), the limit is lifted rather than deadlock.
+        """
+        inflight = self.stats["analysis_seq"] - self.stats["analysis_done"]
+        if inflight < self.max_inflight:
+            self.stalled_since = None
+            return True
+        if self.stalled_since is None:
+            self.stalled_since = now
+        if now - self.stalled_since > self.cfg.output.result_timeout_s:
+            logger.warning("batcher: %d frames in flight made no progress for %.0f s; going on",
+                           inflight, now - self.stalled_since)  # fmt: skip
+            self.stats["analysis_done"] = self.stats["analysis_seq"]
+            self.stalled_since = None
+            return True
+        return False
+
+    def _dispatch(self) -> None:
+        now = time.monotonic()
+        while self.idle_engines and self.pending and self._room(now):
+            oldest = self.pending[0]["_arr"]
+            if not (len(self.pending) >= self.size or now - oldest >= self.deadline or self.flush):
+                break
+            ident = self.idle_engines.popleft()
+            n = min(self.size, len(self.pending))
+            batch = []
+            seq = int(self.stats["analysis_seq"])
+            for _ in range(n):
+                h = self.pending.popleft()
+                h.pop("_arr", None)
+                h["aseq"] = seq
+                seq += 1
+                batch.append(h)
+            self.stats["analysis_seq"] = seq
+            self.router.send_multipart([ident, _dumps({"t": "batch", "frames": batch})])
+            self.busy[ident] = (now, batch)
+            self.stats.add("batches")
+            self.beat(n)
+        if not self.pending:
+            self.flush = self.draining
+
+    def loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.pull, zmq.POLLIN)
+        poller.register(self.router, zmq.POLLIN)
+        timeout_s = self.cfg.output.result_timeout_s
+        while not self.terminate:
+            wait = _POLL_MS
+            if self.pending and self.idle_engines:
+                left = self.deadline - (time.monotonic() - self.pending[0]["_arr"])
+                wait = max(0, min(wait, int(left * 1e3) + 1))
+            events = dict(poller.poll(wait))
+            if self.pull in events:
+                for _ in range(1000):
+                    try:
+                        msg = recv_json(self.pull)
+                    except zmq.Again:
+                        break
+                    if msg is not None:
+                        self._on_frame_msg(msg)
+            if self.router in events:
+                while True:
+                    try:
+                        ident, data = self.router.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    except ValueError:
+                        continue
+                    ready = _loads(data) or {}
+                    self.pids[ident] = int(ready.get("pid", -1))
+                    self.busy.pop(ident, None)
+                    if ident not in self.idle_engines:
+                        self.idle_engines.append(ident)
+            now = time.monotonic()
+            for ident, (t0, _b) in list(self.busy.items()):
+                if now - t0 > timeout_s:  # that engine hangs or died with our batch
+                    del self.busy[ident]
+            self._dispatch()
+            self.stats["queue_batcher"] = len(self.pending)
+            self.stats["queue_engine"] = len(self.busy)
+            self.beat()
+            if self.draining and not self.pending and not self.busy:
+                send_json(self.to_det, {"t": "eos", "seq_total": int(self.stats["analysis_seq"])},
+                          block=True)  # fmt: skip
+                logger.info("batcher: drained")
+                self.idle()
+                return
+
+
+def _dumps(obj: Any) -> bytes:
+    import json
+
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _loads(data: bytes) -> dict[str, Any] | None:
+    from .wire import loads
+
+    return loads(data)
+
+
+# ----------------------------------------------------------------------------- engine
+
+
+def make_engine(cfg: DaemonConfig):
+    """The configured :class:`~loopline.engines.base.Engine`, loaded."""
+    e = cfg.engine
+    kw: dict[str, Any] = {"imgsz": e.imgsz, "conf": e.conf, "iou": e.iou}
+    if e.factory:
+        mod, _, fn = e.factory.partition(":")
+        engine = getattr(importlib.import_module(mod), fn)(e.model or None, **kw)
+    else:
+        from ..engines import create_engine  # type: ignore[attr-defined]
+
+        if e.device != "cpu":
+            kw["device"] = e.device
+        if e.threads:
+            kw["threads"] = e.threads
+        engine = create_engine(e.model, engine=e.engine or None, **kw)
+    engine.load()
+    engine.loaded = True
+    return engine
+
+
+def engine_label(engine: Any) -> str:
+    """Model name and runtime of an engine, e.g. ``"defects/openvino"`` (``"ridge"``)."""
+    runtime = getattr(engine, "name", None) or type(engine).__name__
+    model = getattr(engine, "model", None)
+    if model is None:
+        return runtime
+    return f"{Path(str(model)).stem.removesuffix('_openvino_model')}/{runtime}"
+
+
+def source_label(cfg: DaemonConfig) -> dict[str, str]:
+    """Where the frames come from: ``{"protocol": ..., "endpoint": ...}`` (a path for files)."""
+    s = cfg.source
+    return {"protocol": s.protocol, "endpoint": s.path if s.protocol == "file" else s.endpoint}
+
+
+class EngineWorker(_Stage):
+    """Batches → detections; masks go into the frames' slots, headers to the measure worker."""
+
+    name = "engine"
+
+    def setup(self) -> None:
+        self.engine = make_engine(self.cfg)
+        self.label = engine_label(self.engine)
+        logger.info("engine: %r", self.engine)
+        self.dealer = self.sock(zmq.DEALER, connect=self.eps.work)
+        self._ready = _dumps({"t": "ready", "pid": os.getpid()})
+        self.to_det = self.sock(zmq.PUSH, connect=self.eps.det, sndhwm=100_000)
+
+    def _run_batch(self, frames: list[dict[str, Any]]) -> None:
+        from ..engines.base import Detections
+
+        t0 = time.perf_counter()
+        imgs, live = [], []
+        for h in frames:
+            img = self.pool.read_image(h["slot"], h["gen"], tuple(h["shape"]), h["dtype"])
+            if img is None:
+                send_json(self.to_det, {**h, "t": "lost", "why": "slot reused"}, block=True)
+            else:
+                imgs.append(img)
+                live.append(h)
+        if not imgs:
+            return
+        dets: list[Detections] = self.engine(imgs)
+        dt = time.perf_counter() - t0
+        k = self.cfg.pool.max_instances
+        for h, d in zip(live, dets, strict=True):
+            if len(d) > k:
+                d = d.select(np.argsort(-d.scores)[:k])
+            n = self.pool.write_masks(h["slot"], h["gen"], d.masks)
+            timings = dict(d.timings_ms)
+            timings["engine_total"] = dt * 1e3 / len(imgs)
+            send_json(self.to_det, {
+                **h, "t": "det", "n": n, "boxes": d.boxes[:n].tolist(),
+                "scores": d.scores[:n].tolist(), "classes": d.classes[:n].tolist(),
+                "timings_ms": timings, "engine": self.label,
+            }, block=True)  # fmt: skip
+        self.stats["engine_ms_per_frame"] = dt * 1e3 / len(imgs)
+        self.beat(len(imgs), time.perf_counter() - t0)
+
+    def loop(self) -> None:
+        self.dealer.send(self._ready)
+        last = time.monotonic()
+        while not self.terminate:
+            if not self.dealer.poll(_POLL_MS):
+                self.beat()
+                if time.monotonic() - last > 2.0:  # a restarted batcher forgot us: ask again
+                    self.dealer.send(self._ready)
+                    last = time.monotonic()
+                continue
+            msg = recv_json(self.dealer)
+            if msg and msg.get("t") == "batch":
+                self._run_batch(msg["frames"])
+            self.dealer.send(self._ready)
+            last = time.monotonic()
+
+
+# ----------------------------------------------------------------------------- measure
+
+
+class MeasureWorker(_Stage):
+    """Detections in analysis order → measurements and track ids → the output worker."""
+
+    name = "measure"
+
+    def setup(self) -> None:
+        from .analysis import Analyzer
+
+        c = self.cfg.calibration
+        self.analyzer = Analyzer(nm_per_px=c.nm_per_px, calibration_profile=c.profile)
+        self.analyzer.warmup()  # compile the kernels before frames arrive, not on frame 1
+        self.pull = self.sock(zmq.PULL, bind=self.eps.det, rcvhwm=100_000)
+        self.to_out = self.sock(zmq.PUSH, connect=self.eps.out, sndhwm=1_000_000)
+        self.buffer: dict[int, dict[str, Any]] = {}
+        self.next_seq: int | None = None
+        self.gap_since: float | None = None
+        self.eos_total: int | None = None
+        self.eos_since = 0.0
+        self.gap_s = min(2.0, self.cfg.output.result_timeout_s / 2)
+
+    def _lost(self, h: dict[str, Any], why: str) -> None:
+        self.pool.release(h["slot"], h["gen"], ANALYSIS)
+        self.stats.add("analysis_done")
+        send_json(self.to_out, {"t": "lost", "series": h["series"], "index": h["index"],
+                                "seq": h["seq"], "why": why}, block=True)  # fmt: skip
+
+    def _handle(self, h: dict[str, Any]) -> None:
+        from ..engines.base import Detections
+
+        if h.get("t") != "det":
+            self._lost(h, h.get("why", "lost"))
+            return
+        t0 = time.perf_counter()
+        shape = tuple(h["shape"])
+        masks = self.pool.read_masks(h["slot"], h["gen"], h["n"], shape)
+        image = self.pool.read_image(h["slot"], h["gen"], shape, h["dtype"])  # for drift
+        if masks is None or image is None:
+            self._lost(h, "slot reused")
+            return
+        self.pool.release(h["slot"], h["gen"], ANALYSIS)
+        self.stats.add("analysis_done")
+        n = h["n"]
+        det = Detections(
+            masks=masks, boxes=np.asarray(h["boxes"], np.float32).reshape(n, 4),
+            scores=np.asarray(h["scores"], np.float32).reshape(n),
+            classes=np.asarray(h["classes"], np.int64).reshape(n), timings_ms=h["timings_ms"],
+        )  # fmt: skip
+        if h["series"] != self.analyzer.series:
+            self.analyzer.new_series(h["series"], h.get("px_nm") or 0.0)
+        row, instances, timings, pairs = self.analyzer.process(
+            det, index=h["index"], time_s=h["time_s"], image=image
+        )
+        timings = {**h["timings_ms"], **timings}
+        keys = ("series", "index", "seq", "ts", "time_s", "recv", "shape")
+        out = {k: h[k] for k in keys}
+        # the camera's pixel size, else the calibration's (profile or calibration.nm_per_px)
+        out["px_nm"] = h.get("px_nm") or row.get("nm_per_px")
+        out.update(t="result", row=row, instances=instances, pairs=pairs, timings_ms=timings,
+                   engine=h.get("engine"))  # fmt: skip
+        send_json(self.to_out, out, block=True)
+        dt = time.perf_counter() - t0
+        self.stats["measure_ms_per_frame"] = dt * 1e3
+        self.beat(1, dt)
+
+    def _advance(self) -> None:
+        now = time.monotonic()
+        while self.buffer:
+            if self.next_seq is None:
+                self.next_seq = min(self.buffer)
+            if self.next_seq in self.buffer:
+                self._handle(self.buffer.pop(self.next_seq))
+                self.next_seq += 1
+                self.gap_since = None
+                continue
+            # a gap: a batch lost with a crashed engine, or a slower engine still working
+            if self.gap_since is None:
+                self.gap_since = now
+            if now - self.gap_since < self.gap_s:
+                break
+            logger.warning("measure: frames %d..%d never came back from the engine; skipping",
+                           self.next_seq, min(self.buffer) - 1)  # fmt: skip
+            self.stats.add("analysis_done", min(self.buffer) - self.next_seq)
+            self.next_seq = min(self.buffer)
+            self.gap_since = None
+
+    def loop(self) -> None:
+        while not self.terminate:
+            if self.pull.poll(_POLL_MS):
+                for _ in range(1000):
+                    try:
+                        msg = recv_json(self.pull)
+                    except zmq.Again:
+                        break
+                    if msg is None:
+                        continue
+                    if msg.get("t") == "eos":
+                        self.eos_total = int(msg["seq_total"])
+                        self.eos_since = time.monotonic()
+                    elif "aseq" in msg:
+                        self.buffer[int(msg["aseq"])] = msg
+            self._advance()
+            self.beat()
+            if self.eos_total is not None:
+                caught_up = self.next_seq is None or self.next_seq >= self.eos_total
+                waited = time.monotonic() - self.eos_since > self.gap_s * 2
+                if (caught_up and not self.buffer) or waited:
+                    for s in sorted(self.buffer):
+                        self._handle(self.buffer.pop(s))
+                    send_json(self.to_out, {"t": "eos_analysis"}, block=True)
+                    logger.info("measure: drained")
+                    self.idle()
+                    return
+
+
+# ----------------------------------------------------------------------------- output
+
+
+class OutputWorker(_Stage):
+    """Publisher and recorder: every frame to the run folder in order, results to viewers."""
+
+    name = "output"
+
+    def setup(self) -> None:
+        from .metrics import LatencyWindow, MetricsView
+        from .publisher import Publisher
+        from .recorder import Recorder
+
+        self.pull = self.sock(zmq.PULL, bind=self.eps.out, rcvhwm=0)
+        self.publisher = Publisher(self.ctx, self.cfg.publish) if self.cfg.publish.enabled else None
+        if self.publisher is not None:
+            self.sockets.append(self.publisher.sock)
+        self.recorder = Recorder(self.run_dir, self.cfg.output, part=self.part)
+        self.pending: OrderedDict[tuple[str, int], dict[str, Any]] = OrderedDict()
+        self.written: OrderedDict[tuple[str, int], bool] = OrderedDict()  # recent, for late ones
+        self.early: dict[tuple[str, int], dict[str, Any]] = {}  # results ahead of their header
+        self.reset_before = 0.0
+        self.latency = LatencyWindow()
+        self.ingest_latency = LatencyWindow()
+        self.metrics = MetricsView(self.stats)
+        self.eos_frames: int | None = None
+        self.eos_analysis = False
+        self.eos_at = 0.0
+        self.last_metrics = time.monotonic()
+        self.finished = False
+        self.timeout = self.cfg.output.result_timeout_s
+        # names for viewers and summary.json; the engine's comes with the first result
+        self.names: dict[str, Any] = {"source": source_label(self.cfg), "engine": None}
+
+    # -- messages
+    def _on(self, msg: dict[str, Any]) -> None:
+        t = msg.get("t")
+        if t in ("result", "skip", "lost"):
+            key = (msg["series"], msg["index"])
+            if key not in self.pending and key not in self.written:
+                # Channels are fair-queued: a result can overtake its frame's header (e.g.
+                # after a stall of this process). Keep it until the header arrives.
+                self.early[key] = msg
+                return
+        if t == "frame":
+            msg["_arr"] = time.monotonic()
+            key = (msg["series"], msg["index"])
+            self.pending[key] = msg
+            self._maybe_reset(msg)
+            early = self.early.pop(key, None)
+            if early is not None:
+                self._on(early)
+        elif t == "result":
+            self._on_result(msg)
+        elif t in ("skip", "lost"):
+            key = (msg["series"], msg["index"])
+            e = self.pending.get(key)
+            if t == "lost":
+                self.stats.add("skipped")
+                self.stats.add("skipped_lost")
+            if e is not None:
+                e["fate"] = "skipped" if t == "skip" else "lost"
+        elif t == "series":
+            if self.publisher is not None:
+                self.publisher.series(msg)
+            self.recorder.series_event(msg)
+        elif t == "eos":
+            self.eos_frames = int(msg.get("frames", 0))
+            self.eos_at = time.monotonic()
+        elif t == "eos_analysis":
+            self.eos_analysis = True
+        elif t == "chain_reset":  # an analysis worker died: what it held will not come back
+            self.reset_before = max(self.reset_before, float(msg["before"]))
+            for e in self.pending.values():
+                self._maybe_reset(e)
+
+    def _maybe_reset(self, e: dict[str, Any]) -> None:
+        """A frame received before a batcher/measure crash without a fate: presumed lost.
+
+        Frames may still come back (then they count as analysed after all); what matters
+        is that the recorder does not hold every later frame while it waits for them.
+        """
+        if "fate" not in e and e["recv"] < self.reset_before:
+            e["fate"] = "lost"
+            e["_lost_counted"] = True
+            self.stats.add("skipped")
+            self.stats.add("skipped_lost")
+
+    def _on_result(self, msg: dict[str, Any]) -> None:
+        key = (msg["series"], msg["index"])
+        now = time.time()
+        lat = (now - msg["ts"]) * 1e3
+        ok_clock = abs(now - msg["ts"]) < 86400  # a camera clock far off: use receive time
+        self.latency.add(lat if ok_clock else (now - msg["recv"]) * 1e3)
+        self.ingest_latency.add((now - msg["recv"]) * 1e3)
+        self.stats.add("analysed")
+        if msg.get("engine"):
+            self.names["engine"] = msg["engine"]
+        e = self.pending.get(key)
+        image = None
+        if e is not None:
+            if e.get("_lost_counted") or e.get("fate") == "lost":  # came back after all
+                self.stats.add("skipped", -1)
+                self.stats.add("skipped_lost", -1)
+            e["fate"] = "analysed"
+            e["result"] = msg
+            image = self.pool.read_image(e["slot"], e["gen"], tuple(e["shape"]), e["dtype"])
+        else:
+            self.stats.add("late_results")
+            if self.written.get(key) is False:  # recorded as lost: it is analysed after all
+                self.stats.add("skipped", -1)
+                self.stats.add("skipped_lost", -1)
+        t0 = time.perf_counter()
+        annotated = None
+        if image is not None:
+            annotated = self.recorder.annotate(image, msg)
+            e["annotated"] = annotated
+        self.recorder.append_result(msg, latency_ms=lat if ok_clock else None)
+        if self.publisher is not None:
+            self.publisher.frame(msg, annotated, latency_ms=lat if ok_clock else None,
+                                 counters=self.metrics.counters())  # fmt: skip
+            self.stats["published"] = self.publisher.sent
+            self.stats["published_jpeg"] = self.publisher.sent_jpeg
+        self.beat(0, time.perf_counter() - t0)
+
+    # -- recording in arrival order
+    def _write_ready(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        while self.pending:
+            key, e = next(iter(self.pending.items()))
+            fate = e.get("fate")
+            if fate is None:
+                if not force and now - e["_arr"] < self.timeout:
+                    break
+                fate = e["fate"] = "lost"
+                self.stats.add("skipped")
+                self.stats.add("skipped_lost")
+                logger.warning("frame %s/%d: no analysis after %.1f s; recorded unannotated",
+                               key[0], key[1], now - e["_arr"])  # fmt: skip
+            self.pending.popitem(last=False)
+            t0 = time.perf_counter()
+            image = self.pool.read_image(e["slot"], e["gen"], tuple(e["shape"]), e["dtype"])
+            if image is None:
+                logger.error("frame %s/%d: slot reused before recording", *key)
+            else:
+                self.recorder.write_frame(image, e, e.get("annotated"), fate)
+                self.stats.add("recorded")
+            self.pool.release(e["slot"], e["gen"], RECORD)
+            dt = time.perf_counter() - t0
+            self.stats["record_ms_per_frame"] = dt * 1e3
+            self.beat(1, dt)
+            self.written[key] = fate == "analysed"
+            if len(self.written) > 4096:
+                self.written.popitem(last=False)
+        self.stats["queue_output"] = len(self.pending)
+
+    def _maybe_metrics(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_metrics < self.cfg.metrics.interval_s:
+            return
+        self.last_metrics = now
+        p = self.latency.percentiles()
+        self.stats["latency_p50_ms"] = p["p50"]
+        self.stats["latency_p99_ms"] = p["p99"]
+        self.stats["latency_max_ms"] = p["max"]
+        self.stats["latency_count"] = p["count"]
+        q = self.ingest_latency.percentiles()
+        self.stats["ingest_latency_p50_ms"] = q["p50"]
+        self.stats["ingest_latency_p99_ms"] = q["p99"]
+        snap = {**self.metrics.update(), **self.names}
+        if self.publisher is not None:
+            self.publisher.metrics(snap)
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._write_ready(force=True)
+        self._maybe_metrics(force=True)
+        lat = self.latency.percentiles(whole_run=True)
+        ing = self.ingest_latency.percentiles(whole_run=True)
+        self.recorder.close(self.stats.snapshot(), latency=lat, ingest_latency=ing,
+                            metrics=self.metrics.last, names=self.names)  # fmt: skip
+
+    def loop(self) -> None:
+        while not self.terminate:
+            if self.pull.poll(20):
+                for _ in range(2000):
+                    try:
+                        msg = recv_json(self.pull)
+                    except zmq.Again:
+                        break
+                    if msg is not None:
+                        self._on(msg)
+            self._write_ready()
+            self._maybe_metrics()
+            self.beat()
+            if self.eos_frames is not None:
+                analysis_done = self.eos_analysis or (
+                    time.monotonic() - self.eos_at > self.timeout
+                )
+                if analysis_done:
+                    self._finish()
+                    self.ctl_send("done")
+                    logger.info("output: run folder closed")
+                    self.idle()
+                    return
+
+    def close(self) -> None:
+        # SIGTERM before the drain finished (timeout or a forced stop): still close the files
+        if hasattr(self, "recorder") and not self.finished:
+            try:
+                self._finish()
+            except Exception:
+                logger.exception("output: closing the run folder failed")
+        super().close()
+
+
+STAGE_CLASSES: dict[str, type[_Stage]] = {
+    "receiver": Receiver, "batcher": Batcher, "engine": EngineWorker,
+    "measure": MeasureWorker, "output": OutputWorker,
+}  # fmt: skip
+
+
+def worker_main(stage: str, cfg: DaemonConfig, spec: PoolSpec, eps: Endpoints, part: int,
+                run_dir: str, log_level: int) -> None:  # fmt: skip
+    """Process entry point of one stage (``multiprocessing`` target)."""
+    logging.basicConfig(level=log_level, format=f"%(asctime)s {stage}[%(process)d] %(message)s")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints where a worker is stuck
+    ctx = zmq.Context()
+    pool = SlotPool.attach(spec)
+    ctl = socket(ctx, zmq.PUSH, connect=eps.ctl, linger_ms=2000)
+    runner = STAGE_CLASSES[stage](cfg, pool, eps, ctx, ctl, part, run_dir)
+
+    def on_term(_sig: int, _frame: Any) -> None:
+        runner.terminate = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    phase = "setup"
+    code = 0
+    try:
+        runner.setup()
+        phase = "run"
+        runner.ctl_send("ready")
+        runner.loop()
+    except BaseException as e:
+        code = 1
+        send_json(ctl, {
+            "t": "error", "stage": stage, "pid": os.getpid(), "phase": phase,
+            "type": type(e).__name__, "message": str(e), "traceback": traceback.format_exc(),
+        }, block=True)  # fmt: skip
+    finally:
+        try:
+            runner.close()
+        except Exception:
+            logger.exception("%s: close failed", stage)
+            code = code or 1
+        ctl.close()
+        ctx.term()
+        pool.close()
+    os._exit(code)  # skip interpreter teardown: the supervisor owns the shared memory

@@ -1,0 +1,141 @@
+"""``loopline eval``: accuracy of a model on a labelled dataset (mAP, LAR, loop F1, spacing)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import CliError
+
+HELP = "evaluate a model on a dataset (mAP, LAR, line F1@tol, loop F1, relative errors)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", required=True, metavar="NAME|PATH",
+        help="shipped model (dislocations, loops), engine name (ridge) or model file",
+    )  # fmt: skip
+    p.add_argument("--data", type=Path, required=True, metavar="DIR",
+                   help="dataset folder from loopline synth or loopline import")  # fmt: skip
+    p.add_argument("--json", type=Path, metavar="FILE", help="write the metrics as JSON")
+    p.add_argument("--figure", type=Path, metavar="PNG",
+                   help="figure of the worst and best frames (default: beside --json, or "
+                        "eval-<DIR name>.png)")  # fmt: skip
+    p.add_argument("--imgsz", type=int, default=None, help="network input size (px)")
+    p.add_argument(
+        "--conf", type=float, default=0.25,
+        help="score threshold of LAR, F1 and relative errors (default 0.25)",
+    )  # fmt: skip
+    p.add_argument("--map-conf", type=float, default=0.001,
+                   help="engine score floor for mAP (default 0.001, as ultralytics)")  # fmt: skip
+    p.add_argument("--tol", type=float, default=3.0, help="tolerance of LAR@tol, F1@tol (px)")
+    p.add_argument("--batch", type=int, default=8, help="frames per engine call")
+    p.add_argument("--device", default=None, help="engine device (cpu, cuda:0)")
+
+
+def _fmt(v: Any, pct: bool = False) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, int):
+        return str(v)
+    return f"{100 * v:+.1f} %" if pct else f"{v:.3f}"
+
+
+def _table(metrics: dict[str, Any], details: dict[str, Any], title: str):
+    from rich.table import Table
+
+    t = Table(title=title, show_lines=False)
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    t.add_column("note", style="dim")
+    rows = [
+        ("box mAP50", metrics["box_map50"], "COCO AP, IoU 0.5"),
+        ("box mAP50-95", details["box_map50_95"], ""),
+        ("mask mAP50", metrics["mask_map50"], ""),
+        ("mask mAP50-95", metrics["mask_map50_95"], ""),
+        ("LAR", metrics["lar"], f"Ruzaeva Alg. 1, {details['lines']} lines"),
+        ("LAR@tol", metrics["lar_tol"], "skeletons within tolerance"),
+        ("line F1@tol", metrics["line_f1_tol"],
+         f"P {_fmt(details['line_precision_tol'])}, R {_fmt(details['line_recall_tol'])}"),
+        ("loop F1", metrics["loop_f1"],
+         f"box IoU >= 0.15; P {_fmt(details['loop_precision'])}, "
+         f"R {_fmt(details['loop_recall'])}"),
+        ("N_re", metrics["n_re"], f"{details['loops_pred']} vs {details['loops_gt']} loops"),
+        ("D_re", metrics["d_re"], f"mean diameter {_fmt(details['loop_diameter_pred_px'])} vs "
+                                  f"{_fmt(details['loop_diameter_gt_px'])} px"),
+        ("F_re", metrics["f_re"], "foreground fraction"),
+        ("spacing_re", metrics["spacing_re"],
+         f"pile-ups {details['spacing_pileups']}; "
+         f"mean |re| {_fmt(details['spacing_abs_re'], True)}"),
+        ("images", metrics["images"],
+         f"{details['inference_ms_per_frame']:.0f} ms/frame inference"),
+    ]  # fmt: skip
+    pct = {"N_re", "D_re", "F_re", "spacing_re"}
+    for name, v, note in rows:
+        t.add_row(name, _fmt(v, name in pct), note)
+    return t
+
+
+def write_json(metrics: dict[str, Any], path: Path) -> None:
+    from .evaluate import METRIC_KEYS
+
+    out = {k: (None if metrics[k] is None else (metrics[k] if k == "images"
+                                                 else round(float(metrics[k]), 6)))
+           for k in METRIC_KEYS}  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1) + "\n", "utf-8")
+
+
+def _engine(a: argparse.Namespace):
+    try:
+        from ..engines import create_engine
+    except ImportError as e:
+        raise CliError(f"no inference engines in this version ({e})") from None
+    opts: dict[str, Any] = {"conf": min(a.map_conf, a.conf)}
+    if a.imgsz is not None:
+        opts["imgsz"] = a.imgsz
+    if a.device is not None:
+        opts["device"] = a.device
+    try:
+        return create_engine(a.model, **opts)
+    except (ValueError, FileNotFoundError, KeyError, ImportError) as e:
+        raise CliError(str(e)) from None
+
+
+def run(a: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .data import Dataset
+    from .evaluate import evaluate, save_figure
+
+    for name in ("conf", "map_conf"):
+        v = getattr(a, name)
+        if not 0.0 <= v <= 1.0:
+            raise CliError(f"--{name.replace('_', '-')} must lie in [0, 1], got {v}")
+    try:
+        ds = Dataset(a.data)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    engine = _engine(a)
+    try:
+        res = evaluate(engine, ds, conf=a.conf, tol=a.tol, batch=a.batch,
+                       progress=sys.stderr.isatty())  # fmt: skip
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    con = Console()
+    title = f"loopline eval: {a.model} on {a.data}"
+    con.print(_table(res.metrics, res.details, title))
+    if a.json is not None:
+        write_json(res.metrics, a.json)
+        con.print(f"metrics: {a.json}")
+    fig = a.figure
+    if fig is None:
+        fig = a.json.with_suffix(".png") if a.json is not None else Path(f"eval-{a.data.name}.png")
+    written = save_figure(res, fig, title=title)
+    if written is not None:
+        con.print(f"figure: {written}")
+    return 0

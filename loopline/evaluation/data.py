@@ -1,0 +1,184 @@
+"""Ground truth of a dataset folder (``loopline synth`` output or an imported real set).
+
+A frame's instances come from ``labels/<stem>.txt`` (YOLO-seg polygons, rasterised as the
+generator draws them). Where the folder also has ``masks/<stem>.png`` (an importer's 16-bit
+instance map, value ``k`` = ``k``-th label line), those original masks are the frame's
+``strokes``: the thin human line labels on which the tolerance metrics are measured. Where it
+has ``truth.json`` (the generator's exact ground truth), each line's polyline and pile-up come
+from there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ..synth.render import polygon_mask
+from ..synth.writers import IMAGE_SUFFIXES, read_yolo_labels
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Dataset", "Frame", "read_frame"]
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One labelled frame.
+
+    Attributes
+    ----------
+    stem : str
+        File name without suffix.
+    image : (H, W) uint8 or uint16
+    masks : (N, H, W) bool
+        Instances rasterised from the label polygons (empty ones dropped).
+    classes : (N,) int64
+        0 dislocation, 1 loop.
+    boxes : (N, 4) float64
+        Polygon extents ``x0, y0, x1, y1`` (px), clipped to the frame.
+    strokes : (N, H, W) bool or None
+        The original masks of the same instances, where the dataset kept them.
+    lines : list of (K, 2) float64 or None
+        Exact polyline (px) of each instance (None for loops), from ``truth.json``.
+    pileups : (N,) int64
+        Pile-up id of each line from ``truth.json``; -1 where unknown or for loops.
+    """
+
+    stem: str
+    image: np.ndarray
+    masks: np.ndarray
+    classes: np.ndarray
+    boxes: np.ndarray
+    strokes: np.ndarray | None = None
+    lines: list[np.ndarray | None] | None = None
+    pileups: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.image.shape[0]), int(self.image.shape[1])
+
+
+def read_image(path: Path) -> np.ndarray:
+    """A frame as (H, W) grey uint8 or uint16."""
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ValueError(f"cannot read image {path}")
+    if img.ndim == 3:
+        img = cv2.cvtColor(img[:, :, :3], cv2.COLOR_BGR2GRAY)
+    return img
+
+
+class Dataset:
+    """The frames of a dataset folder, read one at a time (sorted by file name).
+
+    Raises
+    ------
+    ValueError
+        If ``root`` lacks ``images/`` or ``labels/`` or holds no frames.
+    """
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        img_dir, lab_dir = self.root / "images", self.root / "labels"
+        if not img_dir.is_dir() or not lab_dir.is_dir():
+            raise ValueError(
+                f"expected a dataset folder with images/ and labels/ (made by loopline synth or "
+                f"loopline import), got {self.root}"
+            )
+        self.paths = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.paths:
+            raise ValueError(f"no images in {img_dir}")
+        self.truth = _truth_index(self.root / "truth.json")
+        self.has_strokes = (self.root / "masks").is_dir()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __iter__(self) -> Iterator[Frame]:
+        for i in range(len(self)):
+            yield self.frame(i)
+
+    def frame(self, i: int) -> Frame:
+        p = self.paths[i]
+        return read_frame(self.root, p, self.truth.get(f"images/{p.name}"))
+
+
+def _truth_index(path: Path) -> dict[str, dict[str, Any]]:
+    """image name -> that frame's truth record (lines with points and pile-up)."""
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text("utf-8"))
+    out = {}
+    for seq in data.get("sequences", []):
+        for fr in seq.get("frames", []):
+            if "image" in fr:
+                out[fr["image"]] = fr
+    return out
+
+
+def read_frame(root: Path, image_path: Path, truth: dict[str, Any] | None = None) -> Frame:
+    """Read one frame's image and ground truth (see the module docstring)."""
+    image = read_image(image_path)
+    h, w = image.shape
+    stem = image_path.stem
+    lab = root / "labels" / f"{stem}.txt"
+    if not lab.is_file():
+        raise ValueError(f"frame {image_path} has no label file {lab}")
+    pairs = read_yolo_labels(lab, w, h)
+    masks = np.zeros((len(pairs), h, w), bool)
+    for k, (_, poly) in enumerate(pairs):
+        masks[k] = polygon_mask(poly, (h, w))
+    classes = np.array([c for c, _ in pairs], np.int64)
+    boxes = np.zeros((len(pairs), 4))
+    for k, (_, poly) in enumerate(pairs):
+        p = np.clip(poly, 0.0, (w, h))
+        lo, hi = p.min(axis=0), p.max(axis=0)
+        # A one-pixel-wide stroke has a flat outline; give its box the pixel's width.
+        pad = np.clip(1.0 - (hi - lo), 0.0, None) / 2
+        boxes[k] = *(lo - pad), *(hi + pad)
+
+    strokes = None
+    mpath = root / "masks" / f"{stem}.png"
+    if mpath.is_file():
+        imap = cv2.imread(str(mpath), cv2.IMREAD_UNCHANGED)
+        if imap is None or imap.shape != (h, w):
+            got = None if imap is None else imap.shape
+            raise ValueError(f"{mpath}: expected a ({h}, {w}) instance map, got {got}")
+        strokes = imap[None] == np.arange(1, len(pairs) + 1)[:, None, None]
+
+    lines, pileups = _truth_lines(truth, classes, stem)
+    keep = masks.reshape(len(masks), -1).any(axis=1)
+    if not keep.all():
+        logger.debug("%s: %d label polygons rasterise to nothing; dropped", stem, (~keep).sum())
+    return Frame(
+        stem=stem, image=image, masks=masks[keep], classes=classes[keep], boxes=boxes[keep],
+        strokes=None if strokes is None else strokes[keep],
+        lines=None if lines is None else [ln for ln, k in zip(lines, keep, strict=True) if k],
+        pileups=pileups[keep],
+    )  # fmt: skip
+
+
+def _truth_lines(
+    truth: dict[str, Any] | None, classes: np.ndarray, stem: str
+) -> tuple[list[np.ndarray | None] | None, np.ndarray]:
+    pileups = np.full(len(classes), -1, np.int64)
+    if truth is None:
+        return None, pileups
+    recs = truth.get("lines", [])
+    idx = np.flatnonzero(classes == 0)
+    if len(recs) != len(idx):  # labels and truth disagree: trust the labels, skip the truth
+        logger.warning("%s: %d dislocation labels but %d truth lines; truth ignored",
+                       stem, len(idx), len(recs))  # fmt: skip
+        return None, pileups
+    lines: list[np.ndarray | None] = [None] * len(classes)
+    for k, rec in zip(idx, recs, strict=True):
+        lines[k] = np.asarray(rec["points"], float).reshape(-1, 2)
+        pileups[k] = int(rec.get("pileup", -1))
+    return lines, pileups

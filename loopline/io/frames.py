@@ -1,0 +1,353 @@
+"""Frames from recorded files: videos, TIFF stacks, image folders, DM3/DM4.
+
+One reader for ``loopline analyze`` (:mod:`loopline.pipelines.sources`), the daemon's file
+replay (:class:`loopline.daemon.sources.files.FileSource`) and the camera simulator.
+
+=================================  ==========================  ==================================
+input                              read with                   own rate / pixel size from
+=================================  ==========================  ==================================
+``.mp4 .avi .mov .mkv .m4v ...``   OpenCV ``VideoCapture``     the container's fps / none
+``.tif .tiff`` (one or many pages) tifffile                    ImageJ ``finterval`` / resolution
+folder of ``.png .tif .jpg .bmp``  OpenCV / tifffile           ``truth.json`` (synthetic
+(or its ``images/`` subfolder)                                 datasets: ``fps``, ``nm_per_px``)
+``.dm3 .dm4``                      RosettaSciIO                time axis scale / signal axes
+=================================  ==========================  ==================================
+
+Frames come out as 2-D uint8 / uint16 / float32 (colour is turned to grey, other dtypes to
+float32). Folders are read in natural order (``f2`` before ``f10``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DM_SUFFIXES",
+    "IMAGE_SUFFIXES",
+    "TIFF_SUFFIXES",
+    "VIDEO_SUFFIXES",
+    "FrameFile",
+    "as_gray",
+    "image_files",
+    "natural_key",
+    "open_frames",
+    "pixel_size_from_file",
+    "read_image",
+]
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".wmv", ".mpg", ".mpeg")
+TIFF_SUFFIXES = (".tif", ".tiff")
+DM_SUFFIXES = (".dm3", ".dm4")
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+
+#: Length unit (lower case, as found in file metadata) -> nm.
+UNIT_TO_NM = {"m": 1e9, "meter": 1e9, "cm": 1e7, "centimeter": 1e7, "mm": 1e6,
+              "millimeter": 1e6, "um": 1e3, "µm": 1e3, "μm": 1e3, "micron": 1e3,
+              "microns": 1e3, "micrometer": 1e3, "nm": 1.0, "nanometer": 1.0, "a": 0.1,
+              "å": 0.1, "angstrom": 0.1, "pm": 1e-3}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FrameFile:
+    """What :func:`open_frames` found: how to read the frames and what is known of them.
+
+    Iterating it reads the frames from the start, each time anew (grey (H, W) arrays).
+    """
+
+    path: Path
+    kind: str  # "video", "tiff", "folder", "dm", "image"
+    read: Callable[[], Iterator[np.ndarray]]
+    count: int | None = None
+    fps: float | None = None
+    pixel_size_nm: float | None = None
+    truth: Path | None = None  # a truth.json beside the frames (synthetic datasets)
+    files: tuple[Path, ...] = ()  # "folder": the image files, in reading order
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self.read()
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def natural_key(p: Path) -> list[Any]:
+    """Sort key of a file name with its digit runs compared as numbers (``f2`` < ``f10``)."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)]
+
+
+def as_gray(image: np.ndarray, *, bgr: bool = True) -> np.ndarray:
+    """A (H, W) uint8 / uint16 / float32 image from whatever a reader returned.
+
+    Colour (H, W, 3|4) becomes grey (OpenCV weights; ``bgr`` tells the channel order);
+    bool becomes uint8 0/1; other integer and float types become float32.
+    """
+    a = np.asarray(image)
+    if a.ndim == 3 and a.shape[2] in (3, 4):
+        import cv2
+
+        if a.dtype not in (np.uint8, np.uint16, np.float32):
+            a = a.astype(np.float32)
+        code = (cv2.COLOR_BGR2GRAY if a.shape[2] == 3 else cv2.COLOR_BGRA2GRAY) if bgr else (
+            cv2.COLOR_RGB2GRAY if a.shape[2] == 3 else cv2.COLOR_RGBA2GRAY)  # fmt: skip
+        a = cv2.cvtColor(np.ascontiguousarray(a), code)
+    elif a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim != 2:
+        raise ValueError(f"a frame must be (H, W) or (H, W, 3|4), got shape {a.shape}")
+    if a.dtype == np.bool_:
+        a = a.astype(np.uint8)
+    elif a.dtype not in (np.uint8, np.uint16, np.float32):
+        a = a.astype(np.float32)
+    return np.ascontiguousarray(a)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """One image file as a grey frame (TIFF through tifffile, the rest through OpenCV)."""
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        import tifffile
+
+        return as_gray(tifffile.imread(path), bgr=False)
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ValueError(f"OpenCV cannot read the image {path}")
+    return as_gray(img)
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files of a folder (:data:`IMAGE_SUFFIXES`), in natural order."""
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
+                  key=natural_key)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- pixel size
+
+
+def pixel_size_from_file(path: str | Path) -> float | None:
+    """Pixel size (nm/px) from an image file's metadata, or None where it holds none.
+
+    TIFF: ImageJ ``unit`` with the XResolution tag (pixels per unit), else the resolution
+    tags with ResolutionUnit inch/cm. DM3/DM4 (RosettaSciIO): the scale and units of the
+    last (x) signal axis. Unreadable metadata is logged and gives None.
+    """
+    p = Path(path)
+    suf = p.suffix.lower()
+    try:
+        if suf in TIFF_SUFFIXES:
+            import tifffile
+
+            with tifffile.TiffFile(p) as tif:
+                return _tiff_pixel_size(tif)
+        if suf in DM_SUFFIXES:
+            return _dm_scales(_dm_signal(p)["axes"])[1]
+    except (OSError, ValueError, KeyError, IndexError, ZeroDivisionError) as e:
+        logger.warning("could not read the pixel size of %s: %s", p, e)
+    return None
+
+
+def _tiff_pixel_size(tif: Any) -> float | None:
+    """nm/px of an open ``tifffile.TiffFile`` (see :func:`pixel_size_from_file`)."""
+    tags = tif.pages[0].tags
+    xres = tags.get("XResolution")
+    if xres is None:
+        return None
+    num, den = xres.value
+    if num == 0 or den == 0:
+        return None
+    px_per_unit = num / den
+    ij = tif.imagej_metadata or {}
+    unit = str(ij.get("unit", "")).strip().lower().replace("\\u00b5", "µ")
+    if unit in UNIT_TO_NM:
+        return UNIT_TO_NM[unit] / px_per_unit
+    runit = tags.get("ResolutionUnit")
+    code = int(runit.value) if runit is not None else 2
+    if code == 3:  # centimetre
+        return 1e7 / px_per_unit
+    if code == 2 and not ij and px_per_unit > 1e4:
+        # inches: only plausible for microscopy when the density is far above screen dpi
+        return 2.54e7 / px_per_unit
+    return None
+
+
+def _dm_signal(path: Path) -> dict[str, Any]:
+    """The first image signal (2-D or more) of a DM3/DM4 file, read lazily."""
+    try:
+        from rsciio.digitalmicrograph import file_reader
+    except ImportError:
+        raise ImportError("reading DM3/DM4 needs RosettaSciIO; install the daemon extra: "
+                          "pip install 'loopline[daemon]'") from None  # fmt: skip
+    signals = [s for s in file_reader(str(path), lazy=True) if np.ndim(s["data"]) >= 2]
+    if not signals:
+        raise ValueError(f"no image data in {path}")
+    return signals[0]
+
+
+def _dm_scales(axes: list[dict[str, Any]]) -> tuple[float | None, float | None]:
+    """(fps, nm/px) of a DM signal: a navigation axis in s; the last signal (x) axis."""
+    fps = None
+    for a in axes:
+        scale = a.get("scale")
+        if a.get("navigate") and str(a.get("units") or "").strip() == "s" and scale and scale > 0:
+            fps = 1.0 / float(scale)
+    spatial = [a for a in axes if not a.get("navigate")] or axes
+    pixel = None
+    if spatial:
+        ax = spatial[-1]
+        unit = str(ax.get("units") or "").strip().lower()
+        scale = float(ax.get("scale") or 0.0)
+        if unit in UNIT_TO_NM and scale > 0:
+            pixel = scale * UNIT_TO_NM[unit]
+    return fps, pixel
+
+
+# ----------------------------------------------------------------------------- readers
+
+
+def _video(path: Path) -> FrameFile:
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise ValueError(f"OpenCV cannot open the video {path}")
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    cap.release()
+
+    def frames() -> Iterator[np.ndarray]:
+        cap = cv2.VideoCapture(str(path))
+        try:
+            while True:
+                ok, img = cap.read()
+                if not ok:
+                    return
+                yield as_gray(img)
+        finally:
+            cap.release()
+
+    return FrameFile(path, "video", frames, count if count > 0 else None,
+                     fps if fps and math.isfinite(fps) and fps > 0 else None)  # fmt: skip
+
+
+def _tiff(path: Path) -> FrameFile:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        shape = series.shape
+        ij = tif.imagej_metadata or {}
+        fps = None
+        if ij.get("finterval"):
+            fps = 1.0 / float(ij["finterval"])
+        elif ij.get("fps"):
+            fps = float(ij["fps"])
+        pixel = _tiff_pixel_size(tif)
+        colour = series.axes.endswith("S")
+    n_frames = int(np.prod(shape[: -3 if colour else -2])) if len(shape) > 2 else 1
+
+    def frames() -> Iterator[np.ndarray]:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            if n_frames == 1:
+                yield as_gray(series.asarray(), bgr=False)
+                return
+            if len(series.pages) == n_frames:  # one page per frame: read lazily
+                for page in series.pages:
+                    yield as_gray(page.asarray(), bgr=False)
+                return
+            data = series.asarray()  # frames packed in fewer pages: read all
+            data = data.reshape((n_frames, *shape[-3 if colour else -2 :]))
+            for img in data:
+                yield as_gray(img, bgr=False)
+
+    return FrameFile(path, "tiff", frames, n_frames, fps, pixel)
+
+
+def _folder(path: Path) -> FrameFile:
+    files = image_files(path)
+    if not files and (path / "images").is_dir():  # a synthetic dataset (loopline synth)
+        folder = path / "images"
+        files = image_files(folder)
+    else:
+        folder = path
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    fps = pixel = None
+    truth = path / "truth.json"
+    if truth.is_file():
+        try:
+            t = json.loads(truth.read_text("utf-8"))
+            fps = float(t["fps"]) if t.get("fps") else None
+            pixel = float(t["nm_per_px"]) if t.get("nm_per_px") else None
+        except (ValueError, KeyError, TypeError) as e:
+            logger.warning("ignoring unreadable %s: %s", truth, e)
+    return FrameFile(path, "folder", lambda: (read_image(p) for p in files), len(files), fps,
+                     pixel, truth if truth.is_file() else None, tuple(files))  # fmt: skip
+
+
+def _dm(path: Path) -> FrameFile:
+    sig = _dm_signal(path)
+    fps, pixel = _dm_scales(sig.get("axes") or [])
+    nav = [a for a in sig.get("axes") or [] if a.get("navigate")]
+    shape = tuple(int(s) for s in np.shape(sig["data"]))
+    count = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+    if len(shape) > 2 and len(nav) != len(shape) - 2:
+        logger.debug("DM axes do not say which are navigation axes; using the leading ones")
+
+    def frames() -> Iterator[np.ndarray]:
+        data = _dm_signal(path)["data"]
+        if len(shape) == 2:
+            yield as_gray(np.asarray(data), bgr=False)
+            return
+        flat = data.reshape((count, *shape[-2:]))
+        for i in range(count):
+            yield as_gray(np.asarray(flat[i]), bgr=False)
+
+    return FrameFile(path, "dm", frames, count, fps, pixel)
+
+
+def open_frames(path: str | Path) -> FrameFile:
+    """Open a video, TIFF (stack), image folder, single image or DM3/DM4 file.
+
+    Metadata (frame count, rate, pixel size) is read now; frames are read when the
+    returned :class:`FrameFile` is iterated.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist or a folder holds no images.
+    ValueError
+        For an unknown file type or a file its reader cannot open.
+    ImportError
+        For DM3/DM4 without RosettaSciIO.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no such file or folder: {p}")
+    if p.is_dir():
+        return _folder(p)
+    suffix = p.suffix.lower()
+    if suffix in VIDEO_SUFFIXES:
+        return _video(p)
+    if suffix in TIFF_SUFFIXES:
+        return _tiff(p)
+    if suffix in DM_SUFFIXES:
+        return _dm(p)
+    if suffix in IMAGE_SUFFIXES:
+        return FrameFile(p, "image", lambda: iter([read_image(p)]), 1)
+    raise ValueError(
+        f"unsupported input {p.name}: unknown file type {suffix!r}; expected a video "
+        f"({', '.join(VIDEO_SUFFIXES)}), a TIFF stack, a DM3/DM4 file, an image "
+        f"({', '.join(IMAGE_SUFFIXES)}) or an image folder"
+    )

@@ -1,0 +1,284 @@
+"""Online tracking: link lines, loops and pile-ups from frame to frame; correct stage drift.
+
+:class:`OnlineTracker` holds three ``trackpy.linking.Linker`` objects (lines by the centroid
+of their 50 points, loops by their centre, pile-ups by the centroid of their lines), each fed
+one frame at a time through ``init_level``/``next_level`` as in ``trackpy.link_iter``; there
+is no ``link_df`` over a movie. Coordinates are drift-corrected before linking: the stage
+drift is measured by phase correlation of consecutive frames (``cv2.phaseCorrelate`` with a
+Hann window), accumulated, and subtracted, or given by the caller.
+
+It also keeps the sign of each pile-up's glide direction consistent over time: the first
+estimate that rests on evidence (calibration, or the spacing trend of three or more lines)
+fixes it, and later frames are turned to agree with it (ranks and pairs reversed).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+
+from ..calibration import Calibration, CalibrationError
+from .container import FrameResult
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["OnlineTracker", "object_mask", "phase_drift"]
+
+_STRENGTH = {"calibration": 2, "spacing": 1, "convention": 0, "normal": 0}
+
+
+def object_mask(result: FrameResult, *, margin_px: float = 4.0) -> np.ndarray:
+    """(H, W) bool mask of a frame's lines and loops, widened by ``margin_px`` on each side.
+
+    Moving defects are the sharpest features of a frame; left in, they pull the phase
+    correlation towards their own motion instead of the stage's.
+    """
+    import cv2
+
+    h, w = result.shape
+    m = np.zeros((h, w), np.uint8)
+    for i in range(result.n_lines):
+        width = result.line_width_px[i]
+        thick = int(np.ceil((width if np.isfinite(width) else 4.0) + 2 * margin_px))
+        pts = np.round(result.line_points_px[i] * 16).astype(np.int32).reshape(-1, 1, 2)
+        cv2.polylines(m, [pts], False, 1, thick, cv2.LINE_8, 4)
+    for j in range(result.n_loops):
+        c = np.round(result.loop_center_px[j] * 16).astype(int)
+        ax = (round((result.loop_major_px[j] / 2 + margin_px) * 16),
+              round((result.loop_minor_px[j] / 2 + margin_px) * 16))  # fmt: skip
+        cv2.ellipse(m, (int(c[0]), int(c[1])), ax, float(result.loop_angle_deg[j]), 0, 360, 1,
+                    -1, cv2.LINE_8, 4)  # fmt: skip
+    return m.astype(bool)
+
+
+def phase_drift(
+    previous: np.ndarray, current: np.ndarray, *, exclude: np.ndarray | None = None
+) -> tuple[float, float, float]:
+    """Shift (dx, dy) px of ``current`` relative to ``previous`` and the peak response.
+
+    Parameters
+    ----------
+    previous, current : (H, W) array
+        Grey frames of the same shape.
+    exclude : (H, W) bool, optional
+        Pixels to leave out of both frames (set to each frame's mean of the rest), e.g. the
+        moving defects from :func:`object_mask`.
+
+    Returns
+    -------
+    dx, dy : float
+        Content of ``current`` sits at ``previous`` + (dx, dy), px.
+    response : float
+        Height of the normalised correlation peak (near 0: unreliable).
+    """
+    import cv2
+
+    a = np.asarray(previous, dtype=np.float32)
+    b = np.asarray(current, dtype=np.float32)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"frames must be (H, W) of one shape, got {a.shape} and {b.shape}")
+    if exclude is not None and exclude.any() and not exclude.all():
+        keep = ~exclude
+        a = np.where(exclude, a[keep].mean(), a).astype(np.float32)
+        b = np.where(exclude, b[keep].mean(), b).astype(np.float32)
+    win = cv2.createHanningWindow((a.shape[1], a.shape[0]), cv2.CV_32F)
+    (dx, dy), resp = cv2.phaseCorrelate(a - a.mean(), b - b.mean(), win)
+    return float(dx), float(dy), float(resp)
+
+
+class _Linker:
+    """A trackpy Linker that starts on the first non-empty frame, with ids of its own.
+
+    trackpy numbers tracks with class-level counters that every ``init_level`` resets, so two
+    Linkers in one process hand out the same ids; ids here come from the track objects.
+    """
+
+    def __init__(self, search_range: float, memory: int) -> None:
+        from trackpy.linking import Linker
+
+        self.linker = Linker(search_range, memory=memory)
+        self.started = False
+        self._ids: dict[int, tuple[object, int]] = {}  # id(track) -> (track, our id)
+        self._next = 0
+
+    def _id(self, track: object) -> int:
+        hit = self._ids.get(id(track))
+        if hit is None or hit[0] is not track:
+            hit = (track, self._next)
+            self._ids[id(track)] = hit
+            self._next += 1
+        return hit[1]
+
+    def link(self, coords: np.ndarray, t: int) -> np.ndarray:
+        coords = np.asarray(coords, np.float64).reshape(-1, 2)
+        if not self.started:
+            if coords.shape[0] == 0:
+                return np.zeros(0, np.int64)
+            self.linker.init_level(coords, t)
+            self.started = True
+        else:
+            self.linker.next_level(coords, t)
+        ids = [self._id(p.track) for p in self.linker.hash.points]
+        return np.asarray(ids, np.int64).reshape(-1)
+
+
+class OnlineTracker:
+    """Link frame results one at a time and correct stage drift.
+
+    Parameters
+    ----------
+    calibration : Calibration
+        Its glide direction (if any) is trusted over the images.
+    search_range_px : float
+        Largest displacement px of a line's centroid between frames (after drift correction).
+    memory : int
+        Frames an object may vanish and still keep its id.
+    loop_search_range_px, pileup_search_range_px : float, optional
+        Search ranges for loops (default ``search_range_px``) and pile-ups (default 3x).
+    drift : {"phase", "none"}
+        Measure drift from the frames passed to :meth:`update`, or assume none.
+    min_response : float
+        Phase-correlation peaks below this are ignored (drift kept from the last frame).
+    """
+
+    def __init__(
+        self,
+        calibration: Calibration,
+        *,
+        search_range_px: float = 8.0,
+        memory: int = 3,
+        loop_search_range_px: float | None = None,
+        pileup_search_range_px: float | None = None,
+        drift: str = "phase",
+        min_response: float = 0.05,
+    ) -> None:
+        if not search_range_px > 0:
+            raise ValueError(f"search_range_px must be > 0, got {search_range_px}")
+        if memory < 0:
+            raise ValueError(f"memory must be >= 0, got {memory}")
+        if drift not in ("phase", "none"):
+            raise ValueError(f"drift must be 'phase' or 'none', got {drift!r}")
+        self.calibration = calibration
+        self.search_range_px = float(search_range_px)
+        self.memory = int(memory)
+        self.drift = drift
+        self.min_response = float(min_response)
+        self._lines = _Linker(search_range_px, memory)
+        self._loops = _Linker(loop_search_range_px or search_range_px, memory)
+        self._pileups = _Linker(pileup_search_range_px or 3.0 * search_range_px, memory)
+        self._prev_frame: np.ndarray | None = None
+        self._prev_excl: np.ndarray | None = None
+        self._drift = np.zeros(2)
+        self._last: tuple[int, float] | None = None
+        self._level = 0
+        self._glide_ref: dict[int, tuple[np.ndarray, int]] = {}
+
+    @property
+    def drift_px(self) -> np.ndarray:
+        """Cumulative drift (x, y) px since the first frame."""
+        return self._drift.copy()
+
+    def _check_order(self, result: FrameResult) -> None:
+        if self._last is not None:
+            li, lt = self._last
+            if result.index <= li:
+                raise CalibrationError(
+                    f"frame indices must increase: frame {result.index} after frame {li}"
+                )
+            if not result.time_s > lt:
+                raise CalibrationError(
+                    f"frame times must increase: frame {result.index} at {result.time_s} s "
+                    f"is not later than frame {li} at {lt} s"
+                )
+        self._last = (result.index, result.time_s)
+
+    def update(
+        self,
+        result: FrameResult,
+        frame: np.ndarray | None = None,
+        *,
+        drift_px: tuple[float, float] | np.ndarray | None = None,
+    ) -> FrameResult:
+        """Link one frame's result.
+
+        Parameters
+        ----------
+        result : FrameResult
+            From :func:`measure_frame`; frames must come in order of index and time.
+        frame : (H, W) array, optional
+            The grey frame itself, for drift by phase correlation.
+        drift_px : (2,) float, optional
+            Cumulative drift (x, y) px known from elsewhere (overrides the measurement).
+
+        Returns
+        -------
+        FrameResult
+            With track ids, persistent pile-up ids, consistent glide directions, ``drift_px``
+            and the ``drift`` and ``track`` timings (ms).
+
+        Raises
+        ------
+        CalibrationError
+            When the index or the time does not increase.
+        """
+        self._check_order(result)
+        t0 = time.perf_counter()
+        if drift_px is not None:
+            d = np.asarray(drift_px, np.float64).reshape(2)
+            if not np.isfinite(d).all():
+                raise ValueError(f"drift_px must be finite, got {drift_px!r}")
+            self._drift = d.copy()
+        elif frame is not None and self.drift == "phase":
+            f = np.asarray(frame, np.float32)
+            excl = object_mask(result)
+            if self._prev_frame is not None and self._prev_frame.shape == f.shape:
+                both = excl | self._prev_excl
+                dx, dy, resp = phase_drift(self._prev_frame, f, exclude=both)
+                if resp >= self.min_response and math.hypot(dx, dy) < 0.25 * min(f.shape):
+                    self._drift = self._drift + np.array([dx, dy])
+                else:
+                    logger.debug("frame %d: drift peak %.3f too weak, kept", result.index, resp)
+            self._prev_frame = f
+            self._prev_excl = excl
+        t1 = time.perf_counter()
+
+        lvl = self._level
+        self._level += 1
+        line_ids = self._lines.link(result.line_centroid_px - self._drift, lvl)
+        loop_ids = self._loops.link(result.loop_center_px - self._drift, lvl)
+        p = result.n_pileups
+        if p:
+            cent = np.array([result.line_centroid_px[result.line_pileup == i].mean(axis=0)
+                             for i in range(p)])  # fmt: skip
+        else:
+            cent = np.zeros((0, 2))
+        pile_ids = self._pileups.link(cent - self._drift, lvl)
+        glide, source = result.pileup_glide_dir.copy(), list(result.pileup_glide_source)
+        rank = result.line_rank.copy()
+        pairs, pair_rank = result.pair_lines.copy(), result.pair_rank.copy()
+        for i, pid in enumerate(pile_ids):
+            g = glide[i]
+            strength = _STRENGTH.get(source[i], 0)
+            ref = self._glide_ref.get(int(pid))
+            if ref is not None and float(g @ ref[0]) < 0 and strength <= ref[1]:
+                glide[i] = -g
+                members = result.line_pileup == i
+                rank[members] = members.sum() - 1 - rank[members]
+                sel = result.pair_pileup == i
+                pairs[sel] = pairs[sel][:, ::-1]
+                pair_rank[sel] = sel.sum() - 1 - pair_rank[sel]
+                source[i] = source[i] + "+track"
+            strength = max(strength, ref[1] if ref is not None else 0)
+            self._glide_ref[int(pid)] = (glide[i].copy(), strength)
+        t2 = time.perf_counter()
+        timings = dict(result.timings_ms)
+        timings.update(drift=(t1 - t0) * 1e3, track=(t2 - t1) * 1e3)
+        return result.replace(
+            line_track_id=line_ids, loop_track_id=loop_ids, pileup_id=pile_ids,
+            pileup_glide_dir=glide, pileup_glide_source=tuple(source), line_rank=rank,
+            pair_lines=pairs, pair_rank=pair_rank, drift_px=self._drift.copy(),
+            timings_ms=timings,
+        )  # fmt: skip

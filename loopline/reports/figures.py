@@ -1,0 +1,484 @@
+"""Figures of a run folder: what a scientist would show of an in-situ experiment.
+
+A run folder (``loopline analyze`` or ``loopline serve``) holds ``series.csv`` (one row per
+frame and object, a ``kind`` column: line, pair, pileup, loop, frame; units in the column
+names), ``tracks.csv`` and ``summary.json``. Each figure below is drawn only from the columns
+it needs; a figure whose data are absent is skipped with the reason, never faked.
+
+All figures use matplotlib's Agg backend, are written as PNG and PDF, and carry units on
+every axis.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Report", "RunData", "load_run", "make_report"]
+
+
+@dataclass
+class RunData:
+    """The tables of one run folder (empty frames where a file is absent)."""
+
+    folder: Path
+    series: pd.DataFrame
+    tracks: pd.DataFrame
+    summary: dict[str, Any]
+
+    def kind(self, k: str) -> pd.DataFrame:
+        s = self.series
+        if "kind" not in s.columns:
+            return s.iloc[0:0]
+        return s[s["kind"] == k]
+
+
+MAX_PILEUPS = 6  # panels of the spacing figure
+MAX_TRACKS = 24  # curves of the kinematics figure
+
+
+@dataclass
+class Report:
+    out: Path
+    written: list[Path] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    table: list[tuple[str, str]] = field(default_factory=list)
+
+
+def load_run(folder: Path) -> RunData:
+    """Read ``series.csv``, ``tracks.csv`` and ``summary.json`` of a run folder.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the folder or its ``series.csv`` is missing.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"run folder not found: {folder}")
+    sp = folder / "series.csv"
+    if not sp.exists():
+        raise FileNotFoundError(f"{folder} has no series.csv: not a loopline run folder")
+    series = pd.read_csv(sp, low_memory=False)
+    tp = folder / "tracks.csv"
+    tracks = pd.read_csv(tp) if tp.exists() and tp.stat().st_size else pd.DataFrame()
+    js = folder / "summary.json"
+    summary = json.loads(js.read_text()) if js.exists() else {}
+    if "kind" not in series.columns and "index" in series.columns:
+        series, tracks, summary = _from_daemon(folder, series, tracks, summary)
+    return RunData(folder, series, tracks, summary)
+
+
+def _from_daemon(folder: Path, frames: pd.DataFrame, inst: pd.DataFrame, summary: dict
+                 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:  # fmt: skip
+    """The daemon's run folder (``loopline serve``) in the long layout of ``loopline analyze``.
+
+    The daemon writes one row per frame (series.csv), per neighbour pair (pairs.csv) and per
+    instance (tracks.csv, keyed by ``index``). Only the longest series is reported. A line's
+    position is measured along the main direction of its own track (the daemon does not
+    publish glide directions), and its velocity is the time derivative of that position.
+    """
+    sid = frames["series"].value_counts().idxmax() if "series" in frames else None
+
+    def one(df: pd.DataFrame) -> pd.DataFrame:
+        if sid is not None and "series" in df:
+            df = df[df["series"] == sid]
+        return df.rename(columns={"index": "frame"})
+
+    parts = [one(frames).assign(kind="frame")]
+    pp = folder / "pairs.csv"
+    if pp.exists() and pp.stat().st_size:
+        pairs = one(pd.read_csv(pp)).rename(columns={"a": "object_id", "b": "partner_id",
+                                                     "pileup": "pileup_id"})  # fmt: skip
+        parts.append(pairs.assign(kind="pair"))
+        pu = pairs.groupby(["frame", "pileup_id"], as_index=False).agg(
+            time_s=("time_s", "first"), mean_spacing_nm=("spacing_nm", "mean"))
+        parts.append(pu.assign(kind="pileup", object_id=pu["pileup_id"]))
+    nm = float(frames["nm_per_px"].dropna().iloc[0]) if "nm_per_px" in frames and \
+        frames["nm_per_px"].notna().any() else None  # fmt: skip
+    if not inst.empty and "cls" in inst:
+        inst = one(inst).rename(columns={"id": "object_id", "pileup": "pileup_id"})
+        lines = inst[inst["cls"] == 0].copy()
+        lines["position_nm"] = np.nan
+        lines["velocity_nm_per_s"] = np.nan
+        for _tid, g in lines.groupby("object_id"):
+            if len(g) < 3 or nm is None:
+                continue
+            xy = g[["x_px", "y_px"]].to_numpy(float)
+            c = xy - xy.mean(axis=0)
+            axis = np.linalg.svd(c, full_matrices=False)[2][0]
+            pos = c @ axis * nm
+            t = g["time_s"].to_numpy(float)
+            lines.loc[g.index, "position_nm"] = pos
+            if np.all(np.diff(t) > 0):
+                lines.loc[g.index, "velocity_nm_per_s"] = np.gradient(pos, t)
+        loops = inst[inst["cls"] != 0].copy()
+        loops["major_nm"] = loops["length_nm"]
+        loops["major_px"] = loops["length_px"]
+        loops["minor_nm"] = loops["length_nm"]
+        loops["angle_deg"] = 0.0
+        parts += [lines.assign(kind="line"), loops.assign(kind="loop")]
+    series = pd.concat(parts, ignore_index=True, sort=False)
+    summary = dict(summary)
+    summary.setdefault("frames", int(one(frames)["frame"].nunique()))
+    if nm is not None:
+        summary.setdefault("calibration", {"nm_per_px": nm})
+    return series, pd.DataFrame(), summary
+
+
+def _time(df: pd.DataFrame) -> tuple[pd.Series, str]:
+    if "time_s" in df.columns and df["time_s"].notna().any():
+        return df["time_s"], "time (s)"
+    return df["frame"], "frame"
+
+
+def _save(fig: Any, rep: Report, name: str) -> None:
+    for ext in ("png", "pdf"):
+        p = rep.out / f"{name}.{ext}"
+        fig.savefig(p, dpi=130 if ext == "png" else None, bbox_inches="tight")
+        rep.written.append(p)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def fig_spacing(run: RunData, rep: Report) -> None:
+    """Spacing vs time per pile-up: every neighbour pair (by place from the leader) and mean."""
+    import matplotlib.pyplot as plt
+
+    pu, pairs = run.kind("pileup"), run.kind("pair")
+    if pu.empty or "mean_spacing_nm" not in pu or pu["mean_spacing_nm"].notna().sum() == 0:
+        rep.skipped["spacing_vs_time"] = "no pile-up spacings in series.csv"
+        return
+    # a lone dislocation has no spacing: only pile-ups with at least one pair get a panel, and
+    # at most MAX_PILEUPS of them, those seen in the most frames
+    seen = pu.loc[pu["mean_spacing_nm"].notna(), "object_id"].dropna().value_counts()
+    ids = sorted(seen.index[:MAX_PILEUPS])
+    if len(seen) > MAX_PILEUPS:
+        rep.notes.append(f"spacing_vs_time: {len(seen) - MAX_PILEUPS} pile-ups seen in fewer "
+                         "frames are not drawn")  # fmt: skip
+    fig, axes = plt.subplots(len(ids), 1, figsize=(7.5, 2.6 * len(ids) + 0.6), squeeze=False,
+                             sharex=True)  # fmt: skip
+    for ax, pid in zip(axes[:, 0], ids, strict=True):
+        p = pairs[pairs["pileup_id"] == pid]
+        cmap = plt.get_cmap("viridis")
+        ranks = sorted(p["rank"].dropna().unique()) if not p.empty else []
+        for r in ranks:
+            q = p[p["rank"] == r].sort_values("frame")
+            t, _ = _time(q)
+            ax.plot(t, q["spacing_nm"], lw=0.9, color=cmap(r / max(len(ranks), 1)),
+                    label=f"pair {int(r)}–{int(r) + 1}")  # fmt: skip
+        m = pu[pu["object_id"] == pid].sort_values("frame")
+        t, xlabel = _time(m)
+        ax.plot(t, m["mean_spacing_nm"], color="k", lw=2.0, label="mean")
+        ax.set_ylabel("spacing (nm)")
+        ax.set_title(f"pile-up {int(pid)} (pairs numbered from the leading dislocation, 0)",
+                     fontsize=9)  # fmt: skip
+        ax.grid(alpha=0.3)
+        if len(ranks) <= 8:
+            ax.legend(fontsize=7, ncol=3, loc="best")
+    axes[-1, 0].set_xlabel(xlabel)
+    fig.suptitle("Dislocation spacing vs time per pile-up", y=1.02)
+    _save(fig, rep, "spacing_vs_time")
+
+
+def fig_dislocations(run: RunData, rep: Report) -> None:
+    """Position along the glide direction and velocity of every dislocation vs time."""
+    import matplotlib.pyplot as plt
+
+    ln = run.kind("line")
+    if ln.empty or "position_nm" not in ln or ln["position_nm"].notna().sum() == 0:
+        rep.skipped["dislocation_kinematics"] = "no line positions in series.csv"
+        return
+    ln = ln[(ln["object_id"] >= 0) & ln["position_nm"].notna()]
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(7.5, 6.4), sharex=True)
+    seen = ln["object_id"].value_counts()
+    tracks = sorted(seen.index[:MAX_TRACKS])
+    if len(seen) > MAX_TRACKS:
+        rep.notes.append(f"dislocation_kinematics: the {MAX_TRACKS} longest of {len(seen)} "
+                         "tracks are drawn")  # fmt: skip
+    cmap = plt.get_cmap("tab20")
+    xlabel = "time (s)"
+    for k, tid in enumerate(tracks):
+        d = ln[ln["object_id"] == tid].sort_values("frame")
+        t, xlabel = _time(d)
+        pid = d["pileup_id"].iloc[-1] if "pileup_id" in d else None
+        label = f"{int(tid)}" + (f" (pile-up {int(pid)})" if pid is not None and
+                                  not pd.isna(pid) else "")  # fmt: skip
+        c = cmap(k % 20)
+        a1.plot(t, d["position_nm"], color=c, lw=1.1, label=label)
+        if "velocity_nm_per_s" in d:
+            a2.plot(t, d["velocity_nm_per_s"], color=c, lw=1.0)
+    a1.set_ylabel("position along glide (nm)")
+    a2.set_ylabel("velocity (nm/s)")
+    a2.set_xlabel(xlabel)
+    a2.axhline(0, color="0.5", lw=0.6)
+    for a in (a1, a2):
+        a.grid(alpha=0.3)
+    if len(tracks) <= 20:
+        a1.legend(fontsize=6, ncol=4, title="track", title_fontsize=7)
+    fig.suptitle("Dislocation position and velocity (drift-corrected, + toward the leader)")
+    _save(fig, rep, "dislocation_kinematics")
+
+
+def fig_loops(run: RunData, rep: Report) -> None:
+    """Loop size distribution vs time: median and interquartile band (as Shen et al. Fig. 6)."""
+    import matplotlib.pyplot as plt
+
+    lp = run.kind("loop")
+    if lp.empty or "major_nm" not in lp or lp["major_nm"].notna().sum() == 0:
+        rep.skipped["loop_size_vs_time"] = "no loops in series.csv"
+        return
+    g = lp.groupby("frame")
+    q = pd.DataFrame({
+        "t": g["time_s"].first() if "time_s" in lp else g["frame"].first(),
+        "q1": g["major_nm"].quantile(0.25), "med": g["major_nm"].median(),
+        "q3": g["major_nm"].quantile(0.75), "n": g["major_nm"].count(),
+    }).sort_index()  # fmt: skip
+    xlabel = "time (s)" if "time_s" in lp else "frame"
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(7.5, 5.6), sharex=True,
+                                 gridspec_kw={"height_ratios": [3, 1]})  # fmt: skip
+    a1.fill_between(q["t"], q["q1"], q["q3"], color="tab:blue", alpha=0.25, label="Q1–Q3")
+    a1.plot(q["t"], q["med"], color="tab:blue", lw=2, label="median")
+    a1.plot(q["t"], q["q1"], color="tab:blue", lw=0.8, ls="--")
+    a1.plot(q["t"], q["q3"], color="tab:blue", lw=0.8, ls="--")
+    a1.set_ylabel("loop major axis (nm)")
+    a1.legend(fontsize=8)
+    a1.grid(alpha=0.3)
+    a2.step(q["t"], q["n"], where="mid", color="k", lw=1)
+    a2.set_ylabel("loops (count)")
+    a2.set_xlabel(xlabel)
+    a2.grid(alpha=0.3)
+    fig.suptitle("Loop size distribution vs time (median, Q1, Q3)")
+    _save(fig, rep, "loop_size_vs_time")
+
+
+_DENSITIES = (
+    ("line_density_per_m2", "dislocation density (m⁻²)"),
+    ("line_length_density_per_um", "line length per area (µm⁻¹)"),
+    ("loop_areal_density_per_um2", "loop areal density (µm⁻²)"),
+    ("loop_density_per_m3", "loop volume density (m⁻³)"),
+)
+
+
+def fig_density(run: RunData, rep: Report) -> None:
+    """Densities (and counts) per frame vs time."""
+    import matplotlib.pyplot as plt
+
+    fr = run.kind("frame") if "kind" in run.series.columns else run.series
+    cols = [(c, lab) for c, lab in _DENSITIES if c in fr and fr[c].notna().any()]
+    counts = [(c, lab) for c, lab in (("n_dislocations", "dislocations (count)"),
+                                      ("n_loops", "loops (count)")) if c in fr]  # fmt: skip
+    if not cols and not counts:
+        ln, lp = run.kind("line"), run.kind("loop")
+        if ln.empty and lp.empty:
+            rep.skipped["density_vs_time"] = "no densities or counts in series.csv"
+            return
+        n = pd.DataFrame({"dislocations (count)": ln.groupby("frame").size(),
+                          "loops (count)": lp.groupby("frame").size()}).fillna(0)
+        t = run.series.groupby("frame")["time_s"].first().reindex(n.index)
+        fr = n.assign(time_s=t.values, frame=n.index)
+        counts = [(c, c) for c in ("dislocations (count)", "loops (count)")]
+    panels = cols + counts
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7.5, 1.9 * len(panels) + 0.6),
+                             sharex=True, squeeze=False)  # fmt: skip
+    fr = fr.sort_values("frame")
+    t, xlabel = _time(fr)
+    for ax, (c, lab) in zip(axes[:, 0], panels, strict=True):
+        ax.plot(t, fr[c], lw=1.3)
+        ax.set_ylabel(lab, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel(xlabel)
+    fig.suptitle("Defect densities vs time")
+    _save(fig, rep, "density_vs_time")
+
+
+def _frame_images(run: RunData, n: int) -> list[tuple[int, np.ndarray]]:
+    """Up to ``n`` frames evenly spread over the run, from annotated.mp4 or the input."""
+    import cv2
+
+    frames = sorted(run.series["frame"].dropna().astype(int).unique())
+    if not frames:
+        return []
+    want = [frames[round(float(i))] for i in np.linspace(0, len(frames) - 1, min(n, len(frames)))]
+    mp4 = run.folder / "annotated.mp4"
+    out: list[tuple[int, np.ndarray]] = []
+    if mp4.exists():
+        cap = cv2.VideoCapture(str(mp4))
+        try:
+            for f in want:
+                cap.set(cv2.CAP_PROP_POS_FRAMES, f)
+                ok, img = cap.read()
+                if ok:
+                    out.append((f, img[..., ::-1]))
+        finally:
+            cap.release()
+        return out
+    src = run.summary.get("input")
+    if not src:
+        return []
+    src = Path(src)
+    images = []
+    truth = src / "truth.json"
+    if truth.exists():
+        seqs = json.loads(truth.read_text()).get("sequences", [])
+        if seqs:
+            images = [src / fr["image"] for fr in seqs[0]["frames"]]
+    elif src.is_dir():
+        images = sorted(p for p in src.iterdir()
+                        if p.suffix.lower() in (".png", ".tif", ".tiff", ".jpg"))  # fmt: skip
+    for f in want:
+        if 0 <= f < len(images):
+            img = cv2.imread(str(images[f]), cv2.IMREAD_GRAYSCALE)
+            if img is not None:
+                out.append((f, img))
+    return out
+
+
+def fig_contact_sheet(run: RunData, rep: Report, *, n: int = 8) -> None:
+    """Frames evenly spread over the run, with the measured objects drawn on them."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Ellipse
+
+    imgs = _frame_images(run, n)
+    if not imgs:
+        rep.skipped["contact_sheet"] = "no frames found (no annotated.mp4, input not readable)"
+        return
+    annotated_mp4 = (run.folder / "annotated.mp4").exists()
+    nm = (run.summary.get("calibration") or {}).get("nm_per_px")
+    cols = min(4, len(imgs))
+    rows = math.ceil(len(imgs) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False)
+    cmap = plt.get_cmap("tab20")
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (f, img) in zip(axes.ravel(), imgs, strict=False):
+        ax.imshow(img, cmap="gray")
+        rows_f = run.series[run.series["frame"] == f]
+        t = rows_f["time_s"].iloc[0] if "time_s" in rows_f and len(rows_f) else None
+        ax.set_title(f"frame {f}" + (f"  t = {t:.2f} s" if t is not None else ""), fontsize=8)
+        if not annotated_mp4 and "kind" in rows_f:
+            for _, r in rows_f[rows_f["kind"] == "line"].iterrows():
+                c = cmap(int(r["object_id"]) % 20)
+                ax.plot(r["x_px"], r["y_px"], "o", ms=3, color=c)
+                ax.text(r["x_px"] + 3, r["y_px"] - 3, str(int(r["object_id"])), color=c,
+                        fontsize=6, weight="bold")  # fmt: skip
+            for _, r in rows_f[rows_f["kind"] == "loop"].iterrows():
+                c = cmap(int(r["object_id"]) % 20)
+                minor_px = r["minor_nm"] / r["major_nm"] * r["major_px"] if r["major_nm"] else 0
+                ax.add_patch(Ellipse((r["x_px"], r["y_px"]), r["major_px"], minor_px,
+                                     angle=r["angle_deg"], fill=False, color=c, lw=0.8))
+        if nm:
+            h, w = img.shape[:2]
+            bar_nm = _nice(w * nm * 0.25)
+            px = bar_nm / nm
+            ax.plot([w - px - 8, w - 8], [h - 10, h - 10], color="w", lw=3)
+            ax.text(w - 8 - px / 2, h - 16, f"{bar_nm:g} nm", color="w", fontsize=7,
+                    ha="center")  # fmt: skip
+    what = "annotated frames (annotated.mp4)" if annotated_mp4 else (
+        "frames with measured line centroids, track ids and loop ellipses")  # fmt: skip
+    fig.suptitle(f"Contact sheet: {what}", fontsize=10)
+    fig.tight_layout()
+    _save(fig, rep, "contact_sheet")
+
+
+def _nice(x: float) -> float:
+    p = 10 ** math.floor(math.log10(max(x, 1e-12)))
+    for m in (5, 2, 1):
+        if m * p <= x:
+            return m * p
+    return p
+
+
+def summary_table(run: RunData, rep: Report) -> None:
+    """A short table of the run (also written as summary.csv and summary.md)."""
+    s = run.summary
+    t: list[tuple[str, str]] = []
+
+    def add(name: str, v: Any, fmt: str = "{:.4g}") -> None:
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):
+            return
+        t.append((name, fmt.format(v) if isinstance(v, float) else str(v)))
+
+    frames = s.get("frames", run.series["frame"].nunique() if "frame" in run.series else None)
+    add("frames", frames)
+    if "first_time_s" in s and "last_time_s" in s and s["last_time_s"] is not None:
+        add("duration (s)", float(s["last_time_s"]) - float(s["first_time_s"] or 0))
+    cal = s.get("calibration") or {}
+    add("pixel size (nm/px)", cal.get("nm_per_px"))
+    add("line tracks", s.get("line_tracks"))
+    add("loop tracks", s.get("loop_tracks"))
+    add("mean dislocations per frame", s.get("mean_line_count"))
+    add("mean loops per frame", s.get("mean_loop_count"))
+    for pid, v in (s.get("mean_spacing_nm_by_pileup") or {}).items():
+        add(f"mean spacing, pile-up {pid} (nm)", float(v))
+    add("mean |line velocity| (nm/s)", s.get("mean_abs_line_velocity_nm_per_s"))
+    for k in ("length_re", "spacing_re", "velocity_re", "loop_axis_re"):
+        if k in s:
+            add(f"{k} (vs ground truth)", s[k], "{:.2%}")
+    add("id switches (vs ground truth)", s.get("id_switches"))
+    for k, v in (s.get("counters") or {}).items():
+        add(f"daemon counter: {k}", v)
+    for st, d in (s.get("timings_ms") or {}).items():
+        if isinstance(d, dict) and "mean" in d:
+            add(f"{st} mean / p95 (ms)", f"{d['mean']:.2f} / {d['p95']:.2f}")
+    if not run.tracks.empty and "velocity_nm_per_s" in run.tracks:
+        v = run.tracks[run.tracks["kind"] == "line"]["velocity_nm_per_s"].dropna()
+        if len(v):
+            add("line velocity range (nm/s)", f"{v.min():.3g} … {v.max():.3g}")
+    rep.table = t
+    pd.DataFrame(t, columns=["quantity", "value"]).to_csv(rep.out / "summary.csv", index=False)
+    md = ["| quantity | value |", "|---|---|", *(f"| {a} | {b} |" for a, b in t)]
+    (rep.out / "summary.md").write_text("\n".join(md) + "\n", "utf-8")
+    rep.written += [rep.out / "summary.csv", rep.out / "summary.md"]
+
+
+FIGURES: dict[str, Callable[[RunData, Report], None]] = {
+    "spacing_vs_time": fig_spacing,
+    "dislocation_kinematics": fig_dislocations,
+    "loop_size_vs_time": fig_loops,
+    "density_vs_time": fig_density,
+    "contact_sheet": fig_contact_sheet,
+}
+
+
+def make_report(folder: Path, out: Path | None = None, *, frames: int = 8) -> Report:
+    """Write every figure (PNG + PDF) and the summary table of the run folder ``folder``.
+
+    Parameters
+    ----------
+    folder
+        Run folder with ``series.csv`` (and ``tracks.csv``, ``summary.json``).
+    out
+        Output folder (default ``folder/report``).
+    frames
+        Frames on the contact sheet.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    run = load_run(folder)
+    rep = Report(Path(out) if out is not None else Path(folder) / "report")
+    rep.out.mkdir(parents=True, exist_ok=True)
+    for name, fn in FIGURES.items():
+        try:
+            if name == "contact_sheet":
+                fig_contact_sheet(run, rep, n=frames)
+            else:
+                fn(run, rep)
+        except (KeyError, ValueError, TypeError) as e:  # a column of an unexpected kind
+            rep.skipped[name] = f"{type(e).__name__}: {e}"
+            logger.warning("figure %s skipped: %s", name, e)
+    summary_table(run, rep)
+    return rep

@@ -1,0 +1,48 @@
+"""``loopline import``: convert real labels (tanaka masks, binary masks, COCO, labelme)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import CliError
+
+HELP = "convert real labels (tanaka, binary masks, COCO, labelme) into a loopline dataset"
+
+_FORMATS = ("tanaka", "masks", "coco", "labelme")  # importers.FORMATS, without importing it
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", type=Path, help="labels: folder or file, as the format expects")
+    p.add_argument("--format", dest="fmt", required=True, choices=_FORMATS,
+                   help="tanaka: SOURCE/original + SOURCE/ds line masks; masks: folder of "
+                        "binary masks (with --images, --class); coco: COCO JSON with "
+                        "polygons; labelme: labelme JSON file or folder")  # fmt: skip
+    p.add_argument("--out", type=Path, required=True, help="dataset folder to write")
+    p.add_argument("--images", type=Path, help="folder of frames named like the labels")
+    p.add_argument("--class", dest="cls", choices=("dislocation", "loop"),
+                   help="class of every instance (needed for --format masks)")  # fmt: skip
+    p.add_argument("--label-width", type=float, default=None, metavar="PX",
+                   help="redraw line labels from their skeletons at this width (px)")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+
+
+def run(a: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .importers import import_dataset
+
+    try:
+        res = import_dataset(
+            a.source, a.out, fmt=a.fmt, images=a.images, cls=a.cls,
+            label_width=a.label_width, overwrite=a.overwrite,
+        )  # fmt: skip
+    except (ValueError, FileExistsError, FileNotFoundError) as e:
+        raise CliError(str(e)) from None
+    counts = ", ".join(f"{n} {k}" for k, n in res.per_class.items() if n)
+    skipped = f", {res.skipped} shapes skipped" if res.skipped else ""
+    Console().print(
+        f"[bold green]import[/] {a.fmt}: {res.images} frames, {res.instances} instances "
+        f"({counts or 'none'}){skipped} -> {res.out}"
+    )
+    return 0

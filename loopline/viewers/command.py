@@ -1,0 +1,61 @@
+"""``loopline view``: watch the daemon's live results in the terminal or in a browser."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import CliError
+
+HELP = "live terminal dashboard (or --web: browser overlay viewer) of the daemon's results"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--endpoint", help="the daemon's PUB socket (default tcp://127.0.0.1:5556, "
+                   "or publish.endpoint of --config)")  # fmt: skip
+    p.add_argument("--config", type=Path, help="TOML file; its [view] and [view.alarms] tables "
+                   "are read (the daemon's config file may carry them)")  # fmt: skip
+    p.add_argument("--web", action="store_true", help="serve the overlay viewer page instead")
+    p.add_argument("--host", help="--web: address to serve on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="--web: port (default 8765; 0 = any free port)")
+    p.add_argument("--open", action="store_true", help="--web: open the page in a browser")
+    p.add_argument("--preview", choices=("auto", "kitty", "sixel", "off"), default="auto",
+                   help="terminal frame preview (default auto: only where the terminal "
+                   "announces image support)")  # fmt: skip
+    p.add_argument("--no-screen", action="store_true",
+                   help="draw in the normal screen, not the alternate one")  # fmt: skip
+    p.add_argument("--duration", type=float, default=0.0,
+                   help="stop after this many seconds (0: until Ctrl-C)")  # fmt: skip
+    p.add_argument("--min-spacing-nm", type=float, help="alarm: a spacing below this (nm)")
+    p.add_argument("--max-velocity-nm-s", type=float,
+                   help="alarm: a leading dislocation faster than this (nm/s)")  # fmt: skip
+    p.add_argument("--velocity-jump-nm-s", type=float,
+                   help="alarm: leading velocity changing by more than this between frames")
+
+
+def run(a: argparse.Namespace) -> int:
+    from .config import ViewConfigError, load_view_config
+
+    if a.host not in (None, "127.0.0.1", "localhost", "::1") and not a.web:
+        raise CliError("--host only applies to --web")
+    try:
+        cfg = load_view_config(a.config, overrides={
+            "endpoint": a.endpoint, "host": a.host, "port": a.port,
+            "alarms.min_spacing_nm": a.min_spacing_nm,
+            "alarms.max_velocity_nm_s": a.max_velocity_nm_s,
+            "alarms.velocity_jump_nm_s": a.velocity_jump_nm_s,
+        })  # fmt: skip
+    except ViewConfigError as e:
+        raise CliError(str(e)) from None
+    if a.duration < 0:
+        raise CliError(f"--duration must be >= 0, got {a.duration}")
+    if a.web:
+        from .web import run_web
+
+        try:
+            return run_web(cfg, duration_s=a.duration, open_browser=a.open)
+        except OSError as e:  # port in use, address not local
+            raise CliError(f"cannot serve on {cfg.host}:{cfg.port}: {e.strerror or e}") from None
+    from .terminal import run_dashboard
+
+    return run_dashboard(cfg, preview=a.preview, duration_s=a.duration, screen=not a.no_screen)

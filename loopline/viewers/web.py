@@ -1,0 +1,278 @@
+"""``loopline view --web``: a small overlay viewer page served on 127.0.0.1.
+
+One :class:`ViewerServer` (stdlib ``http.server``, a thread per request) holds the newest
+few messages of the result stream and a :class:`~loopline.viewers.state.ViewState`. The page
+pulls frames one at a time, so the latest frame always wins and a slow browser only costs
+itself:
+
+- ``GET /api/next?after=SEQ`` waits (up to ``timeout`` s) for a message newer than ``SEQ`` and
+  returns its normalised view, the stream counters and the recent spacing/velocity history;
+- ``GET /frame/SEQ.jpg`` is the JPEG of that message (the newest if it has gone already);
+- ``GET /stream.mjpg`` is the same JPEGs as an MJPEG stream (latest wins) for other players.
+
+The page draws the JPEG and, over it on the same canvas, the masks (contours), skeleton lines,
+loop ellipses, track ids and a scale bar from the message's numbers, so every layer can be
+switched off in the browser. Nothing on the page is fetched from anywhere but this server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from .config import ViewConfig
+from .state import ViewState
+from .stream import Message, ResultSubscriber
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ViewerServer", "run_web"]
+
+_KEEP = 8  # messages held for /frame/SEQ.jpg: the page asks for the JPEG right after the JSON
+
+
+def _nan_to_none(values: Any) -> list[float | None]:
+    return [None if v is None or v != v else round(float(v), 4) for v in values]
+
+
+class ViewerServer:
+    """The web viewer: a subscriber, a feeder thread and an HTTP server.
+
+    Parameters
+    ----------
+    cfg
+        Viewer configuration (endpoint, host, port, history, alarms).
+
+    ``url`` is valid after :meth:`start` (``cfg.port = 0`` picks a free port).
+    """
+
+    def __init__(self, cfg: ViewConfig) -> None:
+        self.cfg = cfg
+        self.sub = ResultSubscriber(cfg.endpoint, stale_s=cfg.stale_s)
+        self.state = ViewState(history=cfg.history, alarms=cfg.alarms,
+                               track_timeout_frames=cfg.track_timeout_frames)  # fmt: skip
+        self._cond = threading.Condition()
+        self._msgs: OrderedDict[int, Message] = OrderedDict()
+        self._snapshot: dict[str, Any] | None = None
+        self._stop = threading.Event()
+        self._feeder: threading.Thread | None = None
+        self._http: ThreadingHTTPServer | None = None
+        self._http_thread: threading.Thread | None = None
+        self._page = resources.files(__package__).joinpath("page.html").read_bytes()
+
+    @property
+    def url(self) -> str:
+        assert self._http is not None, "start() first"
+        host, port = self._http.server_address[:2]
+        return f"http://{host}:{port}/"
+
+    def start(self) -> ViewerServer:
+        self.sub.start()
+        self._feeder = threading.Thread(target=self._feed, name="loopline-web-feed", daemon=True)
+        self._feeder.start()
+        handler = type("Handler", (_Handler,), {"viewer": self})
+        self._http = _Server((self.cfg.host, self.cfg.port), handler)
+        self._http_thread = threading.Thread(target=self._http.serve_forever,
+                                             kwargs={"poll_interval": 0.2},
+                                             name="loopline-web-http", daemon=True)  # fmt: skip
+        self._http_thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        self.sub.close()
+        if self._feeder is not None:
+            self._feeder.join(2.0)
+
+    def __enter__(self) -> ViewerServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def maybe_raise(self) -> None:
+        self.sub.maybe_raise()
+
+    # -- feeder: every message the subscriber hands over goes into the state ----------------
+    def _feed(self) -> None:
+        seq = 0
+        while not self._stop.is_set():
+            m = self.sub.wait(seq, timeout=0.5)
+            if m is None:
+                continue
+            seq = m.seq
+            with self._cond:
+                self.state.update(m.view)
+                self._msgs[m.seq] = m
+                while len(self._msgs) > _KEEP:
+                    self._msgs.popitem(last=False)
+                self._snapshot = self._make_snapshot(m)
+                self._cond.notify_all()
+
+    def _make_snapshot(self, m: Message) -> dict[str, Any]:
+        st = self.state
+        plots = {
+            str(pid): {
+                "t": _nan_to_none(h.time_s),
+                "mean_spacing_nm": _nan_to_none(h.mean_spacing),
+                "min_spacing_nm": _nan_to_none(h.min_spacing),
+                "lead_velocity_nm_s": _nan_to_none(h.lead_velocity),
+            }
+            for pid, h in sorted(st.pileups.items())
+        }
+        tracks = [
+            {"id": r.id, "kind": r.kind, "length_nm": r.length_nm,
+             "velocity_nm_s": r.velocity_nm_s, "age_frames": r.age_frames}
+            for r in st.track_rows(self.cfg.track_rows)
+        ]  # fmt: skip
+        return {"seq": m.seq, "view": m.view.to_json(), "plots": plots, "tracks": tracks,
+                "alarms": st.alarms(), "has_jpeg": m.jpeg is not None}  # fmt: skip
+
+    # -- used by the handler -----------------------------------------------------------------
+    def next_snapshot(self, after: int, timeout: float) -> dict[str, Any] | None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self._stop.is_set():
+                snap = self._snapshot
+                if snap is not None and snap["seq"] > after:
+                    return snap
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+        return None
+
+    def stream_stats(self) -> dict[str, Any]:
+        s = self.sub.stats()
+        return {"received": s.received, "viewer_dropped": s.viewer_dropped, "gaps": s.gaps,
+                "malformed": s.malformed, "reconnects": s.reconnects, "connected": s.connected,
+                "last_message_age_s": s.last_message_age_s,
+                "endpoint": self.cfg.endpoint}  # fmt: skip
+
+    def jpeg(self, seq: int | None) -> bytes | None:
+        with self._cond:
+            m = self._msgs.get(seq) if seq is not None else None
+            if m is None and self._msgs:
+                m = next(reversed(self._msgs.values()))
+            return None if m is None else m.jpeg
+
+    def wait_jpeg(self, after: int, timeout: float) -> tuple[int, bytes | None] | None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self._stop.is_set():
+                if self._msgs:
+                    seq = next(reversed(self._msgs))
+                    if seq > after:
+                        return seq, self._msgs[seq].jpeg
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+        return None
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # a browser tab closed mid-request: not worth a traceback
+        super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    viewer: ViewerServer
+    server_version = "loopline-view"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("http %s " + format, self.address_string(), *args)
+
+    def _send(self, code: int, body: bytes, ctype: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        u = urlparse(self.path)
+        q = parse_qs(u.query)
+        try:
+            if u.path in ("/", "/index.html"):
+                self._send(200, self.viewer._page, "text/html; charset=utf-8")
+            elif u.path == "/api/next":
+                after = int(q.get("after", ["0"])[0])
+                timeout = min(float(q.get("timeout", ["2"])[0]), 10.0)
+                snap = self.viewer.next_snapshot(after, timeout)
+                body = dict(snap or {"seq": after, "timeout": True},
+                            stream=self.viewer.stream_stats())  # fmt: skip
+                self._send(200, json.dumps(body).encode(), "application/json")
+            elif u.path.startswith("/frame/") and u.path.endswith(".jpg"):
+                stem = u.path[len("/frame/"):-len(".jpg")]
+                jpeg = self.viewer.jpeg(int(stem) if stem.isdigit() else None)
+                if jpeg is None:
+                    self._send(404, b"no frame yet\n", "text/plain")
+                else:
+                    self._send(200, jpeg, "image/jpeg")
+            elif u.path == "/stream.mjpg":
+                self._mjpeg()
+            else:
+                self._send(404, b"not found\n", "text/plain")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the browser went away
+        except ValueError as e:
+            self._send(HTTPStatus.BAD_REQUEST, f"{e}\n".encode(), "text/plain")
+
+    def _mjpeg(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        seq = 0
+        while not self.viewer._stop.is_set():
+            got = self.viewer.wait_jpeg(seq, timeout=1.0)
+            if got is None:
+                continue
+            seq, jpeg = got
+            if jpeg is None:
+                continue
+            self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                             + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
+            self.wfile.flush()
+
+
+def run_web(cfg: ViewConfig, *, duration_s: float = 0.0, open_browser: bool = False) -> int:
+    """Serve the page until Ctrl-C (or ``duration_s`` when > 0). Prints the URL first."""
+    import math
+
+    t_end = time.monotonic() + duration_s if duration_s > 0 else math.inf
+    with ViewerServer(cfg) as srv:
+        print(f"loopline view: serving {srv.url} (stream {cfg.endpoint}); Ctrl-C stops",
+              flush=True)  # fmt: skip
+        if open_browser:
+            import webbrowser
+
+            webbrowser.open(srv.url)
+        while time.monotonic() < t_end:
+            srv.maybe_raise()
+            time.sleep(min(0.25, max(t_end - time.monotonic(), 0.0)))
+    return 0

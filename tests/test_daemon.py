@@ -1,0 +1,461 @@
+"""The daemon end to end: real processes, real sockets on loopback (port 0), small frames.
+
+Most tests use the fast ``ThresholdEngine`` stand-in and 256² frames so that they stay quick
+on a busy 2-core machine; the engines themselves are tested in test_engines*.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import zmq
+
+from loopline.daemon import protocol
+from loopline.daemon.config import ConfigError, load_config, parse_set
+from loopline.daemon.shm import ANALYSIS, RECORD, SlotPool
+from loopline.daemon.simulator import Simulator
+from loopline.daemon.supervisor import Supervisor
+
+FAST = "loopline.daemon.standins:ThresholdEngine"
+SLOW = "loopline.daemon.standins:slow_engine"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def frames(n: int, size: int = 256, seed: int = 0) -> list[np.ndarray]:
+    """A bright noisy field with one dark line gliding across it."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        img = (rng.random((size, size)) * 40 + 170).astype(np.uint8)
+        x = 20 + (i % 100)
+        cv2.line(img, (x, 30), (x + 40, size - 30), 40, 3)
+        out.append(img)
+    return out
+
+
+class Daemon:
+    """A Supervisor in a background thread; always stopped by the fixture."""
+
+    def __init__(self, tmp: Path, endpoint: str, **overrides):
+        o = {
+            "source.endpoint": endpoint, "output.dir": str(tmp / "run"),
+            "engine.factory": FAST, "publish.endpoint": "tcp://127.0.0.1:0",
+            "calibration.nm_per_px": 2.0, "run.until_series_end": True,
+            "output.result_timeout_s": 3.0, "metrics.interval_s": 0.2,
+        }  # fmt: skip
+        o.update(overrides)
+        self.cfg = load_config(overrides=o)
+        self.ready = threading.Event()
+        self.sup = Supervisor(self.cfg, on_ready=lambda s: self.ready.set())
+        self.code: int | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        self.code = self.sup.run()
+
+    def start(self, timeout: float = 90) -> Daemon:
+        self.thread.start()
+        assert self.ready.wait(timeout), "daemon workers did not become ready"
+        return self
+
+    def wait(self, timeout: float = 120) -> int:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "daemon did not finish"
+        assert self.code is not None
+        return self.code
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.sup.request_stop("test teardown")
+            self.thread.join(60)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.output.dir)
+
+    def summary(self) -> dict:
+        return json.loads((self.run_dir / "summary.json").read_text())
+
+
+@pytest.fixture
+def sim():
+    s = Simulator("tcp://127.0.0.1:0", sndhwm=1000, linger_s=2)
+    yield s
+    s.close(linger_s=0)
+
+
+@pytest.fixture
+def daemons():
+    made: list[Daemon] = []
+    yield made
+    for d in made:
+        d.stop()
+
+
+def mp4_frames(path: Path) -> int:
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    return n
+
+
+def csv_rows(path: Path) -> int:
+    with open(path) as f:
+        return sum(1 for _ in f) - 1
+
+
+def check_accounting(c: dict, n: int) -> None:
+    assert c["received"] == n
+    assert c["analysed"] + c["skipped"] == n, c
+    assert c["recorded"] == n, c
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_config_defaults_and_overrides(tmp_path):
+    cfg = load_config()
+    assert cfg.source.endpoint.startswith("tcp://127.0.0.1")  # loopback by default
+    assert cfg.publish.endpoint.startswith("tcp://127.0.0.1")
+    p = tmp_path / "c.toml"
+    p.write_text('[batch]\nsize = 8\n[engine]\nmodel = "ridge"\n')
+    cfg = load_config(p, overrides={"batch.deadline_ms": 10})
+    assert (cfg.batch.size, cfg.engine.model, cfg.batch.deadline_ms) == (8, "ridge", 10.0)
+    assert parse_set("output.raw=npy") == ("output.raw", "npy")
+    assert parse_set("output.mp4=false") == ("output.mp4", False)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("[batch]\nsise = 3\n", "unknown config key 'batch.sise'"),
+        ("[bogus]\nx = 1\n", "unknown config section 'bogus'"),
+        ("[batch]\nsize = 0\n", r"batch.size must lie in \[1, 256\]"),
+        ("[batch]\nsize = 'four'\n", "batch.size must be a int"),
+        ("[output]\nraw = 'png'\n", "output.raw must be one of none, npy, tiff"),
+        ("[engine]\nimgsz = 500\n", "multiple of 32"),
+        ("[source]\nendpoint = 'localhost'\n", "ZeroMQ URL"),
+        ("[output]\nmp4 = 1\n", "output.mp4 must be a bool"),
+        ("batch = 3\n", "must be a \\[section\\] table"),
+        ("[batch\n", "not valid TOML"),
+    ],
+)
+def test_config_errors(tmp_path, text, match):
+    p = tmp_path / "bad.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(p)
+
+
+def test_serve_cli_rejects_bad_config(capsys):
+    from loopline.cli import main
+
+    assert main(["serve", "--set", "batch.size=-1"]) == 2
+    assert "batch.size must lie in" in capsys.readouterr().err
+    assert main(["serve", "--set", "nope"]) == 2
+    assert main(["serve", "--batch", "3", "--print-config"]) == 0
+    assert "size = 3" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- shared memory
+
+
+def test_slot_pool_release_and_generations():
+    pool = SlotPool.create(4, 64, 64, 3)
+    try:
+        got = [pool.acquire() for _ in range(4)]
+        assert all(g is not None for g in got) and pool.acquire() is None
+        slot, gen = got[0]
+        img = np.arange(64 * 32, dtype=np.uint16).reshape(64, 32)
+        pool.write_image(slot, img)
+        np.testing.assert_array_equal(pool.read_image(slot, gen, (64, 32), "uint16"), img)
+        masks = np.zeros((5, 64, 32), bool)
+        masks[1, 3:9, 4:7] = True
+        assert pool.write_masks(slot, gen, masks) == 3  # max_instances
+        np.testing.assert_array_equal(pool.read_masks(slot, gen, 3, (64, 32)), masks[:3])
+        assert pool.release(slot, gen, RECORD) and pool.acquire() is None  # analysis holds it
+        assert pool.release(slot, gen, ANALYSIS)
+        slot2, gen2 = pool.acquire()
+        assert slot2 == slot and gen2 == gen + 1
+        # the old generation can neither read nor release the reused slot
+        assert pool.read_image(slot, gen, (64, 32), "uint16") is None
+        assert not pool.release(slot, gen, RECORD)
+        assert pool.reclaim(older_than_s=0.0) == 8  # both holders of all four slots
+        assert pool.in_use() == 0
+        pool.stats.add("received", 3)
+        assert pool.stats["received"] == 3
+    finally:
+        pool.close()
+        pool.unlink()
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_end_to_end_300_frames(tmp_path, sim, daemons):
+    d = Daemon(tmp_path, sim.endpoint)
+    daemons.append(d)
+    d.start()
+    # a viewer on the PUB socket
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(_pub_endpoint(d))
+    try:
+        # no pixel size from the "camera": the published px_nm is the calibration's
+        stats = sim.send_series(frames(300), series="e2e", fps=25)
+        assert stats.sent == 300
+        assert d.wait() == 0
+        got = _drain(sub)
+    finally:
+        sub.close()
+        ctx.term()
+    s = d.summary()
+    c = s["counters"]
+    check_accounting(c, 300)
+    assert c["malformed"] == 0 and c["dropped_no_slot"] == 0 and c["series_ended"] == 1
+    assert mp4_frames(d.run_dir / "annotated.mp4") == 300
+    assert csv_rows(d.run_dir / "frames.csv") == 300
+    assert csv_rows(d.run_dir / "series.csv") == c["analysed"]
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(d.run_dir / "series.parquet").num_rows == c["analysed"]
+    assert s["latency_ms"]["count"] == c["analysed"]
+    # the viewer stream: frame messages with the documented schema and a JPEG
+    frames_msgs = [m for m in got if m[0] == b"frame"]
+    assert frames_msgs, "no frame message published"
+    header = json.loads(frames_msgs[-1][1])
+    assert header["schema"] == "loopline.frame/1" and header["series"] == "e2e"
+    for key in ("seq", "index", "timestamp", "latency_ms", "instances", "row", "counters"):
+        assert key in header
+    jpeg = cv2.imdecode(np.frombuffer(frames_msgs[-1][2], np.uint8), cv2.IMREAD_COLOR)
+    assert jpeg.shape[:2] == (256, 256)
+    assert header["px_nm"] == 2.0
+    assert any(m[0] == b"metrics" for m in got)
+    assert any(m[0] == b"series" for m in got)
+    metrics = json.loads([m for m in got if m[0] == b"metrics"][-1][1])
+    names = {"source": {"protocol": "loopline", "endpoint": sim.endpoint}, "engine": "threshold"}
+    assert {k: metrics[k] for k in names} == names
+    assert {k: s[k] for k in names} == names
+
+
+def _pub_endpoint(d: Daemon) -> str:
+    # The publisher bound port 0; read the port it got from its first metrics message is
+    # not possible before subscribing, so bind a fixed free port instead (see fixture).
+    return d.cfg.publish.endpoint
+
+
+def _drain(sub: zmq.Socket) -> list[list[bytes]]:
+    out = []
+    while sub.poll(200):
+        out.append(sub.recv_multipart())
+    return out
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def _pub_port(monkeypatch):
+    """Give every daemon of this module a free fixed PUB port (viewers must know it)."""
+    orig = Daemon.__init__
+
+    def init(self, tmp, endpoint, **o):
+        o.setdefault("publish.endpoint", f"tcp://127.0.0.1:{_free_port()}")
+        orig(self, tmp, endpoint, **o)
+
+    monkeypatch.setattr(Daemon, "__init__", init)
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+@pytest.mark.parametrize(
+    ("stage", "n"),
+    [("engine0", 250), pytest.param("measure", 400, marks=pytest.mark.slow)],
+)
+def test_sigkill_worker_is_restarted_and_nothing_recorded_is_lost(
+    tmp_path, sim, daemons, stage, n
+):
+    """SIGKILL mid-run: restarted, every frame recorded, analysis resumes.
+
+    A restarted worker needs a few seconds to import its libraries on a busy machine
+    (measure: trackpy, pandas, Numba caches), hence the longer series for it.
+    """
+    d = Daemon(tmp_path, sim.endpoint)
+    daemons.append(d)
+    d.start()
+    imgs = frames(n)
+    killed_at: list[int] = []
+
+    def killer():
+        time.sleep(2.5)
+        killed_at.append(int(d.sup.stats["received"]))
+        os.kill(d.sup.pids()[stage], signal.SIGKILL)
+
+    t = threading.Thread(target=killer)
+    t.start()
+    sim.send_series(imgs, series="kill", fps=25, pixel_size_nm=2.0)
+    t.join()
+    assert d.wait() == 0
+    c = d.summary()["counters"]
+    check_accounting(c, n)
+    assert c["restarts"] == 1 and c["dropped_no_slot"] == 0
+    assert mp4_frames(d.run_dir / "annotated.mp4") == n
+    assert csv_rows(d.run_dir / "frames.csv") == n
+    assert csv_rows(d.run_dir / "series.csv") == c["analysed"]
+    rows = (d.run_dir / "series.csv").read_text().splitlines()[1:]
+    last = max(int(r.split(",")[1]) for r in rows)
+    assert last > killed_at[0] + 25, "analysis did not resume after the restart"
+
+
+def _malformed_messages(n: int) -> list[list[bytes]]:
+    good = protocol.encode_frame("x", 0, np.zeros((16, 16), np.uint8))
+    head = json.loads(good[0])
+    kinds = [
+        [json.dumps({**head, "shape": [16, 17]}).encode(), bytes(good[1])],  # wrong shape
+        [good[0], bytes(good[1])[:100]],  # truncated buffer
+        [b"{not json", bytes(good[1])],  # bad JSON
+        [json.dumps({**head, "dtype": "complex128"}).encode(), bytes(good[1])],  # wrong dtype
+        [os.urandom(40)],  # garbage bytes
+    ]
+    return [kinds[i % len(kinds)] for i in range(n)]
+
+
+def test_malformed_counted_and_aborted_series_resynchronises(tmp_path, sim, daemons):
+    n_bad = int(os.environ.get("LOOPLINE_TEST_MALFORMED", "10000"))
+    d = Daemon(tmp_path, sim.endpoint)
+    daemons.append(d)
+    d.start()
+    a = sim.send_series(frames(40), series="A", fps=50, pixel_size_nm=2.0, end=False)
+    for m in _malformed_messages(n_bad):
+        sim.send(m)
+    b = sim.send_series(frames(60, seed=1), series="B", fps=50, pixel_size_nm=2.0)
+    assert (a.sent, b.sent) == (40, 60)
+    assert d.wait() == 0
+    s = d.summary()
+    c = s["counters"]
+    check_accounting(c, 100)
+    assert c["malformed"] == n_bad
+    assert c["series_aborted"] == 1 and c["series_ended"] == 1 and c["restarts"] == 0
+    rows = (d.run_dir / "series.csv").read_text().splitlines()[1:]
+    assert {r.split(",")[0] for r in rows} == {"A", "B"}
+    # the tracker restarted with series B (its frames are linked among themselves)
+    assert [e["event"] for e in s["series"]] == ["start", "end", "start", "end"]
+
+
+def test_setup_error_is_reraised_with_its_stage(tmp_path, daemons):
+    d = Daemon(tmp_path, "tcp://127.0.0.1:1", **{"engine.factory": "no.such.module:Engine"})
+    daemons.append(d)
+    d.thread.start()
+    assert d.wait(120) == 1
+    assert d.sup.error is not None and d.sup.error.stage == "engine"
+    assert "no.such" in str(d.sup.error) or "No module" in str(d.sup.error)
+
+
+def test_serve_command_drains_on_sigterm(tmp_path, sim):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "loopline", "serve", "--endpoint", sim.endpoint, "--out",
+           str(out), "--set", f"engine.factory={FAST}",
+           "--publish", f"tcp://127.0.0.1:{_free_port()}"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        stats = sim.send_series(frames(60), series="t", fps=25, end=False)
+        assert stats.sent == 60
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        text, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, text
+    c = json.loads((out / "summary.json").read_text())["counters"]
+    check_accounting(c, 60)
+    assert mp4_frames(out / "annotated.mp4") == 60
+
+
+# ----------------------------------------------------------------------------- load
+
+
+def _anon_mb(pids: list[int]) -> float:
+    """Private (anonymous) resident memory of ``pids``, MB: heap growth shows here.
+
+    The shared-memory slot pool (fixed size, ``pool.slots`` slots) is RssShmem and is left
+    out: its pages are touched once as the receiver cycles through the slots.
+    """
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("RssAnon:"):
+                        total += int(line.split()[1]) / 1024
+        except FileNotFoundError:
+            pass
+    return total
+
+
+@pytest.mark.slow
+def test_load_three_times_the_analysis_rate(tmp_path, sim, daemons, monkeypatch):
+    """Frames at 3x what the engine can take: drops counted, memory bounded, all recorded.
+
+    The issue asks for 60 s; ``LOOPLINE_LOAD_SECONDS`` (default 15, to keep the suite short)
+    sets the duration.
+    """
+    seconds = float(os.environ.get("LOOPLINE_LOAD_SECONDS", "15"))
+    fps = 24.0
+    monkeypatch.setenv("LOOPLINE_TEST_DELAY_MS", str(1000 * 3 / fps))  # engine: 8 frames/s
+    d = Daemon(tmp_path, sim.endpoint, **{"engine.factory": SLOW, "batch.size": 2})
+    daemons.append(d)
+    d.start()
+    imgs = frames(100)
+    n = int(seconds * fps)
+    samples: list[float] = []
+    stop = threading.Event()
+
+    def sampler():
+        pids = list(d.sup.pids().values())  # the daemon's workers
+        while not stop.wait(0.5):
+            samples.append(_anon_mb(pids))
+
+    t = threading.Thread(target=sampler)
+    t.start()
+    try:
+        sim.send_series((imgs[i % 100] for i in range(n)), series="load", fps=fps, count=n)
+        assert d.wait() == 0
+    finally:
+        stop.set()
+        t.join()
+    c = d.summary()["counters"]
+    check_accounting(c, n)
+    assert c["skipped_backpressure"] > n / 3  # about two frames in three are skipped
+    assert c["dropped_no_slot"] == 0
+    third = max(len(samples) // 3, 1)
+    middle, late = max(samples[third : 2 * third] or samples), max(samples[-third:])
+    pool_mb = d.cfg.pool.slots * (256 * 256 + 16 * 256 * 256 // 8) / 2**20  # pages in use
+    print(f"\nload: {n} frames at {fps} fps for {seconds:g} s, analysed {c['analysed']}, "
+          f"skipped {c['skipped']}; worker private memory: middle third {middle:.0f} MB, "
+          f"last third {late:.0f} MB, peak {max(samples):.0f} MB (+ slot pool <= "
+          f"{pool_mb:.0f} MB of 256² frames and masks)")  # fmt: skip
+    assert late - middle < 20, (middle, late)  # flat once warmed up: bounded

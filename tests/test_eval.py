@@ -1,0 +1,199 @@
+"""``loopline eval`` with a fake engine that returns the ground truth, exactly or perturbed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from loopline.cli import main
+from loopline.engines.base import Detections, Engine
+from loopline.evaluation.data import Dataset, Frame
+from loopline.evaluation.evaluate import METRIC_KEYS, evaluate, save_figure
+from loopline.synth.generate import generate
+
+REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real"
+
+
+def truth_detections(fr: Frame) -> Detections:
+    """The frame's ground truth as detections (thin strokes where the dataset kept them)."""
+    masks = fr.masks if fr.strokes is None else fr.strokes
+    n = len(masks)
+    return Detections(masks=masks.copy(), boxes=fr.boxes.astype(np.float32),
+                      scores=np.linspace(0.9, 0.5, n).astype(np.float32) if n else
+                      np.zeros(0, np.float32), classes=fr.classes.copy())  # fmt: skip
+
+
+class TruthEngine(Engine):
+    """Answers each frame with ``transform(ground truth)``, looked up by the frame's bytes."""
+
+    name = "truth"
+
+    def __init__(self, root: Path, transform: Callable[[Frame], Detections] = truth_detections,
+                 **kw) -> None:  # fmt: skip
+        super().__init__(None, **kw)
+        self.table = {_key(fr.image): transform(fr) for fr in Dataset(root)}
+
+    def load(self) -> None:
+        pass
+
+    def forward(self, frames: list[np.ndarray]) -> list[Detections]:
+        return [self.table[_key(f)] for f in frames]
+
+
+def _key(image: np.ndarray) -> str:
+    return hashlib.sha1(image.tobytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    """Two small mixed frames: pile-ups of lines and loops, with truth.json."""
+    out = tmp_path_factory.mktemp("synth") / "mixed"
+    generate(out, preset="mixed", count=2, seed=11, jobs=1, progress=False,
+             overrides={"width": 192, "height": 192, "pileups": 2, "dislocations": (3, 5),
+                        "loops": (4, 6)})  # fmt: skip
+    return out
+
+
+def test_perfect_predictions_score_perfectly(synth: Path):
+    res = evaluate(TruthEngine(synth), synth)
+    m = res.metrics
+    assert list(m) == list(METRIC_KEYS)
+    for k in ("box_map50", "mask_map50", "mask_map50_95", "lar", "lar_tol", "line_f1_tol",
+              "loop_f1"):  # fmt: skip
+        assert m[k] == pytest.approx(1.0), k
+    for k in ("n_re", "d_re", "f_re"):
+        assert m[k] == pytest.approx(0.0), k
+    # Truth spacing from truth.json's exact polylines, predicted from mask skeletons.
+    assert abs(m["spacing_re"]) < 0.02
+    assert m["images"] == 2
+
+
+def test_missing_loops_and_false_positives(synth: Path):
+    ds = Dataset(synth)
+    loops = [int((fr.classes == 1).sum()) for fr in ds]
+
+    def drop_first_loop(fr: Frame) -> Detections:
+        det = truth_detections(fr)
+        first = int(np.flatnonzero(det.classes == 1)[0])
+        return det.select(np.arange(len(det)) != first)
+
+    m = evaluate(TruthEngine(synth, drop_first_loop), synth).metrics
+    n = sum(loops)
+    # One loop of each frame missed: TP = n - 2, FN = 2 -> F1 = 2 (n-2) / (2 (n-2) + 2).
+    assert m["loop_f1"] == pytest.approx(2 * (n - 2) / (2 * (n - 2) + 2))
+    assert m["n_re"] == pytest.approx(-2 / n)
+    assert m["lar"] == pytest.approx(1.0)  # lines untouched
+
+    def add_false_loop(score: float) -> Callable[[Frame], Detections]:
+        def f(fr: Frame) -> Detections:
+            det = truth_detections(fr)
+            h, w = fr.shape
+            fp = np.zeros((1, h, w), bool)
+            fp[0, :6, :6] = True
+            return Detections(
+                masks=np.concatenate([det.masks, fp]),
+                boxes=np.concatenate([det.boxes, [[0, 0, 6, 6]]]).astype(np.float32),
+                scores=np.append(det.scores, score).astype(np.float32),
+                classes=np.append(det.classes, 1),
+            )  # fmt: skip
+
+        return f
+
+    # Below --conf: counts, F1 unchanged; ranked last: AP unchanged.
+    m = evaluate(TruthEngine(synth, add_false_loop(0.1)), synth, conf=0.25).metrics
+    assert (m["loop_f1"], m["n_re"], m["box_map50"]) == (1.0, 0.0, 1.0)
+    # Above it and ranked first: one false positive per frame.
+    m = evaluate(TruthEngine(synth, add_false_loop(0.99)), synth, conf=0.25).metrics
+    assert m["loop_f1"] == pytest.approx(2 * n / (2 * n + 2))
+    assert m["n_re"] == pytest.approx(2 / n)
+    assert m["box_map50"] < 1.0
+
+
+def test_no_line_predictions(synth: Path):
+    def loops_only(fr: Frame) -> Detections:
+        det = truth_detections(fr)
+        return det.select(det.classes == 1)
+
+    res = evaluate(TruthEngine(synth, loops_only), synth)
+    m = res.metrics
+    assert (m["lar"], m["lar_tol"], m["line_f1_tol"]) == (0.0, 0.0, 0.0)
+    assert m["spacing_re"] is None  # no predicted pile-up to measure
+    assert m["loop_f1"] == 1.0
+    # mAP averages the two classes: loops 1, dislocations 0.
+    assert m["box_map50"] == pytest.approx(0.5)
+
+
+def test_figure_and_frame_scores(synth: Path, tmp_path: Path):
+    res = evaluate(TruthEngine(synth), synth)
+    assert [s for _, s in res.frame_scores] == [1.0, 1.0]
+    png = save_figure(res, tmp_path / "fig.png", title="t")
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_engine_with_wrong_frame_shape_is_an_error(synth: Path):
+    class Small(TruthEngine):
+        def forward(self, frames):
+            return [Detections.empty((8, 8)) for _ in frames]
+
+    with pytest.raises(ValueError, match=r"masks of shape \(8, 8\), expected .* \(192, 192\)"):
+        evaluate(Small(synth), synth)
+
+
+def test_cli_eval_writes_json_and_figure(synth: Path, tmp_path: Path, monkeypatch, capsys):
+    import loopline.engines
+
+    made = {}
+
+    def create_engine(model, **opts):
+        made.update(opts, model=model)
+        return TruthEngine(synth)
+
+    monkeypatch.setattr(loopline.engines, "create_engine", create_engine, raising=False)
+    out = tmp_path / "r" / "eval.json"
+    rc = main(["eval", "--model", "fake", "--data", str(synth), "--json", str(out),
+               "--imgsz", "256", "--conf", "0.3"])  # fmt: skip
+    assert rc == 0
+    assert made == {"model": "fake", "imgsz": 256, "conf": 0.001}
+    data = json.loads(out.read_text())
+    assert list(data) == list(METRIC_KEYS)
+    assert data["mask_map50"] == 1.0 and data["images"] == 2
+    assert out.with_suffix(".png").is_file()
+    text = capsys.readouterr().out
+    assert "mask mAP50" in text and "LAR@tol" in text
+
+
+def test_cli_eval_bad_data(tmp_path: Path, capsys):
+    rc = main(["eval", "--model", "ridge", "--data", str(tmp_path)])
+    assert rc == 2
+    assert "expected a dataset folder with images/ and labels/" in capsys.readouterr().err
+
+
+@pytest.mark.real
+def test_real_tanaka_strokes_and_creme_loops(tmp_path: Path):
+    from loopline.synth.importers import import_dataset
+
+    tan, creme = REAL / "tanaka-twip-2um", REAL / "creme-loops-512"
+    if not tan.is_dir() or not creme.is_dir():
+        pytest.skip(f"real data not present at {REAL.resolve()}")
+    # A few frames keep the test fast.
+    src = tmp_path / "tan"
+    for sub in ("original", "ds"):
+        (src / sub).mkdir(parents=True)
+        for p in sorted((tan / sub).iterdir())[20:23]:
+            shutil.copy(p, src / sub / p.name)
+    ds = import_dataset(src, tmp_path / "tanaka", fmt="tanaka", label_width=6).out
+    m = evaluate(TruthEngine(ds), ds).metrics
+    assert m["lar_tol"] == 1.0 and m["line_f1_tol"] == 1.0 and m["spacing_re"] == 0.0
+    assert m["loop_f1"] is None
+
+    ds = import_dataset(creme / "masks1", tmp_path / "creme", fmt="masks",
+                        images=creme / "imgs", cls="loop").out  # fmt: skip
+    m = evaluate(TruthEngine(ds), ds).metrics
+    assert m["loop_f1"] == 1.0 and m["n_re"] == 0.0 and abs(m["d_re"]) < 1e-3
+    assert m["lar"] is None and m["spacing_re"] is None

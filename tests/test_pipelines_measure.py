@@ -1,0 +1,133 @@
+"""measure_frame, the FrameResult container and the series files, on small literal inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from loopline.calibration import Calibration
+from loopline.engines.base import Detections
+from loopline.pipelines import FrameResult, MeasureOptions, OnlineTracker, measure_frame
+from loopline.pipelines.series import SERIES_COLUMNS, SeriesWriter
+from loopline.pipelines.sources import detections_from_masks
+
+CAL = Calibration(nm_per_px=2.0, fps=10.0, foil_thickness_nm=100.0, visibility_factor=1.75)
+
+
+def _frame(shift: float = 0.0) -> Detections:
+    h, w = 96, 128
+    masks = []
+    for x in (30.0, 45.0, 62.0):  # three vertical lines, gaps 15 and 17 px
+        m = np.zeros((h, w), bool)
+        x0 = round(x + shift)
+        m[20:80, x0 - 3 : x0 + 3] = True
+        masks.append(m)
+    yy, xx = np.mgrid[:h, :w]
+    masks.append(((xx - 100) / 8.0) ** 2 + ((yy - 50) / 5.0) ** 2 <= 1)
+    return detections_from_masks(np.array(masks), np.array([0, 0, 0, 1]))
+
+
+@pytest.mark.parametrize("impl", ["python", "numba"])
+def test_measure_frame_lines_pileup_loop(impl):
+    r = measure_frame(_frame(), index=0, time_s=0.0, calibration=CAL,
+                      options=MeasureOptions(impl=impl))  # fmt: skip
+    assert r.n_lines == 3 and r.n_loops == 1 and r.n_pileups == 1
+    np.testing.assert_allclose(r.line_length_px, 60.0, rtol=0.02)
+    np.testing.assert_allclose(r.line_length_nm, 120.0, rtol=0.02)
+    np.testing.assert_allclose(sorted(r.pair_spacing_px), [15.0, 17.0], atol=0.05)
+    assert r.line_points_px.shape == (3, 50, 2)
+    assert r.loop_major_px[0] == pytest.approx(17.0, rel=0.05)
+    d = r.densities
+    assert d["loop_count"] == 1 and d["line_count"] == 3
+    area_um2 = 96 * 128 * 4e-6
+    assert d["loop_areal_density_per_um2"] == pytest.approx(1.75 / area_um2)
+    assert d["loop_density_per_m3"] == pytest.approx(1.75 / (area_um2 * 1e-12 * 100e-9))
+    assert set(r.timings_ms) >= {"lines", "loops", "pileups", "measure"}
+    json.dumps(r.to_dict())  # JSON-safe
+
+
+def test_empty_detections_give_an_empty_result():
+    r = measure_frame(Detections.empty((64, 64)), index=0, time_s=1.0, calibration=CAL)
+    assert r.n_lines == r.n_loops == r.n_pileups == 0
+    assert r.line_points_px.shape == (0, 50, 2)
+    assert r.densities["line_count"] == 0
+    json.dumps(r.to_dict())
+    tracked = OnlineTracker(CAL).update(r, np.zeros((64, 64), np.uint8))
+    assert tracked.line_track_id.shape == (0,)
+
+
+def test_empty_and_full_masks_are_well_defined():
+    h, w = 32, 48
+    masks = np.zeros((3, h, w), bool)
+    masks[1] = True  # all foreground: one line across the frame
+    masks[2, 10, 10] = True  # a single pixel
+    det = detections_from_masks(masks, np.zeros(3, np.int64))
+    r = measure_frame(det, index=0, time_s=0.0, calibration=CAL,
+                      options=MeasureOptions(min_line_length_px=0.5))  # fmt: skip
+    assert r.n_lines == 2  # the empty mask is skipped
+    assert r.line_length_px.max() == pytest.approx(w - 1, abs=1.5)
+    assert r.line_length_px.min() == pytest.approx(1.0)
+    full_loop = detections_from_masks(np.ones((1, h, w), bool), np.ones(1, np.int64))
+    lp = measure_frame(full_loop, index=0, time_s=0.0, calibration=CAL)
+    assert lp.n_loops == 1 and np.isfinite(lp.loop_major_px).all()
+
+
+def test_bad_inputs_raise_clear_errors():
+    det = _frame()
+    with pytest.raises(ValueError, match="time_s must be finite"):
+        measure_frame(det, index=0, time_s=math.nan, calibration=CAL)
+    bad = Detections(det.masks, det.boxes, det.scores, np.array([0, 0, 0, 7]))
+    with pytest.raises(ValueError, match="unknown detection classes"):
+        measure_frame(bad, index=0, time_s=0.0, calibration=CAL)
+    with pytest.raises(ValueError, match="min_score"):
+        MeasureOptions(min_score=2.0)
+
+
+def test_frame_result_validation():
+    r = FrameResult.empty(index=0, time_s=0.0, shape=(10, 10), nm_per_px=1.0)
+    with pytest.raises(ValueError, match=r"line_length_px must have shape \(0,\), got \(2,\)"):
+        r.replace(line_length_px=np.zeros(2))
+    with pytest.raises(ValueError, match="index must be >= 0"):
+        FrameResult.empty(index=-1, time_s=0.0, shape=(10, 10))
+    with pytest.raises(ValueError, match="time_s must be finite"):
+        FrameResult.empty(index=0, time_s=math.inf, shape=(10, 10))
+    with pytest.raises(ValueError, match="nm_per_px"):
+        FrameResult.empty(index=0, time_s=0.0, shape=(10, 10), nm_per_px=-1.0)
+    full = measure_frame(_frame(), index=0, time_s=0.0, calibration=CAL)
+    with pytest.raises(ValueError, match="line_pileup must index"):
+        full.replace(line_pileup=np.array([0, 0, 5]))
+    with pytest.raises(ValueError, match="read-only"):
+        full.line_length_px[0] = 1.0
+    assert math.isnan(FrameResult.empty(index=0, time_s=0.0, shape=(4, 4)).nm_per_px)
+
+
+def test_series_writer_appends_and_computes_velocity(tmp_path):
+    tracker = OnlineTracker(CAL, drift="none")
+    with SeriesWriter(tmp_path, CAL, window=5, flush_every=3) as w:
+        for i in range(8):
+            r = measure_frame(_frame(shift=i), index=i, time_s=i / 10.0, calibration=CAL)
+            rows = w.append(tracker.update(r))
+        assert (tmp_path / "tracks.csv").exists()  # flushed while running
+        with pytest.raises(ValueError, match="order"):
+            w.append(r)
+    lines = [r for r in rows if r["kind"] == "line"]
+    # 1 px/frame at 10 frames/s and 2 nm/px: 20 nm/s along +x, whatever the glide sign
+    assert all(abs(abs(r["velocity_nm_per_s"]) - 20.0) < 1e-6 for r in lines)
+    assert all(abs(abs(r["velocity_px_per_frame"]) - 1.0) < 1e-9 for r in lines)
+    import pandas as pd
+
+    s = pd.read_csv(tmp_path / "series.csv")
+    assert tuple(s.columns) == SERIES_COLUMNS
+    assert s["frame"].nunique() == 8
+    t = pd.read_csv(tmp_path / "tracks.csv")
+    assert (t.loc[t.kind == "line", "frames"] == 8).all()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["frames"] == 8 and summary["line_tracks"] == 3
+    # append: a second writer continues the same series.csv
+    with SeriesWriter(tmp_path, CAL, append=True) as w2:
+        r = measure_frame(_frame(), index=20, time_s=5.0, calibration=CAL)
+        w2.append(OnlineTracker(CAL).update(r))
+    assert pd.read_csv(tmp_path / "series.csv")["frame"].nunique() == 9

@@ -1,0 +1,241 @@
+"""The viewers' parts without a browser or a terminal: schema, state, config, stream, server."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+from viewer_standin import build_messages
+from viewer_support import live_stream, make_synth_video, wait_for
+
+from loopline.viewers.config import ViewConfig, ViewConfigError, load_view_config
+from loopline.viewers.schema import FrameView, LineView, PileupView, parse_message, to_view
+from loopline.viewers.state import ViewState, sparkline
+from loopline.viewers.stream import ResultSubscriber
+from loopline.viewers.terminal import detect_preview, kitty_image, render_dashboard, sixel_image
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(name="synth_video")
+def _synth_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_synth_video(tmp_path_factory)
+
+
+# -- schema ---------------------------------------------------------------------------------
+def test_frame_result_message_gives_pileups_spacings_and_contours(synth_video: Path) -> None:
+    header, jpeg = build_messages(synth_video)[0]
+    topic, h, j = parse_message([b"frame", json.dumps(header).encode(), jpeg])
+    assert topic == "frame" and j == jpeg
+    v = to_view(h, jpeg=j)
+    doc = json.loads((synth_video / "truth.json").read_text())
+    truth = doc["sequences"][0]
+    n_lines = len(truth["frames"][0]["lines"])
+    assert v.frame == 0 and v.nm_per_px == doc["nm_per_px"]
+    assert len(v.lines) == n_lines == v.n_dislocations
+    assert len(v.loops) == v.n_loops == len(truth["frames"][0]["loops"])
+    assert all(len(ln.points) == 50 and ln.ordered for ln in v.lines)
+    assert all(len(ln.contour) > 3 for ln in v.lines)  # masks from the instances, by track id
+    multi = [p for p in v.pileups if len(p.spacings_nm) >= 1]
+    assert multi and all(s > 0 for p in multi for s in p.spacings_nm)
+    lead = {p.id: p.lead_id for p in v.pileups}
+    visible = {ln["id"] for ln in truth["frames"][0]["lines"]}
+    for pu in truth["pileups"]:
+        if pu["id"] in lead:  # the leader is the first of the pile-up's visible lines
+            assert lead[pu["id"]] == next(i for i in pu["dislocation_ids"] if i in visible)
+
+
+RASTER = [[x, 0] for x in range(5)] + [[x, 1] for x in range(20, 25)]  # skeleton pixels
+
+
+def test_instances_only_message() -> None:
+    """The daemon's loopline.frame/1 layout with no pipelines result."""
+    h = {"schema": "loopline.frame/1", "seq": 3, "series": "s1", "index": 7, "time_s": 0.28,
+         "shape": [64, 64], "px_nm": 0.5, "jpeg": {"width": 32, "height": 32, "scale": 0.5},
+         "instances": [
+             {"id": 4, "cls": 0, "class": "dislocation", "centroid": [10, 20],
+              "length_px": 30.0, "length_nm": 15.0, "contour": [[0, 0], [1, 0], [1, 1]],
+              "skeleton": RASTER, "pileup": 0, "rank": 0},
+             {"id": 6, "cls": 0, "class": "dislocation", "centroid": [12, 30],
+              "length_px": 30.0, "length_nm": 15.0, "contour": [[0, 0], [1, 0], [1, 1]],
+              "skeleton": [[10, 20], [11, 22], [12, 24], [13, 26]], "pileup": 0, "rank": 1},
+             {"id": 5, "cls": 1, "class": "loop", "centroid": [40, 40], "length_px": 8.0,
+              "length_nm": 4.0, "contour": [[38, 38], [42, 38], [42, 42]], "skeleton": []}],
+         "pairs": [{"a": 4, "b": 6, "pileup": 0, "rank": 0, "spacing_px": 8.0,
+                    "spacing_nm": 4.0}],
+         "row": {"n_dislocations": 2, "n_loops": 1}, "timings_ms": {"engine": 9.0},
+         "counters": {"received": 8, "skipped": 1}}  # fmt: skip
+    v = to_view(h, metrics={"fps": {"engine": 30.0}, "latency_ms": {"p50": 40, "p99": 90},
+                            "counters": {"received": 5, "recorded": 8}})  # fmt: skip
+    assert (v.frame, v.series, v.nm_per_px, v.jpeg_scale) == (7, "s1", 0.5, 0.5)
+    assert v.counters == {"received": 8, "skipped": 1, "recorded": 8}  # frame's are fresher
+    assert v.fps == {"engine": 30.0} and v.latency_p99_ms == 90 and v.stage_ms == {"engine": 9.0}
+    (ln, ln2), (lp,) = v.lines, v.loops
+    assert ln.id == 4 and not ln.ordered and ln.points == RASTER and ln.length_nm == 15
+    assert ln2.ordered  # a centre line is drawn as a line, skeleton pixels as dots
+    assert v.pileups == [PileupView(0, [4.0], None, lead_id=4)]
+    assert lp.id == 5 and lp.center == [40, 40] and lp.axes == [4.0, 4.0] and lp.major_nm == 4.0
+
+
+@pytest.mark.parametrize("parts", [[b"frame", b"{not json"], [b"frame", b"[1, 2]"], [b"\xff"]])
+def test_malformed_messages_raise_value_error(parts: list[bytes]) -> None:
+    with pytest.raises(ValueError, match="no JSON header"):
+        parse_message(parts)
+
+
+def test_header_without_frame_number() -> None:
+    with pytest.raises(ValueError, match="no frame number"):
+        to_view({"series": "x"})
+
+
+# -- state ----------------------------------------------------------------------------------
+def _view(frame: int, *, spacing: float = 50.0, x: float = 0.0, series: str = "a") -> FrameView:
+    line = LineView(id=1, pileup=0, points=[[x, 0], [x, 10]], length_nm=20.0, velocity_nm_s=None,
+                    centroid=[x, 5.0], glide_dir=[1.0, 0.0])  # fmt: skip
+    return FrameView(frame=frame, series=series, time_s=frame * 0.1, nm_per_px=2.0,
+                     lines=[line], n_dislocations=1,
+                     pileups=[PileupView(0, [spacing, spacing * 2], None, lead_id=1)])
+
+
+def test_state_velocity_from_centroids_along_glide_direction_and_alarms() -> None:
+    st = ViewState(alarms=load_view_config(overrides={"alarms.min_spacing_nm": 30.0}).alarms)
+    for f in range(6):
+        st.update(_view(f, x=3.0 * f))  # 3 px / 0.1 s * 2 nm/px = 60 nm/s along +x
+    (row,) = st.track_rows()
+    assert row.velocity_nm_s == pytest.approx(60.0) and row.derived and row.age_frames == 5
+    assert st.pileups[0].lead_velocity[-1] == pytest.approx(60.0)
+    assert st.alarms() == []
+    st.update(_view(6, spacing=20.0, x=18.0))
+    assert st.alarms() == ["pile-up 0: spacing 20.0 nm < 30 nm"]
+    st.update(_view(0, series="b"))  # a new series starts the curves again
+    assert st.series_changes == 1 and len(st.pileups[0].mean_spacing) == 1
+
+
+def test_sparkline() -> None:
+    assert sparkline([0, 1, 2, 3, 4, 5, 6, 7]) == "▁▂▃▄▅▆▇█"
+    assert sparkline([float("nan")]) == "" and sparkline([2, 2]) == "▄▄"
+
+
+# -- config ---------------------------------------------------------------------------------
+def test_config_unknown_key_and_range(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('[publish]\nendpoint = "tcp://127.0.0.1:7000"\n[view]\nhistory = 50\n'
+                 "[view.alarms]\nmin_spacing_nm = 12\n")  # fmt: skip
+    cfg = load_view_config(f)
+    assert cfg.endpoint == "tcp://127.0.0.1:7000" and cfg.history == 50
+    assert cfg.alarms.min_spacing_nm == 12.0
+    with pytest.raises(ViewConfigError, match=r"unknown config key 'view\.histroy'"):
+        load_view_config(overrides={"histroy": 3})
+    with pytest.raises(ViewConfigError, match=r"view.alarms.max_skipped_fraction must lie in"):
+        load_view_config(overrides={"alarms.max_skipped_fraction": 2.0})
+    with pytest.raises(ViewConfigError, match="ZeroMQ URL"):
+        load_view_config(overrides={"endpoint": "localhost:5556"})
+
+
+# -- stream ---------------------------------------------------------------------------------
+def _pub(ctx: zmq.Context, endpoint: str = "tcp://127.0.0.1:*") -> tuple[zmq.Socket, str]:
+    s = ctx.socket(zmq.PUB)
+    s.setsockopt(zmq.LINGER, 0)
+    s.bind(endpoint)
+    return s, s.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
+def _frame(seq: int, index: int | None = None) -> list[bytes]:
+    h = {"schema": "loopline.frame/1", "seq": seq, "series": "s", "index": seq if index is None
+         else index, "time_s": seq / 25, "instances": []}  # fmt: skip
+    return [b"frame", json.dumps(h).encode()]
+
+
+def test_subscriber_latest_wins_counts_drops_and_gaps_and_reconnects() -> None:
+    ctx = zmq.Context()
+    pub, ep = _pub(ctx)
+    try:
+        with ResultSubscriber(ep, stale_s=0.5) as sub:
+            wait_for(lambda: (pub.send_multipart(_frame(0)), sub.stats().received)[1], 5,
+                     "the subscription")  # fmt: skip
+            time.sleep(0.3)  # let the handshake's extra frame-0 messages arrive
+            first = sub.latest()
+            assert first is not None
+            before = sub.stats()
+            pub.send_multipart([b"metrics", b'{"fps": {"engine": 12.5}}'])
+            pub.send_multipart([b"frame", b"garbage"])
+            # nobody looks while 30 frames arrive (with a hole of 5 in seq): the newest wins
+            for i in range(1, 36):
+                if not 10 <= i < 15:
+                    pub.send_multipart(_frame(i))
+                time.sleep(0.002)
+            m = wait_for(lambda: (lambda m: m if m and m.view.frame == 35 else None)(
+                sub.wait(first.seq, 0.2)), 5, "frame 35")  # fmt: skip
+            st = sub.stats()
+            assert st.gaps == 5 and st.malformed == 1
+            assert st.received - before.received == 30
+            assert st.viewer_dropped - before.viewer_dropped == 29  # only the newest was taken
+            pub.send_multipart(_frame(36))
+            m2 = sub.wait(m.seq, 5)
+            assert m2 is not None and m2.view.fps == {"engine": 12.5}
+            # the daemon restarts on the same port: the subscriber finds it again
+            pub.close(0)
+            time.sleep(0.8)
+            pub, _ = _pub(ctx, ep)
+            m3 = wait_for(lambda: (pub.send_multipart(_frame(0)), sub.wait(m2.seq, 0.2))[1],
+                          10, "a frame after the restart")  # fmt: skip
+            assert m3.view.frame == 0 and sub.stats().connected
+    finally:
+        pub.close(0)
+        ctx.term()
+
+
+# -- terminal rendering ---------------------------------------------------------------------
+def test_dashboard_renders_fps_tracks_pileups(synth_video: Path) -> None:
+    from rich.console import Console
+
+    st = ViewState()
+    msgs = build_messages(synth_video)
+    for i, (h, _j) in enumerate(msgs[:6]):
+        st.update(to_view(h, metrics={"fps": {"engine": 48.0, "measure": 300.0},
+                                      "latency_ms": {"p50": 41, "p99": 88}}))  # fmt: skip
+        assert st.latest is not None and st.latest.frame == i
+    con = Console(record=True, width=150, force_terminal=False)
+    con.print(render_dashboard(st, None, ViewConfig(), endpoint="tcp://x:1", preview=None))
+    text = con.export_text()
+    assert "fps" in text and "engine" in text and "48.0" in text and "88 ms" in text
+    assert "pile-ups" in text and "tracks" in text and "length (nm)" in text
+    assert "no alarms" in text
+
+
+def test_preview_encoders_and_detection() -> None:
+    img = np.zeros((12, 8, 3), np.uint8)
+    k = kitty_image(img, cols=4, rows=2)
+    assert k.startswith("\x1b_Ga=T,f=100,i=1,c=4,r=2,C=1") and k.endswith("\x1b\\")
+    s = sixel_image(np.tile(np.arange(8, dtype=np.uint8) * 32, (12, 1)), levels=4)
+    assert s.startswith("\x1bPq") and s.endswith("\x1b\\") and s.count("-") == 2
+    assert detect_preview("auto", {"TERM": "xterm-kitty"}) == "kitty"
+    assert detect_preview("auto", {"TERM": "xterm-kitty", "TMUX": "/tmp/x"}) == "off"
+    assert detect_preview("auto", {"TERM": "xterm-256color"}) == "off"
+    assert detect_preview("sixel", {}) == "sixel"
+
+
+# -- web server (no browser) ----------------------------------------------------------------
+def test_web_server_api_frame_and_page_fetch_nothing_outside(synth_video: Path) -> None:
+    from loopline.viewers.web import ViewerServer
+
+    with live_stream(synth_video) as endpoint, \
+            ViewerServer(load_view_config(overrides={"endpoint": endpoint, "port": 0})) as srv:
+        def get(path: str) -> bytes:
+            with urllib.request.urlopen(srv.url + path, timeout=10) as r:
+                return r.read()
+
+        page = get("").decode()
+        assert 'src="http' not in page and 'href="http' not in page and "//cdn" not in page
+        snap = json.loads(get("api/next?after=0&timeout=8"))
+        assert snap["view"]["lines"] and snap["stream"]["connected"]
+        jpeg = get(f"frame/{snap['seq']}.jpg")
+        assert jpeg[:2] == b"\xff\xd8"
+        later = json.loads(get(f"api/next?after={snap['seq']}&timeout=8"))
+        assert later["view"]["frame"] > snap["view"]["frame"]
+        assert later["plots"] and later["tracks"]
