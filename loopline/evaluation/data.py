@@ -20,8 +20,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..io.frames import IMAGE_SUFFIXES
 from ..synth.render import polygon_mask
-from ..synth.writers import IMAGE_SUFFIXES, read_yolo_labels
+from ..synth.writers import read_yolo_labels
 
 logger = logging.getLogger(__name__)
 

@@ -42,9 +42,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..io.frames import IMAGE_SUFFIXES
 from .render import CLASSES, line_polygon
 from .writers import (
-    IMAGE_SUFFIXES,
     CocoBuilder,
     dump_json,
     write_data_yaml,

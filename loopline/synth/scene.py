@@ -360,8 +360,9 @@ def list_backgrounds(folder: Path | None) -> list[str]:
     """Image files usable as real background patches, sorted (part of the seed contract)."""
     if folder is None:
         return []
-    exts = {".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp"}
-    files = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in exts)
+    from ..io.frames import IMAGE_SUFFIXES
+
+    files = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise FileNotFoundError(f"no background images (png/tif/jpg) in {folder}")
     return files

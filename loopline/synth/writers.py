@@ -24,7 +24,6 @@ __all__ = [
     "write_yolo_labels",
 ]
 
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
 
 def dump_json(obj: Any, path: Path, *, indent: int | None = None) -> None:
