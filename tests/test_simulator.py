@@ -26,17 +26,10 @@ from loopline.daemon.sources import (
     SeriesStart,
     open_source,
 )
-from loopline.daemon.sources._zmq import term_context
 
 pytestmark = pytest.mark.timeout(60)
 LOOPBACK = "tcp://127.0.0.1"
 
-
-@pytest.fixture
-def ctx():
-    c = zmq.Context()
-    yield c
-    assert term_context(c, 5.0), "zmq context did not terminate: a socket was left open"
 
 
 def _collect(src, n_ends=1, timeout_s=20.0) -> list:

@@ -15,17 +15,10 @@ from loopline.daemon.protocol import MalformedMessage
 from loopline.daemon.sources import DectrisSource, Frame, MemorySource, SeriesEnd, SeriesStart
 from loopline.daemon.sources import _compression as comp
 from loopline.daemon.sources import dectris as dx
-from loopline.daemon.sources._zmq import term_context
 
 pytestmark = pytest.mark.timeout(60)
 LOOPBACK = "tcp://127.0.0.1"
 
-
-@pytest.fixture
-def ctx():
-    c = zmq.Context()
-    yield c
-    assert term_context(c, 5.0), "zmq context did not terminate: a socket was left open"
 
 
 def _collect(src, timeout_s=20.0) -> list:
