@@ -3,8 +3,9 @@
 Both turn N line masks of one frame into lengths, 50-point representations and the spacings
 of neighbouring lines:
 
-- loopline: :func:`loopline.pipelines.lines.trace_line` on each mask's bounding-box crop
-  (Numba thinning, graph walk, smoothing, resampling) and
+- loopline: :func:`loopline.pipelines.lines.trace_lines` (one kernel call for all masks, each
+  on its bounding-box crop: run-based largest piece, Numba thinning, graph walk, smoothing,
+  resampling) and
   :func:`loopline.pipelines.pileups.group_pileups` (grouping, ordering, mean closest distance);
 - baseline: ``skimage.morphology.skeletonize(method="lee")`` on the full mask, the pixel graph
   with ``scipy.spatial.cKDTree`` and ``scipy.sparse.csgraph.dijkstra`` (two sweeps for the
@@ -51,10 +52,10 @@ def make_frame(size: int, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray
 
 
 def loopline_frame(masks: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from loopline.pipelines.lines import trace_line
+    from loopline.pipelines.lines import trace_lines
     from loopline.pipelines.pileups import group_pileups
 
-    traces = [trace_line(m, box=b) for m, b in zip(masks, boxes, strict=True)]
+    traces = trace_lines(masks, boxes)
     pts = np.stack([t.points for t in traces])
     g = group_pileups(pts)
     return np.array([t.length_px for t in traces]), g.pair_spacing_px

@@ -236,6 +236,13 @@ def test_end_to_end_300_frames(tmp_path, sim, daemons):
 
     assert pq.read_table(d.run_dir / "series.parquet").num_rows == c["analysed"]
     assert s["latency_ms"]["count"] == c["analysed"]
+    # the line glides 1 px/frame along x at 25 frames/s and 2 nm/px: about 49 nm/s along the
+    # normal of the (11.5 degree slanted) line, its glide direction as a lone line
+    import pandas as pd
+
+    tracks = pd.read_csv(d.run_dir / "tracks.csv")
+    v = tracks.loc[tracks.cls == 0, "velocity_nm_s"].dropna().abs()
+    assert len(v) > 100 and 40 < v.median() < 58
     # the viewer stream: frame messages with the documented schema and a JPEG
     frames_msgs = [m for m in got if m[0] == b"frame"]
     assert frames_msgs, "no frame message published"

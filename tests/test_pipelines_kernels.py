@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from loopline.pipelines._kernels import get_kernels
-from loopline.pipelines.lines import curvature, mean_closest_distance, trace_line
+from loopline.pipelines.lines import curvature, mean_closest_distance, trace_line, trace_lines
 from loopline.pipelines.loops import fit_loop
 from loopline.pipelines.pileups import group_pileups
 from loopline.synth.render import line_polygon
@@ -68,6 +68,76 @@ def test_longest_path_prunes_a_spur(impl):
     assert path.shape == (25, 2)
     assert set(path[:, 1]) == {5.0}
     assert k.longest_path(np.zeros((4, 4), np.uint8)).shape == (0, 2)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_longest_path_walks_a_simple_chain_from_its_first_end(impl):
+    k = get_kernels(impl)
+    sk = np.zeros((12, 30), np.uint8)
+    sk[2, 3:10] = 1  # 7 px along row 2 ...
+    sk[3:9, 10] = 1  # ... a diagonal step to column 10, 6 px down
+    path = k.longest_path(sk)
+    assert path.shape == (13, 2)
+    np.testing.assert_array_equal(path[0], [3, 2])  # the raster-first end comes first
+    np.testing.assert_array_equal(path[-1], [10, 8])
+    assert (np.abs(np.diff(path, axis=0)) <= 1).all()  # consecutive pixels are neighbours
+    ring = np.zeros((9, 9), np.uint8)  # no end at all: the sweeps, not the chain walk
+    ring[2, 2:7] = ring[6, 2:7] = ring[2:7, 2] = ring[2:7, 6] = 1
+    assert 2 <= k.longest_path(ring).shape[0] <= 16
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_largest_piece_counts_pieces_and_keeps_the_raster_first_of_equal_ones(impl):
+    k = get_kernels(impl)
+    crop = np.zeros((8, 12), np.uint8)
+    crop[1, 6:9] = 1  # piece A: 3 px, starts first in raster order
+    crop[5, 1:4] = 1  # piece B: 3 px
+    crop[3, 0] = 1  # piece C: 1 px
+    out = np.empty((10, 14), np.uint8)
+    ys, xs = np.empty(96, np.int64), np.empty(96, np.int64)
+    pieces, area = k.largest_piece_px(crop, out, ys, xs)
+    assert (pieces, area) == (3, 3)
+    assert out.sum() == 3 and out[2, 7:10].all()  # A, shifted by the 1 px border of out
+    np.testing.assert_array_equal(ys[:3], [2, 2, 2])
+    np.testing.assert_array_equal(xs[:3], [7, 8, 9])
+    # runs that touch only at a corner are one 8-connected piece; staircase order kept
+    stair = np.zeros((4, 9), np.uint8)
+    stair[0, 0:3] = stair[1, 3:5] = stair[2, 5:6] = stair[3, 6:9] = 1
+    out = np.empty((6, 11), np.uint8)
+    pieces, area = k.largest_piece_px(stair, out, ys, xs)
+    assert (pieces, area) == (1, 9)
+    np.testing.assert_array_equal(ys[:9], [1, 1, 1, 2, 2, 3, 4, 4, 4])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_trace_lines_is_trace_line_for_each_mask(impl):
+    masks = np.stack([_bar((20.2, 30.1), (100.7, 70.4)), np.zeros((96, 128), bool),
+                      _bar((10, 80), (110, 85)), _bar((60, 10), (64, 90))])  # fmt: skip
+    boxes = np.zeros((4, 4), np.float32)
+    for i, m in enumerate(masks):
+        ys, xs = np.nonzero(m)
+        if ys.size:
+            boxes[i] = (xs.min(), ys.min(), xs.max(), ys.max())
+    boxes[3] = np.nan  # a box that cannot be used: the mask is scanned instead
+    batch = trace_lines(masks, boxes, impl=impl)
+    assert batch[1] is None  # an empty mask
+    for m, b, tr in zip(masks, boxes, batch, strict=True):
+        one = trace_line(m, box=b, impl=impl)
+        assert (one is None) == (tr is None)
+        if tr is not None:
+            assert tr.length_px == one.length_px and tr.pieces == one.pieces
+            np.testing.assert_array_equal(tr.points, one.points)
+            np.testing.assert_array_equal(tr.curvature_per_px, one.curvature_per_px)
+    sub = trace_lines(masks, boxes[[3, 0]], index=[3, 0], impl=impl)  # a subset, no copy
+    np.testing.assert_array_equal(sub[1].points, batch[0].points)
+    np.testing.assert_array_equal(sub[0].points, batch[3].points)
+    assert trace_lines(masks[:0], impl=impl) == []
+    with pytest.raises(ValueError, match=r"boxes must have shape \(2, 4\)"):
+        trace_lines(masks, boxes, index=[0, 1], impl=impl)
+    with pytest.raises(ValueError, match=r"index must lie in \[0, 4\)"):
+        trace_lines(masks, index=[4], impl=impl)
+    with pytest.raises(ValueError, match=r"\(N, H, W\)"):
+        trace_lines(masks[0], impl=impl)
 
 
 @pytest.mark.parametrize("impl", IMPLS)

@@ -131,3 +131,44 @@ def test_series_writer_appends_and_computes_velocity(tmp_path):
         r = measure_frame(_frame(), index=20, time_s=5.0, calibration=CAL)
         w2.append(OnlineTracker(CAL).update(r))
     assert pd.read_csv(tmp_path / "series.csv")["frame"].nunique() == 9
+
+
+def test_series_without_history_is_bounded_and_gives_the_same_velocities():
+    from loopline.pipelines.series import SeriesAccumulator
+
+    full = SeriesAccumulator(CAL, window=5)
+    lean = SeriesAccumulator(CAL, window=5, history=False, forget_after=4)
+    t_full, t_lean = OnlineTracker(CAL, drift="none"), OnlineTracker(CAL, drift="none")
+    for i in range(30):
+        r = measure_frame(_frame(shift=0.5 * i), index=i, time_s=i / 10.0, calibration=CAL)
+        a, b = full.add(t_full.update(r)), lean.add(t_lean.update(r))
+        va = [x["velocity_nm_per_s"] for x in a if x["kind"] == "line"]
+        vb = [x["velocity_nm_per_s"] for x in b if x["kind"] == "line"]
+        np.testing.assert_allclose(vb, va, equal_nan=True)
+    assert all(abs(abs(v) - 10.0) < 1e-6 for v in vb)  # 0.5 px/frame, 10 frames/s, 2 nm/px
+    assert len(full.lines[0].pos) == 30 and len(lean.lines[0].pos) == 1
+    assert all(len(v) <= 1 for v in lean.timings.values())
+    empty = Detections.empty((96, 128))
+    for i in range(30, 36):  # the lines are gone: after forget_after frames, so are the tracks
+        lean.add(t_lean.update(measure_frame(empty, index=i, time_s=i / 10.0, calibration=CAL)))
+    assert not lean.lines and not lean._recent
+    with pytest.raises(ValueError, match="forget_after"):
+        SeriesAccumulator(CAL, history=False, forget_after=0)
+
+
+def test_daemon_analyzer_publishes_glide_velocity():
+    from loopline.daemon.analysis import Analyzer
+
+    an = Analyzer(nm_per_px=2.0)
+    an.new_series("s1")
+    for i in range(6):
+        _, inst, _, _ = an.process(_frame(shift=i), index=i, time_s=i / 10.0)
+        lines = [d for d in inst if d["cls"] == 0]
+        assert len(lines) == 3
+        if i == 0:  # one sample: no velocity yet, but a position
+            assert all(d["velocity_nm_s"] is None and d["position_nm"] is not None for d in lines)
+    # 1 px/frame at 10 frames/s (no fps in the calibration: the frame times) and 2 nm/px
+    assert all(abs(abs(d["velocity_nm_s"]) - 20.0) < 1e-3 for d in lines)
+    assert all(abs(abs(d["velocity_px_per_frame"]) - 1.0) < 1e-3 for d in lines)
+    loops = [d for d in inst if d["cls"] == 1]
+    assert loops and "velocity_nm_s" not in loops[0]

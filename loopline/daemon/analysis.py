@@ -6,8 +6,10 @@ What leaves here is plain JSON-able data:
 - ``row``: flat scalars for the time series (one row per analysed frame);
 - ``instances``: one dict per instance (``id``, ``cls``, ``score``, ``centroid`` [x, y] px,
   ``length_px``, ``length_nm``, ``contour`` [[x, y], ...] px, ``skeleton`` [[x, y], ...] px;
-  dislocations also ``pileup``, ``rank`` and their pile-up's unit ``glide_dir`` [x, y]) for
-  tracks.csv, the overlay and the published message;
+  dislocations also ``pileup``, ``rank``, their pile-up's unit ``glide_dir`` [x, y], and the
+  drift-corrected ``position_nm`` along it with the glide velocity ``velocity_nm_s`` and
+  ``velocity_px_per_frame``: a causal least-squares fit over the track's last frames, as
+  ``loopline analyze`` computes them) for tracks.csv, the overlay and the published message;
 - ``pairs``: neighbouring dislocations of a pile-up (track ids ``a``, ``b``, ``spacing_px``,
   ``spacing_nm``, ``pileup``, ``rank``).
 """
@@ -23,13 +25,14 @@ import cv2
 import numpy as np
 
 from ..engines.base import Detections
-from ..pipelines import OnlineTracker, measure_frame
+from ..pipelines import OnlineTracker, SeriesAccumulator, measure_frame
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Analyzer", "contour_of"]
 
 _MAX_CONTOUR_POINTS = 200
+_NO_KINEMATICS = {"position_nm": None, "velocity_nm_s": None, "velocity_px_per_frame": None}
 
 
 def contour_of(mask: np.ndarray) -> list[list[float]]:
@@ -65,6 +68,7 @@ class Analyzer:
         self.profile = calibration_profile
         self._calibration: Any = None
         self._tracker: OnlineTracker | None = None
+        self._series: SeriesAccumulator | None = None
         self.series: str | None = None
 
     def _calib(self, px_nm: float):
@@ -80,6 +84,7 @@ class Analyzer:
         self.series = series
         self._calibration = self._calib(px_nm)
         self._tracker = OnlineTracker(self._calibration)
+        self._series = SeriesAccumulator(self._calibration, history=False)
 
     def warmup(self, shape: tuple[int, int] = (128, 128)) -> None:
         """One synthetic frame through measure and track (compiles Numba kernels now)."""
@@ -96,6 +101,22 @@ class Analyzer:
             self.process(det, index=i, time_s=0.04 * i, image=img)
         self.series = None
 
+    def _kinematics(self, res) -> dict[int, dict[str, float | None]]:
+        """Track id -> position along the glide direction and glide velocity of its line."""
+        try:
+            rows = self._series.add(res)
+        except ValueError as e:  # frame times not increasing: no velocity for this frame
+            logger.debug("frame %d: no velocities (%s)", res.index, e)
+            return {}
+        return {
+            r["object_id"]: {
+                "position_nm": _finite(r["position_nm"]),
+                "velocity_nm_s": _finite(r["velocity_nm_per_s"]),
+                "velocity_px_per_frame": _finite(r["velocity_px_per_frame"], 4),
+            }
+            for r in rows if r["kind"] == "line" and r["object_id"] >= 0
+        }  # fmt: skip
+
     def process(
         self, det: Detections, *, index: int, time_s: float, image: np.ndarray | None = None,
     ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, float], list[dict[str, Any]]]:
@@ -108,6 +129,7 @@ class Analyzer:
         t0 = time.perf_counter()
         res = measure_frame(det, index=index, time_s=time_s, calibration=self._calibration)
         res = self._tracker.update(res, image)
+        kin = self._kinematics(res)
         t1 = time.perf_counter()
         nm = res.nm_per_px
         line_masks = [i for i in range(len(det)) if int(det.classes[i]) == 0]
@@ -141,6 +163,7 @@ class Analyzer:
                 "width_px": _finite(res.line_width_px[i]),
                 "pileup": int(res.pileup_id[res.line_pileup[i]]) if res.n_pileups else -1,
                 "rank": int(res.line_rank[i]), "glide_dir": glide,
+                **kin.get(int(res.line_track_id[i]), _NO_KINEMATICS),
                 "contour": contour, "skeleton": np.round(pts, 2).tolist(),
             })  # fmt: skip
         for i in range(res.n_loops):

@@ -50,8 +50,12 @@ JPEGs are off. Header (``schema = "loopline.frame/1"``)::
          "skeleton": [[x, y], ...],# centre line, ordered points (50 per line; [] for loops)
          "width_px": 4.1,          # dislocations only: line width
          "pileup": 0, "rank": 2,   # dislocations only: pile-up id, place from the leader (0)
-         "glide_dir": [gx, gy]     # dislocations only: unit glide direction of the pile-up
+         "glide_dir": [gx, gy],    # dislocations only: unit glide direction of the pile-up
                                    # (x, y), from tail to leader (null: no pile-up)
+         "position_nm": 310.2,     # dislocations only: drift-corrected position along
+                                   # glide_dir (null when px_nm is unknown)
+         "velocity_nm_s": 41.5,    # dislocations only: glide velocity, least-squares fit over
+         "velocity_px_per_frame": 0.83,  # the track's last 7 frames (null for a new track)
          "minor_px": 30.0, "angle_deg": 15.0  # loops only: minor axis, major axis angle
         }, ...],
       "pairs": [                   # neighbouring dislocations of each pile-up

@@ -11,7 +11,8 @@ Layout of ``RUN_DIR`` (``output.dir``):
 - ``series.csv`` and ``series.parquet`` — the time series: one row per analysed frame (counts,
   lengths, latency, per-stage timings); appended every ``output.flush_rows`` rows, so a crash
   loses at most that many rows.
-- ``tracks.csv`` — one row per instance per analysed frame (track id, class, centroid, length).
+- ``tracks.csv`` — one row per instance per analysed frame (track id, class, centroid, length;
+  for dislocations pile-up, rank, position along the glide direction and glide velocity).
 - ``pairs.csv`` — one row per pair of neighbouring dislocations per analysed frame (track ids,
   pile-up, rank from the leader, spacing in px and nm).
 - ``raw/`` — optional raw frames (``output.raw``): ``frames.tif`` (BigTIFF, appended) or
@@ -129,8 +130,6 @@ def annotate(image: np.ndarray, result: dict[str, Any] | None, *, px_nm: float |
 
 
 _LEAD = ("series", "index", "seq", "time_s", "timestamp", "latency_ms")
-_TRACK_COLS = ("series", "index", "time_s", "id", "cls", "score", "x_px", "y_px", "length_px",
-               "length_nm", "area_px")  # fmt: skip
 
 
 class _Table:
@@ -308,7 +307,8 @@ class Recorder:
                 "id": inst.get("id"), "cls": inst["cls"], "score": inst["score"], "x_px": x,
                 "y_px": y, "length_px": inst.get("length_px"), "length_nm": inst.get("length_nm"),
                 "area_px": inst.get("area_px"), "pileup": inst.get("pileup"),
-                "rank": inst.get("rank"),
+                "rank": inst.get("rank"), "position_nm": inst.get("position_nm"),
+                "velocity_nm_s": inst.get("velocity_nm_s"),
             })  # fmt: skip
         for pr in msg.get("pairs", ()):
             self.pairs.append({"series": msg["series"], "index": msg["index"],

@@ -82,58 +82,70 @@ def thin(img):
 def thin_px(img, ys, xs, n):
     """``thin`` given the foreground pixels ``ys[:n]``, ``xs[:n]`` of ``img`` in raster order.
 
-    Thins ``img`` in place; on return ``ys[:m]``, ``xs[:m]`` are the skeleton's pixels, still
-    in raster order, and ``m`` is returned.
+    Thins the C-contiguous ``img`` in place; on return ``ys[:m]``, ``xs[:m]`` are the
+    skeleton's pixels, still in raster order, and ``m`` is returned. Pixels are addressed by
+    their flat index (a neighbour is one addition away), and thinning stops as soon as four
+    sub-iterations in a row removed nothing: the image is then unchanged by every direction.
     """
     table = _DELETABLE
+    w = img.shape[1]
+    f = img.reshape(-1)
+    pos = np.empty(n, np.int64)
+    for i in range(n):
+        pos[i] = ys[i] * w + xs[i]
     cand = np.empty(n, np.int64)
     m = n
-    changed = True
-    while changed:
-        changed = False
-        for d in range(4):  # N, S, E, W
-            nc = 0
-            for i in range(m):
-                y = ys[i]
-                x = xs[i]
-                if d == 0:
-                    border = img[y - 1, x] == 0
-                elif d == 1:
-                    border = img[y + 1, x] == 0
-                elif d == 2:
-                    border = img[y, x + 1] == 0
-                else:
-                    border = img[y, x - 1] == 0
-                if not border:
-                    continue
-                code = (img[y, x + 1] | (img[y - 1, x + 1] << 1) | (img[y - 1, x] << 2)
-                        | (img[y - 1, x - 1] << 3) | (img[y, x - 1] << 4)
-                        | (img[y + 1, x - 1] << 5) | (img[y + 1, x] << 6)
-                        | (img[y + 1, x + 1] << 7))  # fmt: skip
-                if table[code]:
-                    cand[nc] = i
-                    nc += 1
-            for c in range(nc):
-                i = cand[c]
-                y = ys[i]
-                x = xs[i]
-                # re-check against the image as it is now: removing a candidate may have made
-                # its neighbour non-simple (topology is preserved only one pixel at a time)
-                code = (img[y, x + 1] | (img[y - 1, x + 1] << 1) | (img[y - 1, x] << 2)
-                        | (img[y - 1, x - 1] << 3) | (img[y, x - 1] << 4)
-                        | (img[y + 1, x - 1] << 5) | (img[y + 1, x] << 6)
-                        | (img[y + 1, x + 1] << 7))  # fmt: skip
-                if table[code]:
-                    img[y, x] = 0
-                    changed = True
-        k = 0
+    quiet = 0  # sub-iterations in a row without a removal
+    d = 0  # N, S, E, W
+    while quiet < 4:
+        if d == 0:
+            off = -w
+        elif d == 1:
+            off = w
+        elif d == 2:
+            off = 1
+        else:
+            off = -1
+        nc = 0
         for i in range(m):
-            if img[ys[i], xs[i]]:
-                ys[k] = ys[i]
-                xs[k] = xs[i]
-                k += 1
-        m = k
-    return m
+            p = pos[i]
+            if f[p] == 0 or f[p + off] != 0:  # removed already, or not a border pixel
+                continue
+            code = (f[p + 1] | (f[p - w + 1] << 1) | (f[p - w] << 2) | (f[p - w - 1] << 3)
+                    | (f[p - 1] << 4) | (f[p + w - 1] << 5) | (f[p + w] << 6)
+                    | (f[p + w + 1] << 7))  # fmt: skip
+            if table[code]:
+                cand[nc] = p
+                nc += 1
+        removed = False
+        for c in range(nc):
+            p = cand[c]
+            # re-check against the image as it is now: removing a candidate may have made
+            # its neighbour non-simple (topology is preserved only one pixel at a time)
+            code = (f[p + 1] | (f[p - w + 1] << 1) | (f[p - w] << 2) | (f[p - w - 1] << 3)
+                    | (f[p - 1] << 4) | (f[p + w - 1] << 5) | (f[p + w] << 6)
+                    | (f[p + w + 1] << 7))  # fmt: skip
+            if table[code]:
+                f[p] = 0
+                removed = True
+        quiet = 0 if removed else quiet + 1
+        d = (d + 1) % 4
+        if d == 0:
+            k = 0
+            for i in range(m):
+                if f[pos[i]]:
+                    pos[k] = pos[i]
+                    k += 1
+            m = k
+    k = 0
+    for i in range(m):
+        p = pos[i]
+        if f[p]:
+            y = p // w
+            ys[k] = y
+            xs[k] = p - y * w
+            k += 1
+    return k
 
 
 def longest_path(skel):
@@ -188,6 +200,35 @@ def path_px(skel, ys, xs, n):
         if deg[i] == 1:
             start = i
             break
+    # a simple chain (two ends, every other pixel with two neighbours): the longest path is
+    # the chain itself, walked from ``start`` as the sweeps below would return it
+    ends = 0
+    simple = True
+    for i in range(n):
+        if deg[i] == 1:
+            ends += 1
+        elif deg[i] != 2:
+            simple = False
+            break
+    if simple and ends == 2:
+        out = np.empty((n, 2), np.float64)
+        prev = -1
+        u = start
+        k = 0
+        while u >= 0 and k < n:
+            out[k, 0] = xs[u]
+            out[k, 1] = ys[u]
+            k += 1
+            nxt = -1
+            for j in range(8):
+                v = adj[u, j]
+                if v >= 0 and v != prev:
+                    nxt = v
+                    break
+            prev = u
+            u = nxt
+        if k == n and u < 0:  # one piece: every pixel visited once
+            return out
     dist = np.empty(n, np.float64)
     pred = np.empty(n, np.int64)
     inq = np.zeros(n, np.uint8)
@@ -481,56 +522,82 @@ def largest_piece(crop, out):
     return largest_piece_px(crop, out, ys, xs)
 
 
+def _root(parent, r):
+    """Root of run ``r`` in the union-find forest ``parent`` (path halving)."""
+    while parent[r] != r:
+        parent[r] = parent[parent[r]]
+        r = parent[r]
+    return r
+
+
 def largest_piece_px(crop, out, ys, xs):
     """``largest_piece`` that also lists the kept pixels (``out`` coordinates, raster order).
 
-    ``ys``, ``xs`` hold at least H*W entries; the first ``area`` are filled.
+    ``ys``, ``xs`` hold at least H*W entries; the first ``area`` are filled. Pieces are found
+    on horizontal runs, not pixels: each row's runs are joined (union-find, the lower run
+    index is the root) to the runs of the row above that touch them, diagonals included. A
+    piece's root is then its raster-first run, so among pieces of equal area the one that
+    starts first in raster order is kept, as a pixel flood fill in raster order would.
     """
     h, w = crop.shape
-    ww = w + 2
-    lab = np.zeros((h + 2, ww), np.int32)  # 0 background (and border), -1 unvisited, k piece
+    cap = h * ((w + 1) // 2) + 1
+    run_y = np.empty(cap, np.int64)
+    run_a = np.empty(cap, np.int64)
+    run_b = np.empty(cap, np.int64)  # exclusive end
+    parent = np.empty(cap, np.int64)
+    nr = 0
+    prev0 = 0
+    prev1 = 0
     for y in range(h):
-        for x in range(w):
-            if crop[y, x]:
-                lab[y + 1, x + 1] = -1
-    stack = np.empty(h * w + 1, np.int64)
-    pieces = 0
-    best = 0
-    best_area = 0
-    for y in range(1, h + 1):
-        for x in range(1, w + 1):
-            if lab[y, x] != -1:
+        cur0 = nr
+        x = 0
+        while x < w:
+            if crop[y, x] == 0:
+                x += 1
                 continue
+            a = x
+            while x < w and crop[y, x] != 0:
+                x += 1
+            run_y[nr] = y
+            run_a[nr] = a
+            run_b[nr] = x
+            parent[nr] = nr
+            for r in range(prev0, prev1):  # 8-connected: columns [a-1, x] touch
+                if run_b[r] >= a and run_a[r] <= x:
+                    ra = _root(parent, r)
+                    rb = _root(parent, nr)
+                    if ra < rb:
+                        parent[rb] = ra
+                    elif rb < ra:
+                        parent[ra] = rb
+            nr += 1
+        prev0 = cur0
+        prev1 = nr
+    size = np.zeros(max(nr, 1), np.int64)
+    pieces = 0
+    for r in range(nr):
+        q = _root(parent, r)
+        parent[r] = q
+        if q == r:
             pieces += 1
-            lab[y, x] = pieces
-            stack[0] = y * ww + x
-            top = 1
-            area = 0
-            while top > 0:
-                top -= 1
-                q = stack[top]
-                qy = q // ww
-                qx = q - qy * ww
-                area += 1
-                for ny in range(qy - 1, qy + 2):
-                    for nx in range(qx - 1, qx + 2):
-                        if lab[ny, nx] == -1:
-                            lab[ny, nx] = pieces
-                            stack[top] = ny * ww + nx
-                            top += 1
-            if area > best_area:
-                best_area = area
-                best = pieces
+        size[q] += run_b[r] - run_a[r]
+    best = -1
+    best_area = 0
+    for r in range(nr):
+        if parent[r] == r and size[r] > best_area:
+            best_area = size[r]
+            best = r
+    out[:, :] = 0
     c = 0
-    for y in range(h + 2):
-        for x in range(ww):
-            if best > 0 and lab[y, x] == best:
-                out[y, x] = 1
-                ys[c] = y
-                xs[c] = x
-                c += 1
-            else:
-                out[y, x] = 0
+    for r in range(nr):
+        if parent[r] != best:
+            continue
+        y = run_y[r] + 1
+        for x in range(run_a[r] + 1, run_b[r] + 1):
+            out[y, x] = 1
+            ys[c] = y
+            xs[c] = x
+            c += 1
     return pieces, best_area
 
 
@@ -707,6 +774,79 @@ def trace(crop, x0, y0, width, height, half, trim, step, n_points, sigma):
     return pts, length, pieces, area, curvature_gauss(pts, sigma)
 
 
+def trace_many(masks, idx, bounds, half, trim, step, n_points, sigma):
+    """``trace`` for the instances ``idx`` of a (N, H, W) uint8 mask stack, in one call.
+
+    ``bounds`` is (len(idx), 4) int64 ``y0, y1, x0, x1`` crop bounds in the frame. Returns
+    ``(points (n, n_points, 2), length (n,), pieces (n,), area (n,), curvature
+    (n, n_points))``; pieces 0 where a crop is empty.
+    """
+    n = idx.shape[0]
+    height = masks.shape[1]
+    width = masks.shape[2]
+    pts = np.zeros((n, n_points, 2))
+    length = np.zeros(n)
+    pieces = np.zeros(n, np.int64)
+    area = np.zeros(n, np.int64)
+    kappa = np.zeros((n, n_points))
+    for i in range(n):
+        y0 = bounds[i, 0]
+        y1 = bounds[i, 1]
+        x0 = bounds[i, 2]
+        x1 = bounds[i, 3]
+        if y1 <= y0 or x1 <= x0:
+            continue
+        p, ln, pc, ar, kp = trace(masks[idx[i], y0:y1, x0:x1], x0, y0, width, height, half,
+                                  trim, step, n_points, sigma)  # fmt: skip
+        pts[i] = p
+        length[i] = ln
+        pieces[i] = pc
+        area[i] = ar
+        kappa[i] = kp
+    return pts, length, pieces, area, kappa
+
+
+def line_geometry(lines, probe_idx):
+    """Centroid, unit chord, arc length and probe points of (N, K, 2) lines (pileups.py).
+
+    Returns ``cent (N, 2)``, ``tang (N, 2)`` (the chord from first to last point, normalised;
+    (1, 0) for a closed or empty line), ``length (N,)`` px and ``probes (N, P, 2)`` (the
+    points at ``probe_idx``).
+    """
+    n = lines.shape[0]
+    kp = lines.shape[1]
+    npb = probe_idx.shape[0]
+    cent = np.zeros((n, 2))
+    tang = np.zeros((n, 2))
+    length = np.zeros(n)
+    probes = np.empty((n, npb, 2))
+    for i in range(n):
+        sx = 0.0
+        sy = 0.0
+        ln = 0.0
+        for j in range(kp):
+            sx += lines[i, j, 0]
+            sy += lines[i, j, 1]
+            if j > 0:
+                ln += math.hypot(lines[i, j, 0] - lines[i, j - 1, 0],
+                                 lines[i, j, 1] - lines[i, j - 1, 1])  # fmt: skip
+        cent[i, 0] = sx / kp
+        cent[i, 1] = sy / kp
+        length[i] = ln
+        cx = lines[i, kp - 1, 0] - lines[i, 0, 0]
+        cy = lines[i, kp - 1, 1] - lines[i, 0, 1]
+        cl = math.hypot(cx, cy)
+        if cl > 0:
+            tang[i, 0] = cx / cl
+            tang[i, 1] = cy / cl
+        else:
+            tang[i, 0] = 1.0
+        for q in range(npb):
+            probes[i, q, 0] = lines[i, probe_idx[q], 0]
+            probes[i, q, 1] = lines[i, probe_idx[q], 1]
+    return cent, tang, length, probes
+
+
 def neighbours(lines, probes, cent, tang, length, max_spacing, sin_max):
     """(N, N) uint8: 1 where two lines are nearest neighbours side by side (pileups.py).
 
@@ -791,9 +931,11 @@ def chain_spacing(lines, order):
 
 _NAMES = ("thin", "thin_px", "longest_path", "path_px", "smooth", "polyline_length", "resample",
           "nearest_vertex_dist", "mean_closest", "mean_closest_pair",
-          "ray_exit", "bbox", "largest_piece", "largest_piece_px", "trim_ends", "extend_ends",
+          "ray_exit", "bbox", "_root", "largest_piece", "largest_piece_px", "trim_ends",
+          "extend_ends",
           "curvature_gauss",
-          "trace", "neighbours", "components", "chain_spacing")  # fmt: skip
+          "trace", "trace_many", "line_geometry", "neighbours", "components",
+          "chain_spacing")  # fmt: skip
 
 _PY = SimpleNamespace(**{name: globals()[name] for name in _NAMES}, name="python")
 _NB: SimpleNamespace | None = None

@@ -19,7 +19,6 @@ accurate and fast:
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +34,7 @@ __all__ = [
     "glide_displacement",
     "mean_closest_distance",
     "trace_line",
+    "trace_lines",
 ]
 
 #: Points in a line's representation (Govind et al. 2023, section 5.4).
@@ -66,22 +66,27 @@ class LineTrace:
     curvature_per_px: np.ndarray
 
 
-def _crop_bounds(
-    mask: np.ndarray, box: np.ndarray | None, pad: int, k
-) -> tuple[int, int, int, int]:
-    h, w = mask.shape
-    if box is not None:
-        x0, y0, x1, y1 = map(float, box.tolist() if isinstance(box, np.ndarray) else box)
-        isf = math.isfinite
-        if isf(x0) and isf(y0) and isf(x1) and isf(y1) and x1 > x0 and y1 > y0:
-            return (
-                max(math.floor(y0) - pad, 0),
-                min(math.ceil(y1) + pad + 1, h),
-                max(math.floor(x0) - pad, 0),
-                min(math.ceil(x1) + pad + 1, w),
-            )
-    y0, y1, x0, x1 = k.bbox(mask)
-    return int(y0), int(y1), int(x0), int(x1)
+def _crop_bounds(masks: np.ndarray, idx: np.ndarray, boxes: np.ndarray | None, pad: int,
+                 k) -> np.ndarray:  # fmt: skip
+    """(n, 4) int64 ``y0, y1, x0, x1``: each box padded by ``pad`` px and clipped to the frame;
+    the mask's own bounds where there is no usable box (none, non-finite or empty)."""
+    n = idx.shape[0]
+    h, w = masks.shape[1], masks.shape[2]
+    out = np.zeros((n, 4), np.int64)
+    ok = np.zeros(n, bool)
+    if boxes is not None:
+        b = np.asarray(boxes, np.float64).reshape(n, 4)
+        with np.errstate(invalid="ignore"):
+            ok = np.isfinite(b).all(axis=1) & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+        bb = np.where(ok[:, None], b, 0.0)
+        out[:, 0] = np.maximum(np.floor(bb[:, 1]) - pad, 0)
+        out[:, 1] = np.minimum(np.ceil(bb[:, 3]) + pad + 1, h)
+        out[:, 2] = np.maximum(np.floor(bb[:, 0]) - pad, 0)
+        out[:, 3] = np.minimum(np.ceil(bb[:, 2]) + pad + 1, w)
+    for i in np.flatnonzero(~ok):
+        y0, y1, x0, x1 = k.bbox(masks[idx[i]])
+        out[i] = (y0, y1, x0, x1)
+    return out
 
 
 def curvature(points: np.ndarray, *, method: str = "gaussian", sigma: float = 2.0) -> np.ndarray:
@@ -171,32 +176,75 @@ def trace_line(
     >>> round(trace_line(m).length_px, 1)
     30.0
     """
-    if n_points < 2:
-        raise ValueError(f"n_points must be >= 2, got {n_points}")
     m = np.asarray(mask)
     if m.ndim != 2:
         raise ValueError(f"mask must be a (H, W) array, got shape {m.shape}")
-    if m.dtype != bool:
-        m = m != 0
+    return trace_lines(m[None], None if box is None else np.asarray(box, np.float64)[None],
+                       n_points=n_points, smooth_half=smooth_half, end_trim=end_trim,
+                       extend_ends=extend_ends, curvature_method=curvature_method,
+                       impl=impl)[0]  # fmt: skip
+
+
+def trace_lines(
+    masks: np.ndarray,
+    boxes: np.ndarray | None = None,
+    *,
+    index: np.ndarray | None = None,
+    n_points: int = N_POINTS,
+    smooth_half: int = 3,
+    end_trim: float = 3.0,
+    extend_ends: bool = True,
+    curvature_method: str = "gaussian",
+    impl: str = "numba",
+) -> list[LineTrace | None]:
+    """Measure several line masks of one frame in one kernel call (see :func:`trace_line`).
+
+    Parameters
+    ----------
+    masks : (N, H, W) bool
+        Instance masks at frame resolution (other dtypes are binarised with ``!= 0``).
+    boxes : (N, 4) float, optional
+        Bounding box ``x0, y0, x1, y1`` px of each mask (of each selected mask with
+        ``index``); without one, or where one is not finite or empty, the mask is scanned.
+    index : (n,) int, optional
+        Measure only these masks (default: all), without copying the stack.
+    n_points, smooth_half, end_trim, extend_ends, curvature_method, impl
+        As :func:`trace_line`.
+
+    Returns
+    -------
+    list of LineTrace or None
+        One per measured mask, in order; None where a mask (or its box) holds no pixel.
+    """
+    if n_points < 2:
+        raise ValueError(f"n_points must be >= 2, got {n_points}")
+    m = np.asarray(masks)
+    if m.ndim != 3:
+        raise ValueError(f"masks must be a (N, H, W) array, got shape {m.shape}")
+    m = m.view(np.uint8) if m.dtype == bool else (m != 0).view(np.uint8)
+    idx = (np.arange(m.shape[0], dtype=np.int64) if index is None
+           else np.asarray(index, np.int64).reshape(-1))  # fmt: skip
+    if idx.size and (idx.min() < 0 or idx.max() >= m.shape[0]):
+        raise ValueError(f"index must lie in [0, {m.shape[0]}), got {idx.min()}..{idx.max()}")
+    if boxes is not None and np.shape(boxes) != (idx.size, 4):
+        raise ValueError(f"boxes must have shape ({idx.size}, 4), got {np.shape(boxes)}")
     k = get_kernels(impl)
-    y0, y1, x0, x1 = _crop_bounds(m, box, 2, k)
-    if y1 <= y0 or x1 <= x0:
-        return None
-    crop = np.ascontiguousarray(m[y0:y1, x0:x1]).view(np.uint8)
-    h, w = m.shape
-    half = int(smooth_half)
-    trim = float(end_trim)
+    bounds = _crop_bounds(m, idx, boxes, 2, k)
     step = 0.2 if extend_ends else -1.0  # px; from a pixel centre the edge lands exactly at 0.5
-    pts, length, pieces, area, kappa = k.trace(crop, x0, y0, w, h, half, trim, step,
-                                               int(n_points), 2.0)  # fmt: skip
-    if pieces == 0:
-        return None
-    if curvature_method != "gaussian":
-        kappa = curvature(pts, method=curvature_method)
-    length = float(length)
-    width = area / length if length > 0 else float("nan")
-    return LineTrace(points=pts, length_px=length, width_px=width, pieces=int(pieces),
-                     curvature_per_px=kappa)  # fmt: skip
+    pts, length, pieces, area, kappa = k.trace_many(
+        m, idx, bounds, int(smooth_half), float(end_trim), step, int(n_points), 2.0)
+    out: list[LineTrace | None] = []
+    for i in range(idx.size):
+        if pieces[i] == 0:
+            out.append(None)
+            continue
+        ln = float(length[i])
+        kp = kappa[i] if curvature_method == "gaussian" else curvature(
+            pts[i], method=curvature_method)  # fmt: skip
+        out.append(LineTrace(points=pts[i], length_px=ln,
+                             width_px=float(area[i]) / ln if ln > 0 else float("nan"),
+                             pieces=int(pieces[i]), curvature_per_px=kp))  # fmt: skip
+    return out
 
 
 def mean_closest_distance(

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..calibration import Calibration
 from .container import FrameResult
-from .lines import N_POINTS, trace_line
+from .lines import N_POINTS, trace_lines
 from .loops import fit_loop
 from .pileups import group_pileups
 
@@ -143,9 +143,11 @@ def measure_frame(
 
     t0 = time.perf_counter()
     traces, l_scores = [], []
-    for i in np.flatnonzero(keep & (classes == LINE_CLASS)):
-        tr = trace_line(masks[i], box=boxes[i], n_points=opt.n_points,
-                        curvature_method=opt.curvature_method, impl=opt.impl)  # fmt: skip
+    line_idx = np.flatnonzero(keep & (classes == LINE_CLASS))
+    measured = trace_lines(masks, np.asarray(boxes)[line_idx], index=line_idx,
+                           n_points=opt.n_points, curvature_method=opt.curvature_method,
+                           impl=opt.impl)  # fmt: skip
+    for i, tr in zip(line_idx, measured, strict=True):
         if tr is None or tr.length_px < opt.min_line_length_px:
             continue
         traces.append(tr)

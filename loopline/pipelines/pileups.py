@@ -122,18 +122,11 @@ def group_pileups(
         return PileupGroups(z, z.copy(), np.zeros((0, 2)), (), np.zeros((0, 2), np.int64),
                             z.copy(), z.copy(), np.zeros(0))  # fmt: skip
 
-    cent = pts.mean(axis=1)
-    chord = pts[:, -1] - pts[:, 0]
-    length = np.hypot(*np.diff(pts, axis=1).transpose(2, 0, 1)).sum(axis=1)
-    cl = np.hypot(chord[:, 0], chord[:, 1])
-    t = np.where(cl[:, None] > 0, chord / np.maximum(cl, 1e-12)[:, None], [1.0, 0.0])
-    probe_idx = _probe_idx(kpts)
-    sin_max = math.sin(math.radians(max_angle_deg))
-
     lines = np.ascontiguousarray(pts)
-    probes = np.ascontiguousarray(pts[:, probe_idx])
-    adj = k.neighbours(lines, probes, np.ascontiguousarray(cent), np.ascontiguousarray(t),
-                       np.ascontiguousarray(length), float(max_spacing_px), sin_max)  # fmt: skip
+    probe_idx = _probe_idx(kpts)
+    cent, t, length, probes = k.line_geometry(lines, probe_idx)
+    sin_max = math.sin(math.radians(max_angle_deg))
+    adj = k.neighbours(lines, probes, cent, t, length, float(max_spacing_px), sin_max)
     # pile-ups: connected groups, numbered in the order of their lowest line index
     line_pileup = k.components(adj)
     line_rank = np.zeros(n, np.int64)
@@ -149,9 +142,11 @@ def group_pileups(
         if g_cal is not None:
             g, src = g_cal, "calibration"
         elif m >= 2:
+            # principal axis of the centroids: the major axis of their 2x2 scatter matrix
             c = cent[members] - cent[members].mean(axis=0)
-            _, vecs = np.linalg.eigh(c.T @ c)
-            g, src = _convention(vecs[:, -1]), "convention"
+            sxx, sxy, syy = c[:, 0] @ c[:, 0], c[:, 0] @ c[:, 1], c[:, 1] @ c[:, 1]
+            th = 0.5 * math.atan2(2.0 * float(sxy), float(sxx - syy))
+            g, src = _convention(np.array([math.cos(th), math.sin(th)])), "convention"
         else:
             tt = t[members[0]]
             g, src = _convention(np.array([-tt[1], tt[0]])), "normal"

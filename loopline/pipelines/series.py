@@ -96,13 +96,25 @@ class SeriesAccumulator:
         Supplies nm/px (NaN-safe) for the nm columns.
     window : int
         Samples in the causal velocity / growth fit (>= 2).
+    history : bool
+        Keep every track's whole history for :meth:`track_rows` and :meth:`summary` (offline
+        analysis). False (the daemon, which runs for hours) keeps only what the causal
+        per-frame outputs need: memory stays bounded, and ``track_rows``/``summary`` then
+        describe the last frame of each recent track only.
+    forget_after : int
+        Without history: a track unseen for more than this many frames is dropped.
     """
 
-    def __init__(self, calibration: Calibration, *, window: int = 7) -> None:
+    def __init__(self, calibration: Calibration, *, window: int = 7, history: bool = True,
+                 forget_after: int = 300) -> None:  # fmt: skip
         if window < 2:
             raise ValueError(f"window must be >= 2, got {window}")
+        if forget_after < 1:
+            raise ValueError(f"forget_after must be >= 1, got {forget_after}")
         self.calibration = calibration
         self.window = int(window)
+        self.history = bool(history)
+        self.forget_after = int(forget_after)
         self.lines: dict[int, _Track] = defaultdict(_Track)
         self.loops: dict[int, _Track] = defaultdict(_Track)
         self.frames = 0
@@ -233,7 +245,24 @@ class SeriesAccumulator:
                 "line_length_density_per_um", "line_density_per_m2",
                 "loop_areal_density_per_um2", "loop_density_per_m3")},
         ))  # fmt: skip
+        if not self.history:
+            self._bound(r.index)
         return rows
+
+    def _bound(self, index: int) -> None:
+        """Without history: keep each track's last sample; drop tracks unseen for long."""
+        for kind, tracks in (("line", self.lines), ("loop", self.loops)):
+            for tid in list(tracks):
+                tr = tracks[tid]
+                if not tr.frames or index - tr.frames[-1] > self.forget_after:
+                    del tracks[tid]
+                    self._recent.pop((kind, tid), None)
+                    continue
+                for seq in (tr.frames, tr.times, tr.xy, tr.size, tr.pos):
+                    del seq[:-1]
+        for table in (self.timings, self.counts, self.pileup_spacing):
+            for seq in table.values():
+                del seq[:-1]
 
     # ------------------------------------------------------------------ per track
     def _track_row(self, kind: str, tid: int, tr: _Track) -> dict[str, Any]:
