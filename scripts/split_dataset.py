@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Split a loopline dataset folder (synth or import output) in two by frame order.
 
-Frames are ordered by the number in their file name (a video's frame index: ``img_0050`` before
-``img_0100``, ``9.png`` before ``10.png``), so a split at ``--first N`` is a split in time: the
-first N frames go to OUT_A (for fine-tuning), the rest to OUT_B (for evaluation). Images,
+Frames are in natural file-name order (``loopline.io.image_files``: a video's frame index,
+``img_0050`` before ``img_0100``, ``9.png`` before ``10.png``), so a split at ``--first N``
+is a split in time: the first N frames go to OUT_A (for fine-tuning), the rest to OUT_B (for
+evaluation). Images,
 labels and instance masks are copied; nothing else (``coco.json`` would describe the whole set).
 
 Usage: scripts/split_dataset.py DATASET --first N OUT_A OUT_B
@@ -12,19 +13,15 @@ Usage: scripts/split_dataset.py DATASET --first N OUT_A OUT_B
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import sys
 from pathlib import Path
 
-
-def _key(p: Path) -> tuple[int, str]:
-    nums = re.findall(r"\d+", p.stem)
-    return (int(nums[-1]) if nums else -1, p.stem)
+from loopline.io import image_files
 
 
 def split(root: Path, first: int, out_a: Path, out_b: Path) -> tuple[int, int]:
-    images = sorted((p for p in (root / "images").iterdir() if p.is_file()), key=_key)
+    images = image_files(root / "images")
     if not 0 < first < len(images):
         raise SystemExit(f"--first must be between 1 and {len(images) - 1} for {root}, got {first}")
     for out, part in ((out_a, images[:first]), (out_b, images[first:])):

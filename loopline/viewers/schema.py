@@ -347,6 +347,22 @@ def _rows(x: Any) -> list[dict[str, Any]] | None:
     return None
 
 
+def _pair_spacings_nm(pairs: list[Mapping[str, Any]], pileup: int, nm: float | None
+                      ) -> list[float | None]:  # fmt: skip
+    """Spacings (nm) of one pile-up's pairs, from its leader back (``rank`` order); a pair
+    with only ``spacing_px`` is converted with ``nm`` (NaN where it has none, None without
+    ``nm``)."""
+    mine = sorted((q for q in pairs if _int(q.get("pileup")) == pileup),
+                  key=lambda q: _int(q.get("rank")) or 0)  # fmt: skip
+    out: list[float | None] = []
+    for q in mine:
+        v = _num(q.get("spacing_nm"))
+        if v is None and nm:
+            v = (_num(q.get("spacing_px")) or math.nan) * nm
+        out.append(v)
+    return out
+
+
 def _columnar_pileups(result: Mapping[str, Any], line_rows: list[dict[str, Any]],
                       nm: float | None) -> list[dict[str, Any]]:  # fmt: skip
     """Pile-ups of a ``FrameResult.to_dict()``: spacings from its pairs, leader from rank 0.
@@ -358,14 +374,7 @@ def _columnar_pileups(result: Mapping[str, Any], line_rows: list[dict[str, Any]]
     pairs = _rows(result.get("pairs")) or []
     out = []
     for idx, p in enumerate(pu):
-        mine = sorted((q for q in pairs if _int(q.get("pileup")) == idx),
-                      key=lambda q: _int(q.get("rank")) or 0)  # fmt: skip
-        sp = []
-        for q in mine:
-            v = _num(q.get("spacing_nm"))
-            if v is None and nm:
-                v = (_num(q.get("spacing_px")) or math.nan) * nm
-            sp.append(v)
+        sp = _pair_spacings_nm(pairs, idx, nm)
         lead = next((ln for ln in line_rows
                      if _int(ln.get("pileup")) == idx and _int(ln.get("rank")) == 0), None)
         out.append({"id": _int(p.get("id")) if p.get("id") is not None else idx,
@@ -496,15 +505,7 @@ def _instance_pileups(lines: list[dict[str, Any]], pairs: list[dict[str, Any]],
                  | {p for p in (_int(q.get("pileup")) for q in pairs) if p is not None})
     out = []
     for pid in ids:
-        mine = sorted((q for q in pairs if _int(q.get("pileup")) == pid),
-                      key=lambda q: _int(q.get("rank")) or 0)  # fmt: skip
-        sp = []
-        for q in mine:
-            v = _num(q.get("spacing_nm"))
-            if v is None and nm:
-                v = (_num(q.get("spacing_px")) or math.nan) * nm
-            if v is not None and math.isfinite(v):
-                sp.append(v)
+        sp = [v for v in _pair_spacings_nm(pairs, pid, nm) if v is not None and math.isfinite(v)]
         members = [d for d in lines if _int(d.get("pileup")) == pid]
         lead = min(members, key=lambda d: _int(d.get("rank")) or 0, default=None)
         out.append({"id": pid, "spacings_nm": sp,
