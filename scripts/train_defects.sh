@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Reproduces the shipped model loopline/models/defects.{pt,onnx} (see loopline/models/README.md).
-# Usage: scripts/train_defects.sh [WORK_DIR]   (default /work; needs `make test`'s .venv)
+# Usage: scripts/train_defects.sh [WORK_DIR] [stage1|stage2|stage3]   (default: /work stage2;
+#        needs `make test`'s .venv). Run the stages in order; stage 3 writes the shipped weights.
 #
-# Two runs, the second warm-started from the first:
-#   defects-n320  (scripts/train_defects.sh stage1): 2 h from scratch on 320 px synthetic crops.
-#   defects-n512  (default): fine-tuning at imgsz 512 on whole 512x512 synthetic frames with the
-#                 presets' own ranges, plus the FIRST halves (in time) of the two real sets; their
-#                 second halves are the real test sets of the model card.
-# Wall time on 2 CPU cores: data ~2 min, each training run 2 h (time-boxed), export 10 s.
+# Three runs, each warm-started from the one before:
+#   defects-n320   stage1: 2 h from scratch on 320 px synthetic crops.
+#   defects-n512   stage2: imgsz 512 on whole 512x512 synthetic frames with the presets' own
+#                  ranges, plus the FIRST halves (in time) of the two real sets; their second
+#                  halves are the real test sets of the model card.
+#   defects-n512c  stage3: the same on fresh synthetic frames, with masks supervised at 1/2 of
+#                  the input (mask_ratio=2); exported to loopline/models/defects.{pt,onnx}.
+# Wall time on 2 CPU cores: data ~2 min, each training run ~2 h (time-boxed), export 10 s.
 set -euo pipefail
 W=${1:-/work}
 STAGE=${2:-stage2}
@@ -41,16 +44,54 @@ $L train --data "$D/defects.yaml" --out "$W/runs" --name defects-n320 --arch yol
 exit 0
 fi
 
-# stage 2: whole 512x512 frames, presets' ranges (the test sets use seeds 9001 and 9003).
+# Four synthetic training sets at the presets' own ranges (whole 512x512 frames):
+#   synthetic OUT SEED N_M2 N_M1 N_LOOPS N_MIXED   (seeds SEED, SEED+1, SEED+2, SEED+3)
+synthetic() {
+  $L synth --preset M2    --count "$3" --seed "$2"         --out "$1/train_M2"    --jobs 2
+  $L synth --preset M1    --count "$4" --seed $(($2 + 1)) --out "$1/train_M1"    --jobs 2
+  $L synth --preset loops --count "$5" --seed $(($2 + 2)) --out "$1/train_loops" --jobs 2
+  $L synth --preset mixed --count "$6" --seed $(($2 + 3)) --out "$1/train_mixed" --jobs 2
+}
+
+# The data yaml: the four synthetic sets under OUT, the real first halves under REALDIR listed
+# several times (they are small: ~15 % of an epoch), validation under REALDIR.
+#   data_yaml OUT REALDIR
+data_yaml() {
+  local r="$2/train_tanaka/images" c="$2/train_creme/images"
+  cat > "$1/defects.yaml" <<YAML
+path: $1
+train: [train_M2/images, train_M1/images, train_loops/images, train_mixed/images, $r, $r, $r, $r, $r, $c, $c, $c, $c, $c, $c]
+val: [$2/val_M2/images, $2/val_loops/images]
+names:
+  0: dislocation
+  1: loop
+YAML
+}
+
 D=$W/data512
+if [ "$STAGE" = stage3 ]; then
+# stage 3 (the shipped weights): run 2 continued on FRESH synthetic frames (seeds 311-314, so no
+# frame repeats) with the same real first halves and validation sets, made by stage 2 in $D.
+B=$W/data512b
+mkdir -p "$B"
+synthetic "$B" 311 700 150 300 200
+data_yaml "$B" "$D"
+# mask_ratio=2: ground-truth masks at 1/2 of the input instead of 1/4, and the loss compares
+# them with the prototypes upsampled bilinearly, as inference decodes them: at 1/4 a 6 px label
+# is 1.5 px and labels 8 px apart touch.
+$L train --data "$B/defects.yaml" --out "$W/runs" --name defects-n512c --arch yolov8n-seg \
+  --weights "$W/runs/defects-n512/weights/best.pt" --set mask_ratio=2 \
+  --imgsz 512 --batch 16 --seed 1 --hours 1.7 --epochs 60 --workers 2
+cp "$W/runs/defects-n512c/weights/best.pt" loopline/models/defects.pt
+$L export --model loopline/models/defects.pt --format onnx --imgsz 512
+exit 0
+fi
+
+# stage 2: whole 512x512 frames, presets' ranges (the test sets use seeds 9001 and 9003).
 mkdir -p "$D"
-S="--jobs 2"
-$L synth --preset M2    --count 600 --seed 301 --out "$D/train_M2"    $S
-$L synth --preset M1    --count 200 --seed 302 --out "$D/train_M1"    $S
-$L synth --preset loops --count 250 --seed 303 --out "$D/train_loops" $S
-$L synth --preset mixed --count 200 --seed 304 --out "$D/train_mixed" $S
-$L synth --preset M2    --count 40  --seed 401 --out "$D/val_M2"      $S
-$L synth --preset loops --count 20  --seed 403 --out "$D/val_loops"   $S
+synthetic "$D" 301 600 200 250 200
+$L synth --preset M2    --count 40  --seed 401 --out "$D/val_M2"      --jobs 2
+$L synth --preset loops --count 20  --seed 403 --out "$D/val_loops"   --jobs 2
 # Real frames: first 32 of the 63 tanaka frames (time order) and loops frames 1-8 of creme for
 # training; tanaka lines redrawn 4 px wide (its lines are 6-10 px apart, 6 px labels would touch).
 $L import "$REAL/tanaka-twip-2um" --format tanaka --label-width 4 --out "$D/tanaka_w4"
@@ -60,19 +101,7 @@ $PY scripts/split_dataset.py "$D/tanaka" --first 32 "$D/tanaka_first" "$D/test_t
 $L import "$REAL/creme-loops-512/masks1" --format masks --class loop \
   --images "$REAL/creme-loops-512/imgs" --out "$D/creme"
 $PY scripts/split_dataset.py "$D/creme" --first 8 "$D/train_creme" "$D/test_creme"
-# The real halves are small: list them several times so they weigh ~15 % of an epoch.
-R="train_tanaka/images, train_tanaka/images, train_tanaka/images, train_tanaka/images, train_tanaka/images"
-C="train_creme/images, train_creme/images, train_creme/images, train_creme/images, train_creme/images, train_creme/images"
-cat > "$D/defects.yaml" <<YAML
-path: $D
-train: [train_M2/images, train_M1/images, train_loops/images, train_mixed/images, $R, $C]
-val: [val_M2/images, val_loops/images]
-names:
-  0: dislocation
-  1: loop
-YAML
+data_yaml "$D" "$D"
 $L train --data "$D/defects.yaml" --out "$W/runs" --name defects-n512 --arch yolov8n-seg \
   --weights "$W/runs/defects-n320/weights/best.pt" \
   --imgsz 512 --batch 16 --seed 0 --hours 1.9 --epochs 60 --workers 2
-cp "$W/runs/defects-n512/weights/best.pt" loopline/models/defects.pt
-$L export --model loopline/models/defects.pt --format onnx --imgsz 512

@@ -148,6 +148,7 @@ def test_config_defaults_and_overrides(tmp_path):
         ("[batch]\nsize = 'four'\n", "batch.size must be a int"),
         ("[output]\nraw = 'png'\n", "output.raw must be one of none, npy, tiff"),
         ("[engine]\nimgsz = 500\n", "multiple of 32"),
+        ("[engine]\nmask_threshold = 1.0\n", r"engine.mask_threshold must lie in \[0.0, 0.99\]"),
         ("[source]\nendpoint = 'localhost'\n", "ZeroMQ URL"),
         ("[output]\nmp4 = 1\n", "output.mp4 must be a bool"),
         ("batch = 3\n", "must be a \\[section\\] table"),

@@ -141,6 +141,32 @@ def test_engine_options_are_validated():
         create_engine("ridge", sigma=3)
 
 
+def test_shipped_model_brings_its_operating_point(tmp_path):
+    from loopline.models import MODEL_DIR, SETTINGS, shipped_settings
+
+    assert shipped_settings("dislocations") == SETTINGS["defects"]
+    assert shipped_settings(MODEL_DIR / "defects.onnx") == SETTINGS["defects"]
+    ov = MODEL_DIR / "defects_openvino_model"
+    assert shipped_settings(ov) == shipped_settings(ov / "defects.xml") == SETTINGS["defects"]
+    other = tmp_path / "defects.onnx"  # same name, not the shipped file
+    other.write_bytes(b"")
+    assert shipped_settings(other) == {}
+    thr = SETTINGS["defects"]["mask_threshold"]
+    if (MODEL_DIR / "defects.onnx").exists():
+        assert create_engine("defects", engine="onnx").mask_threshold == thr
+        assert create_engine(MODEL_DIR / "defects.onnx").mask_threshold == thr
+        assert create_engine("loops", engine="onnx", mask_threshold=0.6).mask_threshold == 0.6
+    assert create_engine(other).mask_threshold == 0.5  # ultralytics' rule for other models
+    # the torch engine keeps ultralytics' post-processing: not given, and refused if asked
+    pt = tmp_path / "m.pt"
+    pt.write_bytes(b"")
+    assert create_engine(pt).__class__.__name__ == "TorchEngine"
+    with pytest.raises(ValueError, match=r"torch engine keeps ultralytics' mask threshold 0\.5"):
+        create_engine(pt, mask_threshold=0.3)
+    with pytest.raises(ValueError, match=r"mask_threshold must lie in \(0, 1\)"):
+        create_engine(other, mask_threshold=1.0)
+
+
 # ------------------------------------------------------------------------ ridge
 
 

@@ -142,6 +142,46 @@ def test_decode_masks_matches_ultralytics_native(shape):
     assert iou[nonempty].mean() >= 0.98, iou
 
 
+@pytest.mark.parametrize("impl", ["python", "numba"])
+def test_decode_masks_threshold_is_a_probability_cut(impl):
+    rng = np.random.default_rng(6)
+    protos = _smooth_protos(rng)
+    lb = ops.letterbox_params((128, 128), 128)
+    coeffs = rng.normal(size=(6, 32)).astype(np.float32)
+    boxes = np.tile(np.array([[0, 0, 128, 128]], np.float32), (6, 1))
+    m = {t: ops.decode_masks(protos, coeffs, boxes, lb, impl=impl, mask_threshold=t)
+         for t in (0.2, 0.5, 0.8)}  # fmt: skip
+    assert (m[0.5] == ops.decode_masks(protos, coeffs, boxes, lb, impl=impl)).all()
+    # nested: a lower cut keeps every pixel of a higher one, and more
+    assert not (m[0.5] & ~m[0.2]).any() and not (m[0.8] & ~m[0.5]).any()
+    assert m[0.2].sum() > m[0.5].sum() > m[0.8].sum()
+    # on the prototype grid itself (gain 1, stride 1) the cut is exactly sigmoid(logit) > t
+    logits = np.tensordot(coeffs, protos, axes=1)
+    lb1 = ops.letterbox_params((32, 32), 32)
+    small = ops.decode_masks(protos, coeffs, boxes / 4, lb1, impl=impl, mask_threshold=0.2)
+    ref = 1 / (1 + np.exp(-logits)) > 0.2
+    assert (small != ref).sum() <= 2
+    for bad in (0.0, 1.0, -0.1):
+        with pytest.raises(ValueError, match=r"mask_threshold must lie in \(0, 1\)"):
+            ops.decode_masks(protos, coeffs, boxes, lb, impl=impl, mask_threshold=bad)
+
+
+def test_postprocess_mask_threshold_per_class():
+    rng = np.random.default_rng(7)
+    pred = _random_pred(rng)
+    protos = _smooth_protos(rng)[None]
+    lb = ops.letterbox_params((128, 128), 128)
+    kw = {"conf": 0.25, "iou": 0.7, "max_det": 300}
+    per = ops.postprocess(pred, protos, [lb], mask_threshold=(0.2, 0.8), **kw)[0]
+    for t, cls in ((0.2, 0), (0.8, 1)):
+        one = ops.postprocess(pred, protos, [lb], mask_threshold=t, **kw)[0]
+        a, b = per[3] == cls, one[3] == cls
+        assert a.sum() == b.sum() > 0
+        np.testing.assert_array_equal(per[0][a], one[0][b])
+    with pytest.raises(ValueError, match=r"one value or one per class \(2\)"):
+        ops.postprocess(pred, protos, [lb], mask_threshold=(0.2, 0.5, 0.8), **kw)
+
+
 def test_postprocess_drops_empty_masks_and_builds_detections():
     rng = np.random.default_rng(5)
     pred = _random_pred(rng)

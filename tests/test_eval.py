@@ -168,6 +168,23 @@ def test_cli_eval_writes_json_and_figure(synth: Path, tmp_path: Path, monkeypatc
     assert "mask mAP50" in text and "LAR@tol" in text
 
 
+def test_cli_eval_mask_threshold(synth: Path, tmp_path: Path, monkeypatch, capsys):
+    import loopline.engines
+
+    made = {}
+
+    def create_engine(model, **opts):
+        made.update(opts)
+        return TruthEngine(synth)
+
+    monkeypatch.setattr(loopline.engines, "create_engine", create_engine, raising=False)
+    args = ["eval", "--model", "fake", "--data", str(synth), "--figure", str(tmp_path / "f.png")]
+    assert main([*args, "--mask-threshold", "0.3"]) == 0
+    assert made["mask_threshold"] == 0.3
+    assert main([*args, "--mask-threshold", "1.5"]) == 2
+    assert "--mask-threshold must lie in (0, 1), got 1.5" in capsys.readouterr().err
+
+
 def test_cli_eval_bad_data(tmp_path: Path, capsys):
     rc = main(["eval", "--model", "ridge", "--data", str(tmp_path)])
     assert rc == 2

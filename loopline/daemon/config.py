@@ -55,6 +55,7 @@ class EngineConfig:
     imgsz: int = field(metadata=_rng(32, 4096))
     conf: float = field(metadata=_rng(0.0, 1.0))
     iou: float = field(metadata=_rng(0.01, 1.0))
+    mask_threshold: float = field(metadata=_rng(0.0, 0.99))
     device: str
     threads: int = field(metadata=_rng(0, 256))
     workers: int = field(metadata=_rng(1, 16))

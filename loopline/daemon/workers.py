@@ -433,6 +433,8 @@ def make_engine(cfg: DaemonConfig):
             kw["device"] = e.device
         if e.threads:
             kw["threads"] = e.threads
+        if e.mask_threshold:
+            kw["mask_threshold"] = e.mask_threshold
         engine = create_engine(e.model, engine=e.engine or None, **kw)
     engine.load()
     engine.loaded = True

@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 from .base import CLASS_NAMES, Detections, Engine
 
@@ -90,6 +91,17 @@ def engine_class(name: str) -> type[Engine]:
     return getattr(importlib.import_module(mod), cls)
 
 
+def _operating_point(model: str | Path, runtime: str) -> dict[str, Any]:
+    """A shipped model's operating-point options that ``runtime`` understands."""
+    from ..models import shipped_settings
+    from .yolo import YoloEngine
+
+    settings = shipped_settings(model)
+    if not settings or not issubclass(engine_class(runtime), YoloEngine):
+        return {}  # the torch engine keeps ultralytics' own post-processing
+    return settings
+
+
 def create_engine(model: str | Path | None = "ridge", *, engine: str | None = None,
                   **opts) -> Engine:  # fmt: skip
     """An engine for a model file, a shipped model name, or ``ridge``.
@@ -105,7 +117,8 @@ def create_engine(model: str | Path | None = "ridge", *, engine: str | None = No
         ``openvino`` where installed, else ``onnx`` (:func:`default_runtime`).
     **opts
         Engine options (``imgsz``, ``conf``, ``iou``, ``max_det``, ``device``, and the
-        runtime's own).
+        runtime's own, e.g. ``mask_threshold``). A shipped model brings its operating point
+        (``loopline.models.SETTINGS``) to the runtimes that take it; what is given here wins.
 
     Raises
     ------
@@ -129,11 +142,18 @@ def create_engine(model: str | Path | None = "ridge", *, engine: str | None = No
             path = ov_dir if ov_dir.exists() else path
         else:
             path = resolve_model(model, suffix=_SHIPPED_SUFFIX.get(name, ".onnx"))
-        return engine_class(name)(path, **opts)
+    else:
+        path = Path(model)
+        if not path.exists() and not path.suffix:
+            resolve_model(model)  # raises, naming the shipped models
+        name = engine or engine_for(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no model file {path}")
+    opts = {**_operating_point(path, name), **opts}
+    return engine_class(name)(path, **opts)
     path = Path(model)
     if not path.exists() and not path.suffix:
         resolve_model(model)  # raises, naming the shipped models
-    name = engine or engine_for(path)
     if not path.exists():
         raise FileNotFoundError(f"no model file {path}")
     return engine_class(name)(path, **opts)

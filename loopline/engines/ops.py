@@ -348,7 +348,7 @@ def _proto_window(rng, ry0, ry1, cx0, cx1):
     return ry0[r0], ry1[r1 - 1], cx0[c0], cx1[c1 - 1]
 
 
-def _decode_py(protos, coeffs, ranges, ry0, ry1, wy, cx0, cx1, wx, out, hit):
+def _decode_py(protos, coeffs, ranges, ry0, ry1, wy, cx0, cx1, wx, thr, out, hit):
     for n in range(len(coeffs)):
         c0, r0, c1, r1 = ranges[n]
         if c1 <= c0 or r1 <= r0:
@@ -359,12 +359,12 @@ def _decode_py(protos, coeffs, ranges, ry0, ry1, wy, cx0, cx1, wx, out, hit):
         rows = lg[ry0[r0:r1] - py0] * (1 - w_y) + lg[ry1[r0:r1] - py0] * w_y  # (rows, cols)
         w_x = wx[c0:c1]
         v = rows[:, cx0[c0:c1] - px0] * (1 - w_x) + rows[:, cx1[c0:c1] - px0] * w_x
-        out[n, r0:r1, c0:c1] = v > 0
+        out[n, r0:r1, c0:c1] = v > thr[n]
         hit[n] = out[n, r0:r1, c0:c1].any()
 
 
 @jit(nopython=True, cache=True, nogil=True)
-def _decode_nb(protos, coeffs, ranges, ry0, ry1, wy, cx0, cx1, wx, out, hit):  # pragma: no cover
+def _decode_nb(protos, coeffs, ranges, ry0, ry1, wy, cx0, cx1, wx, thr, out, hit):  # pragma: no cover  # noqa: E501
     # serial on purpose: per box the work is small, and worker threads that wait on a busy
     # core (the daemon shares its CPU) cost more than they save
     nm = protos.shape[0]
@@ -389,7 +389,7 @@ def _decode_nb(protos, coeffs, ranges, ry0, ry1, wy, cx0, cx1, wx, out, hit):  #
                 u = wx[x]
                 v0 = a[i0] * (1 - t) + b[i0] * t
                 v1 = a[i1] * (1 - t) + b[i1] * t
-                if v0 * (1 - u) + v1 * u > 0:
+                if v0 * (1 - u) + v1 * u > thr[n]:
                     out[n, y, x] = True
                     hit[n] = True
 
@@ -402,6 +402,7 @@ def decode_masks(
     *,
     impl: str | None = None,
     return_nonempty: bool = False,
+    mask_threshold: float | np.ndarray = 0.5,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Instance masks at frame resolution, computed only inside each box.
 
@@ -419,6 +420,9 @@ def decode_masks(
 
     return_nonempty : bool
         Also return which masks have any pixel set (free: found while decoding).
+    mask_threshold : float or (N,) array
+        A pixel belongs to the mask when its interpolated mask probability exceeds this, in
+        (0, 1), for every box or per box; 0.5 (logit 0) is ultralytics' rule.
 
     Returns
     -------
@@ -434,6 +438,10 @@ def decode_masks(
         return (out, hit) if return_nonempty else out
     if coeffs.shape != (n, nm):
         raise ValueError(f"coeffs must have shape ({n}, {nm}), got {coeffs.shape}")
+    thr = np.broadcast_to(np.asarray(mask_threshold, np.float64), (n,))
+    if not np.all((thr > 0.0) & (thr < 1.0)):
+        raise ValueError(f"mask_threshold must lie in (0, 1), got {mask_threshold}")
+    thr = np.log(thr / (1.0 - thr)).astype(np.float32)  # as logits, one per box
     protos = np.ascontiguousarray(protos, np.float32)
     coeffs = np.ascontiguousarray(coeffs, np.float32)
     ry0, ry1, wy = _sample_axis(h, lb.gain, lb.top, lb.imgsz / mh, mh)
@@ -441,9 +449,9 @@ def decode_masks(
     ranges = _box_ranges(boxes, (h, w))
     impl = impl or _default_impl()
     if impl == "numba":
-        _decode_nb(protos, coeffs, ranges, ry0, ry1, wy, cx0, cx1, wx, out, hit)
+        _decode_nb(protos, coeffs, ranges, ry0, ry1, wy, cx0, cx1, wx, thr, out, hit)
     elif impl == "python":
-        _decode_py(protos, coeffs, ranges, ry0, ry1, wy, cx0, cx1, wx, out, hit)
+        _decode_py(protos, coeffs, ranges, ry0, ry1, wy, cx0, cx1, wx, thr, out, hit)
     else:
         raise ValueError(f"impl must be 'numba' or 'python', got {impl!r}")
     return (out, hit) if return_nonempty else out
@@ -458,6 +466,7 @@ def postprocess(
     iou: float,
     max_det: int,
     impl: str | None = None,
+    mask_threshold: float | tuple[float, ...] = 0.5,
 ):
     """Raw outputs of a batch -> per frame ``(masks, boxes, scores, classes)``.
 
@@ -467,17 +476,26 @@ def postprocess(
     protos : (B, nm, mh, mw) float
     lbs : list of Letterbox, length B
 
+    mask_threshold : float or tuple of float
+        Mask probability cut (``decode_masks``), for every class or one per class.
+
     Instances whose mask is empty are dropped, as ultralytics does.
     """
     nm = protos.shape[1]
     nc = pred.shape[1] - 4 - nm
     if nc < 1:
         raise ValueError(f"pred has {pred.shape[1]} channels: too few for 4 + nc + {nm}")
+    per_class = np.atleast_1d(np.asarray(mask_threshold, np.float64))
+    if per_class.ndim != 1 or len(per_class) not in (1, nc):
+        raise ValueError(f"mask_threshold must be one value or one per class ({nc}), "
+                         f"got {mask_threshold}")  # fmt: skip
     dets = non_max_suppression(pred, nc=nc, conf=conf, iou=iou, max_det=max_det, impl=impl)
     results = []
     for d, p, lb in zip(dets, protos, lbs, strict=True):
         boxes = scale_boxes(d[:, :4], lb)
-        masks, keep = decode_masks(p, d[:, 6:], boxes, lb, impl=impl, return_nonempty=True)
+        thr = per_class[d[:, 5].astype(np.int64)] if len(per_class) > 1 else per_class[0]
+        masks, keep = decode_masks(p, d[:, 6:], boxes, lb, impl=impl, return_nonempty=True,
+                                   mask_threshold=thr)  # fmt: skip
         if not keep.all():
             masks, boxes, d = masks[keep], boxes[keep], d[keep]
         results.append((masks, boxes, d[:, 4].copy(), d[:, 5].astype(np.int64)))

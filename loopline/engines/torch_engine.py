@@ -38,12 +38,20 @@ class TorchEngine(Engine):
     ----------
     threads : int or None
         Torch threads (default: every core; ultralytics alone would use one fewer).
+    mask_threshold : float
+        Only 0.5: ultralytics' predictor thresholds mask logits at 0 itself.
     """
 
     name = "torch"
 
-    def __init__(self, model=None, *, threads: int | None = None, **kwargs) -> None:
+    def __init__(self, model=None, *, threads: int | None = None, mask_threshold: float = 0.5,
+                 **kwargs) -> None:  # fmt: skip
         super().__init__(model, **kwargs)
+        if mask_threshold != 0.5:
+            raise ValueError(
+                f"the torch engine keeps ultralytics' mask threshold 0.5, got {mask_threshold}; "
+                "use the onnx, openvino or tensorrt engine for another one"
+            )
         self.threads = threads
         self.yolo = None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from abc import abstractmethod
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -30,15 +31,26 @@ class YoloEngine(Engine):
         batch dimension) or no limit.
     impl : {"numba", "python"} or None
         Post-processing kernels (``ops``).
+    mask_threshold : float or sequence of float
+        Mask probability above which a pixel belongs to an instance, in (0, 1), for every class
+        or one per class. 0.5 is ultralytics' rule; thin lines decoded from 1/4-resolution
+        prototypes keep more of their length at a lower one (the shipped model's values are in
+        ``loopline.models.SETTINGS``).
     """
 
     name = "yolo"
 
     def __init__(self, model=None, *, max_batch: int | None = None, impl: str | None = None,
-                 **kwargs) -> None:  # fmt: skip
+                 mask_threshold: float | Sequence[float] = 0.5, **kwargs) -> None:  # fmt: skip
         super().__init__(model, **kwargs)
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        thr = np.atleast_1d(np.asarray(mask_threshold, np.float64))
+        if thr.ndim != 1 or thr.size == 0 or not np.all((thr > 0.0) & (thr < 1.0)):
+            raise ValueError(f"mask_threshold must lie in (0, 1) (one value or one per class), "
+                             f"got {mask_threshold}")  # fmt: skip
+        self.mask_threshold: float | tuple[float, ...] = (
+            float(thr[0]) if thr.size == 1 else tuple(float(t) for t in thr))
         self.max_batch = max_batch
         self.impl = impl
         self.static_batch: int | None = None  # set by load() when the model fixes it
@@ -71,7 +83,8 @@ class YoloEngine(Engine):
         pred, protos = self._infer(batch)
         t2 = time.perf_counter()
         res = ops.postprocess(pred[:n], protos[:n], lbs, conf=self.conf, iou=self.iou,
-                              max_det=self.max_det, impl=self.impl)  # fmt: skip
+                              max_det=self.max_det, impl=self.impl,
+                              mask_threshold=self.mask_threshold)  # fmt: skip
         t3 = time.perf_counter()
         timings = {"preprocess": (t1 - t0) * 1e3 / n, "inference": (t2 - t1) * 1e3 / n,
                    "postprocess": (t3 - t2) * 1e3 / n}  # fmt: skip

@@ -32,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--map-conf", type=float, default=0.001,
                    help="engine score floor for mAP (default 0.001, as ultralytics)")  # fmt: skip
+    p.add_argument("--mask-threshold", type=float, default=None, metavar="P",
+                   help="mask probability cut of the YOLO runtimes, in (0, 1) (default: the "
+                        "shipped model's operating point, 0.5 for other models)")  # fmt: skip
     p.add_argument("--tol", type=float, default=3.0, help="tolerance of LAR@tol, F1@tol (px)")
     p.add_argument("--batch", type=int, default=8, help="frames per engine call")
     p.add_argument("--device", default=None, help="engine device (cpu, cuda:0)")
@@ -100,9 +103,13 @@ def _engine(a: argparse.Namespace):
         opts["imgsz"] = a.imgsz
     if a.device is not None:
         opts["device"] = a.device
+    if a.mask_threshold is not None:
+        if not 0.0 < a.mask_threshold < 1.0:
+            raise CliError(f"--mask-threshold must lie in (0, 1), got {a.mask_threshold}")
+        opts["mask_threshold"] = a.mask_threshold
     try:
         return create_engine(a.model, **opts)
-    except (ValueError, FileNotFoundError, KeyError, ImportError) as e:
+    except (ValueError, FileNotFoundError, KeyError, ImportError, TypeError) as e:
         raise CliError(str(e)) from None
 
 

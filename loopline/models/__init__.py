@@ -10,13 +10,33 @@ model card: the exact command, seed, data and metrics of every shipped model.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-__all__ = ["MODEL_DIR", "SHIPPED", "resolve_model"]
+__all__ = ["MODEL_DIR", "SETTINGS", "SHIPPED", "resolve_model", "shipped_settings"]
 
 MODEL_DIR = Path(__file__).resolve().parent
 
 #: shipped name -> file stem in MODEL_DIR
 SHIPPED: dict[str, str] = {"defects": "defects", "dislocations": "defects", "loops": "defects"}
+
+#: file stem -> engine options of its operating point, chosen on the validation sets (never the
+#: test sets) and recorded in the model card; an option given explicitly wins
+#: (``mask_threshold``: one value per class, dislocation then loop)
+SETTINGS: dict[str, dict[str, Any]] = {"defects": {"mask_threshold": (0.4, 0.5)}}
+
+
+def shipped_settings(model: str | Path) -> dict[str, Any]:
+    """Operating-point options of a shipped model, by name or by its file in MODEL_DIR ({} for
+    any other model)."""
+    stem = SHIPPED.get(str(model))
+    if stem is None:
+        p = Path(model).resolve()
+        if p.parent.name.endswith("_openvino_model"):  # an .xml inside an exported IR folder
+            p = p.parent
+        if p.parent != MODEL_DIR:
+            return {}
+        stem = Path(p.name.removesuffix("_openvino_model")).stem
+    return dict(SETTINGS.get(stem, {}))
 
 
 def resolve_model(name_or_path: str | Path, *, suffix: str = ".onnx") -> Path:
