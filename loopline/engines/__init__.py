@@ -151,9 +151,3 @@ def create_engine(model: str | Path | None = "ridge", *, engine: str | None = No
             raise FileNotFoundError(f"no model file {path}")
     opts = {**_operating_point(path, name), **opts}
     return engine_class(name)(path, **opts)
-    path = Path(model)
-    if not path.exists() and not path.suffix:
-        resolve_model(model)  # raises, naming the shipped models
-    if not path.exists():
-        raise FileNotFoundError(f"no model file {path}")
-    return engine_class(name)(path, **opts)

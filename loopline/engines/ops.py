@@ -26,6 +26,7 @@ that the tests run against it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -52,6 +53,7 @@ __all__ = [
     "decode_masks",
     "letterbox_params",
     "mask_iou",
+    "mask_thresholds",
     "match_instances",
     "nms",
     "non_max_suppression",
@@ -394,6 +396,19 @@ def _decode_nb(protos, coeffs, ranges, ry0, ry1, wy, cx0, cx1, wx, thr, out, hit
                     hit[n] = True
 
 
+def mask_thresholds(value: float | Sequence[float] | np.ndarray, n: int | None = None, *,
+                    per: str = "class") -> np.ndarray:  # fmt: skip
+    """Validated mask probability cut(s) as a 1-D float64 array: one value, or ``n`` (one per
+    ``per``). Each lies in (0, 1)."""
+    thr = np.atleast_1d(np.asarray(value, np.float64))
+    ok = thr.ndim == 1 and thr.size > 0 and bool(np.all((thr > 0.0) & (thr < 1.0)))
+    if not ok or (n is not None and len(thr) not in (1, n)):
+        count = f" ({n})" if n is not None else ""
+        raise ValueError(f"mask_threshold must lie in (0, 1), one value or one per {per}{count}, "
+                         f"got {value}")  # fmt: skip
+    return thr
+
+
 def decode_masks(
     protos: np.ndarray,
     coeffs: np.ndarray,
@@ -438,9 +453,7 @@ def decode_masks(
         return (out, hit) if return_nonempty else out
     if coeffs.shape != (n, nm):
         raise ValueError(f"coeffs must have shape ({n}, {nm}), got {coeffs.shape}")
-    thr = np.broadcast_to(np.asarray(mask_threshold, np.float64), (n,))
-    if not np.all((thr > 0.0) & (thr < 1.0)):
-        raise ValueError(f"mask_threshold must lie in (0, 1), got {mask_threshold}")
+    thr = np.broadcast_to(mask_thresholds(mask_threshold, n, per="box"), (n,))
     thr = np.log(thr / (1.0 - thr)).astype(np.float32)  # as logits, one per box
     protos = np.ascontiguousarray(protos, np.float32)
     coeffs = np.ascontiguousarray(coeffs, np.float32)
@@ -485,10 +498,7 @@ def postprocess(
     nc = pred.shape[1] - 4 - nm
     if nc < 1:
         raise ValueError(f"pred has {pred.shape[1]} channels: too few for 4 + nc + {nm}")
-    per_class = np.atleast_1d(np.asarray(mask_threshold, np.float64))
-    if per_class.ndim != 1 or len(per_class) not in (1, nc):
-        raise ValueError(f"mask_threshold must be one value or one per class ({nc}), "
-                         f"got {mask_threshold}")  # fmt: skip
+    per_class = mask_thresholds(mask_threshold, nc)
     dets = non_max_suppression(pred, nc=nc, conf=conf, iou=iou, max_det=max_det, impl=impl)
     results = []
     for d, p, lb in zip(dets, protos, lbs, strict=True):

@@ -45,10 +45,7 @@ class YoloEngine(Engine):
         super().__init__(model, **kwargs)
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        thr = np.atleast_1d(np.asarray(mask_threshold, np.float64))
-        if thr.ndim != 1 or thr.size == 0 or not np.all((thr > 0.0) & (thr < 1.0)):
-            raise ValueError(f"mask_threshold must lie in (0, 1) (one value or one per class), "
-                             f"got {mask_threshold}")  # fmt: skip
+        thr = ops.mask_thresholds(mask_threshold)
         self.mask_threshold: float | tuple[float, ...] = (
             float(thr[0]) if thr.size == 1 else tuple(float(t) for t in thr))
         self.max_batch = max_batch
