@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Reproduces the shipped model loopline/models/defects.{pt,onnx} (see loopline/models/README.md).
-# Usage: scripts/train_defects.sh [WORK_DIR] [stage1|stage2|stage3]   (default: /work stage2;
-#        needs `make test`'s .venv). Run the stages in order; stage 3 writes the shipped weights.
+# Usage: scripts/train_defects.sh [WORK_DIR] [stage1|stage2|stage3|stage4|p2]   (default: /work
+#        stage2; needs `make test`'s .venv). Run the stages in order; stage 3 writes the shipped
+#        weights. stage4 and p2 (each after stage 3) are the experiments of the model card that
+#        were not shipped.
 #
-# Three runs, each warm-started from the one before:
+# Three shipped runs, each warm-started from the one before, and two experiments from run 3:
 #   defects-n320   stage1: 2 h from scratch on 320 px synthetic crops.
 #   defects-n512   stage2: imgsz 512 on whole 512x512 synthetic frames with the presets' own
 #                  ranges, plus the FIRST halves (in time) of the two real sets; their second
 #                  halves are the real test sets of the model card.
 #   defects-n512c  stage3: the same on fresh synthetic frames, with masks supervised at 1/2 of
 #                  the input (mask_ratio=2); exported to loopline/models/defects.{pt,onnx}.
+#   defects-n512d  stage4: run 3 continued on fresh frames (not shipped).
+#   defects-p2     p2: prototypes at 1/2 of the input, arch yolov8n-seg-p2 (not shipped).
 # Wall time on 2 CPU cores: data ~2 min, each training run ~2 h (time-boxed), export 10 s.
 set -euo pipefail
 W=${1:-/work}
@@ -69,6 +73,32 @@ YAML
 }
 
 D=$W/data512
+if [ "$STAGE" = stage4 ] || [ "$STAGE" = p2 ]; then
+# Fresh synthetic frames (seeds 321-324), the same real first halves and validation sets as
+# stages 2-3 (made by stage 2 in $D).
+E=$W/data512c
+if [ ! -f "$E/defects.yaml" ]; then
+  mkdir -p "$E"
+  synthetic "$E" 321 700 150 300 200
+  data_yaml "$E" "$D"
+fi
+if [ "$STAGE" = p2 ]; then
+# Not shipped (see the model card): prototypes at 1/2 of the input. Architecture yolov8n-seg-p2
+# (loopline/training/yolov8-seg-p2.yaml) is run 3's network plus a stride-4 branch that feeds the
+# Segment head; run 3's weights go into every layer that kept its shape
+# (loopline.training.transfer_weights), the rest starts from scratch. Masks at 1/2 by default.
+$L train --data "$E/defects.yaml" --out "$W/runs" --name defects-p2 --arch yolov8n-seg-p2 \
+  --weights "$W/runs/defects-n512c/weights/best.pt" --set mask_ratio=2 \
+  --imgsz 512 --batch 16 --seed 2 --hours 2.0 --epochs 60 --workers 2
+exit 0
+fi
+# stage 4 (not shipped: it measured level with run 3 on validation, see the model card): run 3
+# continued on these fresh frames with one warm-up epoch.
+$L train --data "$E/defects.yaml" --out "$W/runs" --name defects-n512d --arch yolov8n-seg \
+  --weights "$W/runs/defects-n512c/weights/best.pt" --set mask_ratio=2 --set warmup_epochs=1 \
+  --imgsz 512 --batch 16 --seed 3 --hours 0.8 --epochs 60 --workers 2
+exit 0
+fi
 if [ "$STAGE" = stage3 ]; then
 # stage 3 (the shipped weights): run 2 continued on FRESH synthetic frames (seeds 311-314, so no
 # frame repeats) with the same real first halves and validation sets, made by stage 2 in $D.

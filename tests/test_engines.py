@@ -268,6 +268,34 @@ def test_fp32_runtimes_match_torch(exported, frames, reference, name, opts):
 
 
 @needs_model
+def test_p2_architecture_runs_on_onnx_like_torch(frames, tmp_path):
+    """A model of the P2 architecture (prototypes at 1/2 of the input, four head levels) goes
+    through export and the shared decoder unchanged: the decoder takes the prototype stride from
+    their shape. Its weights are the test model's, carried over by ``transfer_weights``."""
+    import torch
+    from ultralytics import YOLO
+
+    from loopline.engines.export import export_onnx
+    from loopline.training.train import architecture_yaml, transfer_weights
+
+    p2 = YOLO(architecture_yaml("yolov8n-seg-p2"))
+    transfer_weights(p2.model, YOLO(str(_model_pt())).model)
+    for branch in p2.model.model[-1].cv3:  # the class branches start from scratch: wake them up
+        branch[-1].bias.data.fill_(-1.0)
+    pt = tmp_path / "p2.pt"
+    torch.save({"model": p2.model, "train_args": {}}, pt)
+    onnx = export_onnx(pt, imgsz=256)
+    opts = {"imgsz": 256, "conf": 0.25, "max_det": 20}
+    ref = create_engine(pt, **opts)(frames)
+    got = create_engine(onnx, mask_threshold=0.5, **opts)(frames)
+    assert sum(len(d) for d in ref) > 0
+    assert got[0].masks.shape[1:] == frames[0].shape
+    iou, n_ref, n_got = _agreement(ref, got)
+    assert n_got == n_ref
+    assert iou >= 0.95, f"mean mask IoU {iou:.4f}"
+
+
+@needs_model
 def test_openvino_default_precision_close_to_torch(exported, frames, reference):
     """OpenVINO's own choice (bf16 on AMX CPUs, else f32): close, not equal."""
     if "openvino" not in exported:

@@ -82,6 +82,67 @@ def test_one_epoch_training_offline(tmp_path):
     assert not (tmp_path / "home" / ".config" / "Ultralytics").exists()
     assert (tmp_path / "cache" / "ultralytics" / "Ultralytics" / "Arial.ttf").exists()
 
+    # Warm start of the P2 architecture from that run, offline too. With a zero learning rate
+    # the weights cannot move, so the layers it shares with the source come out of the trainer
+    # as they went in: proof that ultralytics trained the transferred network, not a fresh one.
+    cmd = [sys.executable, str(guard), str(attempts), "train", "--data", str(data),
+           "--out", str(tmp_path / "runs"), "--name", "p2", "--epochs", "1", "--imgsz", "128",
+           "--batch", "4", "--workers", "0", "--seed", "3", "--arch", "yolov8n-seg-p2",
+           "--weights", str(run / "weights" / "last.pt"), "--set", "optimizer=SGD",
+           "--set", "lr0=0", "--set", "warmup_bias_lr=0"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(attempts.read_text()) == [], "training tried to reach the network"
+    import torch
+
+    def weights(path):
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        return (ckpt.get("ema") or ckpt["model"]).float().state_dict()
+
+    src = weights(run / "weights" / "last.pt")
+    p2 = weights(tmp_path / "runs" / "p2" / "weights" / "last.pt")
+    assert p2["model.25.proto.cv3.conv.weight"].shape[0] == 32  # the P2 head, at index 25
+    for k_src, k_p2 in [("model.0.conv.weight", "model.0.conv.weight"),
+                        ("model.21.cv2.conv.weight", "model.21.cv2.conv.weight"),
+                        ("model.22.cv2.0.0.conv.weight", "model.25.cv2.1.0.conv.weight"),
+                        ("model.22.cv4.2.2.weight", "model.25.cv4.3.2.weight")]:  # fmt: skip
+        # (the EMA of a network that does not move is that network, up to float rounding)
+        assert torch.allclose(src[k_src], p2[k_p2], rtol=1e-3, atol=1e-4), k_p2
+
+
+def test_transfer_weights_into_the_p2_architecture():
+    """Every layer that kept its shape carries over; the head's levels are matched coarsest
+    first, so the source's P3-P5 branches land on the P2 head's P3-P5 (levels 1-3)."""
+    import torch
+    from ultralytics.nn.tasks import SegmentationModel, yaml_model_load
+
+    from loopline.training.train import architecture_yaml, transfer_weights
+
+    torch.manual_seed(0)
+    src = SegmentationModel(yaml_model_load(architecture_yaml("yolov8n-seg")), nc=2, verbose=False)
+    p2_yaml = yaml_model_load(architecture_yaml("yolov8n-seg-p2"))
+    assert p2_yaml["scale"] == "n"
+    dst = SegmentationModel(p2_yaml, nc=2, verbose=False)
+    assert dst.stride.tolist() == [4.0, 8.0, 16.0, 32.0]
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    copied, total = transfer_weights(dst, src)
+    s, d = src.state_dict(), dst.state_dict()
+    assert 0 < copied < total == len(d)
+    assert torch.equal(d["model.4.m.0.cv1.conv.weight"], s["model.4.m.0.cv1.conv.weight"])
+    assert torch.equal(d["model.21.cv2.bn.running_var"], s["model.21.cv2.bn.running_var"])
+    for level in range(3):
+        for k in ("cv2.{}.0.conv.weight", "cv4.{}.2.bias"):
+            src_k, dst_k = "model.22." + k.format(level), "model.25." + k.format(level + 1)
+            assert torch.equal(d[dst_k], s[src_k])
+    # the new P2 branch and the new head level keep their own initialisation
+    assert torch.equal(d["model.24.cv1.conv.weight"], before["model.24.cv1.conv.weight"])
+    assert torch.equal(d["model.25.cv2.0.0.conv.weight"], before["model.25.cv2.0.0.conv.weight"])
+    # masks come out at 1/2 of the input
+    dst.eval()
+    with torch.no_grad():
+        _, out = dst(torch.zeros(1, 3, 64, 64))
+    assert out["proto"].shape[-2:] == (32, 32)
+
 
 def test_train_rejects_bad_options(tmp_path):
     from loopline.training.train import TrainConfig
@@ -105,3 +166,33 @@ def test_train_command_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("loopline train: error:") and "does not exist" in err
     assert Path(tmp_path).exists()
+
+
+def test_validator_crops_masks_at_the_prototypes_scale():
+    """Prototypes at 1/2 of a 64 px input (the P2 head): a box over the left half of the input
+    crops the left half of the prototype grid, and the ground truth is compared at that size.
+    (Ultralytics' own validator takes the input to be 4 x the prototypes, 128 px, and would crop
+    only the left quarter.)"""
+    import torch
+    from ultralytics.utils import ops
+
+    from loopline.training.validator import ProtoScaleSegmentationValidator
+
+    v = ProtoScaleSegmentationValidator(args={"conf": 0.25, "iou": 0.7, "max_det": 10})
+    v.process, v.nc, v.end2end = ops.process_mask, 1, False
+    v._input_hw = (64, 64)  # as preprocess() records it from the batch
+    # one candidate box at (16, 32) of size 32 x 64 (xywh), score 0.9, mask coefficients (1, 0...)
+    det = torch.zeros(1, 4 + 1 + 32, 1)
+    det[0, :5, 0] = torch.tensor([16.0, 32.0, 32.0, 64.0, 0.9])
+    det[0, 5, 0] = 1.0
+    proto = torch.ones(1, 32, 32, 32)
+    (pred,) = v.postprocess(((det, proto),))
+    assert pred["masks"].shape == (1, 32, 32)
+    cols = pred["masks"][0].any(0).nonzero().flatten()
+    assert cols.min() == 0 and cols.max() == 15  # the left half of the 32 prototype columns
+    batch = {"cls": torch.zeros(1, 1), "bboxes": torch.tensor([[0.25, 0.5, 0.5, 1.0]]),
+             "batch_idx": torch.zeros(1), "ori_shape": [(64, 64)], "im_file": ["a.png"],
+             "ratio_pad": [((1.0, 1.0), (0, 0))], "img": torch.zeros(1, 3, 64, 64),
+             "masks": torch.ones(1, 64, 64)}  # fmt: skip
+    v.args.overlap_mask = False
+    assert v._prepare_batch(0, batch)["masks"].shape == (1, 32, 32)

@@ -424,7 +424,8 @@ def decode_masks(
     Parameters
     ----------
     protos : (nm, mh, mw) float
-        Mask prototypes of one frame (network input / 4 resolution).
+        Mask prototypes of one frame (1/4 of the network input, 1/2 for the P2 head; the stride is
+        taken from their shape).
     coeffs : (N, nm) float
         Mask coefficients of the kept detections.
     boxes : (N, 4) float32

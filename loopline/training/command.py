@@ -9,14 +9,16 @@ from ..errors import CliError
 
 HELP = "train YOLOv8-seg on a loopline dataset, offline"
 
-_ARCHITECTURES = ("yolov8n-seg", "yolov8s-seg")
+_ARCHITECTURES = ("yolov8n-seg", "yolov8s-seg", "yolov8n-seg-p2", "yolov8s-seg-p2")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, help="dataset folder (with data.yaml) or a data yaml")
     p.add_argument("--out", type=Path, default=Path("runs/train"), help="runs folder")
     p.add_argument("--name", default="loopline", help="run name (folder under --out)")
-    p.add_argument("--arch", default="yolov8n-seg", choices=_ARCHITECTURES)
+    p.add_argument("--arch", choices=_ARCHITECTURES,
+                   help="architecture (default: that of --weights, else yolov8n-seg); with "
+                   "--weights of another one, every layer that fits is carried over")  # fmt: skip
     p.add_argument("--weights", type=Path, help="start from these weights (fine-tuning)")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--hours", type=float, help="wall-time budget in hours (overrides --epochs)")

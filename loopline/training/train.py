@@ -1,7 +1,10 @@
 """``loopline train``: YOLOv8-seg from scratch on loopline datasets, fully offline.
 
 No pretrained weights can be fetched, so the network is built from the architecture yaml
-shipped inside ultralytics (``yolov8n-seg.yaml``, ``yolov8s-seg.yaml``). Every run writes its
+shipped inside ultralytics (``yolov8n-seg.yaml``, ``yolov8s-seg.yaml``) or here
+(``yolov8n-seg-p2``/``yolov8s-seg-p2``: mask prototypes from a stride-4 branch, at 1/2 of the
+input; see ``yolov8-seg-p2.yaml``). ``--weights`` of another architecture warm-start every layer
+that fits (``transfer_weights``). Every run writes its
 folder (``weights/last.pt``, ``weights/best.pt``, ``results.csv``, ``args.yaml``) and a
 ``loopline_run.json`` with the exact command, seed, data and timings, so a shipped model can
 be traced back to how it was made.
@@ -23,7 +26,7 @@ from .command import _ARCHITECTURES as ARCHITECTURES
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ARCHITECTURES", "TrainConfig", "train"]
+__all__ = ["ARCHITECTURES", "TrainConfig", "architecture_yaml", "train", "transfer_weights"]
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,7 @@ class TrainConfig:
     data: Path
     out: Path = Path("runs/train")
     name: str = "loopline"
-    arch: str = "yolov8n-seg"
+    arch: str | None = None  # None: the architecture of ``weights``, else yolov8n-seg
     weights: Path | None = None  # start from these weights (fine-tuning) instead of scratch
     epochs: int = 100
     hours: float | None = None  # wall-time budget; overrides epochs (schedule adapts)
@@ -47,7 +50,7 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        if self.arch not in ARCHITECTURES:
+        if self.arch is not None and self.arch not in ARCHITECTURES:
             raise ValueError(f"arch must be one of {ARCHITECTURES}, got {self.arch!r}")
         if not self.resume and not Path(self.data).exists():
             raise FileNotFoundError(f"dataset {self.data} does not exist")
@@ -114,14 +117,9 @@ def train(cfg: TrainConfig) -> Path:
             raise FileNotFoundError(f"nothing to resume: {last} does not exist")
         model = YOLO(str(last))
         model.add_callback("on_fit_epoch_end", _epoch_printer())
-        model.train(resume=True)
+        model.train(resume=True, trainer=_trainer())
     else:
-        if cfg.weights is not None:
-            if not Path(cfg.weights).exists():
-                raise FileNotFoundError(f"weights {cfg.weights} do not exist")
-            model = YOLO(str(cfg.weights))
-        else:
-            model = YOLO(f"{cfg.arch}.yaml")  # built from the architecture, no download
+        model = _initial_model(cfg, run_dir)
         model.add_callback("on_fit_epoch_end", _epoch_printer())
         args: dict[str, Any] = {
             "data": str(_data_yaml(cfg.data)),
@@ -142,10 +140,12 @@ def train(cfg: TrainConfig) -> Path:
             "fliplr": 0.5,
             "verbose": False,
         }
+        if _arch_of(model.model).startswith("yolov8-seg-p2"):
+            args["mask_ratio"] = 2  # supervise the masks at the prototypes' own 1/2 resolution
         if cfg.hours is not None:
             args["time"] = cfg.hours
         args.update(cfg.extra)
-        model.train(**args)
+        model.train(trainer=_trainer(), **args)
     wall = time.perf_counter() - t0
     best = run_dir / "weights" / "best.pt"
     record = {
@@ -160,6 +160,100 @@ def train(cfg: TrainConfig) -> Path:
     (run_dir / "loopline_run.json").write_text(json.dumps(record, indent=1), "utf-8")
     logger.info("training finished in %.0f s; best weights %s", wall, best)
     return best
+
+
+def architecture_yaml(arch: str) -> str:
+    """The yaml an architecture name is built from: ultralytics' own or one shipped here.
+
+    The scale letter stays in the name (``yolov8n-seg-p2.yaml``): ultralytics reads it from
+    there and then loads the unscaled file (``yolov8-seg-p2.yaml``) next to it.
+    """
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"arch must be one of {ARCHITECTURES}, got {arch!r}")
+    if not arch.endswith("-p2"):
+        return f"{arch}.yaml"
+    import re
+
+    path = str(Path(__file__).with_name(f"{arch}.yaml"))
+    shipped = str(Path(__file__).with_name(re.sub(r"(\d+)[nslmx]", r"\1", arch) + ".yaml"))
+    # ultralytics drops the first "<digits><scale letter>" of the whole path, not of the name
+    if re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", path) != shipped:
+        raise RuntimeError(
+            f"cannot build {arch} from {shipped}: ultralytics would misread "
+            "a scale letter in its folder name; install loopline elsewhere"
+        )
+    return path
+
+
+def _initial_model(cfg: TrainConfig, run_dir: Path):
+    """The model a new run starts from: the architecture from scratch, the weights as they are,
+    or, when the weights are of another architecture, the architecture with every layer of the
+    weights that fits copied in (``transfer_weights``)."""
+    from ultralytics import YOLO
+
+    if cfg.weights is not None and not Path(cfg.weights).exists():
+        raise FileNotFoundError(f"weights {cfg.weights} do not exist")
+    if cfg.weights is not None and cfg.arch is None:
+        return YOLO(str(cfg.weights))  # fine-tuning: the weights' own architecture
+    model = YOLO(architecture_yaml(cfg.arch or "yolov8n-seg"))  # from the yaml, no download
+    if cfg.weights is None:
+        return model
+    src = YOLO(str(cfg.weights))
+    if _arch_of(src.model) == _arch_of(model.model):
+        return src
+    copied, total = transfer_weights(model.model, src.model)
+    logger.info("warm start from %s (%s): %d of %d tensors of %s copied",
+                cfg.weights, _arch_of(src.model), copied, total, cfg.arch)  # fmt: skip
+    # Ultralytics' trainer rebuilds the network and loads weights only from a checkpoint file,
+    # so the transferred network is written as one in the run folder (and stays there as record).
+    import torch
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    start = run_dir / "warm_start.pt"
+    ckpt = {"model": model.model, "train_args": {}, "warm_start_from": str(cfg.weights)}
+    torch.save(ckpt, start)
+    return YOLO(str(start))
+
+
+def _arch_of(net) -> str:
+    """The architecture yaml's file name without the scale letter (``yolov8-seg-p2.yaml``)."""
+    import re
+
+    name = Path(str(getattr(net, "yaml", {}).get("yaml_file", ""))).name
+    return re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", name) + f"/{net.yaml.get('scale', '')}"
+
+
+def transfer_weights(dst, src) -> tuple[int, int]:
+    """Copy into the network ``dst`` every tensor of ``src`` whose layer exists in both with the
+    same shape; returns (tensors copied, tensors in ``dst``).
+
+    Layers match by index, except the head (the last layer of each), whose per-level branches
+    (``cv2``/``cv3``/``cv4`` of Detect/Segment) are matched from the coarsest level down: a head
+    with extra finer levels in front (P2 before P3-P5) gets the source's P3-P5 branches on its own
+    P3-P5, and only the new levels and whatever changed shape start from scratch.
+    """
+    src_sd, dst_sd = src.state_dict(), dst.state_dict()
+    hs, hd = len(src.model) - 1, len(dst.model) - 1
+    shift = int(getattr(dst.model[-1], "nl", 0)) - int(getattr(src.model[-1], "nl", 0))
+    new = {}
+    for k, v in src_sd.items():
+        parts = k.split(".")
+        if len(parts) > 2 and parts[0] == "model" and parts[1] == str(hs):
+            parts[1] = str(hd)
+            if parts[2] in ("cv2", "cv3", "cv4") and parts[3].isdigit():
+                parts[3] = str(int(parts[3]) + shift)
+        key = ".".join(parts)
+        if key in dst_sd and dst_sd[key].shape == v.shape:
+            new[key] = v
+    dst.load_state_dict(new, strict=False)
+    return len(new), len(dst_sd)
+
+
+def _trainer():
+    """Ultralytics' segmentation trainer, validating at the prototypes' resolution (P2 too)."""
+    from .validator import ProtoScaleSegmentationTrainer
+
+    return ProtoScaleSegmentationTrainer
 
 
 def _cuda() -> bool:
