@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -172,12 +173,10 @@ def architecture_yaml(arch: str) -> str:
         raise ValueError(f"arch must be one of {ARCHITECTURES}, got {arch!r}")
     if not arch.endswith("-p2"):
         return f"{arch}.yaml"
-    import re
-
     path = str(Path(__file__).with_name(f"{arch}.yaml"))
-    shipped = str(Path(__file__).with_name(re.sub(r"(\d+)[nslmx]", r"\1", arch) + ".yaml"))
+    shipped = str(Path(__file__).with_name(_unscaled(f"{arch}.yaml")))
     # ultralytics drops the first "<digits><scale letter>" of the whole path, not of the name
-    if re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", path) != shipped:
+    if _unscaled(path) != shipped:
         raise RuntimeError(
             f"cannot build {arch} from {shipped}: ultralytics would misread "
             "a scale letter in its folder name; install loopline elsewhere"
@@ -191,16 +190,16 @@ def _initial_model(cfg: TrainConfig, run_dir: Path):
     weights that fits copied in (``transfer_weights``)."""
     from ultralytics import YOLO
 
-    if cfg.weights is not None and not Path(cfg.weights).exists():
-        raise FileNotFoundError(f"weights {cfg.weights} do not exist")
-    if cfg.weights is not None and cfg.arch is None:
-        return YOLO(str(cfg.weights))  # fine-tuning: the weights' own architecture
+    src = None
+    if cfg.weights is not None:
+        if not Path(cfg.weights).exists():
+            raise FileNotFoundError(f"weights {cfg.weights} do not exist")
+        src = YOLO(str(cfg.weights))
+        if cfg.arch is None or _arch_of(src.model) == _arch_key(f"{cfg.arch}.yaml"):
+            return src  # fine-tuning: the weights' own architecture
     model = YOLO(architecture_yaml(cfg.arch or "yolov8n-seg"))  # from the yaml, no download
-    if cfg.weights is None:
+    if src is None:
         return model
-    src = YOLO(str(cfg.weights))
-    if _arch_of(src.model) == _arch_of(model.model):
-        return src
     copied, total = transfer_weights(model.model, src.model)
     logger.info("warm start from %s (%s): %d of %d tensors of %s copied",
                 cfg.weights, _arch_of(src.model), copied, total, cfg.arch)  # fmt: skip
@@ -215,12 +214,25 @@ def _initial_model(cfg: TrainConfig, run_dir: Path):
     return YOLO(str(start))
 
 
-def _arch_of(net) -> str:
-    """The architecture yaml's file name without the scale letter (``yolov8-seg-p2.yaml``)."""
-    import re
+# ultralytics' rule: the first "<digits><scale letter>" of a yaml path names the scale
+_SCALE = re.compile(r"(\d+)([nslmx])(.+)?$")
 
-    name = Path(str(getattr(net, "yaml", {}).get("yaml_file", ""))).name
-    return re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", name) + f"/{net.yaml.get('scale', '')}"
+
+def _unscaled(path: str) -> str:
+    """The yaml path ultralytics loads for a scaled name (``yolov8n-seg`` -> ``yolov8-seg``)."""
+    return _SCALE.sub(r"\1\3", path)
+
+
+def _arch_key(yaml_name: str) -> str:
+    """Architecture and scale of a yaml name: ``yolov8n-seg-p2.yaml`` -> ``yolov8-seg-p2.yaml/n``.
+    """
+    m = _SCALE.search(yaml_name)
+    return f"{_unscaled(yaml_name)}/{m.group(2) if m else ''}"
+
+
+def _arch_of(net) -> str:
+    """``_arch_key`` of the yaml a network was built from."""
+    return _arch_key(Path(str(getattr(net, "yaml", {}).get("yaml_file", ""))).name)
 
 
 def transfer_weights(dst, src) -> tuple[int, int]:
