@@ -73,26 +73,37 @@ def _data_yaml(data: Path) -> Path:
 
 
 def _epoch_printer():
-    """An ultralytics callback that prints one rich line per epoch."""
+    """An ultralytics callback that prints one rich line per epoch, and one for the best weights.
+
+    Ultralytics calls ``on_fit_epoch_end`` once more after the last epoch, for its validation of
+    ``best.pt`` (with the epoch counter one past the end). The last epoch is the first call that
+    finds ``trainer.stop`` set, so any call after it is that final validation.
+    """
     from rich.console import Console
 
     console = Console(stderr=True)
-    state = {"t": time.perf_counter()}
+    state = {"t": time.perf_counter(), "stopped": False}
 
     def on_fit_epoch_end(trainer) -> None:
         # A progress line must never stop a training run: any surprise is logged, not raised.
         try:
             m = trainer.metrics or {}
+            scores = (
+                f"box mAP50 {m.get('metrics/mAP50(B)', float('nan')):.3f}  "
+                f"mask mAP50 {m.get('metrics/mAP50(M)', float('nan')):.3f}  "
+                f"mask mAP50-95 {m.get('metrics/mAP50-95(M)', float('nan')):.3f}"
+            )
+            if state["stopped"]:
+                console.print(f"[bold]best weights[/] (validation)  {scores}")
+                return
+            state["stopped"] = bool(trainer.stop)
             now = time.perf_counter()
             dt, state["t"] = now - state["t"], now
             items = trainer.label_loss_items(trainer.tloss, prefix="train")
             loss = sum(float(v) for v in items.values())
             console.print(
                 f"[bold]epoch {trainer.epoch + 1}/{trainer.epochs}[/] "
-                f"loss {loss:.3f}  box mAP50 {m.get('metrics/mAP50(B)', float('nan')):.3f}  "
-                f"mask mAP50 {m.get('metrics/mAP50(M)', float('nan')):.3f}  "
-                f"mask mAP50-95 {m.get('metrics/mAP50-95(M)', float('nan')):.3f}  "
-                f"[dim]{dt:.0f} s[/]"
+                f"loss {loss:.3f}  {scores}  [dim]{dt:.0f} s[/]"
             )
         except Exception as e:  # display only
             logger.warning("epoch summary failed: %s", e)
