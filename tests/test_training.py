@@ -74,7 +74,7 @@ def test_one_epoch_training_offline(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     # one progress line per epoch, then one for ultralytics' validation of best.pt (which it
     # reports as an extra epoch)
-    assert "epoch 1/1" in proc.stderr and "best weights" in proc.stderr
+    assert "epoch 1/1" in proc.stderr and "best weights (validation)" in proc.stderr
     assert "epoch 2/1" not in proc.stderr
     run = tmp_path / "runs" / "t"
     assert (run / "weights" / "last.pt").exists()
