@@ -57,8 +57,7 @@ def main() -> None:
         fr = ds.frame(i)
         det = engine([fr.image])[0]
         g = fr.classes == LOOP
-        gb, pb = fr.boxes[g], det.boxes[det.classes == LOOP]
-        iou = box_iou(gb, pb) if len(gb) and len(pb) else np.zeros((len(gb), len(pb)))
+        iou = box_iou(fr.boxes[g], det.boxes[det.classes == LOOP])
         hit = {k for k, _ in greedy_match(iou, 0.15)}
         for k, c in enumerate(loop_cnr(fr.image, fr.masks[g])):
             if np.isfinite(c):

@@ -61,13 +61,17 @@ synthetic() {
 }
 
 # The data yaml: the four synthetic sets under OUT, the real first halves under REALDIR listed
-# several times (they are small: ~15 % of an epoch), validation under REALDIR.
-#   data_yaml OUT REALDIR
+# several times (they are small: ~15 % of an epoch), validation under REALDIR. Optionally another
+# creme folder and its number of copies (default REALDIR/train_creme, 6) and one more synthetic
+# set under OUT, listed after train_loops.
+#   data_yaml OUT REALDIR [CREME_DIR COPIES [EXTRA_SET]]
 data_yaml() {
-  local r="$2/train_tanaka/images" c="$2/train_creme/images"
+  local r="$2/train_tanaka/images" c="${3:-$2/train_creme}/images" extra="${5:+, $5/images}"
+  local creme="" i
+  for ((i = 0; i < ${4:-6}; i++)); do creme+=", $c"; done
   cat > "$1/defects.yaml" <<YAML
 path: $1
-train: [train_M2/images, train_M1/images, train_loops/images, train_mixed/images, $r, $r, $r, $r, $r, $c, $c, $c, $c, $c, $c]
+train: [train_M2/images, train_M1/images, train_loops/images$extra, train_mixed/images, $r, $r, $r, $r, $r$creme]
 val: [$2/val_M2/images, $2/val_loops/images]
 names:
   0: dislocation
@@ -76,6 +80,17 @@ YAML
 }
 
 D=$W/data512
+# Stage 4's fresh synthetic frames (seeds 321-324) with the real first halves and validation sets
+# of stages 2-3 (made by stage 2 in $D), in $W/data512c; made once, shared by stages 4-6 and p2.
+#   fresh_frames
+fresh_frames() {
+  local c=$W/data512c
+  if [ ! -f "$c/defects.yaml" ]; then
+    mkdir -p "$c"
+    synthetic "$c" 321 700 150 300 200
+    data_yaml "$c" "$D"
+  fi
+}
 if [ "$STAGE" = stage5 ]; then
 # Real creme loops are larger, more elongated and blurrier than the loops preset draws them
 # (creme frames 1-8: major axis median 37 px, aspect median 1.7, 10 % above 2.6; the preset's
@@ -88,7 +103,7 @@ CL="--set loop_aspect=1.0,3.0 --set loop_diameter=18,70 --set loop_blur=3.0,7.0
   --set s2=0.8,1.2"
 if [ ! -f "$E/defects.yaml" ]; then
   mkdir -p "$E"
-  [ -f "$C/defects.yaml" ] || { synthetic "$C" 321 700 150 300 200; data_yaml "$C" "$D"; }
+  fresh_frames
   for s in train_M2 train_M1 train_mixed; do ln -sfn "$C/$s" "$E/$s"; done
   $L synth --preset loops --count 150 --seed 335 --out "$E/train_loops"    --jobs 2
   # shellcheck disable=SC2086
@@ -96,15 +111,7 @@ if [ ! -f "$E/defects.yaml" ]; then
   # shellcheck disable=SC2086
   $L synth --preset loops --count 20  --seed 406 --out "$E/val_loops_cl"   --jobs 2 $CL
   $PY scripts/split_dataset.py "$D/train_creme" --first 6 "$E/train_creme6" "$E/val_creme78"
-  r="$D/train_tanaka/images" c="$E/train_creme6/images"
-  cat > "$E/defects.yaml" <<YAML
-path: $E
-train: [train_M2/images, train_M1/images, train_loops/images, train_loops_cl/images, train_mixed/images, $r, $r, $r, $r, $r, $c, $c, $c, $c, $c, $c, $c, $c]
-val: [$D/val_M2/images, $D/val_loops/images]
-names:
-  0: dislocation
-  1: loop
-YAML
+  data_yaml "$E" "$D" "$E/train_creme6" 8 train_loops_cl
 fi
 $L train --data "$E/defects.yaml" --out "$W/runs" --name defects-n512e --arch yolov8n-seg \
   --weights "$W/runs/defects-n512c/weights/best.pt" --set mask_ratio=2 --set warmup_epochs=1 \
@@ -112,14 +119,8 @@ $L train --data "$E/defects.yaml" --out "$W/runs" --name defects-n512e --arch yo
 exit 0
 fi
 if [ "$STAGE" = stage4 ] || [ "$STAGE" = p2 ] || [ "$STAGE" = stage6 ]; then
-# Fresh synthetic frames (seeds 321-324), the same real first halves and validation sets as
-# stages 2-3 (made by stage 2 in $D).
 E=$W/data512c
-if [ ! -f "$E/defects.yaml" ]; then
-  mkdir -p "$E"
-  synthetic "$E" 321 700 150 300 200
-  data_yaml "$E" "$D"
-fi
+fresh_frames
 if [ "$STAGE" = p2 ]; then
 # Not shipped (see the model card): prototypes at 1/2 of the input. Architecture yolov8n-seg-p2
 # (loopline/training/yolov8-seg-p2.yaml) is run 3's network plus a stride-4 branch that feeds the
