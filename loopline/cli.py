@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "export": "loopline.engines.command",
     "serve": "loopline.daemon.serve_command",
     "simulate": "loopline.daemon.simulate_command",
+    "recover": "loopline.daemon.recover_command",
     "view": "loopline.viewers.command",
     "report": "loopline.reports.command",
 }

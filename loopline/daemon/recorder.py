@@ -22,7 +22,13 @@ Layout of ``RUN_DIR`` (``output.dir``):
   detailed ones), latency percentiles, mean rates, warnings.
 
 When the output worker is restarted after a crash it starts a new *part*: ``annotated.1.mp4``,
-``series.1.parquet`` and so on (CSV files are appended to).
+``series.1.parquet`` and so on (CSV files are appended to). A daemon started in a folder that
+already holds a recording (systemd restarting it after a crash, or the same ``--out`` twice)
+continues it at the next free part, and keeps the earlier ``summary.json`` as
+``summary.N.json`` (N: the first part of the new run). The dead part's video was never
+finalised (``annotated.mp4.open`` marks it); the new part rewrites it as a playable MP4 in the
+background (:mod:`.video_recovery`), and ``loopline recover RUN_DIR`` does the same after the
+whole daemon was killed.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +47,7 @@ import cv2
 import numpy as np
 
 from .config import OutputConfig
+from .video_recovery import SIDECAR, recover_videos, write_sidecar
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +56,9 @@ __all__ = ["Recorder", "annotate", "nice_scale_bar", "to_display"]
 _COLORS = {0: (60, 200, 255), 1: (255, 120, 60)}  # BGR: dislocation amber, loop blue
 _SKIP_COLOR = (0, 140, 255)
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
+#: how long closing the run waits for an earlier part's video recovery (s); what is left is
+#: named in summary.json's warnings (``loopline recover`` finishes it)
+RECOVERY_WAIT_S = 45.0  # under systemd's TimeoutStopSec (90 s)
 
 
 def to_display(image: np.ndarray) -> np.ndarray:
@@ -214,6 +225,29 @@ class _Table:
             self._pq = None
 
 
+def _part_name(part: int) -> str:
+    return f"annotated.{part}.mp4" if part else "annotated.mp4"
+
+
+def first_free_part(run_dir: str | Path) -> int:
+    """The part a new run in ``run_dir`` starts at: 0 for an empty folder, else one past the
+    highest part of the recording already there (so that nothing in it is overwritten)."""
+    import re
+
+    d = Path(run_dir)
+    if not d.is_dir():
+        return 0
+    parts = [-1]
+    raw = d / "raw"
+    for p in [*d.iterdir(), *(raw.iterdir() if raw.is_dir() else ())]:
+        if m := re.fullmatch(r"(?:annotated|series|frames)(?:\.(\d+))?\.(?:mp4|parquet|tif)",
+                             p.name):  # fmt: skip
+            parts.append(int(m.group(1) or 0))
+        elif p.name in ("frames.csv", "summary.json"):
+            parts.append(0)
+    return max(parts) + 1
+
+
 class Recorder:
     """Writes the run folder (see the module docstring). Owned by the output worker."""
 
@@ -223,7 +257,7 @@ class Recorder:
         self.cfg = cfg
         self.part = part
         sfx = f".{part}" if part else ""
-        self.mp4_path = self.dir / f"annotated{sfx}.mp4" if cfg.mp4 else None
+        self.mp4_path = self.dir / _part_name(part) if cfg.mp4 else None
         self._video: cv2.VideoWriter | None = None
         self._size: tuple[int, int] | None = None
         self.series_table = _Table(
@@ -243,6 +277,19 @@ class Recorder:
         self.series: list[dict[str, Any]] = []
         self.written = 0
         self.t_open = time.time()
+        # earlier parts' videos, left unfinalised by a killed output worker: recovered beside
+        # the live run, at low cost (decode and re-encode), never touching this part's video
+        self.recovered: dict[str, int | str] = {}
+        self._recovery: threading.Thread | None = None
+        broken = [p for k in range(part) if Path(f"{(p := self.dir / _part_name(k))}{SIDECAR}")
+                  .exists()]  # fmt: skip
+        if broken:
+            self._recovery = threading.Thread(target=self._recover, args=(broken,),
+                                              name="video-recovery", daemon=True)  # fmt: skip
+            self._recovery.start()
+
+    def _recover(self, videos: list[Path]) -> None:
+        self.recovered.update(recover_videos(videos))
 
     # -- overlays
     def annotate(self, image: np.ndarray, result: dict[str, Any]) -> np.ndarray:
@@ -260,6 +307,7 @@ class Recorder:
             self._video = cv2.VideoWriter(str(self.mp4_path), fourcc, self.cfg.video_fps, (w, h))
             if not self._video.isOpened():
                 raise OSError(f"cannot open {self.mp4_path} for writing (OpenCV mp4v)")
+            write_sidecar(self.mp4_path, w, h, self.cfg.video_fps)
         if (w, h) != self._size:
             bgr = cv2.resize(bgr, self._size, interpolation=cv2.INTER_AREA)
         self._video.write(bgr)
@@ -332,9 +380,12 @@ class Recorder:
         if self._video is not None:
             self._video.release()
             self._video = None
+            Path(f"{self.mp4_path}{SIDECAR}").unlink(missing_ok=True)
         if self._tif is not None:
             self._tif.close()
             self._tif = None
+        if self._recovery is not None:
+            self._recovery.join(RECOVERY_WAIT_S)
         counters = {k: int(stats.get(k, 0)) for k in COUNTERS}
         warnings = []
         if counters["dropped_no_slot"]:
@@ -346,6 +397,9 @@ class Recorder:
         if counters["rejected_oversize"]:
             warnings.append(f"{counters['rejected_oversize']} frames were larger than "
                             "pool.max_height x pool.max_width and were rejected")  # fmt: skip
+        if self._recovery is not None and self._recovery.is_alive():
+            warnings.append("the video of a killed output worker is still being recovered: "
+                            f"run `loopline recover {self.dir}`")  # fmt: skip
         if counters["recorded"] + counters["dropped_no_slot"] + counters[
             "rejected_oversize"
         ] != counters["received"]:
@@ -366,6 +420,7 @@ class Recorder:
                      "frames": self.frames.count},
             "files": sorted(p.name for p in self.dir.iterdir()),
             "part": self.part,
+            "recovered_videos": dict(self.recovered),
             "warnings": warnings,
         }
         for w in warnings:

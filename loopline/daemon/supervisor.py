@@ -31,6 +31,7 @@ from typing import Any
 import zmq
 
 from .config import DaemonConfig
+from .recorder import first_free_part
 from .shm import SlotPool
 from .wire import Endpoints, recv_json, send_json, socket
 
@@ -208,8 +209,16 @@ class Supervisor:
                                         host=cfg.metrics.prometheus_host)  # fmt: skip
             stages = ["output", "measure", *["engine"] * cfg.engine.workers, "batcher",
                       "receiver"]  # fmt: skip
+            part = first_free_part(self.run_dir)
+            if part:
+                old = self.run_dir / "summary.json"
+                if old.exists():
+                    old.rename(self.run_dir / f"summary.{part}.json")
+                logger.warning("%s already holds a recording: this run continues it as part %d "
+                               "(nothing there is overwritten)", self.run_dir, part)  # fmt: skip
             for i, st in enumerate(stages):
-                self.workers.append(_Worker(st, i - 2 if st == "engine" else 0))
+                self.workers.append(_Worker(st, i - 2 if st == "engine" else 0,
+                                            part=part if st == "output" else 0))  # fmt: skip
             for w in self.workers:
                 self._spawn(w)
             self.started_at = time.monotonic()
