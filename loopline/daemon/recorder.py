@@ -38,6 +38,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -232,8 +233,6 @@ def _part_name(part: int) -> str:
 def first_free_part(run_dir: str | Path) -> int:
     """The part a new run in ``run_dir`` starts at: 0 for an empty folder, else one past the
     highest part of the recording already there (so that nothing in it is overwritten)."""
-    import re
-
     d = Path(run_dir)
     if not d.is_dir():
         return 0
@@ -281,8 +280,8 @@ class Recorder:
         # the live run, at low cost (decode and re-encode), never touching this part's video
         self.recovered: dict[str, int | str] = {}
         self._recovery: threading.Thread | None = None
-        broken = [p for k in range(part) if Path(f"{(p := self.dir / _part_name(k))}{SIDECAR}")
-                  .exists()]  # fmt: skip
+        earlier = [self.dir / _part_name(k) for k in range(part)]
+        broken = [v for v in earlier if Path(f"{v}{SIDECAR}").exists()]
         if broken:
             self._recovery = threading.Thread(target=self._recover, args=(broken,),
                                               name="video-recovery", daemon=True)  # fmt: skip
