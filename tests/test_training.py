@@ -200,3 +200,30 @@ def test_validator_crops_masks_at_the_prototypes_scale():
              "masks": torch.ones(1, 64, 64)}  # fmt: skip
     v.args.overlap_mask = False
     assert v._prepare_batch(0, batch)["masks"].shape == (1, 32, 32)
+
+
+def test_progress_lines_of_a_time_boxed_run(capsys):
+    """Epoch totals re-estimated under --hours never print as 12/11; early stops keep N/total;
+    ultralytics' extra call for best.pt prints as the best weights."""
+    from types import SimpleNamespace
+
+    from loopline.training.train import _epoch_printer
+
+    def trainer(epoch, epochs, stop):
+        return SimpleNamespace(
+            metrics={"metrics/mAP50(M)": 0.5}, epoch=epoch, epochs=epochs, stop=stop, tloss=None,
+            label_loss_items=lambda tloss, prefix: {"train/box_loss": 1.0, "train/seg_loss": 2.0},
+        )  # fmt: skip
+
+    show = _epoch_printer()
+    for t in (trainer(9, 12, False), trainer(10, 11, False), trainer(11, 11, True),
+              trainer(12, 11, True)):  # fmt: skip
+        show(t)
+    err = capsys.readouterr().err
+    assert [x.split(" loss")[0] for x in err.splitlines() if x.startswith("epoch")] == [
+        "epoch 10/12", "epoch 11/11", "epoch 12/12"]
+    assert "loss 3.000" in err and "mask mAP50 0.500" in err
+    assert err.count("best weights (validation)") == 1
+    show = _epoch_printer()
+    show(trainer(29, 60, True))  # early stop (patience)
+    assert "epoch 30/60" in capsys.readouterr().err

@@ -77,7 +77,9 @@ def _epoch_printer():
 
     Ultralytics calls ``on_fit_epoch_end`` once more after the last epoch, for its validation of
     ``best.pt`` (with the epoch counter one past the end). The last epoch is the first call that
-    finds ``trainer.stop`` set, so any call after it is that final validation.
+    finds ``trainer.stop`` set, so any call after it is that final validation. Under a time
+    budget (``--hours``) ultralytics re-estimates the epoch total after every epoch and a run
+    may go one epoch past its last estimate: the total shown is never below the epoch.
     """
     from rich.console import Console
 
@@ -101,8 +103,9 @@ def _epoch_printer():
             dt, state["t"] = now - state["t"], now
             items = trainer.label_loss_items(trainer.tloss, prefix="train")
             loss = sum(float(v) for v in items.values())
+            total = max(trainer.epochs, trainer.epoch + 1)
             console.print(
-                f"[bold]epoch {trainer.epoch + 1}/{trainer.epochs}[/] "
+                f"[bold]epoch {trainer.epoch + 1}/{total}[/] "
                 f"loss {loss:.3f}  {scores}  [dim]{dt:.0f} s[/]"
             )
         except Exception as e:  # display only
