@@ -353,3 +353,14 @@ def test_export_command_user_errors(tmp_path, capsys):
         f.write_text("")
         assert main(["export", "--model", str(f), "--format", "engine"]) == 2
         assert "loopline[gpu]" in capsys.readouterr().err
+
+
+def test_onnx_engine_names_a_bad_model_file(tmp_path):
+    folder = tmp_path / "m.onnx"  # e.g. `loopline export --out m.onnx` makes a folder
+    folder.mkdir()
+    with pytest.raises(FileNotFoundError, match="expected an ONNX model file, found a folder"):
+        create_engine(folder).load()
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match=r"junk\.onnx is not an ONNX model"):
+        create_engine(junk).load()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -49,7 +50,17 @@ class OnnxEngine(YoloEngine):
                     "tensorrt engine (pip install 'loopline[gpu]')"
                 )
             providers.insert(0, "CUDAExecutionProvider")
-        self.session = ort.InferenceSession(str(self.model), so, providers=providers)
+        path = Path(str(self.model))
+        if not path.is_file():
+            what = "a folder" if path.is_dir() else "nothing"
+            raise FileNotFoundError(f"{path}: expected an ONNX model file, found {what}")
+        try:
+            self.session = ort.InferenceSession(str(path), so, providers=providers)
+        except Exception as e:  # ONNX Runtime raises its own classes (InvalidProtobuf, Fail...)
+            if "protobuf" not in str(e).lower():
+                raise
+            raise ValueError(f"{path} is not an ONNX model (ONNX Runtime could not parse it: "
+                             f"{str(e).splitlines()[0]})") from None  # fmt: skip
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         b, _, h, w = inp.shape
