@@ -144,3 +144,16 @@ def test_first_free_part_never_reuses_a_recorded_part(tmp_path):
     (tmp_path / "annotated.2.mp4.open").write_text("{}")  # a sidecar is not a part
     (tmp_path / "notes.mp4").write_bytes(b"")
     assert first_free_part(tmp_path) == 5
+
+
+def test_raw_frames_of_a_later_part_never_overwrite(tmp_path):
+    from dataclasses import replace
+
+    cfg = replace(load_config().output, raw="npy", mp4=False)
+    hdr = {"series": "s", "index": 0, "seq": 0, "ts": 0.0}
+    for part, value in ((0, 1), (1, 2)):  # two runs in one folder, same series name
+        rec = Recorder(tmp_path, cfg, part=part)
+        rec.write_frame(np.full((4, 4), value, np.uint8), hdr, None, "analysed")
+        rec.close({}, latency={}, ingest_latency={}, metrics={})
+    assert np.load(tmp_path / "raw" / "s_000000.npy")[0, 0] == 1
+    assert np.load(tmp_path / "raw" / "s_000000.1.npy")[0, 0] == 2

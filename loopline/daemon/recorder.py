@@ -16,7 +16,7 @@ Layout of ``RUN_DIR`` (``output.dir``):
 - ``pairs.csv`` — one row per pair of neighbouring dislocations per analysed frame (track ids,
   pile-up, rank from the leader, spacing in px and nm).
 - ``raw/`` — optional raw frames (``output.raw``): ``frames.tif`` (BigTIFF, appended) or
-  ``{series}_{index:06d}.npy``.
+  ``{series}_{index:06d}.npy`` (``.N.npy`` in part N where an earlier run took the name).
 - ``summary.json`` — ``source`` (protocol, endpoint) and ``engine`` ("model/runtime") names,
   counters (``received``, ``analysed``, ``skipped``, ``malformed``, ``recorded`` and the
   detailed ones), latency percentiles, mean rates, warnings.
@@ -321,7 +321,10 @@ class Recorder:
                                      title=f"{hdr['series']} #{hdr['index']}")  # fmt: skip
             self._video_write(annotated)
         if self.cfg.raw == "npy":
-            np.save(self.dir / "raw" / f"{hdr['series']}_{hdr['index']:06d}.npy", image)
+            dest = self.dir / "raw" / f"{hdr['series']}_{hdr['index']:06d}.npy"
+            if self.part and dest.exists():  # an earlier run in this folder used the name
+                dest = dest.with_suffix(f".{self.part}.npy")
+            np.save(dest, image)
         elif self.cfg.raw == "tiff":
             if self._tif is None:
                 import tifffile
