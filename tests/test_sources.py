@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
+from dm_writer import write_dm
 
 from loopline.daemon import protocol as lp
 from loopline.daemon.sources import (
@@ -174,22 +175,41 @@ def test_image_folder_in_natural_order_with_truth(tmp_path):
     assert src.truth == tmp_path / "truth.json"
 
 
-def test_dm_file_through_rosettasciio(tmp_path, monkeypatch):
-    # No DM writer exists; stand in for RosettaSciIO's reader with what it returns.
-    stack = _stack(3, (6, 8), np.float64)
-    axes = [{"name": "time", "size": 3, "scale": 0.1, "units": "s", "navigate": True},
-            {"name": "y", "size": 6, "scale": 0.02, "units": "µm", "navigate": False},
-            {"name": "x", "size": 8, "scale": 0.02, "units": "µm", "navigate": False}]  # fmt: skip
-    import rsciio.digitalmicrograph as dm
+@pytest.mark.parametrize("version", [3, 4])
+@pytest.mark.parametrize(
+    ("data", "scales", "units", "fps", "pixel_nm"),
+    [
+        (_stack(3, (6, 8), np.float32), (0.1, 0.02, 0.02), ("s", "µm", "µm"), 10.0, 20.0),
+        (_stack(1, (5, 7))[0], (0.5, 0.5), ("nm", "nm"), None, 0.5),
+        (_stack(2, (6, 8), np.uint8), (40.0, 1.0, 1.0), ("ms", "Å", "Å"), 25.0, 0.1),
+    ],
+    ids=["float32-stack", "uint16-image", "uint8-ms-angstrom"],
+)
+def test_dm_file_through_rosettasciio(tmp_path, version, data, scales, units, fps, pixel_nm):
+    from rsciio.digitalmicrograph import file_reader
 
-    monkeypatch.setattr(dm, "file_reader", lambda *a, **k: [{"data": stack, "axes": axes}])
-    path = tmp_path / "movie.dm4"
-    path.write_bytes(b"")
+    path = write_dm(tmp_path / f"movie.dm{version}", data, scales=scales, units=units,
+                    version=version)  # fmt: skip
+    # RosettaSciIO reads the file back (else the writer is at fault, not loopline)
+    (sig,) = file_reader(str(path))  # the thumbnail is skipped
+    np.testing.assert_array_equal(sig["data"], data)
+    assert sig["data"].dtype == data.dtype
+    axes = sig["axes"]
+    assert [a["size"] for a in axes] == list(data.shape)
+    assert [a["units"] for a in axes] == list(units)
+    assert [a["scale"] for a in axes] == pytest.approx(scales, rel=1e-6)  # stored as float32
+    assert [a["navigate"] for a in axes] == [True] * (data.ndim - 2) + [False, False]
+
     ff = open_frames(path)
-    assert (ff.count, ff.fps, ff.pixel_size_nm) == (3, pytest.approx(10.0), pytest.approx(20.0))
+    count = data.shape[0] if data.ndim == 3 else 1
+    # fps exactly: DM's float32 time scales are rounded (0.1 s reads back as 0.10000000149)
+    assert (ff.count, ff.fps, ff.pixel_size_nm) == (
+        count, fps, pytest.approx(pixel_nm))  # fmt: skip
     frames = [e for e in FileSource(path, fps=math.inf) if isinstance(e, Frame)]
-    assert all(f.image.dtype == np.float32 for f in frames)
-    np.testing.assert_allclose(np.stack([f.image for f in frames]), stack, rtol=1e-6)
+    assert all(f.image.dtype == data.dtype for f in frames)  # float32 stays float32, uint16 too
+    expected = data.reshape(count, *data.shape[-2:])
+    np.testing.assert_array_equal(np.stack([f.image for f in frames]), expected)
+    assert all(f.pixel_size_nm == pytest.approx(pixel_nm) for f in frames)
 
 
 def test_replay_at_a_chosen_rate_and_loop(tmp_path):

@@ -56,6 +56,7 @@ UNIT_TO_NM = {"m": 1e9, "meter": 1e9, "cm": 1e7, "centimeter": 1e7, "mm": 1e6,
               "millimeter": 1e6, "um": 1e3, "µm": 1e3, "μm": 1e3, "micron": 1e3,
               "microns": 1e3, "micrometer": 1e3, "nm": 1.0, "nanometer": 1.0, "a": 0.1,
               "å": 0.1, "angstrom": 0.1, "pm": 1e-3}  # fmt: skip
+_UNIT_TO_S = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "μs": 1e-6}  # DM time axes
 
 
 @dataclass(frozen=True)
@@ -195,12 +196,14 @@ def _dm_signal(path: Path) -> dict[str, Any]:
 
 
 def _dm_scales(axes: list[dict[str, Any]]) -> tuple[float | None, float | None]:
-    """(fps, nm/px) of a DM signal: a navigation axis in s; the last signal (x) axis."""
+    """(fps, nm/px) of a DM signal: a navigation axis in s, ms or µs; the last signal (x) axis."""
     fps = None
     for a in axes:
         scale = a.get("scale")
-        if a.get("navigate") and str(a.get("units") or "").strip() == "s" and scale and scale > 0:
-            fps = 1.0 / float(scale)
+        unit = _UNIT_TO_S.get(str(a.get("units") or "").strip())
+        if a.get("navigate") and unit and scale and scale > 0:
+            # DM stores scales as float32: 0.04 s reads back as 0.03999999910593033
+            fps = round(1.0 / (float(scale) * unit), 6)
     spatial = [a for a in axes if not a.get("navigate")] or axes
     pixel = None
     if spatial:
