@@ -157,3 +157,18 @@ def test_raw_frames_of_a_later_part_never_overwrite(tmp_path):
         rec.close({}, latency={}, ingest_latency={}, metrics={})
     assert np.load(tmp_path / "raw" / "s_000000.npy")[0, 0] == 1
     assert np.load(tmp_path / "raw" / "s_000000.1.npy")[0, 0] == 2
+
+
+def test_a_video_still_being_written_is_left_alone(tmp_path):
+    """`loopline recover` on the folder of a running daemon must not replace its live video."""
+    rec = Recorder(tmp_path, load_config().output)
+    for i in range(N):
+        rec.write_frame(picture(i)[..., 0], {"series": "s", "index": i, "seq": i, "ts": 0.0},
+                        picture(i), "analysed")  # fmt: skip
+    code = ("from loopline.daemon.video_recovery import recover_run; import sys; "
+            f"r = recover_run({str(tmp_path)!r}); print(r); sys.exit(0 if "
+            "'still being written' in r['annotated.mp4'] else 1)")  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rec.close({}, latency={}, ingest_latency={}, metrics={})
+    assert len(read_all(tmp_path / "annotated.mp4")) == N  # finalised by its writer, whole

@@ -14,7 +14,8 @@ A run folder's annotated.mp4 is finalised when the daemon shuts down. After a SI
 an out-of-memory kill or a power cut it is not (no player opens it); an
 annotated.mp4.open beside it marks it. This command recovers every such video in
 place and prints how many frames each kept (the last 256 KiB written, a few frames,
-are lost; frames.csv still lists every frame).
+are lost; frames.csv still lists every frame). A video whose writer is still running
+(a live daemon's) is left alone.
 
 example:
   loopline recover runs/live

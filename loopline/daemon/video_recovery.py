@@ -40,9 +40,22 @@ def write_sidecar(video: Path, width: int, height: int, fps: float) -> Path:
     side = Path(f"{video}{SIDECAR}")
     tmp = side.with_name(side.name + ".tmp")
     tmp.write_text(json.dumps({"width": width, "height": height, "fps": fps,
-                               "fourcc": _FOURCC}) + "\n")  # fmt: skip
+                               "fourcc": _FOURCC, "pid": os.getpid()}) + "\n")  # fmt: skip
     os.replace(tmp, side)
     return side
+
+
+def _alive(pid: object) -> bool:
+    """Whether another process with this id runs (the writer of a video, if not killed)."""
+    if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
 
 
 def _boxes(f: BinaryIO) -> dict[bytes, tuple[int, int]]:
@@ -115,8 +128,8 @@ def recover_video(video: str | Path) -> int | None:
     FileNotFoundError
         No such video.
     ValueError
-        The video has no index and no sidecar (its size and rate are unknown), or not one
-        frame could be decoded; the file is left as it was.
+        The video has no index and no sidecar (its size and rate are unknown), its writer is
+        still running, or not one frame could be decoded; the file is left as it was.
     """
     video = Path(video)
     side = Path(f"{video}{SIDECAR}")
@@ -129,6 +142,9 @@ def recover_video(video: str | Path) -> int | None:
         raise ValueError(f"{video} has no MP4 index (moov) and no {side.name} beside it: the "
                          "frame size and rate needed to recover it are unknown")  # fmt: skip
     meta = json.loads(side.read_text())
+    if _alive(meta.get("pid")):
+        raise ValueError(f"{video} is still being written (process {meta['pid']} is running): "
+                         "it is finalised when that process closes it")  # fmt: skip
     if meta.get("fourcc") != _FOURCC:
         raise ValueError(f"{side}: codec {meta.get('fourcc')!r}, recovery reads {_FOURCC!r}")
     w, h, fps = int(meta["width"]), int(meta["height"]), float(meta["fps"])
