@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import pytest
 import zmq
+from test_video_recovery import record
 
 from loopline.daemon import protocol
 from loopline.daemon.config import ConfigError, load_config, parse_set
@@ -504,19 +505,7 @@ def test_daemon_started_in_a_killed_runs_folder_continues_it(tmp_path, sim, daem
     video is recovered, nothing of the first run is overwritten."""
     first = tmp_path / "run"
     first.mkdir()
-    code = f"""
-import os, signal, sys
-sys.path.insert(0, {str(Path(__file__).parent)!r})
-from test_video_recovery import picture
-from loopline.daemon.config import load_config
-from loopline.daemon.recorder import Recorder
-rec = Recorder({str(first)!r}, load_config().output)
-for i in range(80):
-    rec.write_frame(picture(i)[..., 0], {{"series": "s", "index": i, "seq": i, "ts": 0.0}},
-                    picture(i), "analysed")
-os.kill(os.getpid(), signal.SIGKILL)
-"""
-    assert subprocess.run([sys.executable, "-c", code]).returncode == -9
+    record(first, 80, kill=True)
     old_csv = (first / "frames.csv").read_text()
     d = Daemon(tmp_path, sim.endpoint)
     daemons.append(d)

@@ -48,7 +48,7 @@ import cv2
 import numpy as np
 
 from .config import OutputConfig
-from .video_recovery import SIDECAR, recover_videos, write_sidecar
+from .video_recovery import recover_videos, sidecar, write_sidecar
 
 logger = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ class Recorder:
         self.recovered: dict[str, int | str] = {}
         self._recovery: threading.Thread | None = None
         earlier = [self.dir / _part_name(k) for k in range(part)]
-        broken = [v for v in earlier if Path(f"{v}{SIDECAR}").exists()]
+        broken = [v for v in earlier if sidecar(v).exists()]
         if broken:
             self._recovery = threading.Thread(target=self._recover, args=(broken,),
                                               name="video-recovery", daemon=True)  # fmt: skip
@@ -382,7 +382,7 @@ class Recorder:
         if self._video is not None:
             self._video.release()
             self._video = None
-            Path(f"{self.mp4_path}{SIDECAR}").unlink(missing_ok=True)
+            sidecar(self.mp4_path).unlink(missing_ok=True)
         if self._tif is not None:
             self._tif.close()
             self._tif = None

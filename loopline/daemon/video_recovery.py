@@ -29,15 +29,20 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SIDECAR", "recover_run", "recover_video", "recover_videos", "write_sidecar"]
+__all__ = ["SIDECAR", "recover_run", "recover_video", "recover_videos", "sidecar", "write_sidecar"]
 
 SIDECAR = ".open"  # suffix added to the video's name
 _FOURCC = "mp4v"  # the only codec the recorder writes and the only stream this module parses
 
 
+def sidecar(video: str | Path) -> Path:
+    """The file that marks ``video`` as not finalised yet."""
+    return Path(f"{video}{SIDECAR}")
+
+
 def write_sidecar(video: Path, width: int, height: int, fps: float) -> Path:
     """Mark ``video`` as open (atomically): what recovery needs if it is never finalised."""
-    side = Path(f"{video}{SIDECAR}")
+    side = sidecar(video)
     tmp = side.with_name(side.name + ".tmp")
     tmp.write_text(json.dumps({"width": width, "height": height, "fps": fps,
                                "fourcc": _FOURCC, "pid": os.getpid()}) + "\n")  # fmt: skip
@@ -132,7 +137,7 @@ def recover_video(video: str | Path) -> int | None:
         still running, or not one frame could be decoded; the file is left as it was.
     """
     video = Path(video)
-    side = Path(f"{video}{SIDECAR}")
+    side = sidecar(video)
     with open(video, "rb") as f:
         boxes = _boxes(f)
     if b"moov" in boxes:

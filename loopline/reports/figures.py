@@ -324,7 +324,9 @@ def _frame_images(run: RunData, n: int) -> list[tuple[int, np.ndarray]]:
                     out.append((f, img[..., ::-1]))
         finally:
             cap.release()
-        if not out and Path(f"{mp4}.open").exists():
+        from ..daemon.video_recovery import sidecar
+
+        if not out and sidecar(mp4).exists():
             logger.warning("%s was never finalised (the daemon was killed): run `loopline "
                            "recover %s` to make it readable", mp4, run.folder)  # fmt: skip
         return out
