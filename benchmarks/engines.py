@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/engines.py            # 320/512/640 x batch 1/4/8, all engines
     .venv/bin/python benchmarks/engines.py --quick    # 512 only, batch 1/4, short runs
     .venv/bin/python benchmarks/engines.py --post-only
+    .venv/bin/python benchmarks/engines.py --tiles    # 1024x1024 frames: tiles vs letterbox
 
 Every number includes pre-processing (letterbox), the network and post-processing (NMS + mask
 decoding at frame resolution), as the daemon would see it. Engines are run round-robin in
@@ -10,7 +11,10 @@ short bursts for each (size, batch) so that a change in background load hits all
 alike; the ratio column is frames/s over ``torch`` batch 1 at the same size, measured in the
 same run. A second table compares post-processing alone: ultralytics' NMS +
 ``process_mask_native`` (what the torch engine runs) against loopline's numpy NMS + crop-first
-mask decoding, on raw outputs with a known number of detections.
+mask decoding, on raw outputs with a known number of detections. ``--tiles`` times the
+shipped model as the daemon runs it (``create_engine("defects", engine=...)``) on 1024x1024
+frames, native-scale tiles (nine 512 tiles, merged across seams) against letterbox (the frame
+shrunk to 512), batch 1, round-robin in the same run.
 """
 
 from __future__ import annotations
@@ -175,6 +179,68 @@ def print_matrix(rows) -> None:
               f"{r['vs_torch_b1']:.2f}x |")  # fmt: skip
 
 
+# ------------------------------------------------------------------------ tiles
+
+
+def run_tiles(engines, frames, seconds, rounds, conf, imgsz=512):
+    """ms per frame of the shipped model on big frames: ``inference="tiles"`` vs letterbox."""
+    from loopline.engines import create_engine
+
+    todo = [(e, m) for e in engines for m in ("letterbox", "tiles")]
+    built = {}
+    for e, m in todo:
+        name, opts = ("openvino", {"precision": "f32"}) if e == "openvino-f32" else (e, {})
+        built[e, m] = create_engine("defects", engine=name, imgsz=imgsz, conf=conf,
+                                    inference=m, **opts)  # fmt: skip
+        built[e, m](frames[:1])  # load + compile
+        built[e, m](frames[1:2])
+    lat = {k: [] for k in todo}
+    stages = {k: [] for k in todo}
+    ndet = {k: [] for k in todo}
+    for _ in range(rounds):
+        for k in todo:
+            t_end = time.perf_counter() + seconds / rounds
+            i = 0
+            while time.perf_counter() < t_end or i < 2:
+                f = frames[i % len(frames)]
+                t0 = time.perf_counter()
+                (d,) = built[k]([f])
+                lat[k].append((time.perf_counter() - t0) * 1e3)
+                stages[k].append(d.timings_ms)
+                ndet[k].append(len(d))
+                i += 1
+    rows = []
+    for e, m in todo:
+        arr = np.asarray(lat[e, m])
+        st = {s: float(np.median([t.get(s, 0.0) for t in stages[e, m]]))
+              for s in ("preprocess", "inference", "postprocess")}  # fmt: skip
+        rows.append({"engine": e, "inference": m, "size": list(frames[0].shape),
+                     "ms_per_frame": float(arr.mean()), "fps": 1e3 / float(arr.mean()),
+                     "p50_ms": float(np.percentile(arr, 50)),
+                     "p99_ms": float(np.percentile(arr, 99)), "calls": len(arr),
+                     "dets": float(np.mean(ndet[e, m])),
+                     **{f"{s}_ms": v for s, v in st.items()}})  # fmt: skip
+        r = rows[-1]
+        print(f"  {e:14s} {m:9s}: {r['ms_per_frame']:7.1f} ms/frame  p50 {r['p50_ms']:7.1f}  "
+              f"p99 {r['p99_ms']:7.1f}  ({r['calls']} calls, {r['dets']:.1f} det/frame)",
+              file=sys.stderr, flush=True)  # fmt: skip
+    for r in rows:
+        base = next(x for x in rows if x["engine"] == r["engine"] and x["inference"] == "letterbox")
+        r["vs_letterbox"] = r["ms_per_frame"] / base["ms_per_frame"]
+    return rows
+
+
+def print_tiles(rows) -> None:
+    print("| engine | inference | ms/frame | frames/s | p50 ms | p99 ms | pre ms | net ms | "
+          "post ms | det/frame | time vs letterbox |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['engine']} | {r['inference']} | {r['ms_per_frame']:.1f} | {r['fps']:.1f} | "
+              f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['preprocess_ms']:.1f} | "
+              f"{r['inference_ms']:.1f} | {r['postprocess_ms']:.1f} | {r['dets']:.1f} | "
+              f"{r['vs_letterbox']:.2f}x |")  # fmt: skip
+
+
 # ------------------------------------------------------------------------ accuracy
 
 
@@ -336,6 +402,10 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="512 only, batch 1 and 4, 1.5 s per setting, post N=20"
     )
     p.add_argument("--post-only", action="store_true", help="only the post-processing table")
+    p.add_argument("--tiles", action="store_true",
+                   help="only the big-frame table: the shipped model on --tile-size frames, "
+                        "tiles vs letterbox (engines onnx, openvino unless --engines)")  # fmt: skip
+    p.add_argument("--tile-size", type=int, default=1024, help="frame side for --tiles (px)")
     p.add_argument(
         "--accuracy",
         action="store_true",
@@ -352,6 +422,20 @@ def main(argv: list[str] | None = None) -> int:
     threads = use_all_threads(a.threads)
     print(f"# engines benchmark: {os.cpu_count()} CPUs, {threads} threads", flush=True)
     out: dict = {}
+    if a.tiles:
+        from loopline.engines.calibration import calibration_frames
+
+        engines = [e for e in a.engines if e in ("onnx", "openvino", "openvino-f32")]
+        if engines == [e for e in ALL_ENGINES if e in engines] and len(engines) == 3:
+            engines = ["onnx", "openvino"]  # the default list: the shipped runtimes
+        frames = calibration_frames(a.frames, size=a.tile_size, seed=99)
+        out["tiles"] = run_tiles(engines, frames, a.seconds, a.rounds, a.conf)
+        print(f"\n## Big frames ({a.frames} synthetic {a.tile_size}x{a.tile_size} frames, shipped "
+              f"model, imgsz 512, batch 1, conf {a.conf})\n")  # fmt: skip
+        print_tiles(out["tiles"])
+        if a.json:
+            a.json.write_text(json.dumps(out, indent=1))
+        return 0
     if not a.accuracy:
         print("\n## Post-processing (one 512x512 frame, imgsz 512)\n")
         out["post"] = time_post(a.post_dets, repeats=5 if a.quick else 15)

@@ -5,7 +5,8 @@ Frames are in natural file-name order (``loopline.io.image_files``: a video's fr
 ``img_0050`` before ``img_0100``, ``9.png`` before ``10.png``), so a split at ``--first N``
 is a split in time: the first N frames go to OUT_A (for fine-tuning), the rest to OUT_B (for
 evaluation). Images,
-labels and instance masks are copied; nothing else (``coco.json`` would describe the whole set).
+labels, instance masks and distractor masks are copied; nothing else (``coco.json`` would
+describe the whole set).
 
 Usage: scripts/split_dataset.py DATASET --first N OUT_A OUT_B
 """
@@ -19,6 +20,8 @@ from pathlib import Path
 
 from loopline.io import image_files
 
+_MASKS = ("masks", "distractors")  # per-frame masks of an imported set, by the image's stem
+
 
 def split(root: Path, first: int, out_a: Path, out_b: Path) -> tuple[int, int]:
     images = image_files(root / "images")
@@ -27,7 +30,7 @@ def split(root: Path, first: int, out_a: Path, out_b: Path) -> tuple[int, int]:
     for out, part in ((out_a, images[:first]), (out_b, images[first:])):
         if out.exists():
             raise SystemExit(f"{out} exists; remove it first")
-        for sub in ("images", "labels", "masks"):
+        for sub in ("images", "labels", *_MASKS):
             if (root / sub).is_dir():
                 (out / sub).mkdir(parents=True)
         for img in part:
@@ -35,9 +38,9 @@ def split(root: Path, first: int, out_a: Path, out_b: Path) -> tuple[int, int]:
             label = root / "labels" / f"{img.stem}.txt"
             if label.exists():
                 shutil.copy2(label, out / "labels" / label.name)
-            if (root / "masks").is_dir():
-                for m in (root / "masks").glob(f"{img.stem}.*"):
-                    shutil.copy2(m, out / "masks" / m.name)
+            for sub in _MASKS:
+                for m in (root / sub).glob(f"{img.stem}.*"):
+                    shutil.copy2(m, out / sub / m.name)
         shutil.copy2(root / "data.yaml", out / "data.yaml")
     return first, len(images) - first
 

@@ -79,6 +79,43 @@ names:
 YAML
 }
 
+if [ "$STAGE" = wild ]; then
+# Issue 15, zero-shot run `defects-wild` (from scratch): domain-randomised synthetic frames only
+# (presets wild and wild_loops: line widths 2-14 px, spacings 5-60 px, bright and dark lines,
+# loops 3-80 px, unlabelled slip traces, planar faults, bend contours, grain boundaries,
+# burnt-in text, scale bars, information strips; real-background patches from
+# tanaka-twip-086um, which has no dislocation labels) plus a few frames of the old presets.
+# No frame of tanaka-twip-2um or creme-loops-512 is seen, so both are zero-shot test sets.
+# 320x320 crops at native pixel scale (inference tiles 512 px frames and larger at that scale).
+Z=$W/datawild
+BG="--backgrounds $REAL/tanaka-twip-086um/original"
+S="--set width=320 --set height=320 --jobs 2"
+if [ ! -f "$Z/defects.yaml" ]; then
+  mkdir -p "$Z"
+  # shellcheck disable=SC2086
+  {
+  $L synth --preset wild       --count 1300 --seed 501 --out "$Z/train_wild"       $BG --jobs 2
+  $L synth --preset wild_loops --count 500  --seed 502 --out "$Z/train_wild_loops" $BG --jobs 2
+  $L synth --preset M2    --count 200 --seed 503 --out "$Z/train_M2"    $S --set pileups=1,3 --set slip_width=40,160
+  $L synth --preset loops --count 100 --seed 504 --out "$Z/train_loops" $S --set loops=4,14
+  $L synth --preset wild       --count 60 --seed 601 --out "$Z/val_wild"       $BG --jobs 2
+  $L synth --preset wild_loops --count 30 --seed 602 --out "$Z/val_wild_loops" $BG --jobs 2
+  }
+  cat > "$Z/defects.yaml" <<YAML
+path: $Z
+train: [train_wild/images, train_wild_loops/images, train_M2/images, train_loops/images]
+val: [val_wild/images, val_wild_loops/images]
+names:
+  0: dislocation
+  1: loop
+YAML
+fi
+$L train --data "$Z/defects.yaml" --out "$W/runs" --name defects-wild --arch yolov8n-seg \
+  --set mask_ratio=2 --set overlap_mask=False --imgsz 320 --batch 16 --seed 11 \
+  --hours "${HOURS:-1.75}" --epochs 100 --workers 2
+exit 0
+fi
+
 D=$W/data512
 # Stage 4's fresh synthetic frames (seeds 321-324) with the real first halves and validation sets
 # of stages 2-3 (made by stage 2 in $D), in $W/data512c; made once, shared by stages 4-6 and p2.

@@ -8,11 +8,13 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
 from loopline.cli import main
 from loopline.engines.base import Detections, Engine
+from loopline.evaluation import metrics as M
 from loopline.evaluation.data import Dataset, Frame
 from loopline.evaluation.evaluate import METRIC_KEYS, evaluate, save_figure
 from loopline.synth.generate import generate
@@ -166,6 +168,8 @@ def test_cli_eval_writes_json_and_figure(synth: Path, tmp_path: Path, monkeypatc
     assert out.with_suffix(".png").is_file()
     text = capsys.readouterr().out
     assert "mask mAP50" in text and "LAR@tol" in text
+    assert "lines per frame" in text and "loop recall d 8-14 px" in text
+    assert "no distractor (st/) masks in this dataset" in text
 
 
 def test_cli_eval_mask_threshold(synth: Path, tmp_path: Path, monkeypatch, capsys):
@@ -191,6 +195,103 @@ def test_cli_eval_bad_data(tmp_path: Path, capsys):
     assert "expected a dataset folder with images/ and labels/" in capsys.readouterr().err
 
 
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory) -> Path:
+    """An imported tanaka-style frame: two dislocation strokes and a slip trace apart from them."""
+    from PIL import Image
+
+    from loopline.synth.importers import import_dataset
+
+    src = tmp_path_factory.mktemp("traced") / "src"
+    for sub in ("original", "ds", "st"):
+        (src / sub).mkdir(parents=True)
+    img = np.full((80, 100), 160, np.uint8)
+    ds = np.zeros((80, 100), np.uint8)
+    cv2.line(ds, (10, 10), (90, 16), 1, 2)
+    cv2.line(ds, (10, 62), (85, 70), 1, 2)
+    st = np.zeros((80, 100), np.uint8)
+    st[38:41, :] = 1  # a 3 px slip trace across the frame, 20+ px from both lines
+    img[ds > 0] = 60
+    img[st > 0] = 120
+    Image.fromarray(img).save(src / "original" / "f_01.png")
+    for sub, a in (("ds", ds), ("st", st)):
+        pal = Image.fromarray(a, mode="P")
+        pal.putpalette([0, 0, 0] + [255, 255, 255] * 255)
+        pal.save(src / sub / "f_01.PNG")
+    return import_dataset(src, tmp_path_factory.mktemp("traced") / "ds", fmt="tanaka").out
+
+
+def test_slip_trace_confusion_off_and_on_the_traces(traced: Path):
+    from loopline.evaluation.command import _table
+
+    res = evaluate(TruthEngine(traced), traced)  # the labelled lines: none on the trace
+    assert res.metrics["slip_trace_confusion"] == 0.0
+    assert res.details["slip_trace_confusion_labels"] == 0.0
+    assert res.details["slip_trace_frames"] == 1 and res.details["slip_trace_pixels"] > 100
+    assert res.metrics["lines_per_frame"] == res.metrics["lines_per_frame_gt"] == 2.0
+    assert res.metrics["loop_recall_by_size"] is None  # no labelled loops
+
+    def on_trace(fr: Frame) -> Detections:
+        # One wide line along the slip trace, as a model that mistakes it for a dislocation.
+        band = cv2.dilate(fr.distractors.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        return Detections(masks=band[None], boxes=M.mask_boxes(band[None]).astype(np.float32),
+                          scores=np.array([0.9], np.float32), classes=np.array([0]))  # fmt: skip
+
+    res = evaluate(TruthEngine(traced, on_trace), traced)
+    assert res.metrics["slip_trace_confusion"] == pytest.approx(1.0)
+    assert res.metrics["line_f1_tol"] == 0.0 and res.metrics["lines_per_frame"] == 1.0
+
+    def both(fr: Frame) -> Detections:
+        a, b = truth_detections(fr), on_trace(fr)
+        return Detections(masks=np.concatenate([a.masks, b.masks]),
+                          boxes=np.concatenate([a.boxes, b.boxes]),
+                          scores=np.concatenate([a.scores, b.scores]),
+                          classes=np.concatenate([a.classes, b.classes]))  # fmt: skip
+
+    res = evaluate(TruthEngine(traced, both), traced)
+    # About 100 px of trace against about 80 + 76 px of the two lines.
+    assert 0.3 < res.metrics["slip_trace_confusion"] < 0.5
+    from rich.console import Console
+
+    con = Console(width=200, record=True)
+    con.print(_table(res.metrics, res.details, "t"))
+    row = next(ln for ln in con.export_text().splitlines() if "slip-trace confusion" in ln)
+    assert f"{100 * res.metrics['slip_trace_confusion']:.1f} %" in row
+
+
+def test_loop_recall_by_size(tmp_path: Path):
+    from loopline.evaluation.command import write_json
+    from loopline.synth.importers import import_dataset
+
+    masks, imgs = tmp_path / "masks", tmp_path / "imgs"
+    masks.mkdir()
+    imgs.mkdir()
+    m = np.zeros((110, 170), np.uint8)
+    # Equivalent diameters about 2r: 6, 10, 18, 30 and 48 px, one loop per size bin.
+    for (x, y), r in (((20, 20), 3), ((50, 20), 5), ((90, 25), 9), ((40, 80), 15),
+                      ((130, 70), 24)):  # fmt: skip
+        cv2.circle(m, (x, y), r, 255, -1)
+    cv2.imwrite(str(masks / "a.png"), m)
+    cv2.imwrite(str(imgs / "a.png"), np.where(m > 0, 60, 150).astype(np.uint8))
+    ds = import_dataset(masks, tmp_path / "ds", fmt="masks", images=imgs, cls="loop").out
+
+    def miss_8_to_14(fr: Frame) -> Detections:
+        det = truth_detections(fr)
+        d = M.equivalent_diameters(fr.masks)
+        return det.select(~((d >= 8) & (d < 14)))
+
+    res = evaluate(TruthEngine(ds, miss_8_to_14), ds)
+    m = res.metrics
+    assert m["loops_by_size"] == {"<8": 1, "8-14": 1, "14-24": 1, "24-40": 1, ">=40": 1}
+    assert m["loop_recall_by_size"] == {"<8": 1.0, "8-14": 0.0, "14-24": 1.0, "24-40": 1.0,
+                                        ">=40": 1.0}  # fmt: skip
+    assert m["loop_f1"] == pytest.approx(8 / 9)  # 4 of 5 found, no false positive
+    assert m["slip_trace_confusion"] is None and res.details["slip_trace_frames"] == 0
+    write_json(m, tmp_path / "m.json")
+    data = json.loads((tmp_path / "m.json").read_text())
+    assert data["loop_recall_by_size"]["8-14"] == 0.0 and data["loops_by_size"][">=40"] == 1
+
+
 @pytest.mark.real
 def test_real_tanaka_strokes_and_creme_loops(tmp_path: Path):
     from loopline.synth.importers import import_dataset
@@ -200,14 +301,17 @@ def test_real_tanaka_strokes_and_creme_loops(tmp_path: Path):
         pytest.skip(f"real data not present at {REAL.resolve()}")
     # A few frames keep the test fast.
     src = tmp_path / "tan"
-    for sub in ("original", "ds"):
+    for sub in ("original", "ds", "st"):
         (src / sub).mkdir(parents=True)
         for p in sorted((tan / sub).iterdir())[20:23]:
             shutil.copy(p, src / sub / p.name)
     ds = import_dataset(src, tmp_path / "tanaka", fmt="tanaka", label_width=6).out
-    m = evaluate(TruthEngine(ds), ds).metrics
+    res = evaluate(TruthEngine(ds), ds)
+    m = res.metrics
     assert m["lar_tol"] == 1.0 and m["line_f1_tol"] == 1.0 and m["spacing_re"] == 0.0
-    assert m["loop_f1"] is None
+    assert m["loop_f1"] is None and m["loop_recall_by_size"] is None
+    # Perfect lines score the labels' own share: lines that cross a trace touch it.
+    assert m["slip_trace_confusion"] == res.details["slip_trace_confusion_labels"] < 0.1
 
     ds = import_dataset(creme / "masks1", tmp_path / "creme", fmt="masks",
                         images=creme / "imgs", cls="loop").out  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 
 from loopline.cli import main
+from loopline.evaluation.data import Dataset
 from loopline.synth.importers import import_dataset
 from loopline.synth.render import polygon_mask
 from loopline.synth.writers import read_yolo_labels
@@ -82,6 +84,60 @@ def test_tanaka_errors_name_what_was_expected(tmp_path: Path, tanaka: Path):
     (tanaka / "ds" / "g_0002.png").write_bytes((tanaka / "ds" / "f_0001.PNG").read_bytes())
     with pytest.raises(ValueError, match=r"g_0002.png has no frame named g_0002\.\*"):
         import_dataset(tanaka, tmp_path / "out2", fmt="tanaka")
+
+
+def _palette(idx: np.ndarray, path: Path) -> None:
+    pal = Image.fromarray(idx, mode="P")
+    pal.putpalette([0, 0, 0] + [0, 255, 0] * 255)
+    pal.save(path)
+
+
+def test_tanaka_st_masks_become_distractors(tanaka: Path, tmp_path: Path):
+    (tanaka / "st").mkdir()
+    st = np.zeros((60, 80), np.uint8)
+    cv2.line(st, (0, 30), (79, 25), 5, 3)  # a slip trace across the frame, palette index 5
+    _palette(st, tanaka / "st" / "f_0001.PNG")
+    res = import_dataset(tanaka, tmp_path / "out", fmt="tanaka")
+    assert (res.images, res.instances, res.distractors) == (1, 2, 1)  # lines as before
+    d = cv2.imread(str(res.out / "distractors" / "f_0001.png"), cv2.IMREAD_UNCHANGED)
+    assert d.dtype == np.uint8 and set(np.unique(d)) == {0, 255}
+    np.testing.assert_array_equal(d != 0, st != 0)
+    assert json.loads((res.out / "import.json").read_text())["distractors"] == 1
+    fr = Dataset(res.out).frame(0)
+    np.testing.assert_array_equal(fr.distractors, st != 0)
+    assert len(fr.masks) == 2 and fr.strokes is not None
+    # Re-importing with --overwrite keeps them; a source without st/ then leaves none behind.
+    shutil.rmtree(tanaka / "st")
+    res = import_dataset(tanaka, tmp_path / "out", fmt="tanaka", overwrite=True)
+    assert res.distractors == 0 and not (res.out / "distractors").exists()
+    assert Dataset(res.out).frame(0).distractors is None
+
+
+def test_tanaka_st_only_frames_have_no_instances(tmp_path: Path):
+    """tanaka-twip-086um's layout: original/ and st/, no ds/ (no dislocation labels)."""
+    src = tmp_path / "086"
+    (src / "original").mkdir(parents=True)
+    (src / "st").mkdir()
+    st = np.zeros((50, 40), np.uint8)
+    st[:, 18:22] = 3  # a vertical planar fault
+    for k, mask in ((1, st), (2, np.zeros_like(st))):  # the second frame has none
+        Image.fromarray(np.full((50, 40, 3), 100 + k, np.uint8)).save(
+            src / "original" / f"cut_{k:03d}.png")  # fmt: skip
+        _palette(mask, src / "st" / f"cut_{k:03d}.PNG")
+    res = import_dataset(src, tmp_path / "out", fmt="tanaka")
+    assert (res.images, res.instances, res.distractors) == (2, 0, 2)
+    assert (res.out / "labels" / "cut_001.txt").read_text() == ""
+    assert not (res.out / "masks").exists()
+    frames = list(Dataset(res.out))
+    assert [len(f.masks) for f in frames] == [0, 0]
+    assert frames[0].distractors.sum() == 50 * 4 and not frames[1].distractors.any()
+
+
+def test_tanaka_needs_ds_or_st(tmp_path: Path):
+    (tmp_path / "src" / "original").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"SOURCE/ds/\*\.png \(or, for distractors only, "
+                                         r"SOURCE/st/\*\.png\) .*ds is not a folder"):  # fmt: skip
+        import_dataset(tmp_path / "src", tmp_path / "out", fmt="tanaka")
 
 
 def test_existing_dataset_needs_overwrite(tanaka: Path, tmp_path: Path):
@@ -213,10 +269,32 @@ def test_real_tanaka_and_creme(tmp_path: Path):
     if not tan.is_dir() or not creme.is_dir():
         pytest.skip(f"real data not present at {REAL.resolve()}")
     res = import_dataset(tan, tmp_path / "tanaka", fmt="tanaka")
-    assert (res.images, res.instances) == (63, 943)
+    assert (res.images, res.instances, res.distractors) == (63, 943, 63)
     res = import_dataset(creme / "masks1", tmp_path / "creme", fmt="masks",
                          images=creme / "imgs", cls="loop")  # fmt: skip
     assert (res.images, res.instances) == (16, 188)  # SOURCE.txt: 188 components
     res = import_dataset(creme / "clean.json", tmp_path / "coco", fmt="coco",
                          images=creme / "imgs")  # fmt: skip
     assert (res.images, res.instances) == (16, 186)  # SOURCE.txt: 186 polygons
+
+
+@pytest.mark.real
+def test_real_tanaka_086um_is_distractors_only(tmp_path: Path):
+    src = REAL / "tanaka-twip-086um"
+    if not src.is_dir():
+        pytest.skip(f"real data not present at {(REAL / 'tanaka-twip-086um').resolve()}")
+    few = tmp_path / "src"  # a few frames keep it fast: with and without st pixels
+    names = ["cut_ufg2_img_001", "cut_ufg2_img_166", "cut_ufg2_img_286"]
+    for sub, suffix in (("original", ".png"), ("st", ".PNG")):
+        (few / sub).mkdir(parents=True)
+        for n in names:
+            shutil.copy(src / sub / f"{n}{suffix}", few / sub / f"{n}{suffix}")
+    res = import_dataset(few, tmp_path / "out", fmt="tanaka")
+    assert (res.images, res.instances, res.distractors) == (3, 0, 3)
+    on = []
+    for n in names:
+        d = cv2.imread(str(res.out / "distractors" / f"{n}.png"), cv2.IMREAD_UNCHANGED)
+        with Image.open(src / "st" / f"{n}.PNG") as im:
+            np.testing.assert_array_equal(d != 0, np.array(im) != 0)
+        on.append(bool(d.any()))
+    assert on == [False, True, True]  # frame 001 has no planar fault labelled yet

@@ -265,3 +265,58 @@ def test_perfect_detections_give_ap_one():
     gt = np.array([[0, 0, 10, 10], [20, 20, 30, 30]])
     tp = M.match_detections(M.box_iou(gt, gt), np.array([0.5, 0.6]))
     assert M.average_precision(tp, np.array([0.5, 0.6]), 2).tolist() == [1.0] * 10
+
+
+# --- distractors and loop sizes ----------------------------------------------------------------
+
+
+def test_distractor_hits_off_and_on_a_trace():
+    shape = (40, 60)
+    trace = bar(18, 21, 0, 60, shape)  # a 3 px slip trace across the frame, rows 18-20
+    on = stack(bar(17, 22, 5, 55, shape))  # a 5 px wide predicted line lying on it
+    off = stack(bar(4, 8, 5, 55, shape), bar(30, 34, 10, 40, shape))  # 10+ px away
+    assert M.distractor_hits(off, trace).on == 0
+    assert M.distractor_hits(off, trace).share == 0.0
+    assert M.distractor_hits(on, trace).share == 1.0
+    both = M.distractor_hits(np.concatenate([on, off]), trace)
+    n_on = M.skeleton_length(on[0])
+    assert (both.on, both.total) == (n_on, n_on + sum(M.skeleton_length(m) for m in off))
+
+
+def test_distractor_hits_tolerance_counts_and_pooling():
+    shape = (20, 30)
+    trace = bar(10, 11, 0, 30, shape)  # row 10
+    line = stack(bar(12, 13, 0, 30, shape))  # row 12: 2 px from the trace
+    assert M.distractor_hits(line, trace, tol=2.0).share == 1.0
+    assert M.distractor_hits(line, trace, tol=1.9).share == 0.0
+    # An overlapping duplicate instance adds no pixels: skeleton pixels count once.
+    assert M.distractor_hits(np.concatenate([line, line]), trace) == M.distractor_hits(line, trace)
+    assert M.distractor_hits(stack(), np.zeros(SHAPE, bool)) == M.DistractorHits(0, 0)
+    assert np.isnan(M.DistractorHits(0, 0).share)
+    assert M.DistractorHits(1, 4) + M.DistractorHits(2, 6) == M.DistractorHits(3, 10)
+    with pytest.raises(ValueError, match=r"must have shape \(H, W\), got \(1, 20, 30\)"):
+        M.distractor_hits(line, trace[None])
+
+
+def test_recall_by_size_bins():
+    assert M.size_bin_names() == ["<8", "8-14", "14-24", "24-40", ">=40"]
+    d = np.array([3.0, 7.99, 8.0, 13.0, 14.0, 23.9, 24.0, 39.0, 40.0, 90.0, np.nan])
+    found = np.array([1, 0, 1, 1, 0, 0, 1, 1, 0, 1, 1], bool)
+    hit, total = M.recall_by_size(d, found)
+    np.testing.assert_array_equal(total, [2, 2, 2, 2, 2])  # lower edges belong to the upper bin
+    np.testing.assert_array_equal(hit, [1, 2, 0, 2, 1])  # the NaN one is left out
+    hit, total = M.recall_by_size(np.zeros(0), np.zeros(0, bool))
+    assert total.tolist() == [0] * 5
+    with pytest.raises(ValueError, match=r"found must have shape \(2,\) like .* got \(3,\)"):
+        M.recall_by_size(np.ones(2), np.ones(3, bool))
+    with pytest.raises(ValueError, match="edges must be a strictly increasing"):
+        M.recall_by_size(np.ones(2), np.ones(2, bool), edges=(10, 5))
+
+
+def test_equivalent_diameters_of_discs():
+    masks = np.zeros((3, 64, 64), np.uint8)
+    for k, r in enumerate((3, 10, 20)):
+        cv2.circle(masks[k], (32, 32), r, 1, -1)
+    d = M.equivalent_diameters(masks.astype(bool))
+    np.testing.assert_allclose(d, [6.0, 20.0, 40.0], rtol=0.02)  # area about pi r^2
+    assert np.isnan(M.equivalent_diameters(np.zeros((1, 8, 8), bool))[0])

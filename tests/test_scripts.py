@@ -1,6 +1,7 @@
 """The analysis scripts under scripts/ (run as files, not installed)."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 def _load(name: str):
     spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
 
@@ -46,3 +48,114 @@ def test_loop_cnr_is_nan_without_a_background_ring():
     around = ~inner  # a loop label that covers the whole rest of the frame
     c = cnr(img, np.stack([inner, around]))
     assert np.isnan(c).all()
+
+
+# --- zero_shot_eval.py ------------------------------------------------------------------------
+
+
+def _palette(a: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    pal = Image.fromarray(a.astype(np.uint8), mode="P")
+    pal.putpalette([0, 0, 0] + [255, 255, 255] * 255)
+    pal.save(path)
+
+
+def _fake_real(root: Path, frames: int = 2) -> Path:
+    """The three real sets' layouts with tiny frames: dark lines, a slip trace, dark loops."""
+    import cv2
+
+    tan, creme, ufg = root / "tanaka-twip-2um", root / "creme-loops-512", root / "tanaka-twip-086um"
+    for d in (tan / "original", tan / "ds", tan / "st", creme / "masks1", creme / "imgs",
+              ufg / "original", ufg / "st"):  # fmt: skip
+        d.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    for k in range(frames):
+        img = rng.normal(150, 4, (96, 80)).clip(0, 255).astype(np.uint8)
+        ds = np.zeros((96, 80), np.uint8)
+        for y in (20, 34, 48):  # a small pile-up of three lines 14 px apart
+            cv2.line(ds, (8, y + k), (72, y + 6 + k), 1, 2)
+        st = np.zeros((96, 80), np.uint8)
+        st[76:79, :] = 1
+        img[ds > 0] = 70
+        img[st > 0] = 90
+        cv2.imwrite(str(tan / "original" / f"cut_video7_img_{k:04d}.png"), img)
+        _palette(ds, tan / "ds" / f"cut_video7_img_{k:04d}.PNG")
+        _palette(st, tan / "st" / f"cut_video7_img_{k:04d}.PNG")
+        cv2.imwrite(str(ufg / "original" / f"cut_ufg2_img_{k:03d}.png"), img)
+        _palette(st, ufg / "st" / f"cut_ufg2_img_{k:03d}.PNG")
+        loops = np.zeros((96, 96), np.uint8)
+        for (x, y), r in (((20, 20), 3), ((60, 24), 6), ((40, 66), 15)):
+            cv2.circle(loops, (x, y), r, 255, -1)
+        cv2.imwrite(str(creme / "masks1" / f"{k + 1}.png"), loops)
+        cv2.imwrite(str(creme / "imgs" / f"{k + 1}.png"),
+                    np.where(loops > 0, 60, 150).astype(np.uint8))  # fmt: skip
+    return root
+
+
+def test_zero_shot_eval_runs_end_to_end_with_ridge(tmp_path: Path, capsys):
+    import json
+
+    z = _load("zero_shot_eval")
+    real = _fake_real(tmp_path / "real")
+    work, out = tmp_path / "work", tmp_path / "zs.json"
+    args = ["--model", "ridge", "--real", str(real), "--work", str(work), "--json", str(out)]
+    assert z.main(args) == 0
+    table = capsys.readouterr().out.strip().splitlines()
+    assert table[0].startswith("| model | set | frames | line F1@3px | LAR@3px | loop F1 |")
+    assert "slip-trace conf." in table[0] and "loop R d>=40" in table[0]
+    assert [ln.split(" | ")[1] for ln in table[2:]] == [s.name for s in z.SETS]
+    rows = {r["set"]: r for r in json.loads(out.read_text())["rows"]}
+    tan, creme, ufg = rows["tanaka-twip-2um"], rows["creme-loops-512"], rows["tanaka-twip-086um"]
+    assert tan["frames"] == creme["frames"] == ufg["frames"] == 2
+    assert tan["lines_per_frame_gt"] == 3.0 and tan["line_f1_tol"] is not None
+    assert tan["slip_trace_confusion_labels"] == 0.0  # the lines lie 20+ px from the trace
+    assert tan["details"]["slip_trace_frames"] == 2 and creme["slip_trace_confusion"] is None
+    assert ufg["lines_per_frame_gt"] == 0.0 and ufg["line_f1_tol"] is None
+    assert ufg["details"]["slip_trace_frames"] == 2
+    assert creme["loops_by_size"] == {"<8": 2, "8-14": 2, "14-24": 0, "24-40": 2, ">=40": 0}
+    assert creme["loop_f1"] is not None and tan["loop_recall_by_size"] is None
+    # Cached: a second run imports nothing anew.
+    stamp = work / "tanaka-twip-2um" / "all" / "import.json"
+    before = stamp.stat().st_mtime_ns
+    assert z.main([*args, "--set", "tanaka-twip-2um"]) == 0
+    assert stamp.stat().st_mtime_ns == before
+    assert len(capsys.readouterr().out.strip().splitlines()) == 3
+
+
+def test_zero_shot_eval_halves_and_changed_sources(tmp_path: Path):
+    z = _load("zero_shot_eval")
+    real = _fake_real(tmp_path / "real", frames=3)
+    s = z.RealSet("tanaka-twip-2um", "tanaka", "tanaka-twip-2um", first=1)
+    second = z.prepare(real, tmp_path / "work", s, "second")
+    assert sorted(p.name for p in (second / "images").iterdir()) == [
+        "cut_video7_img_0001.png", "cut_video7_img_0002.png"]  # fmt: skip
+    assert len(list((second / "distractors").iterdir())) == 2  # the split keeps them
+    assert len(list((tmp_path / "work" / s.name / "first" / "masks").iterdir())) == 1
+    # A source that changed is imported anew.
+    (real / s.source / "ds" / "cut_video7_img_0002.PNG").unlink()
+    (real / s.source / "st" / "cut_video7_img_0002.PNG").unlink()
+    assert len(list((z.prepare(real, tmp_path / "work", s, "all") / "images").iterdir())) == 2
+    with pytest.raises(ValueError, match=r"halves at frame 5 need more than 5 frames, got 2"):
+        z.prepare(real, tmp_path / "work2", z.RealSet("x", "tanaka", s.source, first=5), "first")
+    with pytest.raises(FileNotFoundError, match="real set y: no"):
+        z.prepare(real, tmp_path / "work", z.RealSet("y", "tanaka", "nowhere", first=1), "all")
+
+
+def test_zero_shot_eval_without_real_data_says_so(tmp_path: Path, capsys):
+    z = _load("zero_shot_eval")
+    assert z.main(["--model", "ridge", "--real", str(tmp_path), "--work", str(tmp_path)]) == 2
+    assert "none of the real sets" in capsys.readouterr().err
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_zero_shot_eval_imports_the_real_sets(tmp_path: Path):
+    z = _load("zero_shot_eval")
+    if not all((z.REAL / s.source).exists() for s in z.SETS):
+        pytest.skip(f"real data not present at {z.REAL.resolve()}")
+    s = next(s for s in z.SETS if s.name == "tanaka-twip-086um")
+    second = z.prepare(z.REAL, tmp_path, s, "second")
+    assert len(list((second / "images").iterdir())) == 56 - 28
+    assert len(list((second / "distractors").iterdir())) == 28
+    assert not (second / "masks").exists()  # no dislocation labels in this set

@@ -284,3 +284,118 @@ def test_existing_dataset_is_not_overwritten(tmp_path):
     with pytest.raises(FileExistsError, match="--overwrite"):
         generate(tmp_path / "o", count=1, overrides=SMALL, progress=False)
     generate(tmp_path / "o", count=1, overrides=SMALL, progress=False, overwrite=True)
+
+
+# ----------------------------------------------------------------------------- domain randomisation
+
+_DR_KEYS = {"distractors", "overlays", "image_blur", "gamma"}
+
+
+@pytest.mark.parametrize("preset", ["M1", "M2", "loops", "mixed"])
+def test_presets_without_randomisation_keep_their_scenes(preset):
+    # The randomisation draws from its own stream and writes its keys only when it is on, so
+    # the old presets' scenes (and so their images and any dataset made from them) are unchanged.
+    scene = sample_scene(load_preset(preset, SMALL), 7, 3)
+    assert not _DR_KEYS & set(scene)
+    assert all("bright" not in pu and "label_width" not in pu for pu in scene["pileups"])
+
+
+def _distractors_only(**over):
+    base = {**SMALL, "pileups": 0, "loops": 0, "texts": 0, "scale_bar_prob": 0.0,
+            "info_strip_prob": 0.0, "real_background_prob": 0.0, "image_blur": 0.0,
+            "gamma": 1.0, "stacking_faults": 0, "straight_traces": 0, "bend_contours": 0,
+            "boundaries": 0}  # fmt: skip
+    return load_preset("wild", {**base, **over})
+
+
+@pytest.mark.parametrize(
+    "kind", ["stacking_faults", "straight_traces", "bend_contours", "boundaries", "texts"]
+)
+def test_distractors_are_drawn_but_never_labelled(kind):
+    plain = render_frame(sample_scene(_distractors_only(), 4, 0))
+    scene = sample_scene(_distractors_only(**{kind: 2, "fault_contrast": (0.2, 0.3),
+                                              "boundary_step": (0.2, 0.3)}), 4, 0)  # fmt: skip
+    r = render_frame(scene)
+    assert r.instances == []
+    assert r.truth["lines"] == [] and r.truth["loops"] == []
+    changed = np.abs(r.image.astype(int) - plain.image.astype(int)) > 8
+    assert changed.mean() > 0.002, f"{kind} drew nothing visible"
+
+
+def test_information_strip_hides_what_lies_under_it():
+    over = {**SMALL, "pileups": 1, "dislocations": 4, "slip_angle": 90.0, "slip_width": 400.0,
+            "line_angle": 0.0, "bow": 0.0, "loops": 0, "info_strip_prob": 1.0,
+            "info_strip_height": 60.0, "texts": 0, "scale_bar_prob": 0.0,
+            "real_background_prob": 0.0, "stacking_faults": 0, "straight_traces": 0,
+            "bend_contours": 0, "boundaries": 0, "gamma": 1.0, "image_blur": 0.0}  # fmt: skip
+    # Vertical slip direction (slip_angle 90): lines run across the frame horizontally or,
+    # rotated, vertically; find a seed whose strip crosses at least one labelled line.
+    for seed in range(40):
+        scene = sample_scene(load_preset("wild", over), seed, 0)
+        strip = next(o for o in scene["overlays"] if o["kind"] == "strip")
+        y0, y1 = (256 - strip["height"], 256) if strip["edge"] == "bottom" else (0, strip["height"])
+        full = lines_at(scene)
+        if not any(((ln.points[:, 1] > y0) & (ln.points[:, 1] < y1)).any() for ln in full):
+            continue
+        r = render_frame(scene)
+        for inst in r.instances:
+            inside = (inst.truth and np.asarray(inst.truth["points"])[:, 1])
+            assert not ((inside > y0 + 1) & (inside < y1 - 1)).any()
+        rows = r.image[int(y0) + 1:int(y1) - 1]
+        # The strip is flat grey but for its burnt-in text.
+        assert np.median(rows) == round(strip["grey"] * 255)
+        return
+    pytest.fail("no seed put a line under the strip")
+
+
+def test_dense_pileups_get_labels_that_do_not_touch():
+    over = {**SMALL, "pileups": 1, "dislocations": 6, "spacing": 6.0, "spacing_growth": 0.0,
+            "label_spacing_frac": 0.6, "loops": 0}  # fmt: skip
+    scene = sample_scene(load_preset("wild", over), 2, 0)
+    r = render_frame(scene)
+    masks = [polygon_mask(i.polygon, (256, 256)) for i in r.instances if i.cls == 0]
+    assert len(masks) >= 2
+    for a in range(len(masks)):
+        for b in range(a + 1, len(masks)):
+            # Rasterised labels 0.6 of the distance apart may share a pixel where lines come
+            # closest, never more.
+            assert (masks[a] & masks[b]).sum() <= 0.01 * min(masks[a].sum(), masks[b].sum())
+    plain = load_preset("wild", {**over, "label_spacing_frac": 0.0})
+    default = render_frame(sample_scene(plain, 2, 0))
+    wide = [polygon_mask(i.polygon, (256, 256)) for i in default.instances if i.cls == 0]
+    assert sum((wide[a] & wide[a + 1]).sum() for a in range(len(wide) - 1)) > 0
+
+
+def test_bright_lines_are_brighter_than_their_surroundings():
+    over = {**SMALL, "pileups": 1, "dislocations": 3, "line_bright_prob": 1.0,
+            "line_contrast": 0.6, "line_width": 5.0, "line_blur": 0.5, "loops": 0,
+            "camera_noise": 0.0, "gamma": 1.0, "image_blur": 0.0, "texts": 0,
+            "info_strip_prob": 0.0, "scale_bar_prob": 0.0, "stacking_faults": 0,
+            "straight_traces": 0, "bend_contours": 0, "boundaries": 0,
+            "real_background_prob": 0.0, "slip_trace_prob": 0.0}  # fmt: skip
+    scene = sample_scene(load_preset("wild", over), 5, 0)
+    assert all(pu["bright"] for pu in scene["pileups"])
+    r = render_frame(scene)
+    on = np.zeros((256, 256), bool)
+    for ln in r.truth["lines"]:
+        p = np.round(np.asarray(ln["points"])).astype(int)
+        on[np.clip(p[:, 1], 0, 255), np.clip(p[:, 0], 0, 255)] = True
+    assert on.any()
+    near = cv2.dilate(on.astype(np.uint8), np.ones((15, 15), np.uint8)).astype(bool) & ~cv2.dilate(
+        on.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
+    assert r.image[on].mean() > r.image[near].mean() + 20
+
+
+def test_loop_chains_put_loops_on_a_curve():
+    over = {**SMALL, "loops": 40, "loop_diameter": (6.0, 10.0), "loop_chain_prob": 1.0}
+    scene = sample_scene(load_preset("wild_loops", over), 3, 0)
+    c = np.array([lp["center"] for lp in scene["loops"]])
+    assert len(c) >= 10
+    # On one or two smooth curves: every loop has a neighbour closer than a uniform field gives.
+    d = np.hypot(*(c[:, None] - c[None]).transpose(2, 0, 1))
+    np.fill_diagonal(d, np.inf)
+    uniform = sample_scene(load_preset("wild_loops", {**over, "loop_chain_prob": 0.0}), 3, 0)
+    cu = np.array([lp["center"] for lp in uniform["loops"]])
+    du = np.hypot(*(cu[:, None] - cu[None]).transpose(2, 0, 1))
+    np.fill_diagonal(du, np.inf)
+    assert np.median(d.min(1)) < 0.7 * np.median(du.min(1))

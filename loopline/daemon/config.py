@@ -56,6 +56,8 @@ class EngineConfig:
     conf: float = field(metadata=_rng(0.0, 1.0))
     iou: float = field(metadata=_rng(0.01, 1.0))
     mask_threshold: float = field(metadata=_rng(0.0, 0.99))
+    inference: str = field(metadata=_choice("tiles", "letterbox"))
+    tile_overlap: int = field(metadata=_rng(0, 2048))
     device: str
     threads: int = field(metadata=_rng(0, 256))
     workers: int = field(metadata=_rng(1, 16))
@@ -202,6 +204,9 @@ def _build(tree: dict[str, dict[str, Any]]) -> DaemonConfig:
     cfg = DaemonConfig(**sections)
     if cfg.engine.imgsz % 32:
         raise ConfigError(f"engine.imgsz must be a multiple of 32, got {cfg.engine.imgsz}")
+    if cfg.engine.tile_overlap > cfg.engine.imgsz // 2:
+        raise ConfigError(f"engine.tile_overlap must lie in [0, {cfg.engine.imgsz // 2}] px "
+                          f"(engine.imgsz / 2), got {cfg.engine.tile_overlap}")  # fmt: skip
     if cfg.engine.factory and ":" not in cfg.engine.factory:
         raise ConfigError(f"engine.factory must read 'module:callable', got {cfg.engine.factory!r}")
     if cfg.source.protocol == "file" and not cfg.source.path:

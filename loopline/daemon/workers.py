@@ -435,7 +435,8 @@ def make_engine(cfg: DaemonConfig):
             kw["threads"] = e.threads
         if e.mask_threshold:
             kw["mask_threshold"] = e.mask_threshold
-        engine = create_engine(e.model, engine=e.engine or None, **kw)
+        engine = create_engine(e.model, engine=e.engine or None, inference=e.inference,
+                               tile_overlap=e.tile_overlap, **kw)  # fmt: skip
     engine.load()
     engine.loaded = True
     return engine
@@ -464,6 +465,15 @@ class EngineWorker(_Stage):
     def setup(self) -> None:
         self.engine = make_engine(self.cfg)
         self.label = engine_label(self.engine)
+        # a model card that gives its training pixel size: frames are resampled to it, using
+        # the calibration's pixel size, else the camera's (header px_nm), else none
+        self.nm_per_px: float | None = None
+        self.scaled = bool(getattr(self.engine, "model_nm_per_px", None))
+        if self.scaled:
+            from ..calibration import load_calibration
+
+            c = self.cfg.calibration
+            self.nm_per_px = (load_calibration(c.profile).nm_per_px if c.profile else None) or None
         logger.info("engine: %r", self.engine)
         self.dealer = self.sock(zmq.DEALER, connect=self.eps.work)
         self._ready = _dumps({"t": "ready", "pid": os.getpid()})
@@ -483,7 +493,12 @@ class EngineWorker(_Stage):
                 live.append(h)
         if not imgs:
             return
-        dets: list[Detections] = self.engine(imgs)
+        if self.scaled:
+            px = [self.nm_per_px or h.get("px_nm") or self.cfg.calibration.nm_per_px or None
+                  for h in live]  # fmt: skip
+            dets: list[Detections] = self.engine(imgs, nm_per_px=px)
+        else:  # factory engines (tests, plug-ins) take frames only
+            dets = self.engine(imgs)
         dt = time.perf_counter() - t0
         k = self.cfg.pool.max_instances
         for h, d in zip(live, dets, strict=True):

@@ -25,10 +25,10 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from .base import CLASS_NAMES, Detections, Engine
+from .base import CLASS_NAMES, INFERENCE_MODES, Detections, Engine, check_inference
 
-__all__ = ["CLASS_NAMES", "ENGINES", "SUFFIXES", "Detections", "Engine", "create_engine",
-           "engine_for"]  # fmt: skip
+__all__ = ["CLASS_NAMES", "ENGINES", "INFERENCE_MODES", "SUFFIXES", "Detections", "Engine",
+           "create_engine", "engine_for"]  # fmt: skip
 
 #: engine name -> "module:class"; modules are imported only when their engine is used
 ENGINES: dict[str, str] = {
@@ -103,7 +103,7 @@ def _operating_point(model: str | Path, runtime: str) -> dict[str, Any]:
 
 
 def create_engine(model: str | Path | None = "ridge", *, engine: str | None = None,
-                  **opts) -> Engine:  # fmt: skip
+                  inference: str = "tiles", **opts) -> Engine:  # fmt: skip
     """An engine for a model file, a shipped model name, or ``ridge``.
 
     Parameters
@@ -115,15 +115,22 @@ def create_engine(model: str | Path | None = "ridge", *, engine: str | None = No
     engine : str, optional
         Runtime name; by default picked from the file suffix, and for a shipped name
         ``openvino`` where installed, else ``onnx`` (:func:`default_runtime`).
+    inference : {"tiles", "letterbox"}
+        How a frame larger than the network input (``imgsz``) is fed to a learned engine:
+        ``"tiles"`` (default) covers it with overlapping ``imgsz`` tiles at native pixel scale
+        and merges the instances across seams (``loopline.engines.tiling``; ``tile_overlap``
+        px, default 64); ``"letterbox"`` shrinks the whole frame to ``imgsz``. ``ridge``
+        ignores it.
     **opts
-        Engine options (``imgsz``, ``conf``, ``iou``, ``max_det``, ``device``, and the
-        runtime's own, e.g. ``mask_threshold``). A shipped model brings its operating point
-        (``loopline.models.SETTINGS``) to the runtimes that take it; what is given here wins.
+        Engine options (``imgsz``, ``conf``, ``iou``, ``max_det``, ``device``,
+        ``tile_overlap``, and the runtime's own, e.g. ``mask_threshold``). A shipped model
+        brings its operating point (``loopline.models.SETTINGS``) to the runtimes that take
+        it; what is given here wins.
 
     Raises
     ------
     ValueError
-        Unknown suffix or engine name (listing the supported ones).
+        Unknown suffix, engine name or inference mode (listing the supported ones).
     FileNotFoundError
         No such file and no shipped model of that name.
     ImportError
@@ -131,6 +138,7 @@ def create_engine(model: str | Path | None = "ridge", *, engine: str | None = No
     """
     from ..models import SHIPPED, resolve_model
 
+    opts["inference"] = check_inference(inference)
     if model is None or str(model) == "ridge" or engine == "ridge":
         return engine_class("ridge")(None, **opts)
     if str(model) in SHIPPED and not Path(model).exists():

@@ -9,14 +9,26 @@ engine gives the same result for the same frames.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CLASS_NAMES", "Detections", "Engine"]
+__all__ = ["CLASS_NAMES", "INFERENCE_MODES", "Detections", "Engine", "check_inference"]
 
 CLASS_NAMES: tuple[str, ...] = ("dislocation", "loop")
+
+#: how a frame larger than the network input is fed to it: native-scale overlapping tiles
+#: merged across seams (``loopline.engines.tiling``), or the whole frame shrunk to ``imgsz``
+INFERENCE_MODES: tuple[str, ...] = ("tiles", "letterbox")
+
+
+def check_inference(value: object) -> str:
+    """``value`` if it names an inference mode, else a ValueError naming the modes."""
+    if value not in INFERENCE_MODES:
+        raise ValueError(f"inference must be 'tiles' or 'letterbox', got {value!r}")
+    return str(value)
 
 
 @dataclass(frozen=True)
@@ -89,11 +101,23 @@ class Engine(ABC):
     model : Path or None
         Model file (``.pt``, ``.onnx``, ``.xml``, ``.engine``) or None for weight-free engines.
     imgsz : int
-        Network input size (square, px); frames are letterboxed to it.
+        Network input size (square, px).
     conf, iou : float
         Score threshold and NMS IoU threshold.
     max_det : int
         Most instances kept per frame.
+    inference : {"tiles", "letterbox"}
+        How a frame with a side longer than ``imgsz`` is fed to the network: ``"tiles"``
+        covers it with overlapping ``imgsz`` tiles at its own pixel scale and merges the
+        instances across seams (``loopline.engines.tiling``); ``"letterbox"`` shrinks the
+        whole frame to ``imgsz``. Frames that fit are letterboxed either way. Weight-free
+        engines (``ridge``) see whole frames and ignore it.
+    tile_overlap : int
+        Least overlap of neighbouring tiles (px), in [0, imgsz / 2].
+    model_nm_per_px : float or None
+        Pixel size the model was trained at (nm); with a frame's pixel size
+        (``engine(frames, nm_per_px=...)``) the frame is resampled to it first. None: frames
+        are used at their own pixel scale.
     """
 
     name: str = "base"
@@ -107,6 +131,9 @@ class Engine(ABC):
         iou: float = 0.7,
         max_det: int = 300,
         device: str = "cpu",
+        inference: str = "tiles",
+        tile_overlap: int = 64,
+        model_nm_per_px: float | None = None,
     ) -> None:
         if not 0.0 <= conf <= 1.0:
             raise ValueError(f"conf must lie in [0, 1], got {conf}")
@@ -114,12 +141,22 @@ class Engine(ABC):
             raise ValueError(f"iou must lie in (0, 1], got {iou}")
         if imgsz < 32 or imgsz % 32:
             raise ValueError(f"imgsz must be a multiple of 32 (>= 32), got {imgsz}")
+        check_inference(inference)
+        if isinstance(tile_overlap, bool) or not isinstance(tile_overlap, int) or not (
+                0 <= tile_overlap <= imgsz // 2):
+            raise ValueError(f"tile_overlap must be an int in [0, {imgsz // 2}] px (imgsz / 2), "
+                             f"got {tile_overlap!r}")  # fmt: skip
+        if model_nm_per_px is not None and not 0.0 < model_nm_per_px < float("inf"):
+            raise ValueError(f"model_nm_per_px must be > 0 or None, got {model_nm_per_px}")
         self.model = Path(model) if model is not None else None
         self.imgsz = imgsz
         self.conf = conf
         self.iou = iou
         self.max_det = max_det
         self.device = device
+        self.inference = inference
+        self.tile_overlap = tile_overlap
+        self.model_nm_per_px = model_nm_per_px
         self.loaded = False
 
     @abstractmethod
@@ -128,13 +165,22 @@ class Engine(ABC):
 
     @abstractmethod
     def forward(self, frames: list[np.ndarray]) -> list[Detections]:
-        """Detect instances in a batch of (H, W) grey frames (uint8 or uint16)."""
+        """Detect instances in a batch of (H, W) grey frames (uint8 or uint16).
 
-    def __call__(self, frames: list[np.ndarray]) -> list[Detections]:
+        Engines that resample frames to their model's pixel size (the YOLO runtimes, torch)
+        also take ``nm_per_px``: the frames' pixel size (nm), one value or one per frame.
+        """
+
+    def __call__(
+        self, frames: list[np.ndarray], *, nm_per_px: float | Sequence[float | None] | None = None
+    ) -> list[Detections]:
         if not self.loaded:
             self.load()
             self.loaded = True
-        return self.forward(frames)
+        if nm_per_px is None:  # engines that know no pixel size take frames only
+            return self.forward(frames)
+        return self.forward(frames, nm_per_px=nm_per_px)  # type: ignore[call-arg]
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(model={self.model}, imgsz={self.imgsz}, conf={self.conf})"
+        return (f"{type(self).__name__}(model={self.model}, imgsz={self.imgsz}, conf={self.conf}, "
+                f"inference={self.inference})")  # fmt: skip

@@ -198,7 +198,8 @@ class RidgeEngine(Engine):
     name = "ridge"
 
     def __init__(self, model=None, *, conf: float = 0.0, **kwargs) -> None:
-        base = {k: kwargs.pop(k) for k in ("imgsz", "iou", "max_det", "device") if k in kwargs}
+        base = {k: kwargs.pop(k) for k in ("imgsz", "iou", "max_det", "device", "inference",
+                                           "tile_overlap", "model_nm_per_px") if k in kwargs}
         super().__init__(None, conf=conf, **base)
         allowed = set(inspect.signature(ridge_instances).parameters) - {"frame"}
         unknown = sorted(set(kwargs) - allowed)
@@ -209,7 +210,8 @@ class RidgeEngine(Engine):
     def load(self) -> None:
         self.loaded = True
 
-    def forward(self, frames: list[np.ndarray]) -> list[Detections]:
+    def forward(self, frames: list[np.ndarray], *, nm_per_px=None) -> list[Detections]:
+        # weight-free: whole frames at any size and pixel scale (no tiles, no resampling)
         out = []
         for f in frames:
             t0 = time.perf_counter()

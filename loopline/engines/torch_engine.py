@@ -2,17 +2,20 @@
 
 Frames go through ultralytics' pre- and post-processing unchanged (``retina_masks=True``, so
 masks come at frame resolution), which makes this engine the yardstick the exported runtimes
-are checked against and the baseline of ``benchmarks/engines.py``.
+are checked against and the baseline of ``benchmarks/engines.py``. Frames larger than the
+network input are tiled at native scale (``inference="tiles"``) exactly as for the other
+runtimes (``loopline.engines.tiling``), ultralytics' predictor running on the tiles.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 
 from .._offline import configure_offline, use_all_threads
-from . import ops
+from . import ops, tiling
 from .base import Detections, Engine
 
 logger = logging.getLogger(__name__)
@@ -63,9 +66,18 @@ class TorchEngine(Engine):
         self.yolo = YOLO(str(self.model), task="segment")
         self.loaded = True
 
-    def forward(self, frames: list[np.ndarray]) -> list[Detections]:
+    def forward(
+        self, frames: list[np.ndarray], *, nm_per_px: float | Sequence[float | None] | None = None
+    ) -> list[Detections]:
         if not frames:
             return []
+        return tiling.detect_frames(
+            self._predict, frames, imgsz=self.imgsz, inference=self.inference,
+            overlap=self.tile_overlap, max_det=self.max_det,
+            model_nm_per_px=self.model_nm_per_px, nm_per_px=nm_per_px,
+        )  # fmt: skip
+
+    def _predict(self, frames: list[np.ndarray]) -> list[Detections]:
         imgs = [np.repeat(ops.to_uint8(f)[:, :, None], 3, axis=2) for f in frames]
         results = self.yolo.predict(
             imgs, imgsz=self.imgsz, conf=self.conf, iou=self.iou, max_det=self.max_det,

@@ -1,7 +1,9 @@
-"""The part of every YOLOv8-seg runtime that is not the runtime: batching and timings.
+"""The part of every YOLOv8-seg runtime that is not the runtime: tiling, batching, timings.
 
 A subclass implements ``load`` and ``_infer(batch) -> (pred, protos)``; pre- and
-post-processing come from ``loopline.engines.ops`` so that every runtime gives the same result.
+post-processing come from ``loopline.engines.ops`` so that every runtime gives the same result,
+and frames larger than the network input are tiled at native scale by
+``loopline.engines.tiling`` (``inference="tiles"``, the default).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import ops
+from . import ops, tiling
 from .base import Detections, Engine
 
 logger = logging.getLogger(__name__)
@@ -60,10 +62,21 @@ class YoloEngine(Engine):
         sizes = [s for s in (self.max_batch, self.static_batch) if s]
         return min(sizes) if sizes else None
 
-    def forward(self, frames: list[np.ndarray]) -> list[Detections]:
+    def forward(
+        self, frames: list[np.ndarray], *, nm_per_px: float | Sequence[float | None] | None = None
+    ) -> list[Detections]:
         if not frames:
             return []
+        # tiles go through the network in batches no larger than the caller's (or the model's)
         chunk = self._chunk() or len(frames)
+        return tiling.detect_frames(
+            lambda pieces: self._forward_letterbox(pieces, chunk), frames, imgsz=self.imgsz,
+            inference=self.inference, overlap=self.tile_overlap, max_det=self.max_det,
+            model_nm_per_px=self.model_nm_per_px, nm_per_px=nm_per_px,
+        )  # fmt: skip
+
+    def _forward_letterbox(self, frames: list[np.ndarray], chunk: int) -> list[Detections]:
+        """Letterboxed frames (or tiles) through the network, ``chunk`` at a time."""
         out: list[Detections] = []
         for i in range(0, len(frames), chunk):
             out.extend(self._forward_batch(frames[i : i + chunk]))

@@ -35,6 +35,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask-threshold", type=float, default=None, metavar="P",
                    help="mask probability cut of the YOLO runtimes, in (0, 1) (default: the "
                         "shipped model's operating point, 0.5 for other models)")  # fmt: skip
+    p.add_argument("--inference", choices=("tiles", "letterbox"), default=None,
+                   help="frames larger than --imgsz: native-scale overlapping tiles merged "
+                        "across seams, or the whole frame shrunk (default: tiles)")  # fmt: skip
+    p.add_argument("--tile-overlap", type=int, default=None, metavar="PX",
+                   help="least overlap of neighbouring tiles, px (default 64)")  # fmt: skip
     p.add_argument("--tol", type=float, default=3.0, help="tolerance of LAR@tol, F1@tol (px)")
     p.add_argument("--batch", type=int, default=8, help="frames per engine call")
     p.add_argument("--device", default=None, help="engine device (cpu, cuda:0)")
@@ -48,6 +53,11 @@ def _fmt(v: Any, pct: bool = False) -> str:
     return f"{100 * v:+.1f} %" if pct else f"{v:.3f}"
 
 
+def _share(v: float | None) -> str:
+    """A share as an unsigned percentage, "-" where missing."""
+    return "-" if v is None or math.isnan(v) else f"{100 * v:.1f} %"
+
+
 def _table(metrics: dict[str, Any], details: dict[str, Any], title: str):
     from rich.table import Table
 
@@ -55,6 +65,13 @@ def _table(metrics: dict[str, Any], details: dict[str, Any], title: str):
     t.add_column("metric")
     t.add_column("value", justify="right")
     t.add_column("note", style="dim")
+    lpf, lpf_gt = metrics["lines_per_frame"], metrics["lines_per_frame_gt"]
+    st_note = (
+        f"line skeleton px within 2 px of distractor labels; {details['slip_trace_frames']} "
+        f"frames, {details['slip_trace_pixels']} px; labelled lines "
+        f"{_share(details['slip_trace_confusion_labels'])}"
+        if details["slip_trace_frames"] else "no distractor (st/) masks in this dataset"
+    )
     rows = [
         ("box mAP50", metrics["box_map50"], "COCO AP, IoU 0.5"),
         ("box mAP50-95", details["box_map50_95"], ""),
@@ -64,6 +81,9 @@ def _table(metrics: dict[str, Any], details: dict[str, Any], title: str):
         ("LAR@tol", metrics["lar_tol"], "skeletons within tolerance"),
         ("line F1@tol", metrics["line_f1_tol"],
          f"P {_fmt(details['line_precision_tol'])}, R {_fmt(details['line_recall_tol'])}"),
+        ("lines per frame", "-" if lpf is None else f"{lpf:.1f}",
+         "" if lpf_gt is None else f"{lpf_gt:.1f} labelled"),
+        ("slip-trace confusion", _share(metrics["slip_trace_confusion"]), st_note),
         ("loop F1", metrics["loop_f1"],
          f"box IoU >= 0.15; P {_fmt(details['loop_precision'])}, "
          f"R {_fmt(details['loop_recall'])}"),
@@ -72,43 +92,49 @@ def _table(metrics: dict[str, Any], details: dict[str, Any], title: str):
                                   f"{_fmt(details['loop_diameter_gt_px'])} px"),
         ("F_re", metrics["f_re"], "foreground fraction"),
         ("spacing_re", metrics["spacing_re"],
+         f"{_fmt(metrics['spacing_px'])} vs {_fmt(metrics['spacing_gt_px'])} px; "
          f"pile-ups {details['spacing_pileups']}; "
          f"mean |re| {_fmt(details['spacing_abs_re'], True)}"),
-        ("images", metrics["images"],
-         f"{details['inference_ms_per_frame']:.0f} ms/frame inference"),
     ]  # fmt: skip
+    recall, counts = metrics["loop_recall_by_size"], metrics["loops_by_size"]
+    if recall is None:
+        rows.append(("loop recall by size", None, "no labelled loops"))
+    else:
+        found = details["loops_found_by_size"]
+        for b, r in recall.items():
+            rows.append((f"loop recall d {b} px", r, f"{found[b]} of {counts[b]} loops"))
+    rows.append(("images", metrics["images"],
+                 f"{details['inference_ms_per_frame']:.0f} ms/frame inference"))  # fmt: skip
     pct = {"N_re", "D_re", "F_re", "spacing_re"}
     for name, v, note in rows:
-        t.add_row(name, _fmt(v, name in pct), note)
+        t.add_row(name, v if isinstance(v, str) else _fmt(v, name in pct), note)
     return t
 
 
+def _round(v: Any) -> Any:
+    if v is None or isinstance(v, int):
+        return v
+    if isinstance(v, dict):
+        return {k: _round(x) for k, x in v.items()}
+    return round(float(v), 6)
+
+
 def write_json(metrics: dict[str, Any], path: Path) -> None:
+    """The metrics of ``METRIC_KEYS`` as JSON: floats to 6 digits, None where not applicable."""
     from .evaluate import METRIC_KEYS
 
-    out = {k: (None if metrics[k] is None else (metrics[k] if k == "images"
-                                                 else round(float(metrics[k]), 6)))
-           for k in METRIC_KEYS}  # fmt: skip
+    out = {k: _round(metrics[k]) for k in METRIC_KEYS}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n", "utf-8")
 
 
 def _engine(a: argparse.Namespace):
+    from .evaluate import make_engine
+
     try:
-        from ..engines import create_engine
-    except ImportError as e:
-        raise CliError(f"no inference engines in this version ({e})") from None
-    opts: dict[str, Any] = {"conf": min(a.map_conf, a.conf)}
-    if a.imgsz is not None:
-        opts["imgsz"] = a.imgsz
-    if a.device is not None:
-        opts["device"] = a.device
-    if a.mask_threshold is not None:
-        if not 0.0 < a.mask_threshold < 1.0:
-            raise CliError(f"--mask-threshold must lie in (0, 1), got {a.mask_threshold}")
-        opts["mask_threshold"] = a.mask_threshold
-    try:
-        return create_engine(a.model, **opts)
+        return make_engine(a.model, conf=a.conf, map_conf=a.map_conf, imgsz=a.imgsz,
+                           device=a.device, mask_threshold=a.mask_threshold,
+                           inference=a.inference, tile_overlap=a.tile_overlap)  # fmt: skip
     except (ValueError, FileNotFoundError, KeyError, ImportError, TypeError) as e:
         raise CliError(str(e)) from None
 

@@ -5,7 +5,9 @@ generator draws them). Where the folder also has ``masks/<stem>.png`` (an import
 instance map, value ``k`` = ``k``-th label line), those original masks are the frame's
 ``strokes``: the thin human line labels on which the tolerance metrics are measured. Where it
 has ``truth.json`` (the generator's exact ground truth), each line's polyline and pile-up come
-from there.
+from there. Where it has ``distractors/<stem>.png`` (an importer's binary mask of structures
+that are not defects, e.g. tanaka's planar faults / slip traces), that mask is the frame's
+``distractors``: ``loopline eval`` measures how many predicted line pixels fall on them.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ class Frame:
         Exact polyline (px) of each instance (None for loops), from ``truth.json``.
     pileups : (N,) int64
         Pile-up id of each line from ``truth.json``; -1 where unknown or for loops.
+    distractors : (H, W) bool or None
+        Pixels of labelled non-defects (slip traces, planar faults), where the dataset has
+        them for this frame; None where it does not (an all-False mask: labelled, none there).
     """
 
     stem: str
@@ -60,6 +65,7 @@ class Frame:
     strokes: np.ndarray | None = None
     lines: list[np.ndarray | None] | None = None
     pileups: np.ndarray | None = None
+    distractors: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -154,15 +160,24 @@ def read_frame(root: Path, image_path: Path, truth: dict[str, Any] | None = None
             raise ValueError(f"{mpath}: expected a ({h}, {w}) instance map, got {got}")
         strokes = imap[None] == np.arange(1, len(pairs) + 1)[:, None, None]
 
+    distractors = None
+    dpath = root / "distractors" / f"{stem}.png"
+    if dpath.is_file():
+        d = cv2.imread(str(dpath), cv2.IMREAD_UNCHANGED)
+        if d is None or d.shape != (h, w):
+            got = None if d is None else d.shape
+            raise ValueError(f"{dpath}: expected a ({h}, {w}) distractor mask, got {got}")
+        distractors = d != 0
+
     lines, pileups = _truth_lines(truth, classes, stem)
-    keep = masks.reshape(len(masks), -1).any(axis=1)
+    keep = masks.any(axis=(1, 2))
     if not keep.all():
         logger.debug("%s: %d label polygons rasterise to nothing; dropped", stem, (~keep).sum())
     return Frame(
         stem=stem, image=image, masks=masks[keep], classes=classes[keep], boxes=boxes[keep],
         strokes=None if strokes is None else strokes[keep],
         lines=None if lines is None else [ln for ln, k in zip(lines, keep, strict=True) if k],
-        pileups=pileups[keep],
+        pileups=pileups[keep], distractors=distractors,
     )  # fmt: skip
 
 

@@ -7,6 +7,19 @@ with a score of at least ``conf``, the threshold the daemon runs at.
 
 Pooling over frames: mAP from the detections of all frames (COCO), LAR as the mean over all
 ground-truth lines, F1 from summed counts, relative errors from summed or averaged quantities.
+
+Two measures of what a model should not do or misses, where the data allows:
+
+- ``slip_trace_confusion`` (datasets with ``distractors/`` masks, e.g. tanaka's ``st/`` planar
+  faults and slip traces): of the skeleton pixels of the predicted dislocation lines, the
+  share within 2 px of a distractor pixel, pooled over the frames that have a distractor mask.
+  Skeletons, not masks, so that a line counts by its length whatever its predicted width.
+  ``details["slip_trace_confusion_labels"]`` is the same share for the labelled lines: lines
+  that cross a trace touch it, so a perfect model scores this floor, not 0.
+- ``loop_recall_by_size``: recall of ground-truth loops (matched as for loop F1: box IoU >=
+  0.15, greedy) per bin of equivalent diameter ``2 sqrt(area / pi)`` px: < 8, 8-14, 14-24,
+  24-40, >= 40 (``metrics.LOOP_SIZE_EDGES``); ``loops_by_size`` holds how many loops each bin
+  has (a bin without loops has recall None).
 """
 
 from __future__ import annotations
@@ -27,13 +40,18 @@ from .data import Dataset, Frame
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["METRIC_KEYS", "EvalResult", "FramePanel", "evaluate"]
+__all__ = ["METRIC_KEYS", "SIZE_KEYS", "EvalResult", "FramePanel", "evaluate", "make_engine"]
 
 #: Keys of the JSON report, in order; a value is None where the metric does not apply.
 METRIC_KEYS: tuple[str, ...] = (
     "box_map50", "mask_map50", "mask_map50_95", "lar", "lar_tol", "line_f1_tol",
-    "loop_f1", "n_re", "d_re", "f_re", "spacing_re", "images",
+    "loop_f1", "n_re", "d_re", "f_re", "spacing_re", "spacing_px", "spacing_gt_px",
+    "lines_per_frame", "lines_per_frame_gt", "slip_trace_confusion", "loop_recall_by_size",
+    "loops_by_size", "images",
 )  # fmt: skip
+
+#: Keys of METRIC_KEYS whose value is a dict over ``metrics.size_bin_names()``.
+SIZE_KEYS: tuple[str, ...] = ("loop_recall_by_size", "loops_by_size")
 
 N_CLASSES = 2
 
@@ -80,7 +98,17 @@ class _Pool:
     fg_pred: int = 0
     spacing: list[tuple[float, float]] = field(default_factory=list)
     spacing_groups: int = 0
+    lines_pred: int = 0
+    loop_found: np.ndarray = field(default_factory=lambda: _size_zeros())
+    loop_total: np.ndarray = field(default_factory=lambda: _size_zeros())
+    st_pred: M.DistractorHits = field(default_factory=lambda: M.DistractorHits(0, 0))
+    st_gt: M.DistractorHits = field(default_factory=lambda: M.DistractorHits(0, 0))
+    st_frames: int = 0
     infer_s: float = 0.0
+
+
+def _size_zeros() -> np.ndarray:
+    return np.zeros(len(M.LOOP_SIZE_EDGES) + 1, np.int64)
 
 
 def _class_map(masks: np.ndarray, classes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -169,6 +197,7 @@ def _frame_update(
     tol: float,
     lar_iou: float,
     loop_iou: float,
+    distractor_tol: float,
 ) -> float:
     """Add one frame to the pool; return its score for the best/worst figure (NaN if none)."""
     _ap_update(pool, fr, det)
@@ -187,10 +216,23 @@ def _frame_update(
         parts.append(rt.value if fr.strokes is not None else r.value)
         _spacing_update(pool, fr, idx0, pred0)
     pool.line_f1.append(M.line_f1_tol(strokes0, pred0, tol=tol))
+    pool.lines_pred += len(pred0)
+    if fr.distractors is not None:
+        pool.st_frames += 1
+        pool.st_pred = pool.st_pred + M.distractor_hits(pred0, fr.distractors,
+                                                        tol=distractor_tol)  # fmt: skip
+        pool.st_gt = pool.st_gt + M.distractor_hits(strokes0, fr.distractors,
+                                                    tol=distractor_tol)  # fmt: skip
 
     sel1 = fr.classes == 1
     p1 = keep & (det.classes == 1)
     counts = M.loop_f1(fr.boxes[sel1], det.boxes[p1], loop_iou)
+    found = np.zeros(int(sel1.sum()), bool)
+    pairs = M.greedy_match(M.box_iou(fr.boxes[sel1], det.boxes[p1]), loop_iou)
+    found[[g for g, _ in pairs]] = True
+    hit, total = M.recall_by_size(M.equivalent_diameters(fr.masks[sel1]), found)
+    pool.loop_found += hit
+    pool.loop_total += total
     pool.loop = pool.loop + counts
     pool.loop_n_gt += int(sel1.sum())
     pool.loop_n_pred += int(p1.sum())
@@ -240,6 +282,12 @@ def _summarise(pool: _Pool, images: int) -> tuple[dict[str, Any], dict[str, Any]
     d_gt, d_pred = _mean(pool.d_gt), _mean(pool.d_pred)
     s_gt = sum(s for s, _ in pool.spacing)
     s_pred = sum(s for _, s in pool.spacing)
+    n_sp = len(pool.spacing)
+    bins = M.size_bin_names()
+    size_recall = {b: (int(f) / int(t) if t else None)
+                   for b, f, t in zip(bins, pool.loop_found, pool.loop_total, strict=True)}
+    size_total = {b: int(t) for b, t in zip(bins, pool.loop_total, strict=True)}
+    has_st = pool.st_frames > 0
     metrics = {
         "box_map50": float(np.mean([b[0] for b in ap_box])) if ap_box else None,
         "mask_map50": float(np.mean([m[0] for m in ap_mask])) if ap_mask else None,
@@ -252,9 +300,17 @@ def _summarise(pool: _Pool, images: int) -> tuple[dict[str, Any], dict[str, Any]
         "d_re": M.relative_error(d_pred, d_gt) if has_loops else None,
         "f_re": M.relative_error(pool.fg_pred, pool.fg_gt) if has_loops else None,
         "spacing_re": M.relative_error(s_pred, s_gt) if pool.spacing else None,
+        "spacing_px": s_pred / n_sp if n_sp else None,
+        "spacing_gt_px": s_gt / n_sp if n_sp else None,
+        "lines_per_frame": pool.lines_pred / images if images else None,
+        "lines_per_frame_gt": pool.n_gt[0] / images if images else None,
+        "slip_trace_confusion": pool.st_pred.share if has_st else None,
+        "loop_recall_by_size": size_recall if has_loops else None,
+        "loops_by_size": size_total if has_loops else None,
         "images": images,
     }
-    metrics = {k: (v if k == "images" else _nan_none(v)) for k, v in metrics.items()}
+    metrics = {k: (v if k == "images" or k in SIZE_KEYS else _nan_none(v))
+               for k, v in metrics.items()}  # fmt: skip
     details = {
         "box_map50_95": float(np.mean([b.mean() for b in ap_box])) if ap_box else None,
         "per_class": per_class,
@@ -272,8 +328,60 @@ def _summarise(pool: _Pool, images: int) -> tuple[dict[str, Any], dict[str, Any]
             float(np.mean([abs(p - g) / g for g, p in pool.spacing])) if pool.spacing else None
         ),
         "inference_ms_per_frame": 1000.0 * pool.infer_s / max(images, 1),
+        "lines_pred": pool.lines_pred,
+        "loops_found_by_size": (
+            {b: int(f) for b, f in zip(bins, pool.loop_found, strict=True)} if has_loops else None
+        ),
+        "slip_trace_frames": pool.st_frames,
+        "slip_trace_pixels": pool.st_pred.total,
+        "slip_trace_confusion_labels": _nan_none(pool.st_gt.share) if has_st else None,
     }
     return metrics, details
+
+
+def make_engine(
+    model: str | Path,
+    *,
+    conf: float = 0.25,
+    map_conf: float = 0.001,
+    imgsz: int | None = None,
+    device: str | None = None,
+    mask_threshold: float | None = None,
+    inference: str | None = None,
+    tile_overlap: int | None = None,
+):
+    """The engine ``loopline eval`` runs for ``model`` (a file, a shipped name or ``ridge``).
+
+    The engine's own score floor is the lower of ``conf`` and ``map_conf``: mAP ranks every
+    detection down to ``map_conf``, the other metrics keep those at ``conf`` or more.
+    ``mask_threshold`` None keeps a shipped model's operating point (0.5 for other models).
+    ``inference`` (``"tiles"`` or ``"letterbox"``) and ``tile_overlap`` (px): how frames larger
+    than ``imgsz`` are fed to the network; None: the engine's default (tiles, 64 px).
+
+    Raises
+    ------
+    ValueError
+        ``mask_threshold`` outside (0, 1), or what ``loopline.engines.create_engine`` raises
+        (with FileNotFoundError, ImportError, KeyError, TypeError).
+    """
+    from ..engines import create_engine
+
+    opts: dict[str, Any] = {"conf": min(map_conf, conf)}
+    if imgsz is not None:
+        opts["imgsz"] = imgsz
+    if device is not None:
+        opts["device"] = device
+    if mask_threshold is not None:
+        if not 0.0 < mask_threshold < 1.0:
+            raise ValueError(f"--mask-threshold must lie in (0, 1), got {mask_threshold}")
+        opts["mask_threshold"] = mask_threshold
+    if inference is not None:
+        opts["inference"] = inference
+    if tile_overlap is not None:
+        if tile_overlap < 0:
+            raise ValueError(f"--tile-overlap must be >= 0, got {tile_overlap}")
+        opts["tile_overlap"] = tile_overlap
+    return create_engine(model, **opts)
 
 
 def evaluate(
@@ -284,6 +392,7 @@ def evaluate(
     tol: float = 3.0,
     lar_iou: float = 0.5,
     loop_iou: float = 0.15,
+    distractor_tol: float = 2.0,
     batch: int = 8,
     progress: bool = False,
 ) -> EvalResult:
@@ -302,6 +411,9 @@ def evaluate(
         Tolerance (px) of ``lar_tol`` and ``line_f1_tol``.
     lar_iou, loop_iou : float
         IoU threshold of LAR (0.5) and box-IoU cut-off of loop F1 (0.15).
+    distractor_tol : float
+        Distance (px) within which a predicted line pixel counts as on a distractor
+        (``slip_trace_confusion``).
     batch : int
         Frames per engine call.
     progress : bool
@@ -316,6 +428,8 @@ def evaluate(
         raise ValueError(f"conf must lie in [0, 1], got {conf}")
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
+    if distractor_tol < 0:
+        raise ValueError(f"distractor_tol must be >= 0 px, got {distractor_tol}")
     pool = _Pool()
     scores: list[tuple[str, float]] = []
     best: FramePanel | None = None
@@ -334,7 +448,7 @@ def evaluate(
             for fr, det in zip(frames, dets, strict=True):
                 det = _check(det, fr)
                 s = _frame_update(pool, fr, det, conf=conf, tol=tol, lar_iou=lar_iou,
-                                  loop_iou=loop_iou)  # fmt: skip
+                                  loop_iou=loop_iou, distractor_tol=distractor_tol)  # fmt: skip
                 scores.append((fr.stem, s))
                 logger.debug("%s: frame score %.3f, %d detections", fr.stem, s, len(det))
                 if _better(s, best, 1.0):

@@ -9,12 +9,15 @@ slice); boxes are ``(N, 4)`` ``x0, y0, x1, y1`` in pixels; lengths and distances
 - ``loop_f1``: F1 at a box-IoU cut-off with the greedy global assignment of Shen et al. (2021).
 - ``relative_error``, ``ellipse_diameters``, ``foreground_fraction``: the relative errors
   N_re, D_re and F_re of Salvador et al. (2026).
+- ``recall_by_size`` and ``equivalent_diameters``: recall of loops binned by their size.
 - ``pileup_spacing``: mean nearest-neighbour spacing of the lines of a pile-up.
+- ``distractor_hits``: predicted line pixels on labelled non-defects (slip-trace confusion).
 - ``match_detections`` and ``average_precision``: COCO-style AP for box and mask mAP.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,12 +29,16 @@ from scipy.spatial import cKDTree
 
 __all__ = [
     "COCO_IOU_THRESHOLDS",
+    "LOOP_SIZE_EDGES",
+    "DistractorHits",
     "F1Counts",
     "LARResult",
     "LineF1",
     "average_precision",
     "box_iou",
+    "distractor_hits",
     "ellipse_diameters",
+    "equivalent_diameters",
     "foreground_fraction",
     "greedy_match",
     "lar",
@@ -44,8 +51,10 @@ __all__ = [
     "mask_iou",
     "match_detections",
     "pileup_spacing",
+    "recall_by_size",
     "relative_error",
     "resample_polyline",
+    "size_bin_names",
     "skeleton",
     "skeleton_length",
     "skeleton_polyline",
@@ -53,6 +62,9 @@ __all__ = [
 
 #: IoU thresholds of COCO's mAP50-95: 0.50, 0.55, ..., 0.95.
 COCO_IOU_THRESHOLDS = np.round(np.linspace(0.5, 0.95, 10), 2)
+
+#: Bin edges (equivalent diameter, px) of per-size loop recall: < 8, 8-14, 14-24, 24-40, >= 40.
+LOOP_SIZE_EDGES: tuple[float, ...] = (8.0, 14.0, 24.0, 40.0)
 
 _EIGHT = np.ones((3, 3), bool)
 
@@ -760,6 +772,77 @@ def foreground_fraction(masks: np.ndarray, shape: tuple[int, int] | None = None)
     return float(np.count_nonzero(m.any(axis=0))) / (h * w) if len(m) else 0.0
 
 
+def equivalent_diameters(masks: np.ndarray) -> np.ndarray:
+    """Diameter of the circle of each mask's area, ``2 sqrt(area / pi)``, px.
+
+    Parameters
+    ----------
+    masks : (N, H, W) bool
+
+    Returns
+    -------
+    (N,) float64
+        NaN for an empty mask.
+
+    Examples
+    --------
+    >>> m = np.zeros((1, 20, 20), bool); m[0, 5:15, 5:15] = True    # 100 px
+    >>> equivalent_diameters(m).round(2)
+    array([11.28])
+    """
+    m = _stack(masks, "masks")
+    area = m.sum(axis=(1, 2)).astype(float)
+    return np.where(area > 0, 2.0 * np.sqrt(area / np.pi), np.nan)
+
+
+def size_bin_names(edges: Sequence[float] = LOOP_SIZE_EDGES) -> list[str]:
+    """Names of the bins of ``recall_by_size``: ``["<8", "8-14", ..., ">=40"]``."""
+    e = [f"{x:g}" for x in edges]
+    if not e:
+        return ["all"]
+    return [f"<{e[0]}", *(f"{a}-{b}" for a, b in itertools.pairwise(e)), f">={e[-1]}"]
+
+
+def recall_by_size(
+    diameters: np.ndarray, found: np.ndarray, edges: Sequence[float] = LOOP_SIZE_EDGES
+) -> tuple[np.ndarray, np.ndarray]:
+    """Found and total ground-truth loops per size bin; sum over frames, then divide.
+
+    Parameters
+    ----------
+    diameters : (N,) float
+        Size of each ground-truth loop (px), e.g. ``equivalent_diameters``; NaN ones are left
+        out.
+    found : (N,) bool
+        Whether each loop was matched by a prediction.
+    edges : sequence of float
+        Increasing bin edges (px); bin ``i`` holds ``edges[i-1] <= d < edges[i]``.
+
+    Returns
+    -------
+    found, total : (len(edges) + 1,) int64
+
+    Examples
+    --------
+    >>> recall_by_size(np.array([5.0, 9.0, 13.9, 14.0, 50.0]),
+    ...                np.array([False, True, False, True, True]))
+    (array([0, 1, 1, 0, 1]), array([1, 2, 1, 0, 1]))
+    """
+    d = np.asarray(diameters, float).ravel()
+    f = np.asarray(found, bool).ravel()
+    if d.shape != f.shape:
+        raise ValueError(f"found must have shape {d.shape} like diameters, got {f.shape}")
+    e = np.asarray(edges, float)
+    if e.ndim != 1 or np.any(np.diff(e) <= 0):
+        raise ValueError(f"edges must be a strictly increasing 1-D sequence, got {list(edges)}")
+    ok = ~np.isnan(d)
+    k = np.digitize(d[ok], e)
+    nb = len(e) + 1
+    total = np.bincount(k, minlength=nb).astype(np.int64)
+    hit = np.bincount(k[f[ok]], minlength=nb).astype(np.int64)
+    return hit, total
+
+
 # ---------------------------------------------------------------------------------------------
 # pile-up spacing
 
@@ -970,3 +1053,72 @@ def average_precision(tp: np.ndarray, scores: np.ndarray, n_gt: int) -> np.ndarr
         ok = idx < len(env)
         out[k] = np.where(ok, env[np.minimum(idx, len(env) - 1)], 0.0).mean()
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# distractors (slip traces, planar faults)
+
+
+@dataclass(frozen=True)
+class DistractorHits:
+    """Predicted line skeleton pixels on distractors (``on``) of all of them (``total``).
+
+    Add them up over frames before taking ``share``.
+    """
+
+    on: int
+    total: int
+
+    @property
+    def share(self) -> float:
+        """``on / total``; NaN without predicted line pixels."""
+        return self.on / self.total if self.total else float("nan")
+
+    def __add__(self, other: DistractorHits) -> DistractorHits:
+        return DistractorHits(self.on + other.on, self.total + other.total)
+
+
+def distractor_hits(
+    line_masks: np.ndarray, distractors: np.ndarray, *, tol: float = 2.0
+) -> DistractorHits:
+    """Line skeleton pixels within ``tol`` px of a distractor pixel (slip-trace confusion).
+
+    Every line instance is reduced to its Lee skeleton, as in ``line_f1_tol``, so a wide
+    mask counts by its length, not its area; skeleton pixels shared by overlapping instances
+    count once. A skeleton pixel is on a distractor if the Euclidean distance from its
+    centre to the centre of the nearest distractor pixel is at most ``tol``.
+
+    Parameters
+    ----------
+    line_masks : (N, H, W) bool or (H, W) bool
+        Predicted dislocation lines.
+    distractors : (H, W) bool
+        Labelled pixels that are not dislocations (slip traces, planar faults).
+    tol : float
+        Distance (px); 2 px forgives a line drawn beside a trace by a labeller's stroke.
+
+    Returns
+    -------
+    DistractorHits
+
+    Examples
+    --------
+    >>> trace = np.zeros((20, 20), bool); trace[10, :] = True
+    >>> line = np.zeros((20, 20), bool); line[11, 2:12] = True; line[:7, 15] = True
+    >>> distractor_hits(line, trace)     # 10 px 1 px off the trace, 7 px 4-10 px from it
+    DistractorHits(on=10, total=17)
+    """
+    d = np.asarray(distractors)
+    if d.ndim != 2:
+        raise ValueError(f"distractors must have shape (H, W), got {d.shape}")
+    pred = _stack(line_masks, "line_masks", d.shape)
+    if tol < 0:
+        raise ValueError(f"tol must be >= 0 px, got {tol}")
+    pts = _union_points(_skeleton_points(pred))
+    if len(pts) == 0:
+        return DistractorHits(0, 0)
+    d = d.astype(bool, copy=False)
+    if not d.any():
+        return DistractorHits(0, len(pts))
+    dist = ndi.distance_transform_edt(~d)
+    return DistractorHits(int((dist[pts[:, 0], pts[:, 1]] <= tol + 1e-9).sum()), len(pts))

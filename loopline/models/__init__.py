@@ -21,8 +21,12 @@ SHIPPED: dict[str, str] = {"defects": "defects", "dislocations": "defects", "loo
 
 #: file stem -> engine options of its operating point, chosen on the validation sets (never the
 #: test sets) and recorded in the model card; an option given explicitly wins
-#: (``mask_threshold``: one value per class, dislocation then loop)
-SETTINGS: dict[str, dict[str, Any]] = {"defects": {"mask_threshold": (0.4, 0.5)}}
+#: (``mask_threshold``: one value per class, dislocation then loop; ``model_nm_per_px``: the
+#: pixel size, nm, of the frames it was trained on, to which frames of a known pixel size are
+#: resampled; None: its synthetic training frames have no one scale, frames are used as they are)
+SETTINGS: dict[str, dict[str, Any]] = {
+    "defects": {"mask_threshold": (0.4, 0.5), "model_nm_per_px": None},
+}
 
 
 def shipped_settings(model: str | Path) -> dict[str, Any]:

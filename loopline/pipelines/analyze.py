@@ -29,6 +29,8 @@ class AnalyzeOptions:
 
     model: str = "truth"
     engine: str | None = None
+    inference: str = "tiles"
+    tile_overlap: int = 64
     sequence: int = 0
     search_range_px: float = 8.0
     memory: int = 3
@@ -65,8 +67,8 @@ def _frame_time(fr: Frame, cal: Calibration, warned: list[bool]) -> float:
     return float(t)
 
 
-def _make_detector(opt: AnalyzeOptions):
-    """A callable list[Frame] -> list[Detections]."""
+def _make_detector(opt: AnalyzeOptions, nm_per_px: float | None = None):
+    """A callable list[Frame] -> list[Detections] (frames of ``nm_per_px`` nm, if known)."""
     if opt.model == "truth":
 
         def detect(frames: list[Frame]):
@@ -91,10 +93,13 @@ def _make_detector(opt: AnalyzeOptions):
             f"cannot run model {opt.model!r}: loopline.engines.create_engine is not available "
             f"in this installation ({e}); use --model truth on a labelled dataset"
         ) from e
-    engine = create_engine(opt.model, engine=opt.engine)
+    engine = create_engine(opt.model, engine=opt.engine, inference=opt.inference,
+                           tile_overlap=opt.tile_overlap)  # fmt: skip
+    # resampled to the model's pixel size only where the model card gives one
+    px = nm_per_px if getattr(engine, "model_nm_per_px", None) else None
 
     def detect(frames: list[Frame]):
-        return engine([fr.image for fr in frames])
+        return engine([fr.image for fr in frames], nm_per_px=px)
 
     return detect
 
@@ -122,7 +127,7 @@ def analyze(
     cal = resolve_calibration(source, calibration)
     if cal.frame_times_s is not None:
         check_frame_times(cal.frame_times_s)
-    detect = _make_detector(opt)
+    detect = _make_detector(opt, cal.nm_per_px)
     tracker = OnlineTracker(cal, search_range_px=opt.search_range_px, memory=opt.memory,
                             drift=opt.drift)  # fmt: skip
     tracked = []

@@ -28,6 +28,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="model name or file, 'ridge', or 'truth' (measure the label masks; default)",
     )
     p.add_argument("--engine", default=None, help="engine runtime (default: from the model)")
+    p.add_argument("--inference", choices=("tiles", "letterbox"), default="tiles",
+                   help="frames larger than the network input: native-scale overlapping tiles "
+                        "merged across seams (default), or the whole frame shrunk")  # fmt: skip
+    p.add_argument("--tile-overlap", type=int, default=64, metavar="PX",
+                   help="least overlap of neighbouring tiles, px (default 64)")  # fmt: skip
     p.add_argument("--calibration", type=Path, help="calibration profile (TOML)")
     p.add_argument("--nm-per-px", type=float, help="pixel size, nm/px (overrides the profile)")
     p.add_argument("--fps", type=float, help="frame rate, frames/s (overrides the profile)")
@@ -74,7 +79,8 @@ def run(a: argparse.Namespace) -> int:
         if changes:
             cal = (cal or Calibration(source="command line")).replace(**changes)
         opt = AnalyzeOptions(
-            model=a.model, engine=a.engine, sequence=a.sequence, search_range_px=a.search_range,
+            model=a.model, engine=a.engine, inference=a.inference, tile_overlap=a.tile_overlap,
+            sequence=a.sequence, search_range_px=a.search_range,
             memory=a.memory, drift="none" if a.no_drift else "phase", window=a.window,
             max_frames=a.max_frames, measure=MeasureOptions(impl=a.impl),
         )  # fmt: skip

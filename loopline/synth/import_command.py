@@ -15,7 +15,8 @@ _FORMATS = ("tanaka", "masks", "coco", "labelme")  # importers.FORMATS, without 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", type=Path, help="labels: folder or file, as the format expects")
     p.add_argument("--format", dest="fmt", required=True, choices=_FORMATS,
-                   help="tanaka: SOURCE/original + SOURCE/ds line masks; masks: folder of "
+                   help="tanaka: SOURCE/original + SOURCE/ds line masks (+ SOURCE/st "
+                        "distractor masks); masks: folder of "
                         "binary masks (with --images, --class); coco: COCO JSON with "
                         "polygons; labelme: labelme JSON file or folder")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="dataset folder to write")
@@ -41,8 +42,9 @@ def run(a: argparse.Namespace) -> int:
         raise CliError(str(e)) from None
     counts = ", ".join(f"{n} {k}" for k, n in res.per_class.items() if n)
     skipped = f", {res.skipped} shapes skipped" if res.skipped else ""
+    distractors = f", {res.distractors} distractor masks" if res.distractors else ""
     Console().print(
         f"[bold green]import[/] {a.fmt}: {res.images} frames, {res.instances} instances "
-        f"({counts or 'none'}){skipped} -> {res.out}"
+        f"({counts or 'none'}){skipped}{distractors} -> {res.out}"
     )
     return 0

@@ -5,7 +5,12 @@ PNG), ``labels/`` (YOLO-seg), ``coco.json`` and ``data.yaml``, plus ``import.jso
 imported, from where, with which options). Importers of mask formats also keep the original
 masks as ``masks/<stem>.png``: a 16-bit instance map in which pixel value ``k`` marks the
 ``k``-th instance of ``labels/<stem>.txt`` (0 = background). ``loopline eval`` measures thin
-human strokes (tanaka) on these originals rather than on label polygons.
+human strokes (tanaka) on these originals rather than on label polygons. Where the source
+labels structures that are *not* defects to find (tanaka's ``st/``: planar faults and slip
+traces), they are kept as ``distractors/<stem>.png``: a binary 8-bit mask, 255 on a
+distractor pixel, 0 elsewhere, one per frame that has such labels (an all-zero mask means the
+frame was labelled and has none). They never become instances; ``loopline eval`` reports the
+share of predicted line pixels on them (``slip_trace_confusion``).
 
 Formats (``fmt``):
 
@@ -14,6 +19,9 @@ Formats (``fmt``):
     (suffix case ignored); line pixels are ``np.array(Image.open(p)) != 0``; one dislocation
     per 8-connected component. With ``label_width`` the label polygon is the component's
     skeleton redrawn at that width (the synthetic labels' shape); without it, its outline.
+    ``SOURCE/st/*.png`` palette masks (planar faults / slip traces), where present, become
+    ``distractors/<stem>.png``. A source with ``st/`` and no ``ds/`` (tanaka-twip-086um)
+    imports every frame of ``st/`` with no instances and its distractor mask.
 ``masks``
     ``SOURCE/*.png`` binary masks (0 / non-zero) and ``images=DIR`` with frames of the same
     stem; one instance of class ``cls`` per 8-connected component (e.g. creme ``masks1/``).
@@ -70,6 +78,7 @@ class ImportResult:
     instances: int
     skipped: int = 0
     per_class: dict[str, int] = field(default_factory=dict)
+    distractors: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,7 +216,7 @@ class _Writer:
             raise FileExistsError(
                 f"{self.out} already holds a dataset; pass --overwrite to replace it"
             )
-        for sub in ("images", "labels", "masks"):
+        for sub in ("images", "labels", "masks", "distractors"):
             if overwrite and (self.out / sub).exists():
                 shutil.rmtree(self.out / sub)
         for sub in ("images", "labels"):
@@ -217,6 +226,7 @@ class _Writer:
         self.images = 0
         self.instances = 0
         self.skipped = 0
+        self.distractors = 0
         self.per_class = dict.fromkeys(CLASSES, 0)
 
     def add(
@@ -225,6 +235,7 @@ class _Writer:
         image: np.ndarray,
         instances: list[tuple[int, np.ndarray]],
         instance_map: np.ndarray | None = None,
+        distractor: np.ndarray | None = None,
     ) -> None:
         if stem in self.stems:
             raise ValueError(f"two frames share the name {stem!r}; frame names must be unique")
@@ -240,6 +251,11 @@ class _Writer:
         if instance_map is not None:
             (self.out / "masks").mkdir(exist_ok=True)
             write_image(self.out / "masks" / f"{stem}.png", instance_map.astype(np.uint16))
+        if distractor is not None:
+            (self.out / "distractors").mkdir(exist_ok=True)
+            write_image(self.out / "distractors" / f"{stem}.png",
+                        np.where(distractor, 255, 0).astype(np.uint8))  # fmt: skip
+            self.distractors += 1
         self.images += 1
         self.instances += len(instances)
 
@@ -249,12 +265,14 @@ class _Writer:
         self.coco.write(self.out / "coco.json")
         write_data_yaml(self.out)
         meta = dict(meta, images=self.images, instances=self.instances, skipped=self.skipped,
-                    per_class=self.per_class, classes=list(CLASSES))  # fmt: skip
+                    per_class=self.per_class, classes=list(CLASSES),
+                    distractors=self.distractors)  # fmt: skip
         dump_json(meta, self.out / "import.json", indent=1)
         logger.debug("imported %d frames, %d instances into %s", self.images, self.instances,
                      self.out)  # fmt: skip
         return ImportResult(out=self.out, images=self.images, instances=self.instances,
-                            skipped=self.skipped, per_class=dict(self.per_class))  # fmt: skip
+                            skipped=self.skipped, per_class=dict(self.per_class),
+                            distractors=self.distractors)  # fmt: skip
 
 
 def _check_shape(image: np.ndarray, mask: np.ndarray, ipath: Path, mpath: Path) -> None:
@@ -271,25 +289,37 @@ def _check_shape(image: np.ndarray, mask: np.ndarray, ipath: Path, mpath: Path) 
 
 def _import_tanaka(src: Path, w: _Writer, images: Path | None, cls: int | None,
                    label_width: float | None) -> None:  # fmt: skip
-    ds = src / "ds"
+    ds, st = src / "ds", src / "st"
     orig = images if images is not None else src / "original"
-    if not ds.is_dir() or not orig.is_dir():
-        missing = ds if not ds.is_dir() else orig
+    if not orig.is_dir() or not (ds.is_dir() or st.is_dir()):
+        missing = orig if not orig.is_dir() else ds
         raise ValueError(
-            f"tanaka format expects SOURCE/original/*.png frames and SOURCE/ds/*.png palette "
-            f"masks; {missing} is not a folder"
+            f"tanaka format expects SOURCE/original/*.png frames and SOURCE/ds/*.png (or, "
+            f"for distractors only, SOURCE/st/*.png) palette masks; {missing} is not a folder"
         )
-    masks = _images_in(ds)
+    # Frames are those with line labels; without ds/, those with st/ labels (no instances).
+    labelled = ds if ds.is_dir() else st
+    masks = _images_in(labelled)
     if not masks:
-        raise ValueError(f"no mask images (.png) in {ds}")
+        raise ValueError(f"no mask images (.png) in {labelled}")
     for mp in masks:
         ip = _find(orig, mp.stem)
         if ip is None:
             raise ValueError(f"mask {mp} has no frame named {mp.stem}.* in {orig}")
-        image, mask = read_grey(ip), read_mask(mp)
-        _check_shape(image, mask, ip, mp)
-        inst, imap = _instances_from_mask(mask, 0 if cls is None else cls, label_width)
-        w.add(mp.stem, image, inst, imap)
+        image = read_grey(ip)
+        inst, imap = [], None
+        if labelled is ds:
+            mask = read_mask(mp)
+            _check_shape(image, mask, ip, mp)
+            inst, imap = _instances_from_mask(mask, 0 if cls is None else cls, label_width)
+        sp = _find(st, mp.stem) if st.is_dir() else None
+        distractor = None
+        if sp is not None:
+            distractor = read_mask(sp)
+            _check_shape(image, distractor, ip, sp)
+        elif st.is_dir():
+            logger.debug("%s: no st/ mask for frame %s; no distractors kept", src, mp.stem)
+        w.add(mp.stem, image, inst, imap, distractor)
 
 
 def _import_masks(src: Path, w: _Writer, images: Path | None, cls: int | None,

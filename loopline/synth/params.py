@@ -77,6 +77,28 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "loop_blur": (0.0, 50.0),
     "loop_min_gap": (0.0, 1000.0),
     "label_width": (1.0, 64.0),
+    "label_spacing_frac": (0.0, 2.0),
+    "jitter_spacing_frac": (0.0, 10.0),
+    "line_bright_prob": (0.0, 1.0),
+    "loop_chain_prob": (0.0, 1.0),
+    "stacking_faults": (0, 50),
+    "fault_width": (1.0, 1000.0),
+    "fault_contrast": (0.0, 1.0),
+    "fault_fringe": (1.0, 200.0),
+    "straight_traces": (0, 50),
+    "bend_contours": (0, 50),
+    "bend_width": (1.0, 1000.0),
+    "bend_contrast": (0.0, 1.0),
+    "boundaries": (0, 50),
+    "boundary_step": (0.0, 1.0),
+    "fringe_period": (1.0, 500.0),
+    "texts": (0, 50),
+    "text_scale": (0.1, 10.0),
+    "scale_bar_prob": (0.0, 1.0),
+    "info_strip_prob": (0.0, 1.0),
+    "info_strip_height": (2.0, 1000.0),
+    "image_blur": (0.0, 50.0),
+    "gamma": (0.1, 10.0),
     "frames": (1, 100000),
     "lead_velocity": (-100.0, 100.0),
     "lead_pinned_prob": (0.0, 1.0),
@@ -88,10 +110,15 @@ _BOUNDS: dict[str, tuple[float, float]] = {
 }
 
 INT_PARAMS = frozenset(
-    {"width", "height", "bit_depth", "pileups", "dislocations", "support_points", "loops", "frames"}
+    {
+        "width", "height", "bit_depth", "pileups", "dislocations", "support_points", "loops",
+        "frames", "stacking_faults", "straight_traces", "bend_contours", "boundaries", "texts",
+    }
 )
 # Parameters that must be a single value, never a range.
-_SCALAR_ONLY = frozenset({"width", "height", "bit_depth", "frames", "fps", "nm_per_px"})
+_SCALAR_ONLY = frozenset(
+    {"width", "height", "bit_depth", "frames", "fps", "nm_per_px", "jitter_spacing_frac"}
+)
 
 
 def _read_defaults() -> dict[str, Any]:

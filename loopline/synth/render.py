@@ -9,14 +9,17 @@ was drawn with, so a model learns one mask shape); a loop's label is its filled 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+from scipy.spatial import cKDTree
 
 from .background import render_background
+from .distractors import draw_distractors, draw_overlays, strip_rect
 from .scene import Line, Loop, drift_at, lines_at, loops_at, trace_segments
 
 __all__ = ["CLASSES", "Instance", "Rendered", "render_frame", "resample_polyline"]
@@ -78,9 +81,18 @@ def _fixed(pts: np.ndarray) -> np.ndarray:
     return np.round(pts * _SCALE).astype(np.int32).reshape(-1, 1, 2)
 
 
-def _draw_lines(shape: tuple[int, int], lines: list[Line], blur: dict[int, float]) -> np.ndarray:
-    """Darkening layer (0 = none, 1 = black) of all dislocation lines."""
+def _draw_lines(
+    shape: tuple[int, int],
+    lines: list[Line],
+    blur: dict[int, float],
+    bright: set[int] | frozenset[int] = frozenset(),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Darkening and brightening layers (0 = none, 1 = black / white) of all dislocation lines.
+
+    Pile-ups whose id is in ``bright`` (dark-field or weak-beam contrast) go to the second.
+    """
     dark = np.zeros(shape, np.float32)
+    light = np.zeros(shape, np.float32)
     by_pileup: dict[int, list[Line]] = {}
     for ln in lines:
         by_pileup.setdefault(ln.pileup, []).append(ln)
@@ -95,8 +107,9 @@ def _draw_lines(shape: tuple[int, int], lines: list[Line], blur: dict[int, float
         sigma = blur[pid]
         if sigma > 0:
             layer = cv2.GaussianBlur(layer, (0, 0), sigma)
-        np.maximum(dark, layer, out=dark)
-    return dark
+        target = light if pid in bright else dark
+        np.maximum(target, layer, out=target)
+    return dark, light
 
 
 def _draw_loops(shape: tuple[int, int], loops: list[Loop], dark: np.ndarray) -> None:
@@ -171,26 +184,43 @@ def render_frame(
     shape = (h, w)
     bg = background if background is not None else BackgroundCache(scene, backgrounds)
     img = bg.at(t)
+    if scene.get("distractors"):
+        draw_distractors(img, scene["distractors"], drift_at(scene, t))
     img += _draw_traces(shape, scene, t)
     lines = lines_at(scene, t)
     loops = loops_at(scene, t)
     blur = {pu["id"]: pu["blur"] for pu in scene["pileups"]}
-    dark = _draw_lines(shape, lines, blur)
+    bright = {pu["id"] for pu in scene["pileups"] if pu.get("bright")}
+    dark, light = _draw_lines(shape, lines, blur, bright)
     _draw_loops(shape, loops, dark)
     img *= 1.0 - dark
+    if bright:
+        np.clip(img, 0.0, 1.0, out=img)
+        img += light * (1.0 - img)
+    if scene.get("image_blur", 0.0) > 0:
+        img = cv2.GaussianBlur(img, (0, 0), scene["image_blur"])
     rng = np.random.default_rng(np.random.SeedSequence([scene["noise_seed"], t]))
     if scene["camera_noise"] > 0:
         img += rng.normal(0.0, scene["camera_noise"], size=shape).astype(np.float32)
     np.clip(img, 0.0, 1.0, out=img)
+    if scene.get("gamma", 1.0) != 1.0:
+        np.power(img, scene["gamma"], out=img)
+    hidden = None
+    if scene.get("overlays"):
+        draw_overlays(img, scene["overlays"])
+        hidden = strip_rect(scene["overlays"], w, h)
+    if hidden is not None:
+        lines, loops = _unhidden(lines, loops, hidden, scene["min_line_length"])
     if scene["bit_depth"] == 16:
         out = np.round(img * 65535.0).astype(np.uint16)
     else:
         out = np.round(img * 255.0).astype(np.uint8)
 
     instances: list[Instance] = []
-    lw = scene["label_width"]
+    label_w = _label_widths(lines, scene["label_width"], scene.get("label_spacing_frac", 0.0))
     line_truth = []
     for ln in lines:
+        lw = label_w.get(ln.pileup, scene["label_width"])
         pts = resample_polyline(ln.points, 2.0)
         rec = {
             "id": ln.id,
@@ -222,6 +252,48 @@ def render_frame(
         "loops": loop_truth,
     }
     return Rendered(image=out, instances=instances, truth=truth)
+
+
+def _label_widths(lines: list[Line], width: float, frac: float) -> dict[int, float]:
+    """Label width of each pile-up: ``width``, or at most ``frac`` of the smallest distance
+    between two of its neighbouring lines at this frame (so labels in dense pile-ups do not
+    touch), never below 2 px. ``frac`` 0 keeps one width for every line."""
+    out: dict[int, float] = {}
+    if frac <= 0:
+        return out
+    by_pileup: dict[int, list[Line]] = {}
+    for ln in lines:
+        by_pileup.setdefault(ln.pileup, []).append(ln)
+    for pid, group in by_pileup.items():
+        group = sorted(group, key=lambda ln: ln.id)  # leader first: neighbours are consecutive
+        gaps = [cKDTree(b.points).query(a.points)[0].min() for a, b in pairwise(group)]
+        if gaps:
+            out[pid] = float(min(width, max(2.0, frac * min(gaps))))
+    return out
+
+
+def _unhidden(
+    lines: list[Line], loops: list[Loop], rows: tuple[float, float], min_length: float
+) -> tuple[list[Line], list[Loop]]:
+    """What an information strip covering ``rows`` (y0, y1) leaves visible and so labelled."""
+    y0, y1 = rows
+    kept_lines = []
+    for ln in lines:
+        out = (ln.points[:, 1] < y0 - 1) | (ln.points[:, 1] > y1 + 1)
+        if out.all():
+            kept_lines.append(ln)
+            continue
+        idx = np.flatnonzero(out)
+        if idx.size < 2:
+            continue
+        runs = np.split(idx, np.flatnonzero(np.diff(idx) > 1) + 1)
+        piece = ln.points[max(runs, key=len)]
+        length = float(np.hypot(*np.diff(piece, axis=0).T).sum())
+        if length >= min_length:
+            kept_lines.append(replace(ln, points=piece, length=length))
+    kept_loops = [lp for lp in loops
+                  if lp.center[1] + lp.minor / 2 < y0 or lp.center[1] - lp.minor / 2 > y1]
+    return kept_lines, kept_loops
 
 
 def polygon_mask(polygon: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

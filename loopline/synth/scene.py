@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from scipy.interpolate import CubicSpline
 
+from .distractors import sample_distractors, sample_overlays
 from .params import Preset
 
 __all__ = ["Line", "Loop", "lines_at", "loops_at", "sample_scene"]
@@ -101,8 +102,36 @@ def sample_scene(
         pu, next_id = _sample_pileup(preset, rng, p, next_id, w, h, frames)
         pileups.append(pu)
     scene["pileups"] = pileups
-    scene["loops"] = _sample_loops(preset, rng, next_id, w, h, frames)
+    # Domain randomisation (issue 15) draws from a stream of its own, so the presets without it
+    # keep their scenes, and their bytes, exactly; its keys are written only when it is on.
+    rng2 = np.random.default_rng(np.random.SeedSequence([seed, index, 1]))
+    scene["loops"] = _sample_loops(preset, rng, next_id, w, h, frames, rng2)
+    _randomise(scene, preset, rng2)
     return scene
+
+
+def _randomise(scene: dict[str, Any], preset: Preset, rng: np.random.Generator) -> None:
+    """Bright lines, label widths of dense pile-ups, distractors, overlays, blur and gamma."""
+    w, h = scene["width"], scene["height"]
+    p_bright = preset.sample("line_bright_prob", rng)
+    for pu in scene["pileups"]:
+        if p_bright > 0:
+            pu["bright"] = bool(rng.uniform() < p_bright)
+    frac = preset.sample("label_spacing_frac", rng)
+    if frac > 0:
+        scene["label_spacing_frac"] = _r(frac)
+    distractors = sample_distractors(preset, rng, w, h)
+    if distractors:
+        scene["distractors"] = distractors
+    overlays = sample_overlays(preset, rng, w, h)
+    if overlays:
+        scene["overlays"] = overlays
+    blur = preset.sample("image_blur", rng)
+    if blur > 0:
+        scene["image_blur"] = _r(blur)
+    gamma = preset.sample("gamma", rng)
+    if gamma != 1.0:
+        scene["gamma"] = _r(gamma)
 
 
 def _sample_pileup(
@@ -131,8 +160,13 @@ def _sample_pileup(
     v_sup = np.linspace(-width / 2, width / 2, k_support)
     base = bow * width * (1.0 - (2.0 * v_sup / width) ** 2) + np.tan(beta) * v_sup
     dislocations = []
+    # Dislocations of one pile-up glide on one plane and do not cross: optionally keep the
+    # shape noise well below the spacing (0 = the presets' rule, noise as a share of the width).
+    cap = preset.fixed("jitter_spacing_frac") * spacing0
     for k in range(n):
         jitter = preset.sample("shape_jitter", rng) * width
+        if cap > 0:
+            jitter = min(jitter, cap)
         s = base + rng.normal(0.0, 1.0, size=k_support) * jitter
         dislocations.append(
             {
@@ -163,11 +197,28 @@ def _sample_pileup(
     return pileup, next_id
 
 
+def _chains(rng: np.random.Generator, w: int, h: int) -> list[np.ndarray]:
+    """One or two smooth curves across the frame along which decorated lines carry loops."""
+    out = []
+    for _ in range(int(rng.integers(1, 3))):
+        a = rng.uniform(0, np.pi)
+        c = np.array([rng.uniform(0, w), rng.uniform(0, h)])
+        t = np.linspace(-0.8, 0.8, 4) * max(w, h)
+        off = rng.normal(0.0, 0.08 * max(w, h), size=4)
+        sup = c + np.outer(t, [np.cos(a), np.sin(a)]) + np.outer(off, [-np.sin(a), np.cos(a)])
+        spline = CubicSpline(np.linspace(0, 1, 4), sup, bc_type="natural")
+        out.append(spline(np.linspace(0, 1, 600)))
+    return out
+
+
 def _sample_loops(
-    preset: Preset, rng: np.random.Generator, next_id: int, w: int, h: int, frames: int
+    preset: Preset, rng: np.random.Generator, next_id: int, w: int, h: int, frames: int,
+    rng2: np.random.Generator | None = None,
 ) -> list[dict[str, Any]]:
     n = preset.sample("loops", rng)
     gap = preset.fixed("loop_min_gap")
+    p_chain = preset.sample("loop_chain_prob", rng2) if rng2 is not None else 0.0
+    chains = _chains(rng2, w, h) if p_chain > 0 and n > 0 else []
     loops: list[dict[str, Any]] = []
     placed: list[tuple[float, float, float]] = []  # x, y, largest half-axis over the video
     attempts = 0
@@ -182,6 +233,11 @@ def _sample_loops(
         birth = int(rng.integers(1, frames)) if born_late else 0
         x = rng.uniform(0.0, w)
         y = rng.uniform(0.0, h)
+        if chains and rng2.uniform() < p_chain:
+            curve = chains[int(rng2.integers(0, len(chains)))]
+            x, y = curve[int(rng2.integers(0, len(curve)))] + rng2.normal(0.0, 0.15 * major, 2)
+            if not (0 <= x < w and 0 <= y < h):
+                continue
         r_max = 0.5 * max(major, major + growth * (frames - 1 - birth))
         travel = drift * (frames - 1 - birth)
         if any(math.hypot(x - px, y - py) < r_max + pr + gap + travel for px, py, pr in placed):

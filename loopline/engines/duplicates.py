@@ -1,0 +1,95 @@
+"""One instance per dislocation: suppress line instances that retrace a better-scored line.
+
+YOLOv8-seg decodes masks from prototypes at 1/4 of its input, so in a dense pile-up (lines
+6-12 px apart) two boxes on one dislocation, or a box spanning two neighbours, both survive box
+NMS (their boxes differ) and come out as overlapping line masks; the measured pile-up spacing
+then collapses to a few pixels. Box or mask IoU cannot tell such a duplicate from a true
+neighbour (both overlap little in area); the centre lines can: a duplicate's centre line runs
+*on* the kept line, a neighbour's runs beside it. So, per frame, dislocation instances are taken
+in order of score, and one whose centre line lies for at least ``cover`` of its length within
+``tol`` px of the centre line of a kept instance is dropped. ``tol`` must stay below half of
+the closest spacing the model should resolve (default 2.5 px: neighbours 6 px apart are kept).
+Loops are left to NMS.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from skimage.morphology import skeletonize
+
+from .base import Detections
+
+__all__ = ["suppress_duplicate_lines"]
+
+
+def _centre_line(mask: np.ndarray) -> np.ndarray:
+    return skeletonize(mask) if mask.any() else mask
+
+
+def suppress_duplicate_lines(
+    det: Detections, *, tol: float = 2.5, cover: float = 0.6, cls: int = 0, merge: bool = True
+) -> Detections:
+    """``det`` without the class-``cls`` instances that retrace a better-scored one.
+
+    Parameters
+    ----------
+    tol : float
+        Distance (px) from a kept centre line within which a centre-line pixel counts as on it.
+    cover : float
+        Share of an instance's centre line (in (0, 1]) that must lie on kept centre lines for
+        it to be dropped.
+    merge : bool
+        Add a dropped instance's mask (and box) to the kept instance it retraces most, so the
+        part of the line that only the duplicate covered is not lost.
+    """
+    if not tol > 0:
+        raise ValueError(f"tol must be > 0 px, got {tol}")
+    if not 0.0 < cover <= 1.0:
+        raise ValueError(f"cover must lie in (0, 1], got {cover}")
+    idx = np.flatnonzero(det.classes == cls)
+    if idx.size < 2:
+        return det
+    order = idx[np.argsort(-det.scores[idx], kind="stable")]
+    h, w = det.shape
+    r = int(np.ceil(tol))
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    near = np.zeros((h, w), np.int32)  # 1 + index of the kept instance whose widened line is here
+    drop = np.zeros(len(det), bool)
+    masks, boxes = det.masks, det.boxes
+    if merge:
+        masks, boxes = masks.copy(), boxes.copy()
+    for i in order:
+        # The mask decides, not the box: bound the work by the mask's own extent.
+        ys, xs = np.nonzero(det.masks[i])
+        if ys.size == 0:
+            continue
+        ya, yb, xa, xb = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        sk = _centre_line(det.masks[i, ya:yb, xa:xb])
+        n = int(sk.sum())
+        if n == 0:
+            continue
+        owners = near[ya:yb, xa:xb][sk]
+        owners = owners[owners > 0]
+        if owners.size >= cover * n:
+            drop[i] = True
+            if merge:
+                k = int(np.bincount(owners).argmax()) - 1
+                masks[k] |= det.masks[i]
+                boxes[k, :2] = np.minimum(boxes[k, :2], det.boxes[i, :2])
+                boxes[k, 2:] = np.maximum(boxes[k, 2:], det.boxes[i, 2:])
+            continue
+        pad = np.zeros((yb - ya + 2 * r, xb - xa + 2 * r), np.uint8)
+        pad[r:r + yb - ya, r:r + xb - xa] = sk
+        grown = cv2.dilate(pad, disk).astype(np.int32) * (i + 1)
+        # Paste the widened centre line back, clipped to the frame.
+        gy0, gx0 = ya - r, xa - r
+        sy0, sx0 = max(gy0, 0), max(gx0, 0)
+        sy1, sx1 = min(gy0 + grown.shape[0], h), min(gx0 + grown.shape[1], w)
+        np.maximum(near[sy0:sy1, sx0:sx1], grown[sy0 - gy0:sy1 - gy0, sx0 - gx0:sx1 - gx0],
+                   out=near[sy0:sy1, sx0:sx1])  # fmt: skip
+    if not drop.any():
+        return det
+    keep = ~drop
+    return Detections(masks=masks[keep], boxes=boxes[keep], scores=det.scores[keep],
+                      classes=det.classes[keep], timings_ms=dict(det.timings_ms))  # fmt: skip
