@@ -13,8 +13,11 @@ same run. A second table compares post-processing alone: ultralytics' NMS +
 ``process_mask_native`` (what the torch engine runs) against loopline's numpy NMS + crop-first
 mask decoding, on raw outputs with a known number of detections. ``--tiles`` times the
 shipped model as the daemon runs it (``create_engine("defects", engine=...)``) on 1024x1024
-frames, native-scale tiles (nine 512 tiles, merged across seams) against letterbox (the frame
-shrunk to 512), batch 1, round-robin in the same run.
+frames, batch 1, round-robin in the same run: letterbox (the frame shrunk to 512), native-scale
+tiles of 512 (``tiles-512``: nine, the grid of a runtime with a fixed input size) and the
+default tiles (``tiles``: the side up to ``tile_max`` that feeds the fewest pixels, four of 544
+where the runtime takes any input size), each merged across seams; the table gives the tiles
+per frame and their side.
 """
 
 from __future__ import annotations
@@ -182,16 +185,37 @@ def print_matrix(rows) -> None:
 # ------------------------------------------------------------------------ tiles
 
 
+#: ``--tiles`` modes: engine options of each
+TILE_MODES = {
+    "letterbox": {"inference": "letterbox"},
+    "tiles-512": {"inference": "tiles", "tile_max": 512},  # the fixed-input-size grid
+    "tiles": {"inference": "tiles"},  # the default: tiles up to tile_max
+}
+
+
+def _tiles_per_frame(engine, shape) -> tuple[int, int]:
+    """(tiles, tile side px) the engine feeds for a frame of ``shape`` (1 and imgsz: whole)."""
+    from loopline.engines.tiling import tile_plan
+
+    if engine.inference == "letterbox" or max(shape) <= engine.imgsz:
+        return 1, engine.imgsz
+    side, wins = tile_plan(shape, engine.imgsz, overlap=engine.tile_overlap,
+                           tile_max=engine.tile_limit)  # fmt: skip
+    return len(wins), side
+
+
 def run_tiles(engines, frames, seconds, rounds, conf, imgsz=512):
-    """ms per frame of the shipped model on big frames: ``inference="tiles"`` vs letterbox."""
+    """ms per frame of the shipped model on big frames: letterbox, tiles of 512, tiles."""
     from loopline.engines import create_engine
 
-    todo = [(e, m) for e in engines for m in ("letterbox", "tiles")]
+    todo = [(e, m) for e in engines for m in TILE_MODES]
     built = {}
     for e, m in todo:
         name, opts = ("openvino", {"precision": "f32"}) if e == "openvino-f32" else (e, {})
-        built[e, m] = create_engine("defects", engine=name, imgsz=imgsz, conf=conf,
-                                    inference=m, **opts)  # fmt: skip
+        opts = {**opts, **TILE_MODES[m]}
+        if "tile_max" in opts:
+            opts["tile_max"] = imgsz
+        built[e, m] = create_engine("defects", engine=name, imgsz=imgsz, conf=conf, **opts)
         built[e, m](frames[:1])  # load + compile
         built[e, m](frames[1:2])
     lat = {k: [] for k in todo}
@@ -214,31 +238,35 @@ def run_tiles(engines, frames, seconds, rounds, conf, imgsz=512):
         arr = np.asarray(lat[e, m])
         st = {s: float(np.median([t.get(s, 0.0) for t in stages[e, m]]))
               for s in ("preprocess", "inference", "postprocess")}  # fmt: skip
+        tiles, side = _tiles_per_frame(built[e, m], frames[0].shape)
         rows.append({"engine": e, "inference": m, "size": list(frames[0].shape),
+                     "tiles": tiles, "side": side,
                      "ms_per_frame": float(arr.mean()), "fps": 1e3 / float(arr.mean()),
                      "p50_ms": float(np.percentile(arr, 50)),
                      "p99_ms": float(np.percentile(arr, 99)), "calls": len(arr),
                      "dets": float(np.mean(ndet[e, m])),
                      **{f"{s}_ms": v for s, v in st.items()}})  # fmt: skip
         r = rows[-1]
-        print(f"  {e:14s} {m:9s}: {r['ms_per_frame']:7.1f} ms/frame  p50 {r['p50_ms']:7.1f}  "
-              f"p99 {r['p99_ms']:7.1f}  ({r['calls']} calls, {r['dets']:.1f} det/frame)",
-              file=sys.stderr, flush=True)  # fmt: skip
+        print(f"  {e:14s} {m:9s} ({tiles} x {side} px): {r['ms_per_frame']:7.1f} ms/frame  "
+              f"p50 {r['p50_ms']:7.1f}  p99 {r['p99_ms']:7.1f}  ({r['calls']} calls, "
+              f"{r['dets']:.1f} det/frame)", file=sys.stderr, flush=True)  # fmt: skip
     for r in rows:
-        base = next(x for x in rows if x["engine"] == r["engine"] and x["inference"] == "letterbox")
-        r["vs_letterbox"] = r["ms_per_frame"] / base["ms_per_frame"]
+        ref = {x["inference"]: x["ms_per_frame"] for x in rows if x["engine"] == r["engine"]}
+        r["vs_letterbox"] = r["ms_per_frame"] / ref["letterbox"]
+        r["vs_tiles_512"] = r["ms_per_frame"] / ref["tiles-512"]
     return rows
 
 
 def print_tiles(rows) -> None:
-    print("| engine | inference | ms/frame | frames/s | p50 ms | p99 ms | pre ms | net ms | "
-          "post ms | det/frame | time vs letterbox |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| engine | inference | tiles/frame | tile px | ms/frame | frames/s | p50 ms | p99 ms | "
+          "pre ms | net ms | post ms | det/frame | time vs letterbox | time vs tiles-512 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['engine']} | {r['inference']} | {r['ms_per_frame']:.1f} | {r['fps']:.1f} | "
+        print(f"| {r['engine']} | {r['inference']} | {r['tiles']} | {r['side']} | "
+              f"{r['ms_per_frame']:.1f} | {r['fps']:.1f} | "
               f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['preprocess_ms']:.1f} | "
               f"{r['inference_ms']:.1f} | {r['postprocess_ms']:.1f} | {r['dets']:.1f} | "
-              f"{r['vs_letterbox']:.2f}x |")  # fmt: skip
+              f"{r['vs_letterbox']:.2f}x | {r['vs_tiles_512']:.2f}x |")  # fmt: skip
 
 
 # ------------------------------------------------------------------------ accuracy
@@ -404,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--post-only", action="store_true", help="only the post-processing table")
     p.add_argument("--tiles", action="store_true",
                    help="only the big-frame table: the shipped model on --tile-size frames, "
-                        "tiles vs letterbox (engines onnx, openvino unless --engines)")  # fmt: skip
+                        "letterbox vs tiles of 512 vs default tiles (engines onnx, openvino "
+                        "unless --engines)")  # fmt: skip
     p.add_argument("--tile-size", type=int, default=1024, help="frame side for --tiles (px)")
     p.add_argument(
         "--accuracy",

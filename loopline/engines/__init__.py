@@ -117,13 +117,15 @@ def create_engine(model: str | Path | None = "ridge", *, engine: str | None = No
         ``openvino`` where installed, else ``onnx`` (:func:`default_runtime`).
     inference : {"tiles", "letterbox"}
         How a frame larger than the network input (``imgsz``) is fed to a learned engine:
-        ``"tiles"`` (default) covers it with overlapping ``imgsz`` tiles at native pixel scale
-        and merges the instances across seams (``loopline.engines.tiling``; ``tile_overlap``
-        px, default 64); ``"letterbox"`` shrinks the whole frame to ``imgsz``. ``ridge``
-        ignores it.
+        ``"tiles"`` (default) covers it with overlapping tiles at native pixel scale and merges
+        the instances across seams (``loopline.engines.tiling``; ``tile_overlap`` px, default
+        64; tiles of ``imgsz``, or up to ``tile_max`` px, default 1.25 ``imgsz``, where the
+        runtime and model take any input size); ``"letterbox"`` shrinks the whole frame to
+        ``imgsz``. ``ridge`` ignores it.
     **opts
-        Engine options (``imgsz``, ``conf``, ``iou``, ``max_det``, ``device``,
-        ``tile_overlap``, and the runtime's own, e.g. ``mask_threshold``). A shipped model
+        Engine options (``imgsz``, ``conf``, ``iou``, ``max_det`` per network call,
+        ``max_det_frame`` per tiled frame, ``device``, ``tile_overlap``, ``tile_max``, and the
+        runtime's own, e.g. ``mask_threshold``; see :class:`~.base.Engine`). A shipped model
         brings its operating point (``loopline.models.SETTINGS``) to the runtimes that take
         it; what is given here wins.
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .duplicates import suppress_duplicate_lines
+
 __all__ = ["CLASS_NAMES", "INFERENCE_MODES", "Detections", "Engine", "check_inference"]
 
 CLASS_NAMES: tuple[str, ...] = ("dislocation", "loop")
@@ -22,6 +24,11 @@ CLASS_NAMES: tuple[str, ...] = ("dislocation", "loop")
 #: how a frame larger than the network input is fed to it: native-scale overlapping tiles
 #: merged across seams (``loopline.engines.tiling``), or the whole frame shrunk to ``imgsz``
 INFERENCE_MODES: tuple[str, ...] = ("tiles", "letterbox")
+
+
+def default_tile_max(imgsz: int) -> int:
+    """Largest tile side (px) by default: 1.25 ``imgsz`` rounded to a multiple of 32."""
+    return max(int(imgsz), 32 * round(1.25 * imgsz / 32))
 
 
 def check_inference(value: object) -> str:
@@ -105,15 +112,28 @@ class Engine(ABC):
     conf, iou : float
         Score threshold and NMS IoU threshold.
     max_det : int
-        Most instances kept per frame.
+        Most instances kept per network call: per frame that fits (letterboxed), per tile of
+        a tiled frame.
     inference : {"tiles", "letterbox"}
         How a frame with a side longer than ``imgsz`` is fed to the network: ``"tiles"``
-        covers it with overlapping ``imgsz`` tiles at its own pixel scale and merges the
-        instances across seams (``loopline.engines.tiling``); ``"letterbox"`` shrinks the
-        whole frame to ``imgsz``. Frames that fit are letterboxed either way. Weight-free
-        engines (``ridge``) see whole frames and ignore it.
+        covers it with overlapping tiles (``imgsz``, or up to ``tile_max``) at its own pixel
+        scale and merges the instances across seams (``loopline.engines.tiling``);
+        ``"letterbox"`` shrinks the whole frame to ``imgsz``. Frames that fit are letterboxed
+        either way. Weight-free engines (``ridge``) see whole frames and ignore it.
     tile_overlap : int
         Least overlap of neighbouring tiles (px), in [0, imgsz / 2].
+    tile_max : int or None
+        Largest tile side (px, a multiple of 32, >= ``imgsz``) where the runtime takes any
+        input size (``dynamic_size``: torch, and ONNX Runtime or OpenVINO with a model of
+        dynamic height and width): the tiler then picks, per frame, the side in
+        ``[imgsz, tile_max]`` whose grid feeds the fewest pixels (a 1024x1024 frame: 2x2
+        tiles of 544 instead of 3x3 of 512, ``loopline.engines.tiling.tile_plan``). None:
+        1.25 ``imgsz`` rounded to 32 (640 for 512); ``imgsz``: tiles of ``imgsz`` always. A
+        runtime with a fixed input size (TensorRT, a static model) tiles at ``imgsz``.
+    max_det_frame : int
+        Most instances kept per tiled frame after merging across seams, by score (a dense
+        1024x1024 irradiation frame holds 600+ loops). Each is a (H, W) bool mask: 1 MiB at
+        1024x1024.
     model_nm_per_px : float or None
         Pixel size the model was trained at (nm); with a frame's pixel size
         (``engine(frames, nm_per_px=...)``) the frame is resampled to it first. None: frames
@@ -133,7 +153,10 @@ class Engine(ABC):
         device: str = "cpu",
         inference: str = "tiles",
         tile_overlap: int = 64,
+        tile_max: int | None = None,
+        max_det_frame: int = 3000,
         model_nm_per_px: float | None = None,
+        line_dedupe: float = 0.0,
     ) -> None:
         if not 0.0 <= conf <= 1.0:
             raise ValueError(f"conf must lie in [0, 1], got {conf}")
@@ -146,6 +169,19 @@ class Engine(ABC):
                 0 <= tile_overlap <= imgsz // 2):
             raise ValueError(f"tile_overlap must be an int in [0, {imgsz // 2}] px (imgsz / 2), "
                              f"got {tile_overlap!r}")  # fmt: skip
+        if tile_max is None:
+            tile_max = default_tile_max(imgsz)
+        if isinstance(tile_max, bool) or not isinstance(tile_max, int) or tile_max < imgsz or (
+                tile_max % 32):
+            raise ValueError(f"tile_max must be a multiple of 32 >= imgsz ({imgsz}) px or None, "
+                             f"got {tile_max!r}")  # fmt: skip
+        for key, v in (("max_det", max_det), ("max_det_frame", max_det_frame)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{key} must be an int >= 1, got {v!r}")
+        if isinstance(line_dedupe, bool) or not isinstance(line_dedupe, (int, float)) or not (
+                0.0 <= line_dedupe <= 20.0):
+            raise ValueError(f"line_dedupe must be a distance in [0, 20] px (0 = off), "
+                             f"got {line_dedupe!r}")  # fmt: skip
         if model_nm_per_px is not None and not 0.0 < model_nm_per_px < float("inf"):
             raise ValueError(f"model_nm_per_px must be > 0 or None, got {model_nm_per_px}")
         self.model = Path(model) if model is not None else None
@@ -156,8 +192,21 @@ class Engine(ABC):
         self.device = device
         self.inference = inference
         self.tile_overlap = tile_overlap
+        self.tile_max = tile_max
+        self.max_det_frame = max_det_frame
+        #: whether the runtime takes any input size (set by ``load`` from the model's inputs)
+        self.dynamic_size = False
         self.model_nm_per_px = model_nm_per_px
+        #: px: drop a dislocation whose centre line retraces a better-scored one within this
+        #: distance (``loopline.engines.duplicates``); 0 = off
+        self.line_dedupe = float(line_dedupe)
         self.loaded = False
+
+    @property
+    def tile_limit(self) -> int:
+        """Largest tile side (px) this engine feeds: ``tile_max`` where the runtime takes any
+        input size, else ``imgsz``."""
+        return max(self.tile_max, self.imgsz) if self.dynamic_size else self.imgsz
 
     @abstractmethod
     def load(self) -> None:
@@ -178,8 +227,12 @@ class Engine(ABC):
             self.load()
             self.loaded = True
         if nm_per_px is None:  # engines that know no pixel size take frames only
-            return self.forward(frames)
-        return self.forward(frames, nm_per_px=nm_per_px)  # type: ignore[call-arg]
+            dets = self.forward(frames)
+        else:
+            dets = self.forward(frames, nm_per_px=nm_per_px)  # type: ignore[call-arg]
+        if self.line_dedupe > 0:
+            dets = [suppress_duplicate_lines(d, tol=self.line_dedupe) for d in dets]
+        return dets
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(model={self.model}, imgsz={self.imgsz}, conf={self.conf}, "

@@ -8,7 +8,7 @@ neighbour (both overlap little in area); the centre lines can: a duplicate's cen
 *on* the kept line, a neighbour's runs beside it. So, per frame, dislocation instances are taken
 in order of score, and one whose centre line lies for at least ``cover`` of its length within
 ``tol`` px of the centre line of a kept instance is dropped. ``tol`` must stay below half of
-the closest spacing the model should resolve (default 2.5 px: neighbours 6 px apart are kept).
+the closest spacing the model should resolve (default 2 px: neighbours 5 px apart are kept).
 Loops are left to NMS.
 """
 
@@ -18,8 +18,6 @@ import cv2
 import numpy as np
 from skimage.morphology import skeletonize
 
-from .base import Detections
-
 __all__ = ["suppress_duplicate_lines"]
 
 
@@ -27,10 +25,10 @@ def _centre_line(mask: np.ndarray) -> np.ndarray:
     return skeletonize(mask) if mask.any() else mask
 
 
-def suppress_duplicate_lines(
-    det: Detections, *, tol: float = 2.5, cover: float = 0.6, cls: int = 0, merge: bool = True
-) -> Detections:
-    """``det`` without the class-``cls`` instances that retrace a better-scored one.
+def suppress_duplicate_lines(det, *, tol: float = 2.0, cover: float = 0.5, cls: int = 0,
+                             merge: bool = False):  # fmt: skip
+    """``det`` (``loopline.engines.base.Detections``) without the class-``cls`` instances that
+    retrace a better-scored one.
 
     Parameters
     ----------
@@ -91,5 +89,5 @@ def suppress_duplicate_lines(
     if not drop.any():
         return det
     keep = ~drop
-    return Detections(masks=masks[keep], boxes=boxes[keep], scores=det.scores[keep],
+    return type(det)(masks=masks[keep], boxes=boxes[keep], scores=det.scores[keep],
                       classes=det.classes[keep], timings_ms=dict(det.timings_ms))  # fmt: skip

@@ -69,6 +69,8 @@ class OnnxEngine(YoloEngine):
         if isinstance(h, int) and isinstance(w, int) and (h, w) != (self.imgsz, self.imgsz):
             logger.warning("%s has a fixed input %dx%d: using imgsz %d", self.model, h, w, h)
             self.imgsz = h
+        # symbolic height and width ("height", "width"): tiles up to tile_max
+        self.dynamic_size = not isinstance(h, int) and not isinstance(w, int)
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.loaded = True
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,11 @@ def find_xml(path: Path) -> Path:
 class OpenVinoEngine(YoloEngine):
     """YOLOv8-seg as OpenVINO IR (``.xml`` + ``.bin``, or their folder).
 
-    The network is compiled once per batch size with static shapes (faster on CPU than a
-    dynamic compile) and the LATENCY hint (THROUGHPUT is ~2x slower for synchronous calls).
+    The network is compiled once per batch size and input side with static shapes (faster on
+    CPU than a dynamic compile) and the LATENCY hint (THROUGHPUT is ~2x slower for synchronous
+    calls); compiled networks are kept, so a stream of frames of one size compiles once per
+    batch size. A model of dynamic height and width (the shipped ONNX, and IR exported from
+    it) takes tiles up to ``tile_max`` (``dynamic_size``); tiles of one frame share one side.
 
     Parameters
     ----------
@@ -56,8 +60,9 @@ class OpenVinoEngine(YoloEngine):
         self.precision = precision
         self.hint = hint
         self.threads = threads
-        self._compiled: dict[int, object] = {}
-        self._requests: dict[int, object] = {}
+        # (batch, side) -> compiled network and its request
+        self._compiled: dict[tuple[int, int], object] = {}
+        self._requests: dict[tuple[int, int], object] = {}
         self._model = None
 
     def load(self) -> None:
@@ -79,23 +84,27 @@ class OpenVinoEngine(YoloEngine):
         if shape[2].is_static and shape[2].get_length() != self.imgsz:
             logger.warning("%s has a fixed input size %d: using it", self.model, shape[2])
             self.imgsz = shape[2].get_length()
+        self.dynamic_size = shape[2].is_dynamic and shape[3].is_dynamic
         self.loaded = True
 
-    def _request(self, b: int):
-        req = self._requests.get(b)
+    def _request(self, b: int, side: int):
+        req = self._requests.get((b, side))
         if req is None:
+            t0 = time.perf_counter()
             m = self._model.clone()
-            m.reshape({m.inputs[0]: [b, 3, self.imgsz, self.imgsz]})
+            m.reshape({m.inputs[0]: [b, 3, side, side]})
             cfg = {"PERFORMANCE_HINT": self.hint,
                    "INFERENCE_NUM_THREADS": self.threads or os.cpu_count() or 1}  # fmt: skip
             if self.precision:
                 cfg["INFERENCE_PRECISION_HINT"] = self.precision
-            self._compiled[b] = self.core.compile_model(m, "CPU", cfg)
-            req = self._requests[b] = self._compiled[b].create_infer_request()
+            self._compiled[b, side] = self.core.compile_model(m, "CPU", cfg)
+            req = self._requests[b, side] = self._compiled[b, side].create_infer_request()
+            logger.info("openvino: compiled %s for batch %d at %d px in %.2f s", self.model, b,
+                        side, time.perf_counter() - t0)  # fmt: skip
         return req
 
     def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        req = self._request(len(batch))
+        req = self._request(len(batch), int(batch.shape[2]))
         req.infer({0: batch})
         outs = [req.get_output_tensor(i).data for i in range(len(req.model_outputs))]
         return split_outputs(outs)

@@ -2,10 +2,9 @@
 
 Letterboxing a frame larger than the network input shrinks it: a 1344x962 frame goes into a
 512 input at 0.38x, and ~17 px loops become ~6 px, below what the model finds (issue 15).
-Instead, a frame with a side longer than ``imgsz`` is covered by overlapping ``imgsz`` x
-``imgsz`` tiles at its own pixel scale (:func:`tile_grid`), every tile of every frame of a
-batch goes through the network, and the instances are mapped back to the frame and merged
-across the seams (:func:`merge_tiles`):
+Instead, a frame with a side longer than ``imgsz`` is covered by overlapping square tiles at
+its own pixel scale, every tile of every frame of a batch goes through the network, and the
+instances are mapped back to the frame and merged across the seams (:func:`merge_tiles`):
 
 * an object seen by two neighbouring tiles (a dislocation line crossing a seam, a loop in the
   overlap) is found by both in their shared zone; two instances of the same class from
@@ -17,11 +16,21 @@ across the seams (:func:`merge_tiles`):
   own tile's part was seen only near a tile edge, where the neighbouring tile saw the same
   pixels with more context and found nothing: it is dropped.
 
+The tile side is ``imgsz`` for a runtime whose input size is fixed (TensorRT, a static ONNX
+or OpenVINO model). YOLOv8 is fully convolutional, so where the runtime takes any input size
+(torch; ONNX Runtime and OpenVINO with a model of dynamic height and width) the tiles may be
+larger, up to ``tile_max``, at the same pixel scale: :func:`tile_plan` picks the side (a
+multiple of 32) whose grid feeds the fewest pixels to the network, so a 1024x1024 frame is
+2x2 tiles of 544 instead of 3x3 of 512 (1.18 against 2.36 Mpx). One side per frame, so that
+its tiles (and those of same-sized frames) batch together.
+
 Frames that fit the network (both sides <= ``imgsz``) are letterboxed as before, so a
 512x512 frame gives exactly what ``inference="letterbox"`` gives. :func:`detect_frames` runs
-the whole path around any ``list of frames -> list of Detections`` network call, and
-optionally resamples frames to the pixel size the model was trained at first
-(``model_nm_per_px``), scaling the results back.
+the whole path around any ``(list of frames, input side) -> list of Detections`` network
+call, and optionally resamples frames to the pixel size the model was trained at first
+(``model_nm_per_px``), scaling the results back. The network's ``max_det`` caps each call's
+instances (one tile's); a tiled frame keeps up to ``max_det_frame`` merged instances, so a
+1024x1024 irradiation frame of 600+ loops is not cut at 300.
 """
 
 from __future__ import annotations
@@ -41,13 +50,16 @@ from .base import Detections, check_inference
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MIN_IOS", "Window", "detect_frames", "merge_tiles", "rescale_detections",
-           "tile_cores", "tile_grid"]  # fmt: skip
+__all__ = ["MIN_IOS", "STRIDE", "Window", "detect_frames", "merge_tiles", "rescale_detections",
+           "tile_cores", "tile_grid", "tile_plan"]  # fmt: skip
 
 #: least intersection over the smaller mask, inside two tiles' shared zone, for two instances
 #: to be one object. Both tiles see the whole shared zone, so one object gives ~0.5-1; two
 #: neighbouring objects (lines of a pile-up, touching loops) whose masks only graze give ~0-0.1.
 MIN_IOS = 0.3
+
+#: network inputs are multiples of the largest stride of YOLOv8 (px)
+STRIDE = 32
 
 
 @dataclass(frozen=True)
@@ -105,6 +117,54 @@ def tile_grid(shape: tuple[int, int], imgsz: int, overlap: int = 64) -> list[Win
         raise ValueError(f"overlap must lie in [0, {imgsz}) px, got {overlap}")
     ys, xs = _axis_starts(h, imgsz, overlap), _axis_starts(w, imgsz, overlap)
     return [Window(y, x, min(y + imgsz, h), min(x + imgsz, w)) for y in ys for x in xs]
+
+
+def tile_plan(
+    shape: tuple[int, int], imgsz: int, *, overlap: int = 64, tile_max: int | None = None
+) -> tuple[int, list[Window]]:
+    """The tile side and the tiles of a frame: the grid that feeds the fewest pixels.
+
+    Parameters
+    ----------
+    shape : (H, W) int
+        Frame size (px).
+    imgsz : int
+        Network input size (px): the smallest tile side.
+    overlap : int
+        Least overlap of neighbouring tiles (px), ``0 <= overlap < imgsz``.
+    tile_max : int, optional
+        Largest tile side (px), ``>= imgsz``; None (or ``imgsz``): tiles of ``imgsz``, for a
+        runtime whose input size is fixed.
+
+    Returns
+    -------
+    side : int
+        Network input side (px): ``imgsz + 32 k <= tile_max``, the one whose grid
+        (:func:`tile_grid`) has the fewest ``tiles x side**2`` pixels, the smallest of equals.
+        Each tile is fed at its own scale: one with a side equal to ``side`` is letterboxed
+        with gain 1, a smaller one is padded to ``side``.
+    windows : list of Window
+        The tiles, row by row.
+
+    >>> side, wins = tile_plan((1024, 1024), 512, overlap=64, tile_max=640)
+    >>> side, [(w.x0, w.x1) for w in wins[:2]]
+    (544, [(0, 544), (480, 1024)])
+    >>> tile_plan((1024, 1024), 512, overlap=64)[0], len(tile_plan((1024, 1024), 512)[1])
+    (512, 9)
+    """
+    hi = imgsz if tile_max is None else int(tile_max)
+    if hi < imgsz:
+        raise ValueError(f"tile_max must be >= imgsz ({imgsz}) px, got {tile_max}")
+    h, w = int(shape[0]), int(shape[1])
+    best: tuple[int, int] | None = None
+    for side in range(imgsz, hi + 1, STRIDE):
+        if not 0 <= overlap < side:
+            break  # tile_grid raises the error, naming the overlap
+        n = len(_axis_starts(h, side, overlap)) * len(_axis_starts(w, side, overlap))
+        if best is None or n * side * side < best[0]:
+            best = (n * side * side, side)
+    side = imgsz if best is None else best[1]
+    return side, tile_grid((h, w), side, overlap)
 
 
 def _axis_cores(spans: list[tuple[int, int]], n: int) -> dict[tuple[int, int], tuple[int, int]]:
@@ -356,14 +416,23 @@ def _crop_detections(det: Detections, shape: tuple[int, int]) -> Detections:
 # --------------------------------------------------------------------------- driver
 
 
+def _pad_to(img: np.ndarray, side: int) -> np.ndarray:
+    """A piece smaller than ``side`` on both sides, padded at its bottom and right (the
+    letterbox would enlarge it)."""
+    h, w = img.shape[:2]
+    return cv2.copyMakeBorder(ops.to_uint8(img), 0, side - h, 0, side - w,
+                              cv2.BORDER_CONSTANT, value=ops.PAD_VALUE)  # fmt: skip
+
+
 def detect_frames(
-    detect: Callable[[list[np.ndarray]], list[Detections]],
+    detect: Callable[[list[np.ndarray], int], list[Detections]],
     frames: Sequence[np.ndarray],
     *,
     imgsz: int,
     inference: str = "tiles",
     overlap: int = 64,
-    max_det: int | None = None,
+    tile_max: int | None = None,
+    max_det_frame: int | None = None,
     model_nm_per_px: float | None = None,
     nm_per_px: float | Sequence[float | None] | None = None,
 ) -> list[Detections]:
@@ -372,10 +441,12 @@ def detect_frames(
     Parameters
     ----------
     detect : callable
-        ``list of (h, w) frames -> list of Detections``, each at its input's size; it is
-        called once, with every tile (and every frame that fits) of the batch, and batches
-        them for the runtime itself. The frames it gets are at most ``imgsz`` on each side
-        when ``inference="tiles"``.
+        ``detect(pieces, side) -> list of Detections``, one per piece at the piece's size,
+        each piece letterboxed into a ``side`` x ``side`` network input; it is called once
+        per input side with every piece of the batch fed at that side (the frames that fit
+        and ``imgsz`` tiles at ``imgsz``, larger tiles at theirs), and batches them for the
+        runtime itself. With ``inference="tiles"`` no piece is larger than ``side`` and none
+        is enlarged by the letterbox.
     frames : sequence of (H, W) arrays
         Grey frames, any size.
     imgsz : int
@@ -383,8 +454,12 @@ def detect_frames(
     inference : {"tiles", "letterbox"}
     overlap : int
         Least overlap of neighbouring tiles (px).
-    max_det : int, optional
-        Most instances kept per tiled frame.
+    tile_max : int, optional
+        Largest tile side (px, :func:`tile_plan`), for a runtime that takes any input size;
+        None: tiles of ``imgsz``.
+    max_det_frame : int, optional
+        Most instances kept per tiled frame after merging, by score (a piece's own cap is the
+        network's ``max_det``).
     model_nm_per_px : float, optional
         Pixel size the model was trained at (nm).
     nm_per_px : float or sequence of (float or None), optional
@@ -402,43 +477,51 @@ def detect_frames(
     check_inference(inference)
     scales = _frame_scales(nm_per_px, model_nm_per_px, len(frames))
     pieces: list[np.ndarray] = []
+    sides: list[int] = []
     plan: list[tuple[int, list[Window] | None, tuple[int, int], float]] = []
     for f, s in zip(frames, scales, strict=True):
         t0 = time.perf_counter()
         g = _resample(f, s) if s is not None and s != 1.0 else f
         hw = (int(g.shape[0]), int(g.shape[1]))
-        wins = None
+        side, wins = imgsz, None
         if inference == "tiles" and max(hw) > imgsz:
-            wins = tile_grid(hw, imgsz, overlap)
+            side, wins = tile_plan(hw, imgsz, overlap=overlap, tile_max=tile_max)
         elif inference == "tiles" and s is not None and max(hw) < imgsz:
             # at the model's scale already: pad rather than let the letterbox enlarge it
-            wins = [Window(0, 0, imgsz, imgsz)]
-            g = cv2.copyMakeBorder(ops.to_uint8(g), 0, imgsz - hw[0], 0, imgsz - hw[1],
-                                   cv2.BORDER_CONSTANT, value=ops.PAD_VALUE)  # fmt: skip
-        plan.append((len(pieces), wins, hw, 0.0))
+            wins = [Window(0, 0, *hw)]
+        i0 = len(pieces)
         if wins is None:
             pieces.append(g)
         else:
-            pieces.extend(np.ascontiguousarray(g[t.slices]) for t in wins)
-        plan[-1] = (*plan[-1][:3], (time.perf_counter() - t0) * 1e3)
-    dets = detect(pieces)
-    if len(dets) != len(pieces):
-        raise ValueError(f"detect must return one Detections per input ({len(pieces)}), "
-                         f"got {len(dets)}")  # fmt: skip
+            for t in wins:
+                piece = np.ascontiguousarray(g[t.slices])
+                pieces.append(_pad_to(piece, side) if max(t.shape) < side else piece)
+        sides.extend([side] * (len(pieces) - i0))
+        plan.append((i0, wins, hw, (time.perf_counter() - t0) * 1e3))
+    dets: list[Detections | None] = [None] * len(pieces)
+    for side in dict.fromkeys(sides):  # one call per input side, in order of appearance
+        idx = [i for i, v in enumerate(sides) if v == side]
+        got = detect([pieces[i] for i in idx], side)
+        if len(got) != len(idx):
+            raise ValueError(f"detect must return one Detections per input ({len(idx)}), "
+                             f"got {len(got)}")  # fmt: skip
+        for i, d in zip(idx, got, strict=True):
+            dets[i] = d
     out = []
     for f, (i0, wins, hw, pre_ms) in zip(frames, plan, strict=True):
         t0 = time.perf_counter()
-        own = dets[i0 : i0 + (1 if wins is None else len(wins))]
+        own = [d for d in dets[i0 : i0 + (1 if wins is None else len(wins))] if d is not None]
         timings: dict[str, float] = {}
         for d in own:
             for key, v in d.timings_ms.items():
                 timings[key] = timings.get(key, 0.0) + v
-        if wins is None:
+        if wins is not None:  # padded pieces: back to their tile
+            own = [d if d.shape == t.shape else _crop_detections(d, t.shape)
+                   for d, t in zip(own, wins, strict=True)]  # fmt: skip
+        if wins is None or len(wins) == 1:
             d = own[0]
-        elif len(wins) == 1 and wins[0].shape != hw:
-            d = _crop_detections(own[0], hw)
         else:
-            d = merge_tiles(own, wins, hw, max_det=max_det)
+            d = merge_tiles(own, wins, hw, max_det=max_det_frame)
         d = rescale_detections(d, f.shape[:2])
         timings["preprocess"] = timings.get("preprocess", 0.0) + pre_ms
         timings["postprocess"] = timings.get("postprocess", 0.0) + (time.perf_counter() - t0) * 1e3

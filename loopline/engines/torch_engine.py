@@ -57,6 +57,7 @@ class TorchEngine(Engine):
             )
         self.threads = threads
         self.yolo = None
+        self.dynamic_size = True  # ultralytics letterboxes to any multiple of 32
 
     def load(self) -> None:
         if self.yolo is not None:
@@ -73,14 +74,14 @@ class TorchEngine(Engine):
             return []
         return tiling.detect_frames(
             self._predict, frames, imgsz=self.imgsz, inference=self.inference,
-            overlap=self.tile_overlap, max_det=self.max_det,
+            overlap=self.tile_overlap, tile_max=self.tile_limit, max_det_frame=self.max_det_frame,
             model_nm_per_px=self.model_nm_per_px, nm_per_px=nm_per_px,
         )  # fmt: skip
 
-    def _predict(self, frames: list[np.ndarray]) -> list[Detections]:
+    def _predict(self, frames: list[np.ndarray], side: int | None = None) -> list[Detections]:
         imgs = [np.repeat(ops.to_uint8(f)[:, :, None], 3, axis=2) for f in frames]
         results = self.yolo.predict(
-            imgs, imgsz=self.imgsz, conf=self.conf, iou=self.iou, max_det=self.max_det,
+            imgs, imgsz=side or self.imgsz, conf=self.conf, iou=self.iou, max_det=self.max_det,
             retina_masks=True, device=self.device, verbose=False, batch=len(imgs),
         )  # fmt: skip
         out = []

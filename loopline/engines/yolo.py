@@ -56,7 +56,11 @@ class YoloEngine(Engine):
 
     @abstractmethod
     def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(B, 3, S, S) float32 -> pred (B, 4 + nc + nm, A), protos (B, nm, S/4, S/4)."""
+        """(B, 3, S, S) float32 -> pred (B, 4 + nc + nm, A), protos (B, nm, S/4, S/4).
+
+        ``S`` is ``imgsz``, or any multiple of 32 up to ``tile_limit`` when ``load`` found
+        that the model takes any input size (``dynamic_size``).
+        """
 
     def _chunk(self) -> int | None:
         sizes = [s for s in (self.max_batch, self.static_batch) if s]
@@ -70,21 +74,27 @@ class YoloEngine(Engine):
         # tiles go through the network in batches no larger than the caller's (or the model's)
         chunk = self._chunk() or len(frames)
         return tiling.detect_frames(
-            lambda pieces: self._forward_letterbox(pieces, chunk), frames, imgsz=self.imgsz,
-            inference=self.inference, overlap=self.tile_overlap, max_det=self.max_det,
+            lambda pieces, side: self._forward_letterbox(pieces, chunk, side), frames,
+            imgsz=self.imgsz, inference=self.inference, overlap=self.tile_overlap,
+            tile_max=self.tile_limit, max_det_frame=self.max_det_frame,
             model_nm_per_px=self.model_nm_per_px, nm_per_px=nm_per_px,
         )  # fmt: skip
 
-    def _forward_letterbox(self, frames: list[np.ndarray], chunk: int) -> list[Detections]:
-        """Letterboxed frames (or tiles) through the network, ``chunk`` at a time."""
+    def _forward_letterbox(self, frames: list[np.ndarray], chunk: int,
+                           side: int | None = None) -> list[Detections]:  # fmt: skip
+        """Frames (or tiles) letterboxed into ``side`` (default ``imgsz``) through the
+        network, ``chunk`` at a time."""
+        side = side or self.imgsz
+        if side != self.imgsz and not self.dynamic_size:
+            raise ValueError(f"{self.model} takes inputs of {self.imgsz} px only, got {side}")
         out: list[Detections] = []
         for i in range(0, len(frames), chunk):
-            out.extend(self._forward_batch(frames[i : i + chunk]))
+            out.extend(self._forward_batch(frames[i : i + chunk], side))
         return out
 
-    def _forward_batch(self, frames: list[np.ndarray]) -> list[Detections]:
+    def _forward_batch(self, frames: list[np.ndarray], side: int) -> list[Detections]:
         t0 = time.perf_counter()
-        batch, lbs = ops.preprocess(frames, self.imgsz)
+        batch, lbs = ops.preprocess(frames, side)
         n = len(frames)
         if self.static_batch and n < self.static_batch:  # pad a fixed-batch model
             batch = np.concatenate([batch, np.zeros((self.static_batch - n, *batch.shape[1:]),
@@ -98,7 +108,7 @@ class YoloEngine(Engine):
         t3 = time.perf_counter()
         timings = {"preprocess": (t1 - t0) * 1e3 / n, "inference": (t2 - t1) * 1e3 / n,
                    "postprocess": (t3 - t2) * 1e3 / n}  # fmt: skip
-        logger.debug("%s batch %d: %s", self.name, n, timings)
+        logger.debug("%s batch %d at %d px: %s", self.name, n, side, timings)
         return [Detections(m, b, s, c, dict(timings)) for m, b, s, c in res]
 
 

@@ -40,6 +40,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "across seams, or the whole frame shrunk (default: tiles)")  # fmt: skip
     p.add_argument("--tile-overlap", type=int, default=None, metavar="PX",
                    help="least overlap of neighbouring tiles, px (default 64)")  # fmt: skip
+    p.add_argument("--tile-max", type=int, default=None, metavar="PX",
+                   help="largest tile side, px, a multiple of 32 >= --imgsz, where the runtime "
+                        "takes any input size (default 1.25 x imgsz: 640 for 512; --imgsz: "
+                        "tiles of imgsz only)")  # fmt: skip
+    p.add_argument("--line-dedupe", type=float, default=None, metavar="PX",
+                   help="drop a dislocation whose centre line retraces a better-scored one "
+                        "within PX (0 = off; default: the shipped model's operating point, "
+                        "off for other models)")  # fmt: skip
     p.add_argument("--tol", type=float, default=3.0, help="tolerance of LAR@tol, F1@tol (px)")
     p.add_argument("--batch", type=int, default=8, help="frames per engine call")
     p.add_argument("--device", default=None, help="engine device (cpu, cuda:0)")
@@ -134,7 +142,8 @@ def _engine(a: argparse.Namespace):
     try:
         return make_engine(a.model, conf=a.conf, map_conf=a.map_conf, imgsz=a.imgsz,
                            device=a.device, mask_threshold=a.mask_threshold,
-                           inference=a.inference, tile_overlap=a.tile_overlap)  # fmt: skip
+                           inference=a.inference, tile_overlap=a.tile_overlap,
+                           tile_max=a.tile_max, line_dedupe=a.line_dedupe)  # fmt: skip
     except (ValueError, FileNotFoundError, KeyError, ImportError, TypeError) as e:
         raise CliError(str(e)) from None
 

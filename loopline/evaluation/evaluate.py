@@ -349,6 +349,8 @@ def make_engine(
     mask_threshold: float | None = None,
     inference: str | None = None,
     tile_overlap: int | None = None,
+    line_dedupe: float | None = None,
+    tile_max: int | None = None,
 ):
     """The engine ``loopline eval`` runs for ``model`` (a file, a shipped name or ``ridge``).
 
@@ -357,6 +359,10 @@ def make_engine(
     ``mask_threshold`` None keeps a shipped model's operating point (0.5 for other models).
     ``inference`` (``"tiles"`` or ``"letterbox"``) and ``tile_overlap`` (px): how frames larger
     than ``imgsz`` are fed to the network; None: the engine's default (tiles, 64 px).
+    ``line_dedupe`` (px): duplicate-line suppression (``loopline.engines.duplicates``); None:
+    the shipped model's operating point, off for other models.
+    ``tile_max`` (px): the largest tile side where the runtime takes any input size; None:
+    the engine's default (1.25 ``imgsz``).
 
     Raises
     ------
@@ -377,10 +383,14 @@ def make_engine(
         opts["mask_threshold"] = mask_threshold
     if inference is not None:
         opts["inference"] = inference
+    if line_dedupe is not None:
+        opts["line_dedupe"] = line_dedupe
     if tile_overlap is not None:
         if tile_overlap < 0:
             raise ValueError(f"--tile-overlap must be >= 0, got {tile_overlap}")
         opts["tile_overlap"] = tile_overlap
+    if tile_max is not None:
+        opts["tile_max"] = tile_max
     return create_engine(model, **opts)
 
 
