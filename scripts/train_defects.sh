@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces the shipped model loopline/models/defects.{pt,onnx} (see loopline/models/README.md).
-# Usage: scripts/train_defects.sh [WORK_DIR] [stage1|stage2|stage3|stage4|p2|stage5|stage6]   (default: /work
+# Usage: scripts/train_defects.sh [WORK_DIR] [stage1|...|stage6|wild|wild-ft|wild-r3]   (default: /work
 #        stage2; needs `make test`'s .venv). Run the stages in order; stage 3 writes the shipped
 #        weights. stage4, p2, stage5 and stage6 (each after stage 3) are the experiments of the
 #        model card that were not shipped.
@@ -17,6 +17,11 @@
 #   defects-n512e  stage5: run 3 continued with creme-like synthetic loops (elongated, blurred,
 #                  larger) and creme frames 7-8 held out for validation (not shipped).
 #   defects-n512f  stage6: run 4 with one mask per instance (overlap_mask=False) (not shipped).
+#   defects-wild   wild: issue 15's zero-shot model, from scratch on domain-randomised frames
+#                  only (no frame of tanaka-twip-2um or creme-loops-512), 320 px crops.
+#   defects-wild-ft wild-ft: defects-wild continued with the real first halves.
+#   defects-wild-r3 wild-r3: run 3 continued on 512 px domain-randomised frames and the real
+#                  first halves (the candidate to ship).
 # Wall time on 2 CPU cores: data ~2 min, each training run ~2 h (time-boxed), export 10 s.
 set -euo pipefail
 W=${1:-/work}
@@ -113,6 +118,81 @@ fi
 $L train --data "$Z/defects.yaml" --out "$W/runs" --name defects-wild --arch yolov8n-seg \
   --set mask_ratio=2 --set overlap_mask=False --imgsz 320 --batch 16 --seed 11 \
   --hours "${HOURS:-1.75}" --epochs 100 --workers 2
+exit 0
+fi
+
+if [ "$STAGE" = wild-ft ]; then
+# Issue 15, fine-tuned run `defects-wild-ft`: defects-wild continued with the FIRST halves in
+# time of the two real sets (tanaka-twip-2um frames 0-31, lines redrawn 4 px wide, x5;
+# creme-loops-512 frames 1-8, x6) beside its own domain-randomised frames; the second halves
+# are the fine-tuned test sets. Validation: the wild sets of stage wild.
+Z=$W/datawild
+F=$W/datawild-ft
+if [ ! -f "$F/defects.yaml" ]; then
+  mkdir -p "$F"
+  $L import "$REAL/tanaka-twip-2um" --format tanaka --label-width 4 --out "$F/tanaka_w4"
+  $PY scripts/split_dataset.py "$F/tanaka_w4" --first 32 "$F/train_tanaka" "$F/tanaka_w4_rest"
+  $L import "$REAL/creme-loops-512/masks1" --format masks --class loop \
+    --images "$REAL/creme-loops-512/imgs" --out "$F/creme"
+  $PY scripts/split_dataset.py "$F/creme" --first 8 "$F/train_creme" "$F/test_creme"
+  t="$F/train_tanaka/images" c="$F/train_creme/images"
+  cat > "$F/defects.yaml" <<YAML
+path: $Z
+train: [train_wild/images, train_wild_loops/images, train_M2/images, train_loops/images, $t, $t, $t, $t, $t, $c, $c, $c, $c, $c, $c]
+val: [val_wild/images, val_wild_loops/images]
+names:
+  0: dislocation
+  1: loop
+YAML
+fi
+$L train --data "$F/defects.yaml" --out "$W/runs" --name defects-wild-ft --arch yolov8n-seg \
+  --weights "$W/runs/defects-wild/weights/best.pt" --set mask_ratio=2 --set overlap_mask=False \
+  --set warmup_epochs=1 --imgsz 320 --batch 16 --seed 12 --hours "${HOURS:-0.5}" --epochs 60 \
+  --workers 2
+exit 0
+fi
+
+if [ "$STAGE" = wild-r3 ]; then
+# Issue 15, run `defects-wild-r3` (the candidate to ship): run 3 (the shipped weights) continued
+# at imgsz 512 on whole 512x512 domain-randomised frames (presets wild and wild_loops at 512,
+# real-background patches from tanaka-twip-086um), a few frames of the old presets so that
+# they are not forgotten, and the real first halves as in stages 2-3 (tanaka frames 0-31, lines
+# 4 px wide, x5; creme frames 1-8, x6). Validation: the validation sets of stages 2-3 (made by
+# stage 2 in $W/data512, else here) and 60 wild frames.
+R=$W/datawild512
+BG="--backgrounds $REAL/tanaka-twip-086um/original"
+S512="--set width=512 --set height=512 --jobs 2"
+if [ ! -f "$R/defects.yaml" ]; then
+  mkdir -p "$R"
+  # shellcheck disable=SC2086
+  {
+  $L synth --preset wild       --count 600 --seed 511 --out "$R/train_wild"       $BG $S512
+  $L synth --preset wild_loops --count 250 --seed 512 --out "$R/train_wild_loops" $BG $S512
+  $L synth --preset M2    --count 100 --seed 513 --out "$R/train_M2"    --jobs 2
+  $L synth --preset loops --count 50  --seed 514 --out "$R/train_loops" --jobs 2
+  $L synth --preset wild  --count 40  --seed 611 --out "$R/val_wild"    $BG $S512
+  $L synth --preset M2    --count 40  --seed 401 --out "$R/val_M2"      --jobs 2
+  $L synth --preset loops --count 20  --seed 403 --out "$R/val_loops"   --jobs 2
+  }
+  $L import "$REAL/tanaka-twip-2um" --format tanaka --label-width 4 --out "$R/tanaka_w4"
+  $PY scripts/split_dataset.py "$R/tanaka_w4" --first 32 "$R/train_tanaka" "$R/tanaka_w4_rest"
+  $L import "$REAL/creme-loops-512/masks1" --format masks --class loop \
+    --images "$REAL/creme-loops-512/imgs" --out "$R/creme"
+  $PY scripts/split_dataset.py "$R/creme" --first 8 "$R/train_creme" "$R/test_creme"
+  t=train_tanaka/images c=train_creme/images
+  cat > "$R/defects.yaml" <<YAML
+path: $R
+train: [train_wild/images, train_wild_loops/images, train_M2/images, train_loops/images, $t, $t, $t, $t, $t, $c, $c, $c, $c, $c, $c]
+val: [val_M2/images, val_loops/images, val_wild/images]
+names:
+  0: dislocation
+  1: loop
+YAML
+fi
+$L train --data "$R/defects.yaml" --out "$W/runs" --name defects-wild-r3 --arch yolov8n-seg \
+  --weights "${FROM:-loopline/models/defects.pt}" --set mask_ratio=2 --set overlap_mask=False \
+  --set warmup_epochs=1 \
+  --imgsz 512 --batch 16 --seed 13 --hours "${HOURS:-1.0}" --epochs 60 --workers 2
 exit 0
 fi
 

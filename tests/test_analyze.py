@@ -35,8 +35,12 @@ def test_analyze_synth_video_writes_run_folder(video, tmp_path, capsys):
         assert k in s
     assert s["length_re"] < 0.02 and s["id_switches"] == 0
     assert s["calibration"]["nm_per_px"] == 2.0
+    # the one run-folder layout: frames in series.csv, objects in tracks.csv
+    assert s["schema_version"] == 1 and (run / "pairs.csv").is_file()
     header = (run / "series.csv").read_text().splitlines()[0].split(",")
-    assert "length_nm" in header and "velocity_nm_per_s" in header and "t_lines_ms" in header
+    assert "mean_length_nm" in header and "t_lines_ms" in header
+    header = (run / "tracks.csv").read_text().splitlines()[0].split(",")
+    assert "length_nm" in header and "velocity_nm_per_s" in header
 
 
 def test_analyze_image_folder_with_labels_and_calibration(video, tmp_path):

@@ -242,8 +242,8 @@ def test_end_to_end_300_frames(tmp_path, sim, daemons):
     # normal of the (11.5 degree slanted) line, its glide direction as a lone line
     import pandas as pd
 
-    tracks = pd.read_csv(d.run_dir / "tracks.csv")
-    v = tracks.loc[tracks.cls == 0, "velocity_nm_s"].dropna().abs()
+    tracks = pd.read_csv(d.run_dir / "tracks.csv")  # the one layout, as loopline analyze's
+    v = tracks.loc[tracks.kind == "line", "velocity_nm_per_s"].dropna().abs()
     assert len(v) > 100 and 40 < v.median() < 58
     # the viewer stream: frame messages with the documented schema and a JPEG
     frames_msgs = [m for m in got if m[0] == b"frame"]

@@ -113,7 +113,7 @@ def test_series_writer_appends_and_computes_velocity(tmp_path):
         assert (tmp_path / "tracks.csv").exists()  # flushed while running
         with pytest.raises(ValueError, match="order"):
             w.append(r)
-    lines = [r for r in rows if r["kind"] == "line"]
+    lines = [r for r in rows.tracks if r["kind"] == "line"]
     # 1 px/frame at 10 frames/s and 2 nm/px: 20 nm/s along +x, whatever the glide sign
     assert all(abs(abs(r["velocity_nm_per_s"]) - 20.0) < 1e-6 for r in lines)
     assert all(abs(abs(r["velocity_px_per_frame"]) - 1.0) < 1e-9 for r in lines)
@@ -122,10 +122,13 @@ def test_series_writer_appends_and_computes_velocity(tmp_path):
     s = pd.read_csv(tmp_path / "series.csv")
     assert tuple(s.columns) == SERIES_COLUMNS
     assert s["frame"].nunique() == 8
-    t = pd.read_csv(tmp_path / "tracks.csv")
+    # the one layout: per-track rows in track_summary.csv, per object and frame in tracks.csv
+    t = pd.read_csv(tmp_path / "track_summary.csv")
     assert (t.loc[t.kind == "line", "frames"] == 8).all()
+    assert len(pd.read_csv(tmp_path / "tracks.csv")) == 8 * 4
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["frames"] == 8 and summary["line_tracks"] == 3
+    assert summary["frames"] == 8 and summary["analysis"]["series"]["line_tracks"] == 3
+    assert summary["schema_version"] == 1
     # append: a second writer continues the same series.csv
     with SeriesWriter(tmp_path, CAL, append=True) as w2:
         r = measure_frame(_frame(), index=20, time_s=5.0, calibration=CAL)
@@ -133,27 +136,32 @@ def test_series_writer_appends_and_computes_velocity(tmp_path):
     assert pd.read_csv(tmp_path / "series.csv")["frame"].nunique() == 9
 
 
-def test_series_without_history_is_bounded_and_gives_the_same_velocities():
+def test_series_is_bounded_and_track_summaries_come_when_tracks_end():
+    """One mode for analyze and the daemon: running sums per track, no history kept."""
     from loopline.pipelines.series import SeriesAccumulator
 
-    full = SeriesAccumulator(CAL, window=5)
-    lean = SeriesAccumulator(CAL, window=5, history=False, forget_after=4)
-    t_full, t_lean = OnlineTracker(CAL, drift="none"), OnlineTracker(CAL, drift="none")
+    lean = SeriesAccumulator(CAL, window=5, forget_after=4)
+    tracker = OnlineTracker(CAL, drift="none")
     for i in range(30):
         r = measure_frame(_frame(shift=0.5 * i), index=i, time_s=i / 10.0, calibration=CAL)
-        a, b = full.add(t_full.update(r)), lean.add(t_lean.update(r))
-        va = [x["velocity_nm_per_s"] for x in a if x["kind"] == "line"]
-        vb = [x["velocity_nm_per_s"] for x in b if x["kind"] == "line"]
-        np.testing.assert_allclose(vb, va, equal_nan=True)
+        rows = lean.add(tracker.update(r))
+        vb = [x["velocity_nm_per_s"] for x in rows.tracks if x["kind"] == "line"]
+        assert not rows.track_summary
     assert all(abs(abs(v) - 10.0) < 1e-6 for v in vb)  # 0.5 px/frame, 10 frames/s, 2 nm/px
-    assert len(full.lines[0].pos) == 30 and len(lean.lines[0].pos) == 1
-    assert all(len(v) <= 1 for v in lean.timings.values())
+    assert all(len(tr.recent) <= 5 for tr in lean.lines.values())
     empty = Detections.empty((96, 128))
+    ended = []
     for i in range(30, 36):  # the lines are gone: after forget_after frames, so are the tracks
-        lean.add(t_lean.update(measure_frame(empty, index=i, time_s=i / 10.0, calibration=CAL)))
-    assert not lean.lines and not lean._recent
+        r = measure_frame(empty, index=i, time_s=i / 10.0, calibration=CAL)
+        ended += lean.add(tracker.update(r)).track_summary
+    assert not lean.lines and not lean.loops and len(ended) == 4
+    lines = [e for e in ended if e["kind"] == "line"]
+    # fitted over the whole track (30 frames of masks moved by round(0.5 i) px)
+    assert all(e["frames"] == 30 and abs(abs(e["velocity_nm_per_s"]) - 10.0) < 0.01
+               for e in lines)  # fmt: skip
+    assert lean.summary()["line_tracks"] == 3 and lean.finish() == []
     with pytest.raises(ValueError, match="forget_after"):
-        SeriesAccumulator(CAL, history=False, forget_after=0)
+        SeriesAccumulator(CAL, forget_after=0)
 
 
 def test_daemon_analyzer_publishes_glide_velocity():
@@ -162,7 +170,7 @@ def test_daemon_analyzer_publishes_glide_velocity():
     an = Analyzer(nm_per_px=2.0)
     an.new_series("s1")
     for i in range(6):
-        _, inst, _, _ = an.process(_frame(shift=i), index=i, time_s=i / 10.0)
+        _, inst, *_ = an.process(_frame(shift=i), index=i, time_s=i / 10.0)
         lines = [d for d in inst if d["cls"] == 0]
         assert len(lines) == 3
         if i == 0:  # one sample: no velocity yet, but a position

@@ -82,11 +82,14 @@ def test_drift_loops_and_analyze_summary(mixed, tmp_path):
     assert on_disk["id_switches"] == summary["id_switches"]
     import pandas as pd
 
+    # the one run-folder layout: a row per frame, per object and frame, per pair, per track
     s = pd.read_csv(tmp_path / "run" / "series.csv")
-    assert set(s["kind"]) >= {"line", "pair", "pileup", "loop", "frame"}
-    assert s["frame"].nunique() == 24
-    assert s.loc[s.kind == "loop", "major_nm"].notna().all()
-    t = pd.read_csv(tmp_path / "run" / "tracks.csv")
+    assert len(s) == 24 and s["frame"].nunique() == 24
+    o = pd.read_csv(tmp_path / "run" / "tracks.csv")
+    assert set(o["kind"]) == {"line", "loop"}
+    assert o.loc[o.kind == "loop", "major_nm"].notna().all()
+    assert len(pd.read_csv(tmp_path / "run" / "pairs.csv")) > 0
+    t = pd.read_csv(tmp_path / "run" / "track_summary.csv")
     assert {"velocity_nm_per_s", "d_eff_nm2_per_s", "growth_nm_per_s"} <= set(t.columns)
 
 

@@ -89,33 +89,72 @@ def test_every_axis_has_a_unit(run_dir: Path, tmp_path: Path,
 
 
 def test_report_errors_and_missing_data(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from loopline.calibration import Calibration
+    from loopline.pipelines import FrameResult
+    from loopline.pipelines.series import SeriesWriter
+
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "run folder not found" in capsys.readouterr().err
-    # a run with frames only (no pile-ups, no loops): those figures are skipped, with reasons
-    (tmp_path / "series.csv").write_text("frame,time_s,kind,count\n0,0,frame,0\n1,0.04,frame,0\n")
-    (tmp_path / "summary.json").write_text(json.dumps({"frames": 2}))
-    assert main(["report", str(tmp_path)]) == 0
+    # a run with empty frames only (no pile-ups, no loops), written by the one writer: those
+    # figures are skipped, with reasons
+    run = tmp_path / "run"
+    with SeriesWriter(run, Calibration(nm_per_px=2.0)) as w:
+        for i in range(2):
+            w.append(FrameResult.empty(index=i, time_s=0.04 * i, shape=(64, 64), nm_per_px=2.0))
+    assert main(["report", str(run)]) == 0
     out = capsys.readouterr().out
     assert "skipped spacing_vs_time: no pile-up spacings" in out
     assert "skipped loop_size_vs_time: no loops" in out
+    # a folder of another layout is refused, naming what was expected
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "series.csv").write_text("frame,time_s,kind,count\n0,0,frame,0\n")
+    assert main(["report", str(tmp_path / "old")]) == 2
+    assert "expected columns series, frame, time_s" in capsys.readouterr().err
+
+
+def _lines_and_loop(i: int):
+    """Three vertical lines gliding 3, 2 and 2 px/frame and a growing loop (96 x 160 px)."""
+    import numpy as np
+
+    from loopline.pipelines.sources import detections_from_masks
+
+    h, w = 96, 160
+    masks = []
+    for x, v in ((30, 3), (45, 2), (62, 2)):
+        m = np.zeros((h, w), bool)
+        m[20:80, x + v * i - 3 : x + v * i + 3] = True
+        masks.append(m)
+    yy, xx = np.mgrid[:h, :w]
+    masks.append(((xx - 135) / (6.0 + 0.5 * i)) ** 2 + ((yy - 50) / 4.0) ** 2 <= 1)
+    return detections_from_masks(np.array(masks), np.array([0, 0, 0, 1]))
 
 
 def test_report_on_a_daemon_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """``loopline serve`` writes per-frame, per-pair and per-instance tables: same figures."""
+    """``loopline serve`` writes the layout of ``analyze``: the report reads it as it is.
+
+    The folder is made by the daemon's own producer, in memory: the measure worker's
+    Analyzer and the output worker's Recorder, with the messages that pass between them.
+    """
+    from loopline.daemon.analysis import Analyzer
+    from loopline.daemon.config import load_config
+    from loopline.daemon.recorder import Recorder
+
     n = 10
-    (tmp_path / "series.csv").write_text("series,index,time_s,n_dislocations,n_loops,nm_per_px,"
-                                         "line_density_per_m2\n" + "".join(
-        f"s1,{i},{i * 0.1},2,1,2.0,{1e13 + i * 1e11}\n" for i in range(n)))  # fmt: skip
-    (tmp_path / "pairs.csv").write_text("series,index,time_s,a,b,pileup,rank,spacing_px,"
-                                        "spacing_nm\n" + "".join(
-        f"s1,{i},{i * 0.1},1,2,0,0,{20 - i},{2 * (20 - i)}\n" for i in range(n)))  # fmt: skip
-    rows = "".join(f"s1,{i},{i * 0.1},{k},{c},{x},50.0,{ln},{2 * ln},{p},{k - 1}\n"
-                   for i in range(n) for k, c, x, ln, p in
-                   ((1, 0, 100 + 3 * i, 40, 0), (2, 0, 80 + 2 * i, 40, 0),
-                    (3, 1, 30, 10 + i, "")))  # fmt: skip
-    (tmp_path / "tracks.csv").write_text("series,index,time_s,id,cls,x_px,y_px,length_px,"
-                                         "length_nm,pileup,rank\n" + rows)  # fmt: skip
-    (tmp_path / "summary.json").write_text(json.dumps({"counters": {"received": n}}))
+    an = Analyzer(nm_per_px=2.0)
+    rec = Recorder(tmp_path, load_config().output)
+    an.new_series("s1")
+    for i in range(n):
+        t = an.time_of(i, 0.1 * i)
+        row, _inst, _ms, _pairs, tables = an.process(_lines_and_loop(i), index=i, time_s=t)
+        rec.append_result({"series": "s1", "index": i, "row": row, "tables": tables},
+                          latency_ms=12.0)  # fmt: skip
+    rec.analysis(an.finish())
+    rec.close({"received": n, "analysed": n, "recorded": n}, latency={}, ingest_latency={},
+              metrics={})  # fmt: skip
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["schema_version"] == 1 and s["analysis"]["s1"]["line_tracks"] == 3
+    loops = pd.read_csv(tmp_path / "tracks.csv").query("kind == 'loop'")
+    assert (loops["minor_nm"] < loops["major_nm"]).all()  # measured, not minor = major
     assert main(["report", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     skipped = [ln for ln in out.splitlines() if ln.startswith("skipped")]
@@ -123,3 +162,5 @@ def test_report_on_a_daemon_run_folder(tmp_path: Path, capsys: pytest.CaptureFix
                        "readable)"]  # fmt: skip
     for name in FIGURES[:4]:
         assert (tmp_path / "report" / f"{name}.png").exists(), name
+    table = pd.read_csv(tmp_path / "report" / "summary.csv")
+    assert "line velocity range (nm/s)" in set(table["quantity"])  # the daemon's velocities

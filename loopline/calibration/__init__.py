@@ -6,6 +6,7 @@ from .profile import (
     calibration_from_dict,
     calibration_from_truth,
     check_frame_times,
+    frame_time_s,
     load_calibration,
     pixel_size_from_file,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "calibration_from_dict",
     "calibration_from_truth",
     "check_frame_times",
+    "frame_time_s",
     "load_calibration",
     "pixel_size_from_file",
 ]

@@ -44,6 +44,7 @@ __all__ = [
     "CalibrationError",
     "calibration_from_truth",
     "check_frame_times",
+    "frame_time_s",
     "load_calibration",
     "pixel_size_from_file",
 ]
@@ -185,6 +186,26 @@ class Calibration:
         if self.glide_dir is not None:
             d["glide_dir"] = list(self.glide_dir)
         return d
+
+
+def frame_time_s(calibration: Calibration | None, index: int,
+                 source_time_s: float | None) -> float | None:  # fmt: skip
+    """The time (s) of frame ``index``: one rule for ``loopline analyze`` and ``serve``.
+
+    A calibration's own time axis (``frame_times_s``, else ``fps``) wins; without one, the
+    source's time of the frame (a file's own axis, see
+    :meth:`loopline.io.frames.FrameFile.stamped`, or the camera clock); None when neither
+    gives one (the caller counts frames, 1 frame = 1 s, and says so).
+
+    Raises
+    ------
+    CalibrationError
+        When ``frame_times_s`` holds no time for ``index``.
+    """
+    if calibration is not None and (calibration.frame_times_s is not None
+                                    or calibration.fps is not None):  # fmt: skip
+        return calibration.time_of(index)
+    return None if source_time_s is None else float(source_time_s)
 
 
 _KEYS = {f.name for f in dataclasses.fields(Calibration)} - {"source"}

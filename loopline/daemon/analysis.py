@@ -1,15 +1,18 @@
-"""The measure/track step of the daemon, kept thin: detections in; row, instances, pairs out.
+"""The measure/track step of the daemon, kept thin: detections in; rows, instances, pairs out.
 
-:class:`Analyzer` wraps ``loopline.pipelines`` (``measure_frame`` and ``OnlineTracker``).
-What leaves here is plain JSON-able data:
+:class:`Analyzer` wraps ``loopline.pipelines`` (``measure_frame``, ``OnlineTracker`` and the
+:class:`~loopline.pipelines.series.SeriesAccumulator` that ``loopline analyze`` writes its
+run folder with). What leaves here is plain JSON-able data:
 
-- ``row``: flat scalars for the time series (one row per analysed frame);
+- ``row``: this frame's ``series.csv`` row (see :mod:`loopline.io.runfolder`);
+- ``tables``: its ``tracks.csv``, ``pairs.csv`` and ``track_summary.csv`` rows, which the
+  recorder writes as they are, so that ``serve`` and ``analyze`` write the same tables;
 - ``instances``: one dict per instance (``id``, ``cls``, ``score``, ``centroid`` [x, y] px,
   ``length_px``, ``length_nm``, ``contour`` [[x, y], ...] px, ``skeleton`` [[x, y], ...] px;
   dislocations also ``pileup``, ``rank``, their pile-up's unit ``glide_dir`` [x, y], and the
   drift-corrected ``position_nm`` along it with the glide velocity ``velocity_nm_s`` and
-  ``velocity_px_per_frame``: a causal least-squares fit over the track's last frames, as
-  ``loopline analyze`` computes them) for tracks.csv, the overlay and the published message;
+  ``velocity_px_per_frame``: the ``tracks.csv`` values) for the overlay and the published
+  message;
 - ``pairs``: neighbouring dislocations of a pile-up (track ids ``a``, ``b``, ``spacing_px``,
   ``spacing_nm``, ``pileup``, ``rank``).
 """
@@ -24,7 +27,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..calibration import CalibrationError, frame_time_s
 from ..engines.base import Detections
+from ..io.runfolder import json_safe
 from ..pipelines import OnlineTracker, SeriesAccumulator, measure_frame
 
 logger = logging.getLogger(__name__)
@@ -53,7 +58,7 @@ def _finite(v: Any, nd: int = 3) -> float | None:
 
 
 class Analyzer:
-    """Measure and track one series at a time (``new_series`` resets the tracker).
+    """Measure and track one series at a time (``new_series`` ends one and starts the next).
 
     Parameters
     ----------
@@ -69,6 +74,7 @@ class Analyzer:
         self._calibration: Any = None
         self._tracker: OnlineTracker | None = None
         self._series: SeriesAccumulator | None = None
+        self._warned_time = False
         self.series: str | None = None
 
     def _calib(self, px_nm: float):
@@ -80,11 +86,24 @@ class Analyzer:
             cal = cal.replace(nm_per_px=px)
         return cal
 
-    def new_series(self, series: str, px_nm: float = 0.0) -> None:
+    def new_series(self, series: str, px_nm: float = 0.0) -> dict[str, Any] | None:
+        """Start ``series``; the series that ends with it, as :meth:`finish` gives it."""
+        ended = self.finish()
         self.series = series
         self._calibration = self._calib(px_nm)
         self._tracker = OnlineTracker(self._calibration)
-        self._series = SeriesAccumulator(self._calibration, history=False)
+        self._series = SeriesAccumulator(self._calibration, series=series)
+        return ended
+
+    def finish(self) -> dict[str, Any] | None:
+        """End the current series: ``{"series", "summary", "track_summary"}`` (JSON-safe:
+        its analysis summary and the summary rows of its open tracks), None without one."""
+        acc, self._series = self._series, None
+        if acc is None or self.series is None or acc.frames == 0:
+            return None
+        rows = acc.finish()
+        return json_safe({"series": self.series, "summary": acc.summary(),
+                          "track_summary": rows})  # fmt: skip
 
     def warmup(self, shape: tuple[int, int] = (128, 128)) -> None:
         """One synthetic frame through measure and track (compiles Numba kernels now)."""
@@ -100,37 +119,37 @@ class Analyzer:
         for i in range(2):
             self.process(det, index=i, time_s=0.04 * i, image=img)
         self.series = None
+        self._series = None
 
-    def _kinematics(self, res) -> dict[int, dict[str, float | None]]:
-        """Track id -> position along the glide direction and glide velocity of its line."""
+    def time_of(self, index: int, source_time_s: float | None) -> float:
+        """Frame time (s) as ``loopline analyze`` takes it: the calibration profile's axis,
+        else the source's (a file's own axis, the camera clock), else the index."""
         try:
-            rows = self._series.add(res)
-        except ValueError as e:  # frame times not increasing: no velocity for this frame
-            logger.debug("frame %d: no velocities (%s)", res.index, e)
-            return {}
-        return {
-            r["object_id"]: {
-                "position_nm": _finite(r["position_nm"]),
-                "velocity_nm_s": _finite(r["velocity_nm_per_s"]),
-                "velocity_px_per_frame": _finite(r["velocity_px_per_frame"], 4),
-            }
-            for r in rows if r["kind"] == "line" and r["object_id"] >= 0
-        }  # fmt: skip
+            t = frame_time_s(self._calibration, index, source_time_s)
+        except CalibrationError as e:
+            if not self._warned_time:
+                logger.error("%s; using the source's frame times", e)
+                self._warned_time = True
+            t = source_time_s
+        return float(index if t is None else t)
 
     def process(
         self, det: Detections, *, index: int, time_s: float, image: np.ndarray | None = None,
-    ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, float], list[dict[str, Any]]]:
-        """One frame of the current series: (row, instances, timings_ms, pairs).
+    ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, float], list[dict[str, Any]],
+               dict[str, list[dict[str, Any]]]]:  # fmt: skip
+        """One frame of the current series: (row, instances, timings_ms, pairs, tables).
 
         See the module docstring; :meth:`new_series` must have been called first.
         """
-        if self._tracker is None:
+        if self._tracker is None or self._series is None:
             raise RuntimeError("Analyzer.process: call new_series() first")
         t0 = time.perf_counter()
         res = measure_frame(det, index=index, time_s=time_s, calibration=self._calibration)
         res = self._tracker.update(res, image)
-        kin = self._kinematics(res)
         t1 = time.perf_counter()
+        rows = self._series.add(res, timings_ms={"measure_track": (t1 - t0) * 1e3}).to_json()
+        kin = {r["track_id"]: r for r in rows["tracks"] if r["kind"] == "line"
+               and r["track_id"] >= 0}  # fmt: skip
         nm = res.nm_per_px
         line_masks = [i for i in range(len(det)) if int(det.classes[i]) == 0]
         instances: list[dict[str, Any]] = []
@@ -153,6 +172,7 @@ class Analyzer:
             if res.n_pileups:
                 gx, gy = res.pileup_glide_dir[res.line_pileup[i]]
                 glide = [_finite(gx, 4), _finite(gy, 4)]
+            k = kin.get(int(res.line_track_id[i]))
             instances.append({
                 "id": int(res.line_track_id[i]), "cls": 0, "class": "dislocation",
                 "score": _finite(res.line_score[i]),
@@ -163,7 +183,10 @@ class Analyzer:
                 "width_px": _finite(res.line_width_px[i]),
                 "pileup": int(res.pileup_id[res.line_pileup[i]]) if res.n_pileups else -1,
                 "rank": int(res.line_rank[i]), "glide_dir": glide,
-                **kin.get(int(res.line_track_id[i]), _NO_KINEMATICS),
+                **(_NO_KINEMATICS if k is None else {
+                    "position_nm": _rounded(k["position_nm"]),
+                    "velocity_nm_s": _rounded(k["velocity_nm_per_s"]),
+                    "velocity_px_per_frame": _rounded(k["velocity_px_per_frame"], 4)}),
                 "contour": contour, "skeleton": np.round(pts, 2).tolist(),
             })  # fmt: skip
         for i in range(res.n_loops):
@@ -191,19 +214,11 @@ class Analyzer:
                 "spacing_px": _finite(res.pair_spacing_px[q]),
                 "spacing_nm": _finite(res.pair_spacing_px[q] * nm),
             })  # fmt: skip
-        lengths = res.line_length_px
-        row: dict[str, Any] = {
-            "n_dislocations": res.n_lines, "n_loops": res.n_loops, "n_pileups": res.n_pileups,
-            "mean_length_px": _finite(lengths.mean()) if len(lengths) else None,
-            "mean_length_nm": _finite(lengths.mean() * nm) if len(lengths) else None,
-            "mean_spacing_px": _finite(res.pair_spacing_px.mean()) if pairs else None,
-            "mean_spacing_nm": _finite(res.pair_spacing_px.mean() * nm) if pairs else None,
-            "mean_loop_major_nm": _finite(res.loop_major_nm.mean()) if res.n_loops else None,
-            "drift_x_px": _finite(res.drift_px[0]), "drift_y_px": _finite(res.drift_px[1]),
-            "nm_per_px": _finite(nm, 6),
-        }  # fmt: skip
-        for k, v in res.densities.items():
-            row[k] = _finite(v, 6)
         timings = {k: float(v) for k, v in res.timings_ms.items()}
         timings["measure_track"] = (t1 - t0) * 1e3
-        return row, instances, timings, pairs
+        tables = {k: rows[k] for k in ("tracks", "pairs", "track_summary")}
+        return rows["series"], instances, timings, pairs, tables
+
+
+def _rounded(v: float | None, nd: int = 3) -> float | None:
+    return None if v is None else _finite(v, nd)

@@ -42,6 +42,7 @@ class SourceConfig:
     socket: str = field(metadata=_choice("pull", "sub"))
     bind: bool
     path: str
+    pace: bool
     rate: float = field(metadata=_rng(0.0, 10000.0))
     rcvhwm: int = field(metadata=_rng(1, 10_000_000))
     curve_server_key: str
@@ -91,7 +92,7 @@ class PoolConfig:
 class OutputConfig:
     dir: str
     mp4: bool
-    video_fps: float = field(metadata=_rng(0.1, 10000.0))
+    video_fps: float = field(metadata=_rng(0.0, 10000.0))
     raw: str = field(metadata=_choice("none", "npy", "tiff"))
     csv: bool
     parquet: bool
@@ -122,6 +123,7 @@ class RunConfig:
     until_series_end: bool
     duration_s: float = field(metadata=_rng(0.0, 1e9))
     restarts: int = field(metadata=_rng(0, 1_000_000))
+    restart_window_s: float = field(metadata=_rng(1.0, 1e9))
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,12 @@ class DaemonConfig:
     @property
     def max_inflight(self) -> int:
         return self.batch.max_inflight or 2 * self.batch.size * self.engine.workers
+
+    @property
+    def replay_waits(self) -> bool:
+        """A file replayed unpaced: every frame is analysed (the receiver waits for the
+        analysis, the batcher never skips), as ``loopline analyze`` reads it."""
+        return self.source.protocol == "file" and not self.source.pace
 
 
 _SECTIONS: dict[str, type] = {

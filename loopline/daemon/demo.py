@@ -11,7 +11,8 @@
    the live measurements against the ground truth.
 
 The run folder (``--out``, default ``runs/demo``) stays: annotated.mp4, series.csv/.parquet,
-tracks.csv, pairs.csv, frames.csv, summary.json, plus demo.json with the accuracy figures.
+tracks.csv, pairs.csv, track_summary.csv, frames.csv, summary.json, plus demo.json with the
+accuracy figures.
 While it runs, ``loopline view --endpoint tcp://127.0.0.1:5556`` shows it live.
 """
 
@@ -90,14 +91,14 @@ def accuracy(run_dir: Path, scene: dict[str, Any], *, max_match_px: float = 12.0
     from ..synth.scene import lines_at
 
     fps, nm = float(scene["fps"]), float(scene["nm_per_px"])
-    tracks = [r for r in _read_csv(run_dir / "tracks.csv") if r["cls"] == "0"]
+    tracks = [r for r in _read_csv(run_dir / "tracks.csv") if r["kind"] == "line"]
     pairs = _read_csv(run_dir / "pairs.csv")
-    frames = sorted({int(r["index"]) for r in tracks})
+    frames = sorted({int(r["frame"]) for r in tracks})
     truth: dict[int, dict[int, Any]] = {t: {ln.id: ln for ln in lines_at(scene, t)} for t in frames}
     votes: dict[int, Counter] = defaultdict(Counter)
     pos: dict[int, list[tuple[int, float, float]]] = defaultdict(list)
     for r in tracks:
-        t, tid = int(r["index"]), int(r["id"])
+        t, tid = int(r["frame"]), int(r["track_id"])
         x, y = float(r["x_px"]), float(r["y_px"])
         pos[tid].append((t, x, y))
         best, bd = None, max_match_px
@@ -124,8 +125,8 @@ def accuracy(run_dir: Path, scene: dict[str, Any], *, max_match_px: float = 12.0
         vel_true.append(abs(ln.velocity))
     sp_err, sp_true = [], []
     for r in pairs:
-        t = int(r["index"])
-        ta, tb = match.get(int(r["a"])), match.get(int(r["b"]))
+        t = int(r["frame"])
+        ta, tb = match.get(int(r["track_id"])), match.get(int(r["partner_id"]))
         if ta is None or tb is None or ta == tb or t not in truth or not r["spacing_px"]:
             continue
         if ta not in truth[t] or tb not in truth[t]:

@@ -33,6 +33,15 @@ COUNTERS: tuple[str, ...] = (
     "skipped_backpressure", "skipped_lost", "dropped_no_slot", "dropped_source",
     "rejected_oversize", "published", "published_jpeg", "slots_reclaimed", "late_results",
     "series_started", "series_ended", "series_aborted", "restarts", "batches",
+    # loopline.daemon.validate: frames that decode but make no sense, each counted once
+    "rejected_undersize", "rejected_timestamp", "rejected_pixel_size", "rejected_index",
+    "rejected_pixels", "rejected_interleaved", "skipped_duplicate", "segments_restarted",
+    "ignored_pixel_size",
+    # an exception on one frame costs that frame (or, output_errors, its overlay), not the
+    # worker; source_disconnects: connections to the sender closed (a message over the size
+    # limit, or the sender went away)
+    "receiver_errors", "analysis_errors", "record_errors", "output_errors",
+    "source_disconnects",
 )  # fmt: skip
 
 QUEUES = ("queue_batcher", "queue_engine", "queue_output", "slots_in_use")

@@ -54,7 +54,9 @@ Validation
 type, a one-line message naming what was expected and what came) for a wrong part count,
 undecodable or non-object JSON, a missing or unknown field, a wrong type or value, an
 unknown dtype, or a pixel buffer whose length does not match ``shape`` and ``dtype``.
-Receivers count these (``counters["malformed"]``) and go on.
+Receivers count these (``counters["malformed"]``) and go on. A message that decodes can
+still make no sense (an index going back, a timestamp of 1e308): what the daemon does with
+each such frame is defined, and counted, in :mod:`loopline.daemon.validate`.
 """
 
 from __future__ import annotations

@@ -29,7 +29,9 @@ JPEGs are off. Header (``schema = "loopline.frame/1"``)::
       "seq": 1234,                 # message counter (gaps = messages this viewer lost)
       "series": "s0001",           # series (acquisition) id
       "index": 57,                 # frame index within the series
-      "time_s": 2.28,              # s since the series' first frame
+      "time_s": 2.28,              # frame time, s: series.csv's time_s (a calibration's
+                                   # axis, a replayed file's own, else the camera clock
+                                   # since the series' first frame)
       "timestamp": 1716400000.12,  # camera timestamp, s since the UNIX epoch
       "published": 1716400000.19,  # when this message left the daemon (same clock)
       "latency_ms": 70.3,          # timestamp -> published (null if the camera clock is off)
@@ -62,7 +64,7 @@ JPEGs are off. Header (``schema = "loopline.frame/1"``)::
         {"a": 12, "b": 13,         # track ids (a is on the leader's side)
          "pileup": 0, "rank": 0,   # pile-up id; 0 = the pair that includes the leader
          "spacing_px": 21.5, "spacing_nm": 43.0}, ...],
-      "row": {...},                # the time-series row of this frame (scalars; series.csv)
+      "row": {...},                # this frame's series.csv row (README: Run folder)
       "timings_ms": {...},         # per-stage times of this frame (engine, measure, track, ...)
       "counters": {"received": n, "analysed": n, "skipped": n, "malformed": n, "recorded": n}
     }
@@ -127,7 +129,11 @@ class Publisher:
             self.sock.curve_secretkey = secret
             self.sock.curve_publickey = zmq.curve_public(secret)
             self.sock.curve_server = True
-        self.sock.bind(cfg.endpoint)
+        try:
+            self.sock.bind(cfg.endpoint)
+        except zmq.ZMQError as e:  # port in use, address not local: one clear line
+            self.sock.close(linger=0)
+            raise OSError(f"cannot bind publish.endpoint {cfg.endpoint}: {e.strerror}") from None
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.sent = 0
         self.sent_jpeg = 0

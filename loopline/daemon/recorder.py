@@ -8,18 +8,19 @@ Layout of ``RUN_DIR`` (``output.dir``):
   worker or too late), in grey.
 - ``frames.csv`` — one row per recorded frame: series, index, seq, timestamp, fate
   (analysed | skipped | lost); it and the MP4 have the same number of frames.
-- ``series.csv`` and ``series.parquet`` — the time series: one row per analysed frame (counts,
-  lengths, latency, per-stage timings); appended every ``output.flush_rows`` rows, so a crash
-  loses at most that many rows.
-- ``tracks.csv`` — one row per instance per analysed frame (track id, class, centroid, length;
-  for dislocations pile-up, rank, position along the glide direction and glide velocity).
-- ``pairs.csv`` — one row per pair of neighbouring dislocations per analysed frame (track ids,
-  pile-up, rank from the leader, spacing in px and nm).
+- ``series.csv`` and ``series.parquet``, ``tracks.csv``, ``pairs.csv``,
+  ``track_summary.csv`` — the tables ``loopline analyze`` writes too, with the same columns
+  and meanings, written by the same :class:`loopline.io.runfolder.RunTables` from the rows the
+  measure worker made (see the README's *Run folder*): one row per analysed frame, per object
+  and frame, per neighbour pair and frame, per ended track. Flushed every
+  ``output.flush_rows`` frames, so a crash loses at most that many.
 - ``raw/`` — optional raw frames (``output.raw``): ``frames.tif`` (BigTIFF, appended) or
   ``{series}_{index:06d}.npy`` (``.N.npy`` in part N where an earlier run took the name).
-- ``summary.json`` — ``source`` (protocol, endpoint) and ``engine`` ("model/runtime") names,
-  counters (``received``, ``analysed``, ``skipped``, ``malformed``, ``recorded`` and the
-  detailed ones), latency percentiles, mean rates, warnings.
+- ``summary.json`` — ``schema_version`` of the tables, ``analysis`` (per series: frames,
+  times, calibration, tracks, spacings, stage timings, as ``loopline analyze`` writes it),
+  ``source`` (protocol, endpoint) and ``engine`` ("model/runtime") names, counters
+  (``received``, ``analysed``, ``skipped``, ``malformed``, ``recorded`` and the detailed
+  ones), latency percentiles, mean rates, warnings.
 
 When the output worker is restarted after a crash it starts a new *part*: ``annotated.1.mp4``,
 ``series.1.parquet`` and so on (CSV files are appended to). A daemon started in a folder that
@@ -37,7 +38,6 @@ import csv
 import json
 import logging
 import math
-import os
 import re
 import threading
 import time
@@ -47,7 +47,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..io.runfolder import RunTables, write_summary
 from .config import OutputConfig
+from .sanitize import csv_cell, inside, safe_filename
+from .validate import NOT_RECORDED, REJECT_COUNTERS
 from .video_recovery import recover_videos, sidecar, write_sidecar
 
 logger = logging.getLogger(__name__)
@@ -57,6 +60,8 @@ __all__ = ["Recorder", "annotate", "nice_scale_bar", "to_display"]
 _COLORS = {0: (60, 200, 255), 1: (255, 120, 60)}  # BGR: dislocation amber, loop blue
 _SKIP_COLOR = (0, 140, 255)
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
+#: frame rate of the annotated video when neither ``output.video_fps`` nor the input gives one
+DEFAULT_VIDEO_FPS = 25.0
 #: how long closing the run waits for an earlier part's video recovery (s); what is left is
 #: named in summary.json's warnings (``loopline recover`` finishes it)
 RECOVERY_WAIT_S = 45.0  # under systemd's TimeoutStopSec (90 s)
@@ -141,22 +146,16 @@ def annotate(image: np.ndarray, result: dict[str, Any] | None, *, px_nm: float |
     return bgr
 
 
-_LEAD = ("series", "index", "seq", "time_s", "timestamp", "latency_ms")
-
-
 class _Table:
-    """Rows appended to CSV and/or Parquet; columns fixed by the first row."""
+    """``frames.csv``: rows appended to a CSV file; columns fixed by the first row."""
 
-    def __init__(self, csv_path: Path | None, parquet_path: Path | None, flush_rows: int):
+    def __init__(self, csv_path: Path, flush_rows: int):
         self.csv_path = csv_path
-        self.parquet_path = parquet_path
         self.flush_rows = flush_rows
         self.columns: list[str] | None = None
         self.rows: list[dict[str, Any]] = []
         self._csv = None
         self._writer: Any = None
-        self._pq: Any = None
-        self._schema: Any = None
         self.count = 0
 
     def append(self, row: dict[str, Any]) -> None:
@@ -171,59 +170,20 @@ class _Table:
         if not self.rows or self.columns is None:
             return
         rows, self.rows = self.rows, []
-        if self.csv_path is not None:
-            if self._csv is None:
-                new = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
-                self._csv = open(self.csv_path, "a", newline="")
-                self._writer = csv.DictWriter(self._csv, self.columns, extrasaction="ignore")
-                if new:
-                    self._writer.writeheader()
-            self._writer.writerows(rows)
-            self._csv.flush()
-        if self.parquet_path is not None:
-            self._write_parquet(rows)
-
-    def _write_parquet(self, rows: list[dict[str, Any]]) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        cols = self.columns or []
-        if self._schema is None:
-            fields = []
-            for c in cols:
-                v = next((r.get(c) for r in rows if r.get(c) is not None), None)
-                if isinstance(v, bool):
-                    t = pa.bool_()
-                elif isinstance(v, int):
-                    t = pa.int64()
-                elif isinstance(v, float) or v is None:
-                    t = pa.float64()
-                else:
-                    t = pa.string()
-                fields.append(pa.field(c, t))
-            self._schema = pa.schema(fields)
-            self._pq = pq.ParquetWriter(self.parquet_path, self._schema)
-        data = {}
-        for f in self._schema:
-            vals = [r.get(f.name) for r in rows]
-            if pa.types.is_string(f.type):
-                vals = [None if v is None else str(v) for v in vals]
-            elif pa.types.is_floating(f.type) or pa.types.is_integer(f.type):
-                vals = [v if isinstance(v, int | float) and not isinstance(v, bool) else None
-                        for v in vals]  # fmt: skip
-                if pa.types.is_integer(f.type):
-                    vals = [None if v is None else int(v) for v in vals]
-            data[f.name] = pa.array(vals, type=f.type)
-        self._pq.write_table(pa.Table.from_pydict(data, schema=self._schema))
+        if self._csv is None:
+            new = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
+            self._csv = open(self.csv_path, "a", newline="")
+            self._writer = csv.DictWriter(self._csv, self.columns, extrasaction="ignore")
+            if new:
+                self._writer.writeheader()
+        self._writer.writerows({k: csv_cell(v) for k, v in r.items()} for r in rows)
+        self._csv.flush()
 
     def close(self) -> None:
         self.flush()
         if self._csv is not None:
             self._csv.close()
             self._csv = None
-        if self._pq is not None:
-            self._pq.close()
-            self._pq = None
 
 
 def _part_name(part: int) -> str:
@@ -259,20 +219,15 @@ class Recorder:
         self.mp4_path = self.dir / _part_name(part) if cfg.mp4 else None
         self._video: cv2.VideoWriter | None = None
         self._size: tuple[int, int] | None = None
-        self.series_table = _Table(
-            self.dir / "series.csv" if cfg.csv else None,
-            self.dir / f"series{sfx}.parquet" if cfg.parquet else None, cfg.flush_rows,
-        )  # fmt: skip
-        self.tracks = _Table(self.dir / "tracks.csv" if cfg.csv else None, None,
-                             cfg.flush_rows * 8)  # fmt: skip
-        self.frames = _Table(self.dir / "frames.csv", None, cfg.flush_rows)
-        self.pairs = _Table(self.dir / "pairs.csv" if cfg.csv else None, None,
-                            cfg.flush_rows * 8)  # fmt: skip
+        # the tables of loopline analyze, appended to across parts (pyarrow is imported now,
+        # not in the middle of a run: a stall of a second or more)
+        self.tables = RunTables(self.dir, parquet=f"series{sfx}.parquet" if cfg.parquet else None,
+                                append=True, flush_rows=cfg.flush_rows, csv=cfg.csv)  # fmt: skip
+        self.analysis_summary: dict[str, Any] = {}  # series id -> summary, as series end
+        self.frames = _Table(self.dir / "frames.csv", cfg.flush_rows)
         self._tif = None
         if cfg.raw != "none":
             (self.dir / "raw").mkdir(exist_ok=True)
-        if cfg.parquet:  # import now, not in the middle of a run (a stall of a second or more)
-            import pyarrow.parquet  # noqa: F401
         self.series: list[dict[str, Any]] = []
         self.written = 0
         self.t_open = time.time()
@@ -296,17 +251,19 @@ class Recorder:
                         title=f"{result['series']} #{result['index']}")  # fmt: skip
 
     # -- frames
-    def _video_write(self, bgr: np.ndarray) -> None:
+    def _video_write(self, bgr: np.ndarray, input_fps: float | None = None) -> None:
         if self.mp4_path is None:
             return
         h, w = bgr.shape[:2]
         if self._video is None:
             self._size = (w, h)
+            # the configured rate, else the input's own (a replayed file keeps its rate)
+            fps = self.cfg.video_fps or input_fps or DEFAULT_VIDEO_FPS
             fourcc = cv2.VideoWriter_fourcc(*"mp4v")
-            self._video = cv2.VideoWriter(str(self.mp4_path), fourcc, self.cfg.video_fps, (w, h))
+            self._video = cv2.VideoWriter(str(self.mp4_path), fourcc, fps, (w, h))
             if not self._video.isOpened():
                 raise OSError(f"cannot open {self.mp4_path} for writing (OpenCV mp4v)")
-            write_sidecar(self.mp4_path, w, h, self.cfg.video_fps)
+            write_sidecar(self.mp4_path, w, h, fps)
         if (w, h) != self._size:
             bgr = cv2.resize(bgr, self._size, interpolation=cv2.INTER_AREA)
         self._video.write(bgr)
@@ -319,9 +276,11 @@ class Recorder:
                 mark = "SKIPPED" if fate == "skipped" else "NOT ANALYSED"
                 annotated = annotate(image, None, px_nm=hdr.get("px_nm"), mark=mark,
                                      title=f"{hdr['series']} #{hdr['index']}")  # fmt: skip
-            self._video_write(annotated)
+            self._video_write(annotated, hdr.get("fps"))
         if self.cfg.raw == "npy":
-            dest = self.dir / "raw" / f"{hdr['series']}_{hdr['index']:06d}.npy"
+            # the series id is the sender's: a plain file name, always inside raw/
+            name = f"{safe_filename(str(hdr['series']))}_{int(hdr['index']):06d}.npy"
+            dest = inside(self.dir / "raw", self.dir / "raw" / name)
             if self.part and dest.exists():  # an earlier run in this folder used the name
                 dest = dest.with_suffix(f".{self.part}.npy")
             np.save(dest, image)
@@ -341,28 +300,18 @@ class Recorder:
 
     # -- results
     def append_result(self, msg: dict[str, Any], *, latency_ms: float | None) -> None:
-        row: dict[str, Any] = {
-            "series": msg["series"], "index": msg["index"], "seq": msg["seq"],
-            "time_s": msg["time_s"], "timestamp": msg["ts"],
-            "latency_ms": None if latency_ms is None else round(latency_ms, 3),
-        }  # fmt: skip
-        row.update(msg["row"])
-        for k, v in msg["timings_ms"].items():
-            row[f"t_{k}_ms"] = round(float(v), 4)
-        self.series_table.append(row)
-        for inst in msg["instances"]:
-            x, y = inst["centroid"]
-            self.tracks.append({
-                "series": msg["series"], "index": msg["index"], "time_s": msg["time_s"],
-                "id": inst.get("id"), "cls": inst["cls"], "score": inst["score"], "x_px": x,
-                "y_px": y, "length_px": inst.get("length_px"), "length_nm": inst.get("length_nm"),
-                "area_px": inst.get("area_px"), "pileup": inst.get("pileup"),
-                "rank": inst.get("rank"), "position_nm": inst.get("position_nm"),
-                "velocity_nm_s": inst.get("velocity_nm_s"),
-            })  # fmt: skip
-        for pr in msg.get("pairs", ()):
-            self.pairs.append({"series": msg["series"], "index": msg["index"],
-                               "time_s": msg["time_s"], **pr})  # fmt: skip
+        """One analysed frame's table rows (``row``, ``tables``), as the measure worker made
+        them; the recorder adds only the latency it measured."""
+        row = {**msg["row"], "latency_ms": latency_ms}
+        tables = msg.get("tables") or {}
+        self.tables.append(series=row, tracks=tables.get("tracks", ()),
+                           pairs=tables.get("pairs", ()),
+                           track_summary=tables.get("track_summary", ()))  # fmt: skip
+
+    def analysis(self, msg: dict[str, Any]) -> None:
+        """A series ended in the measure worker: its summary and its tracks' summary rows."""
+        self.analysis_summary[str(msg["series"])] = msg.get("summary") or {}
+        self.tables.append(track_summary=msg.get("track_summary") or ())
 
     def series_event(self, msg: dict[str, Any]) -> None:
         self.series.append({k: v for k, v in msg.items() if k != "t"})
@@ -377,8 +326,8 @@ class Recorder:
         """
         from .metrics import COUNTERS
 
-        for t in (self.series_table, self.tracks, self.frames, self.pairs):
-            t.close()
+        self.tables.close()
+        self.frames.close()
         if self._video is not None:
             self._video.release()
             self._video = None
@@ -402,24 +351,27 @@ class Recorder:
         if self._recovery is not None and self._recovery.is_alive():
             warnings.append("the video of a killed output worker is still being recovered: "
                             f"run `loopline recover {self.dir}`")  # fmt: skip
-        if counters["recorded"] + counters["dropped_no_slot"] + counters[
-            "rejected_oversize"
-        ] != counters["received"]:
+        rejected = sum(counters[k] for k in REJECT_COUNTERS)
+        if rejected:
+            warnings.append(f"{rejected} frames made no sense and were rejected (counters "
+                            "rejected_*; see loopline.daemon.validate)")  # fmt: skip
+        if counters["recorded"] + sum(counters[k] for k in NOT_RECORDED) != counters["received"]:
             warnings.append("recorded + dropped + rejected != received (a worker crash lost "
                             "frames between the receiver and the recorder)")  # fmt: skip
         elapsed = time.time() - self.t_open
         summary = {
-            "schema": "loopline.summary/1",
+            "command": "serve",
             "source": (names or {}).get("source"),
             "engine": (names or {}).get("engine"),
+            "frames": counters["analysed"],
+            "analysis": dict(self.analysis_summary),
             "counters": counters,
             "latency_ms": latency,
             "ingest_latency_ms": ingest_latency,
             "elapsed_s": round(elapsed, 3),
             "fps_mean": metrics.get("fps_mean", {}),
             "series": self.series,
-            "rows": {"series": self.series_table.count, "tracks": self.tracks.count,
-                     "frames": self.frames.count},
+            "tables": {**self.tables.counts, "frames.csv": self.frames.count},
             "files": sorted(p.name for p in self.dir.iterdir()),
             "part": self.part,
             "recovered_videos": dict(self.recovered),
@@ -427,10 +379,5 @@ class Recorder:
         }
         for w in warnings:
             logger.error("%s", w)
-        from .wire import clean_json
-
-        path = self.dir / "summary.json"  # the part that drains the run writes the summary
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(clean_json(summary), indent=1) + "\n")
-        os.replace(tmp, path)
-        return path
+        # the part that drains the run writes the summary (with the tables' schema_version)
+        return write_summary(self.dir, summary)

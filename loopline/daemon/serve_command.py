@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from typing import Any
 
 from ..errors import CliError
@@ -22,7 +23,10 @@ _FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "--protocol": ("source.protocol", {"choices": ("loopline", "dectris1", "dectris2", "file"),
                                        "help": "frame protocol"}),
     "--socket": ("source.socket", {"choices": ("pull", "sub"), "help": "PULL or SUB"}),
-    "--from": ("source.path", {"metavar": "FILE", "help": "replay a file (protocol file)"}),
+    "--from": ("source.path", {"metavar": "FILE",
+                               "help": "replay a file (protocol file): every frame analysed, "
+                                       "on the file's own time axis, as `loopline analyze`; "
+                                       "--set source.pace=true paces it like a camera"}),
     "--out": ("output.dir", {"metavar": "RUN_DIR", "help": "run folder"}),
     "--model": ("engine.model", {"help": "model name or path (defects, ridge, *.onnx, ...)"}),
     "--engine": ("engine.engine", {"help": "runtime (torch, onnx, openvino, tensorrt)"}),
@@ -82,9 +86,16 @@ def run(a: argparse.Namespace) -> int:
     if a.print_config:
         _print_toml(cfg.to_dict())
         return 0
+    _check_run_dir(cfg.output.dir)
     sup = Supervisor(cfg, log_level=logging.getLogger("loopline").getEffectiveLevel())
+    sup.quiet_startup_errors = True  # said here in one line; the traceback only with -v
     install_signal_handlers(sup)
     code = sup.run()
+    if sup.error is not None and sup.error.startup:
+        from .sanitize import escape_control
+
+        print(f"loopline serve: error: {escape_control(str(sup.error))}", file=sys.stderr)
+        return code
     s = sup.final_stats
     if s:
         print(
@@ -93,6 +104,20 @@ def run(a: argparse.Namespace) -> int:
             f"recorded {int(s['recorded'])} -> {cfg.output.dir}"
         )
     return code
+
+
+def _check_run_dir(path: str) -> None:
+    """The run folder can be made and written, else one line naming it (no traceback)."""
+    import tempfile
+    from pathlib import Path
+
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise CliError(f"cannot write the run folder {path} (--out, output.dir): "
+                       f"{e.strerror or e}") from None  # fmt: skip
 
 
 def _print_toml(tree: dict[str, dict[str, Any]]) -> None:

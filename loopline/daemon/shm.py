@@ -47,6 +47,11 @@ STAT_NAMES: tuple[str, ...] = (
     "published_jpeg",
     "slots_reclaimed", "series_started", "series_ended", "series_aborted", "restarts",
     "batches", "late_results", "analysis_seq", "analysis_done",
+    # frames that made no sense (loopline.daemon.validate) and errors that cost one frame
+    "rejected_undersize", "rejected_timestamp", "rejected_pixel_size", "rejected_index",
+    "rejected_pixels", "rejected_interleaved", "skipped_duplicate", "segments_restarted",
+    "ignored_pixel_size", "analysis_errors", "record_errors", "output_errors",
+    "receiver_errors", "source_disconnects", "segment_seq",
     # gauges
     "queue_batcher", "queue_engine", "queue_output", "slots_in_use",
     "latency_p50_ms", "latency_p99_ms", "latency_max_ms", "latency_count",

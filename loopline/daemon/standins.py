@@ -7,7 +7,8 @@ It is not a model of anything; use ``engine.model = "ridge"`` or a trained model
 
 Select it with ``engine.factory = "loopline.daemon.standins:ThresholdEngine"``; the
 ``delay_ms`` keyword (``"loopline.daemon.standins:slow_engine"``) makes it artificially slow
-for backpressure tests.
+for backpressure tests; ``"loopline.daemon.standins:flaky_engine"`` raises on frames marked
+by :func:`mark_for_failure`, for tests of what an engine exception costs (that frame only).
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ import numpy as np
 
 from ..engines.base import Detections, Engine
 
-__all__ = ["ThresholdEngine", "slow_engine"]
+__all__ = ["FAIL_MARK", "ThresholdEngine", "flaky_engine", "mark_for_failure", "slow_engine"]
+
+#: the top-left 2 x 2 pixels of a frame that :func:`flaky_engine` refuses
+FAIL_MARK = 7
 
 
 class ThresholdEngine(Engine):
@@ -29,12 +33,14 @@ class ThresholdEngine(Engine):
     name = "threshold"
 
     def __init__(self, model=None, *, k: float = 2.0, min_area: int = 20,
-                 delay_ms: float = 0.0, **kwargs) -> None:  # fmt: skip
+                 delay_ms: float = 0.0, fail_marked: bool = False,
+                 **kwargs) -> None:  # fmt: skip
         kwargs = {k_: v for k_, v in kwargs.items() if k_ in ("imgsz", "conf", "iou", "max_det")}
         super().__init__(None, **kwargs)
         self.k = k
         self.min_area = min_area
         self.delay_ms = delay_ms
+        self.fail_marked = fail_marked
 
     def load(self) -> None:
         pass
@@ -63,6 +69,8 @@ class ThresholdEngine(Engine):
         return Detections(masks, boxes, scores, classes, {"inference": ms})
 
     def forward(self, frames: list[np.ndarray]) -> list[Detections]:
+        if self.fail_marked and any((f[:2, :2] == FAIL_MARK).all() for f in frames):
+            raise RuntimeError("stand-in engine: a frame marked for failure")
         if self.delay_ms:
             time.sleep(self.delay_ms * len(frames) / 1e3)
         return [self._one(f) for f in frames]
@@ -72,3 +80,15 @@ def slow_engine(model=None, **kwargs) -> ThresholdEngine:
     """A ThresholdEngine that sleeps ``LOOPLINE_TEST_DELAY_MS`` (default 100) ms per frame."""
     delay = float(os.environ.get("LOOPLINE_TEST_DELAY_MS", "100"))
     return ThresholdEngine(model, delay_ms=delay, **kwargs)
+
+
+def mark_for_failure(image: np.ndarray) -> np.ndarray:
+    """A copy of ``image`` that :func:`flaky_engine` raises on."""
+    out = image.copy()
+    out[:2, :2] = FAIL_MARK
+    return out
+
+
+def flaky_engine(model=None, **kwargs) -> ThresholdEngine:
+    """A ThresholdEngine that raises on frames marked by :func:`mark_for_failure`."""
+    return ThresholdEngine(model, fail_marked=True, **kwargs)

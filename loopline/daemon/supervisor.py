@@ -5,8 +5,12 @@ socket every worker reports to, the Prometheus endpoint and the systemd notifica
 
 - A worker's exception arrives on ``ctl`` with its stage, type, message and traceback; it is
   logged with the stage. An exception while a worker is starting (``setup``: a missing model,
-  a port in use) is re-raised at once as :class:`WorkerError`; one while running restarts the
-  stage, up to ``run.restarts`` times, after which it is re-raised.
+  a port in use) is re-raised at once as :class:`WorkerError` (logged as one line; its
+  traceback at DEBUG); one while running restarts the stage, up to ``run.restarts`` times
+  within ``run.restart_window_s`` (:class:`RestartBudget`: a worker that ran that long without
+  a crash has its restarts back), after which it is re-raised. No frame a sender sends can
+  crash a worker (each stage catches what one frame provokes, counts it and goes on), so odd
+  data never spends this budget.
 - A worker that dies without a word (SIGKILL, the OOM killer, a segfault in a runtime) is
   restarted the same way. When an analysis stage dies, the recorder is told which frames
   will not come back, so that recording never waits on them.
@@ -32,12 +36,13 @@ import zmq
 
 from .config import DaemonConfig
 from .recorder import first_free_part
+from .sanitize import MultiLine
 from .shm import SlotPool
 from .wire import Endpoints, recv_json, send_json, socket
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Supervisor", "WorkerError"]
+__all__ = ["RestartBudget", "Supervisor", "WorkerError"]
 
 _ANALYSIS_STAGES = ("batcher", "engine", "measure")
 
@@ -45,10 +50,44 @@ _ANALYSIS_STAGES = ("batcher", "engine", "measure")
 class WorkerError(RuntimeError):
     """A worker failed and could not (or may not) be restarted."""
 
-    def __init__(self, stage: str, message: str, tb: str = "") -> None:
-        super().__init__(f"{stage} worker failed: {message}")
+    def __init__(self, stage: str, message: str, tb: str = "", *, startup: bool = False) -> None:
+        what = "could not start" if startup else "failed"
+        super().__init__(f"{stage} worker {what}: {message}")
         self.stage = stage
         self.traceback = tb
+        self.startup = startup  # while starting (setup): a configuration or host problem
+
+
+class RestartBudget:
+    """At most ``limit`` restarts within any ``window_s`` seconds.
+
+    >>> t = [0.0]
+    >>> b = RestartBudget(2, 600.0, clock=lambda: t[0])
+    >>> b.spend(), b.spend(), b.spend()
+    (True, True, False)
+    >>> t[0] = 601.0  # a healthy period: the budget is back
+    >>> b.spend(), b.used
+    (True, 1)
+    """
+
+    def __init__(self, limit: int, window_s: float, *, clock=time.monotonic) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._clock = clock
+        self._times: list[float] = []
+
+    @property
+    def used(self) -> int:
+        """Restarts within the last ``window_s``."""
+        now = self._clock()
+        self._times = [t for t in self._times if now - t < self.window_s]
+        return len(self._times)
+
+    def spend(self) -> bool:
+        """Count one restart; False when it is over the budget (give up)."""
+        ok = self.used < self.limit
+        self._times.append(self._clock())
+        return ok
 
 
 @dataclass
@@ -57,6 +96,7 @@ class _Worker:
     slot: int  # engine workers are numbered
     proc: Any = None
     restarts: int = 0
+    budget: RestartBudget | None = None
     part: int = 0
     error: dict[str, Any] | None = None
     ready: bool = False
@@ -130,11 +170,15 @@ class Supervisor:
         died_at = time.time()
         w.restarts += 1
         self.stats.add("restarts")
-        if w.restarts > self.cfg.run.restarts:
-            raise WorkerError(w.label, f"{why}; restarted {w.restarts - 1} times, giving up",
+        run = self.cfg.run
+        if w.budget is None:
+            w.budget = RestartBudget(run.restarts, run.restart_window_s)
+        if not w.budget.spend():
+            raise WorkerError(w.label, f"{why}; restarted {run.restarts} times within "
+                              f"{run.restart_window_s:g} s, giving up",
                               (w.error or {}).get("traceback", ""))  # fmt: skip
-        logger.warning("%s worker %s; restarting (%d/%d)", w.label, why, w.restarts,
-                       self.cfg.run.restarts)  # fmt: skip
+        logger.warning("%s worker %s; restarting (%d/%d within %g s)", w.label, why,
+                       w.budget.used, run.restarts, run.restart_window_s)  # fmt: skip
         if w.stage == "engine":  # the batcher knows exactly which frames that engine held
             send_json(self._to_batch, {"t": "engine_dead", "pid": w.proc.pid}, block=True)
         elif w.stage in _ANALYSIS_STAGES:
@@ -155,13 +199,14 @@ class Supervisor:
             logger.debug("%s ready", w.label)
         elif kind == "error":
             stage = msg.get("stage", "?")
-            logger.error("%s worker raised %s: %s\n%s", stage, msg.get("type"), msg.get("message"),
-                         msg.get("traceback", ""))  # fmt: skip
+            tb = MultiLine(msg.get("traceback", ""))
             if w is not None:
                 w.error = msg
-            if msg.get("phase") == "setup":
+            if msg.get("phase") == "setup":  # one line, and the traceback at DEBUG: run()
                 raise WorkerError(stage, f"{msg.get('type')}: {msg.get('message')}",
-                                  msg.get("traceback", ""))  # fmt: skip
+                                  msg.get("traceback", ""), startup=True)  # fmt: skip
+            logger.error("%s worker raised %s: %s\n%s", stage, msg.get("type"), msg.get("message"),
+                         tb)  # fmt: skip
         elif kind == "draining":
             logger.info("draining: %s", msg.get("reason"))
             if not self._stop.is_set():
@@ -205,8 +250,15 @@ class Supervisor:
             if cfg.metrics.prometheus_port:
                 from .metrics import start_prometheus
 
-                prom = start_prometheus(self.pool.stats, port=cfg.metrics.prometheus_port,
-                                        host=cfg.metrics.prometheus_host)  # fmt: skip
+                try:
+                    prom = start_prometheus(self.pool.stats, port=cfg.metrics.prometheus_port,
+                                            host=cfg.metrics.prometheus_host)  # fmt: skip
+                except OSError as e:  # port in use, address not local
+                    raise WorkerError("metrics", f"cannot serve Prometheus metrics on "
+                                      f"{cfg.metrics.prometheus_host}:"
+                                      f"{cfg.metrics.prometheus_port} "
+                                      f"(metrics.prometheus_port): {e.strerror or e}",
+                                      startup=True) from None  # fmt: skip
             stages = ["output", "measure", *["engine"] * cfg.engine.workers, "batcher",
                       "receiver"]  # fmt: skip
             part = first_free_part(self.run_dir)
@@ -224,9 +276,10 @@ class Supervisor:
             self.started_at = time.monotonic()
             code = self._supervise(ctl)
         except WorkerError as e:
-            logger.error("%s", e)
+            if not (e.startup and self.quiet_startup_errors):
+                logger.error("%s", e)
             if e.traceback:
-                logger.debug("%s", e.traceback)
+                logger.debug("%s", MultiLine(e.traceback))
             self.error = e
             code = 1
         finally:
@@ -248,6 +301,8 @@ class Supervisor:
         return code
 
     error: WorkerError | None = None
+    #: a caller that reports :attr:`error` itself (``loopline serve``: one line) sets this
+    quiet_startup_errors = False
     final_stats: dict[str, float] = {}  # noqa: RUF012 - replaced per instance
 
     def _supervise(self, ctl: zmq.Socket) -> int:

@@ -14,6 +14,14 @@ is released, the recorder is told, and ``skipped``/``skipped_backpressure`` coun
 recording path has no such policy: every frame the receiver could place in a slot is recorded;
 if the pool is exhausted (the recorder itself is too slow) the frame is dropped, counted in
 ``dropped_no_slot`` and logged at ERROR.
+
+A file replayed unpaced (``serve --from FILE``, ``source.pace = false``: the default) is not a
+camera: it can wait. Then the receiver reads the next frame only when fewer than
+``max_pending + max_inflight`` frames wait for their analysis, waits for a free slot instead
+of dropping, and the batcher never skips, so every frame is analysed, as ``loopline analyze``
+does (:attr:`~.config.DaemonConfig.replay_waits`). Paced like a camera
+(``source.pace = true``) the policy above applies. Either way a file's frame times come from
+the file (:meth:`loopline.io.frames.FrameFile.stamped`), never from the replay clock.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import faulthandler
 import importlib
 import logging
+import math
 import os
 import signal
 import time
@@ -33,7 +42,15 @@ import numpy as np
 import zmq
 
 from .config import DaemonConfig
+from .sanitize import install_log_escaping
 from .shm import ANALYSIS, RECORD, PoolSpec, SlotPool
+from .validate import (
+    PIXEL_SIZE_RANGE_NM,
+    FrameValidator,
+    Verdict,
+    max_message_bytes,
+    plausible_pixel_size,
+)
 from .wire import Endpoints, recv_json, send_json, socket
 
 logger = logging.getLogger(__name__)
@@ -41,6 +58,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["STAGE_CLASSES", "engine_label", "make_engine", "source_label", "worker_main"]
 
 _POLL_MS = 50
+#: daemon counter <- the source's counter of the same events (the source's restart from 0)
+_SOURCE_COUNTERS = {"malformed": "malformed", "dropped_source": "dropped",
+                    "rejected_interleaved": "interleaved", "source_disconnects": "disconnects"}
 
 
 class _Stage:
@@ -100,10 +120,15 @@ def open_source(cfg: DaemonConfig):
     from .sources import open_source as _open
 
     s = cfg.source
-    if s.protocol == "file":
-        return _open(s.path, "file", **({"fps": s.rate} if s.rate else {}))
+    if s.protocol == "file":  # unpaced unless told to pace like a camera (s.rate 0: own rate)
+        return _open(s.path, "file", fps=(s.rate or None) if s.pace else math.inf)
     kw: dict[str, Any] = {"socket": s.socket, "bind": s.bind, "rcvhwm": s.rcvhwm,
                           "max_queued_frames": 256}  # fmt: skip
+    # nothing larger than the slot pool's largest frame is read into memory (ZMQ_MAXMSGSIZE),
+    # nor decompressed (DECTRIS)
+    kw["max_message_bytes"] = max_message_bytes(cfg.pool.max_height, cfg.pool.max_width)
+    if s.protocol.startswith("dectris"):
+        kw["max_shape"] = (cfg.pool.max_height, cfg.pool.max_width)
     if s.curve_server_key or s.curve_client_secret:
         kw["curve_server_key"] = s.curve_server_key
         kw["curve_client_secret"] = s.curve_client_secret
@@ -111,7 +136,7 @@ def open_source(cfg: DaemonConfig):
 
 
 class Receiver(_Stage):
-    """Source → slots. Never waits for analysis; see the module docstring for the policy."""
+    """Source → slots. Never waits for a camera's analysis; see the module docstring."""
 
     name = "receiver"
 
@@ -123,12 +148,24 @@ class Receiver(_Stage):
         self.to_batch = self.sock(zmq.PUSH, connect=self.eps.batch, sndhwm=4096)
         self.to_out = self.sock(zmq.PUSH, connect=self.eps.out, sndhwm=1_000_000)
         # counters in shared memory survive a restart; the source's start from 0 again
-        self._base = {k: self.stats[k] for k in ("malformed", "dropped_source")}
+        self._base = {k: self.stats[k] for k in _SOURCE_COUNTERS}
+        self.validator = FrameValidator()  # what makes no sense (loopline.daemon.validate)
+        self._segment = int(self.stats["segment_seq"])
+        self._warned_reject = 0.0
         self._series_t0: dict[str, float] = {}
         self._px: dict[str, float | None] = {}
         self._warned = 0.0
         self._last_house = 0.0
         self._seq = int(self.stats["received"])
+        # an unpaced file waits for its analysis (module docstring)
+        self.waits = self.cfg.replay_waits
+        self.file = self.cfg.source.protocol == "file"
+        self._limit = self.cfg.max_pending + self.cfg.max_inflight
+        self._sent = 0
+        self._done0 = int(self.stats["analysis_done"])
+        self._progress = (self._done0, time.monotonic())
+        self._fps: dict[str, float | None] = {}
+        self._warned_time = False
 
     def close(self) -> None:
         src = getattr(self, "src", None)
@@ -142,8 +179,8 @@ class Receiver(_Stage):
             return
         self._last_house = now
         c = self.src.counters
-        self.stats["malformed"] = self._base["malformed"] + c.get("malformed", 0)
-        self.stats["dropped_source"] = self._base["dropped_source"] + c.get("dropped", 0)
+        for k, src_key in _SOURCE_COUNTERS.items():
+            self.stats[k] = self._base[k] + c.get(src_key, 0)
         self.stats["slots_in_use"] = self.pool.in_use()
         n = self.pool.reclaim(older_than_s=self.cfg.pool.slot_timeout_s)
         if n:
@@ -156,10 +193,20 @@ class Receiver(_Stage):
         msg = {"t": "series", "event": kind, "series": ev.series, "ts": ev.timestamp_s}
         if kind == "start":
             self._series_t0.pop(ev.series, None)
-            self._px[ev.series] = ev.pixel_size_nm
+            self.validator.series_start(ev.series)
+            px = ev.pixel_size_nm
+            if not plausible_pixel_size(px):  # kept without it; its frames may bring theirs
+                self.stats.add("ignored_pixel_size")
+                logger.warning("series %s: pixel_size_nm %r ignored (expected a size in "
+                               "[%g, %g] nm)", ev.series, px, *PIXEL_SIZE_RANGE_NM)  # fmt: skip
+                px = None
+            self._px[ev.series] = px
+            # a file's own frame rate: the annotated video keeps it
+            fps = ev.meta.get("input_fps") if self.file else None
+            self._fps[ev.series] = fps
             msg.update(shape=list(ev.shape) if ev.shape else None, dtype=ev.dtype,
-                       pixel_size_nm=ev.pixel_size_nm, frames=ev.frames,
-                       synthesized=ev.synthesized)  # fmt: skip
+                       pixel_size_nm=px, frames=ev.frames,
+                       synthesized=ev.synthesized, fps=fps)  # fmt: skip
             self.stats.add("series_started")
         else:
             msg.update(frames=ev.frames, aborted=ev.aborted)
@@ -178,7 +225,15 @@ class Receiver(_Stage):
                          ev.series, ev.index, img.shape, img.dtype, self.cfg.pool.max_height,
                          self.cfg.pool.max_width)  # fmt: skip
             return
+        bad = self.validator.values(int(ev.index), ev.timestamp_s, ev.pixel_size_nm, img)
+        if bad is not None:
+            self._reject(ev, bad)
+            return
         got = self.pool.acquire()
+        while got is None and self.waits and not (self.terminate or self.stats["stopping"]):
+            time.sleep(0.005)  # a file waits for a free slot
+            self._housekeeping()
+            got = self.pool.acquire()
         if got is None:
             self.stats.add("dropped_no_slot")
             self.stats.add("skipped")
@@ -194,21 +249,93 @@ class Receiver(_Stage):
         px = ev.pixel_size_nm or self._px.get(ev.series) or None
         hdr = {
             "t": "frame", "slot": slot, "gen": gen, "series": ev.series, "index": int(ev.index),
-            "ts": ev.timestamp_s, "time_s": round(ev.timestamp_s - t0, 6), "recv": t_recv,
+            "ts": ev.timestamp_s, "time_s": self._time_s(ev, t0), "recv": t_recv,
             "shape": list(img.shape), "dtype": img.dtype.name, "px_nm": px, "seq": self._seq,
+            "fps": self._fps.get(ev.series),
         }  # fmt: skip
+        order = self.validator.sequence(ev.series, hdr["index"], hdr["time_s"])
+        if order.new_segment:  # the measure worker starts tracking afresh
+            self.stats.add("segment_seq")
+            self._segment = int(self.stats["segment_seq"])
+            if order.restarted:
+                self.stats.add("segments_restarted")
+                logger.info("series %s restarts at frame %d (index or time went back): a new "
+                            "segment", ev.series, hdr["index"])  # fmt: skip
+        hdr["segment"] = self._segment
         self._seq += 1
         if not send_json(self.to_out, hdr):  # cannot happen with the pool bounding it; be loud
             self.pool.release(slot, gen, RECORD)
             self.stats.add("dropped_no_slot")
             self.stats.add("skipped")
             logger.error("recorder queue full: frame %s/%d NOT RECORDED", ev.series, ev.index)
-        if not send_json(self.to_batch, hdr):
+        if order.duplicate:  # recorded, not analysed: a tracker takes one frame per index
+            self.pool.release(slot, gen, ANALYSIS)
+            self.stats.add("skipped")
+            self.stats.add("skipped_duplicate")
+            logger.debug("frame %s/%d: duplicate index, recorded, not analysed", ev.series,
+                         hdr["index"])  # fmt: skip
+            send_json(self.to_out, {"t": "skip", "series": ev.series, "index": hdr["index"],
+                                    "seq": hdr["seq"]}, block=True)  # fmt: skip
+            return
+        if not send_json(self.to_batch, hdr, block=self.waits):
             self.pool.release(slot, gen, ANALYSIS)
             self.stats.add("skipped")
             self.stats.add("skipped_backpressure")
             send_json(self.to_out, {"t": "skip", "series": ev.series, "index": int(ev.index),
                                     "seq": hdr["seq"]}, block=True)  # fmt: skip
+        else:
+            self._sent += 1
+
+    def _reject(self, ev: Any, bad: Verdict) -> None:
+        """A frame whose values make no sense: counted, not recorded (see validate.py)."""
+        assert bad.counter is not None
+        self.stats.add(bad.counter)
+        self.stats.add("skipped")
+        logger.debug("frame %s/%d rejected (%s): %s", ev.series, ev.index, bad.counter,
+                     bad.reason)  # fmt: skip
+        now = time.monotonic()
+        if now - self._warned_reject > 5:
+            self._warned_reject = now
+            logger.warning("frame %s/%d rejected: %s (counted in %s; further rejections are "
+                           "logged at DEBUG for 5 s)", ev.series, ev.index, bad.reason,
+                           bad.counter)  # fmt: skip
+
+    def _time_s(self, ev: Any, t0: float) -> float:
+        """A camera frame's time: its clock since the series' first frame. A file's: its own
+        time axis (FileSource), never the replay clock; the index where the file has none."""
+        if not self.file:
+            return round(ev.timestamp_s - t0, 6)
+        t = ev.meta.get("time_s")
+        if t is None:
+            if not self._warned_time:
+                logger.warning("%s states no frame rate or frame times: time_s counts frames "
+                               "(1 frame = 1 s); give a calibration profile with fps",
+                               self.cfg.source.path)  # fmt: skip
+                self._warned_time = True
+            return float(ev.index)
+        return float(t)
+
+    def _room(self) -> bool:
+        """An unpaced file: may the next frame be read? (fewer than ``_limit`` frames wait
+        for their analysis; if none was analysed for ``output.result_timeout_s``, the
+        missing ones are taken as lost.) Nothing is read before every stage runs: a model
+        that loads slowly costs no frame."""
+        done, now = int(self.stats["analysis_done"]), time.monotonic()
+        if not all(self.stats[f"heartbeat_{s}"] for s in ("batcher", "engine", "measure",
+                                                          "output")):  # fmt: skip
+            self._progress = (done, now)
+            return False
+        if done != self._progress[0]:
+            self._progress = (done, now)
+        if self._sent - (done - self._done0) < self._limit:
+            return True
+        if now - self._progress[1] > self.cfg.output.result_timeout_s:
+            logger.warning("receiver: no frame analysed for %.0f s; reading on",
+                           now - self._progress[1])  # fmt: skip
+            self._sent = done - self._done0
+            self._progress = (done, now)
+            return True
+        return False
 
     def loop(self) -> None:
         Frame, SeriesStart, SeriesEnd = self._types
@@ -219,6 +346,9 @@ class Receiver(_Stage):
             if self.stats["stopping"]:
                 done_reason = "stop requested"
                 break
+            if self.waits and not self._room():
+                time.sleep(0.005)
+                continue
             try:
                 ev = self.src.get(timeout=0.05)
             except StopIteration:
@@ -228,7 +358,14 @@ class Receiver(_Stage):
                 continue
             t0 = time.perf_counter()
             if isinstance(ev, Frame):
-                self._frame(ev)
+                try:
+                    self._frame(ev)
+                except Exception as e:  # one odd frame costs that frame, never the receiver
+                    self.stats.add("receiver_errors")
+                    self.stats.add("skipped")
+                    logger.error("frame %s/%s dropped: %s: %s", ev.series, ev.index,
+                                 type(e).__name__, e)  # fmt: skip
+                    logger.debug("receiver error", exc_info=True)
                 self.beat(1, time.perf_counter() - t0)
             elif isinstance(ev, SeriesStart):
                 self._series(ev, "start")
@@ -288,8 +425,8 @@ class Batcher(_Stage):
         if t == "frame":
             msg["_arr"] = time.monotonic()
             self.pending.append(msg)
-            while len(self.pending) > self.max_pending:
-                self._skip_oldest()
+            while len(self.pending) > self.max_pending and not self.cfg.replay_waits:
+                self._skip_oldest()  # latest wins (an unpaced file never skips)
         elif t == "series":
             if msg.get("event") == "end":
                 self.flush = True
@@ -404,6 +541,20 @@ class Batcher(_Stage):
                 return
 
 
+_last_error_log = [0.0]
+
+
+def _log_frame_error(stage: str, h: dict[str, Any], e: BaseException) -> None:
+    """An exception that cost one frame: ERROR at most every 5 s, the traceback at DEBUG."""
+    now = time.monotonic()
+    level = logging.ERROR if now - _last_error_log[0] > 5 else logging.DEBUG
+    if level == logging.ERROR:
+        _last_error_log[0] = now
+    logger.log(level, "%s: frame %s/%s: %s: %s (counted; the worker goes on)", stage,
+               h.get("series"), h.get("index"), type(e).__name__, e)  # fmt: skip
+    logger.debug("%s: traceback", stage, exc_info=e)
+
+
 def _dumps(obj: Any) -> bytes:
     import json
 
@@ -479,6 +630,24 @@ class EngineWorker(_Stage):
         self._ready = _dumps({"t": "ready", "pid": os.getpid()})
         self.to_det = self.sock(zmq.PUSH, connect=self.eps.det, sndhwm=100_000)
 
+    def _infer(self, imgs: list[np.ndarray], live: list[dict[str, Any]]) -> list[Any]:
+        if self.scaled:
+            px = [self.nm_per_px or h.get("px_nm") or self.cfg.calibration.nm_per_px or None
+                  for h in live]  # fmt: skip
+            dets = self.engine(imgs, nm_per_px=px)
+        else:  # factory engines (tests, plug-ins) take frames only
+            dets = self.engine(imgs)
+        if len(dets) != len(imgs):
+            raise RuntimeError(f"engine: expected {len(imgs)} detections, got {len(dets)}")
+        return dets
+
+    def _failed(self, h: dict[str, Any], e: Exception) -> None:
+        """The engine raised on this frame: it is lost (counted), the worker goes on."""
+        self.stats.add("analysis_errors")
+        _log_frame_error("engine: lost", h, e)
+        send_json(self.to_det, {**h, "t": "lost", "why": f"engine error: {type(e).__name__}"},
+                  block=True)  # fmt: skip
+
     def _run_batch(self, frames: list[dict[str, Any]]) -> None:
         from ..engines.base import Detections
 
@@ -493,25 +662,34 @@ class EngineWorker(_Stage):
                 live.append(h)
         if not imgs:
             return
-        if self.scaled:
-            px = [self.nm_per_px or h.get("px_nm") or self.cfg.calibration.nm_per_px or None
-                  for h in live]  # fmt: skip
-            dets: list[Detections] = self.engine(imgs, nm_per_px=px)
-        else:  # factory engines (tests, plug-ins) take frames only
-            dets = self.engine(imgs)
+        try:
+            dets: list[Detections] = self._infer(imgs, live)
+        except Exception:  # one bad frame must not cost its batch: each alone, then
+            dets, ok = [], []
+            for img, h in zip(imgs, live, strict=True):
+                try:
+                    dets += self._infer([img], [h])
+                    ok.append(h)
+                except Exception as e:
+                    self._failed(h, e)
+            live = ok
         dt = time.perf_counter() - t0
         k = self.cfg.pool.max_instances
         for h, d in zip(live, dets, strict=True):
-            if len(d) > k:
-                d = d.select(np.argsort(-d.scores)[:k])
-            n = self.pool.write_masks(h["slot"], h["gen"], d.masks)
-            timings = dict(d.timings_ms)
-            timings["engine_total"] = dt * 1e3 / len(imgs)
-            send_json(self.to_det, {
-                **h, "t": "det", "n": n, "boxes": d.boxes[:n].tolist(),
-                "scores": d.scores[:n].tolist(), "classes": d.classes[:n].tolist(),
-                "timings_ms": timings, "engine": self.label,
-            }, block=True)  # fmt: skip
+            try:
+                if len(d) > k:
+                    d = d.select(np.argsort(-d.scores)[:k])
+                n = self.pool.write_masks(h["slot"], h["gen"], d.masks)
+                timings = dict(d.timings_ms)
+                timings["engine_total"] = dt * 1e3 / len(imgs)
+                msg = {
+                    **h, "t": "det", "n": n, "boxes": d.boxes[:n].tolist(),
+                    "scores": d.scores[:n].tolist(), "classes": d.classes[:n].tolist(),
+                    "timings_ms": timings, "engine": self.label,
+                }  # fmt: skip
+                send_json(self.to_det, msg, block=True)
+            except Exception as e:
+                self._failed(h, e)
         self.stats["engine_ms_per_frame"] = dt * 1e3 / len(imgs)
         self.beat(len(imgs), time.perf_counter() - t0)
 
@@ -554,6 +732,9 @@ class MeasureWorker(_Stage):
         self.eos_total: int | None = None
         self.eos_since = 0.0
         self.gap_s = min(2.0, self.cfg.output.result_timeout_s / 2)
+        # (series, segment) being tracked: a new segment (a restarted series, validate.py)
+        # starts a new tracker
+        self._segment: tuple[str, Any] | None = None
 
     def _lost(self, h: dict[str, Any], why: str) -> None:
         self.pool.release(h["slot"], h["gen"], ANALYSIS)
@@ -582,22 +763,44 @@ class MeasureWorker(_Stage):
             scores=np.asarray(h["scores"], np.float32).reshape(n),
             classes=np.asarray(h["classes"], np.int64).reshape(n), timings_ms=h["timings_ms"],
         )  # fmt: skip
-        if h["series"] != self.analyzer.series:
-            self.analyzer.new_series(h["series"], h.get("px_nm") or 0.0)
-        row, instances, timings, pairs = self.analyzer.process(
-            det, index=h["index"], time_s=h["time_s"], image=image
-        )
-        timings = {**h["timings_ms"], **timings}
-        keys = ("series", "index", "seq", "ts", "time_s", "recv", "shape")
-        out = {k: h[k] for k in keys}
-        # the camera's pixel size, else the calibration's (profile or calibration.nm_per_px)
-        out["px_nm"] = h.get("px_nm") or row.get("nm_per_px")
-        out.update(t="result", row=row, instances=instances, pairs=pairs, timings_ms=timings,
-                   engine=h.get("engine"))  # fmt: skip
-        send_json(self.to_out, out, block=True)
+        try:
+            seg = (h["series"], h.get("segment"))
+            if seg != self._segment:
+                self._segment = seg
+                self._send_analysis(self.analyzer.new_series(h["series"],
+                                                             h.get("px_nm") or 0.0))  # fmt: skip
+            # the calibration profile's time axis, else the header's (the file's own, the
+            # camera's)
+            t = self.analyzer.time_of(h["index"], h["time_s"])
+            row, instances, timings, pairs, tables = self.analyzer.process(
+                det, index=h["index"], time_s=t, image=image
+            )
+            timings = {**h["timings_ms"], **timings}
+            keys = ("series", "index", "seq", "ts", "recv", "shape")
+            out = {k: h[k] for k in keys}
+            out["time_s"] = t
+            # the camera's pixel size, else the calibration's (profile or calibration.nm_per_px)
+            out["px_nm"] = h.get("px_nm") or row.get("nm_per_px")
+            # row and tables: this frame's rows of the run folder's tables (io/runfolder.py)
+            out.update(t="result", row=row, instances=instances, pairs=pairs, timings_ms=timings,
+                       engine=h.get("engine"), tables=tables)  # fmt: skip
+            send_json(self.to_out, out, block=True)  # strict JSON: raises before it sends
+        except Exception as e:  # costs this frame; the next one starts a fresh tracker
+            self._segment = None
+            self.stats.add("analysis_errors")
+            _log_frame_error("measure: lost", h, e)
+            send_json(self.to_out, {"t": "lost", "series": h["series"], "index": h["index"],
+                                    "seq": h["seq"], "why": f"measure error: {type(e).__name__}"},
+                      block=True)  # fmt: skip
+            return
         dt = time.perf_counter() - t0
         self.stats["measure_ms_per_frame"] = dt * 1e3
         self.beat(1, dt)
+
+    def _send_analysis(self, ended: dict[str, Any] | None) -> None:
+        """An ended series' summary and open tracks' summary rows to the recorder."""
+        if ended is not None:
+            send_json(self.to_out, {"t": "analysis", **ended}, block=True)
 
     def _advance(self) -> None:
         now = time.monotonic()
@@ -643,6 +846,7 @@ class MeasureWorker(_Stage):
                 if (caught_up and not self.buffer) or waited:
                     for s in sorted(self.buffer):
                         self._handle(self.buffer.pop(s))
+                    self._send_analysis(self.analyzer.finish())
                     send_json(self.to_out, {"t": "eos_analysis"}, block=True)
                     logger.info("measure: drained")
                     self.idle()
@@ -667,9 +871,11 @@ class OutputWorker(_Stage):
         if self.publisher is not None:
             self.sockets.append(self.publisher.sock)
         self.recorder = Recorder(self.run_dir, self.cfg.output, part=self.part)
-        self.pending: OrderedDict[tuple[str, int], dict[str, Any]] = OrderedDict()
-        self.written: OrderedDict[tuple[str, int], bool] = OrderedDict()  # recent, for late ones
-        self.early: dict[tuple[str, int], dict[str, Any]] = {}  # results ahead of their header
+        # frames are keyed by the receiver's seq, unique whatever (series, index) a sender
+        # repeats (a duplicate index is recorded as a frame of its own)
+        self.pending: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        self.written: OrderedDict[int, bool] = OrderedDict()  # recent, for late ones
+        self.early: dict[int, dict[str, Any]] = {}  # results ahead of their header
         self.reset_before = 0.0
         self.latency = LatencyWindow()
         self.ingest_latency = LatencyWindow()
@@ -680,6 +886,10 @@ class OutputWorker(_Stage):
         self.last_metrics = time.monotonic()
         self.finished = False
         self.timeout = self.cfg.output.result_timeout_s
+        # an unpaced file waits for slow analysis: a frame is late only when no frame at all
+        # came back for the timeout (a camera's frame: when it is that old)
+        self.waits = self.cfg.replay_waits
+        self.last_progress = time.monotonic()
         # names for viewers and summary.json; the engine's comes with the first result
         self.names: dict[str, Any] = {"source": source_label(self.cfg), "engine": None}
 
@@ -687,15 +897,16 @@ class OutputWorker(_Stage):
     def _on(self, msg: dict[str, Any]) -> None:
         t = msg.get("t")
         if t in ("result", "skip", "lost"):
-            key = (msg["series"], msg["index"])
+            key = msg["seq"]
             if key not in self.pending and key not in self.written:
                 # Channels are fair-queued: a result can overtake its frame's header (e.g.
                 # after a stall of this process). Keep it until the header arrives.
                 self.early[key] = msg
                 return
+            self.last_progress = time.monotonic()
         if t == "frame":
             msg["_arr"] = time.monotonic()
-            key = (msg["series"], msg["index"])
+            key = msg["seq"]
             self.pending[key] = msg
             self._maybe_reset(msg)
             early = self.early.pop(key, None)
@@ -704,7 +915,7 @@ class OutputWorker(_Stage):
         elif t == "result":
             self._on_result(msg)
         elif t in ("skip", "lost"):
-            key = (msg["series"], msg["index"])
+            key = msg["seq"]
             e = self.pending.get(key)
             if t == "lost":
                 self.stats.add("skipped")
@@ -718,6 +929,8 @@ class OutputWorker(_Stage):
         elif t == "eos":
             self.eos_frames = int(msg.get("frames", 0))
             self.eos_at = time.monotonic()
+        elif t == "analysis":  # a series ended in the measure worker: its summary
+            self.recorder.analysis(msg)
         elif t == "eos_analysis":
             self.eos_analysis = True
         elif t == "chain_reset":  # an analysis worker died: what it held will not come back
@@ -738,7 +951,7 @@ class OutputWorker(_Stage):
             self.stats.add("skipped_lost")
 
     def _on_result(self, msg: dict[str, Any]) -> None:
-        key = (msg["series"], msg["index"])
+        key = msg["seq"]
         now = time.time()
         lat = (now - msg["ts"]) * 1e3
         ok_clock = abs(now - msg["ts"]) < 86400  # a camera clock far off: use receive time
@@ -781,21 +994,28 @@ class OutputWorker(_Stage):
             key, e = next(iter(self.pending.items()))
             fate = e.get("fate")
             if fate is None:
-                if not force and now - e["_arr"] < self.timeout:
+                since = max(e["_arr"], self.last_progress) if self.waits else e["_arr"]
+                if not force and now - since < self.timeout:
                     break
                 fate = e["fate"] = "lost"
                 self.stats.add("skipped")
                 self.stats.add("skipped_lost")
                 logger.warning("frame %s/%d: no analysis after %.1f s; recorded unannotated",
-                               key[0], key[1], now - e["_arr"])  # fmt: skip
+                               e["series"], e["index"], now - e["_arr"])  # fmt: skip
             self.pending.popitem(last=False)
             t0 = time.perf_counter()
             image = self.pool.read_image(e["slot"], e["gen"], tuple(e["shape"]), e["dtype"])
             if image is None:
-                logger.error("frame %s/%d: slot reused before recording", *key)
+                self.stats.add("record_errors")
+                logger.error("frame %s/%d: slot reused before recording; NOT RECORDED",
+                             e["series"], e["index"])  # fmt: skip
             else:
-                self.recorder.write_frame(image, e, e.get("annotated"), fate)
-                self.stats.add("recorded")
+                try:
+                    self.recorder.write_frame(image, e, e.get("annotated"), fate)
+                    self.stats.add("recorded")
+                except Exception as err:  # costs this frame's recording, not the worker
+                    self.stats.add("record_errors")
+                    _log_frame_error("output: NOT RECORDED", e, err)
             self.pool.release(e["slot"], e["gen"], RECORD)
             dt = time.perf_counter() - t0
             self.stats["record_ms_per_frame"] = dt * 1e3
@@ -842,14 +1062,17 @@ class OutputWorker(_Stage):
                     except zmq.Again:
                         break
                     if msg is not None:
-                        self._on(msg)
+                        try:
+                            self._on(msg)
+                        except Exception as e:  # costs this message (an overlay, a row)
+                            self.stats.add("output_errors")
+                            _log_frame_error(f"output ({msg.get('t')})", msg, e)
             self._write_ready()
             self._maybe_metrics()
             self.beat()
             if self.eos_frames is not None:
-                analysis_done = self.eos_analysis or (
-                    time.monotonic() - self.eos_at > self.timeout
-                )
+                since = max(self.eos_at, self.last_progress) if self.waits else self.eos_at
+                analysis_done = self.eos_analysis or (time.monotonic() - since > self.timeout)
                 if analysis_done:
                     self._finish()
                     self.ctl_send("done")
@@ -877,6 +1100,7 @@ def worker_main(stage: str, cfg: DaemonConfig, spec: PoolSpec, eps: Endpoints, p
                 run_dir: str, log_level: int) -> None:  # fmt: skip
     """Process entry point of one stage (``multiprocessing`` target)."""
     logging.basicConfig(level=log_level, format=f"%(asctime)s {stage}[%(process)d] %(message)s")
+    install_log_escaping()  # sender data (series ids) cannot forge a log line
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints where a worker is stuck
     ctx = zmq.Context()

@@ -1,4 +1,5 @@
-"""loopline.io: reading recorded frames from files (shared by analysis, daemon and simulator)."""
+"""loopline.io: reading recorded frames from files (shared by analysis, daemon and simulator),
+and the run folder's tables (:mod:`.runfolder`, written by ``analyze`` and ``serve`` alike)."""
 
 from .frames import (
     DM_SUFFIXES,
@@ -12,6 +13,7 @@ from .frames import (
     open_frames,
     pixel_size_from_file,
     read_image,
+    series_id,
 )
 
 __all__ = [
@@ -26,4 +28,5 @@ __all__ = [
     "open_frames",
     "pixel_size_from_file",
     "read_image",
+    "series_id",
 ]

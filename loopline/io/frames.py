@@ -14,11 +14,16 @@ folder of ``.png .tif .jpg .bmp``  OpenCV / tifffile           ``truth.json`` (s
 =================================  ==========================  ==================================
 
 Frames come out as 2-D uint8 / uint16 / float32 (colour is turned to grey, other dtypes to
-float32). Folders are read in natural order (``f2`` before ``f10``).
+float32). Folders are read in natural order (``f2`` before ``f10``). Each frame's time on the
+file's own axis comes with it from :meth:`FrameFile.stamped` (a video's container timestamps,
+else index / the file's rate); both ``loopline analyze`` and ``loopline serve --from`` take
+their time axis from there unless a calibration profile gives one (``fps``,
+``frame_times_s``), and name the series after the file (:func:`series_id`).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -44,6 +49,7 @@ __all__ = [
     "open_frames",
     "pixel_size_from_file",
     "read_image",
+    "series_id",
 ]
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".wmv", ".mpg", ".mpeg")
@@ -74,12 +80,33 @@ class FrameFile:
     pixel_size_nm: float | None = None
     truth: Path | None = None  # a truth.json beside the frames (synthetic datasets)
     files: tuple[Path, ...] = ()  # "folder": the image files, in reading order
+    read_stamped: Callable[[], Iterator[tuple[np.ndarray, float | None]]] | None = None
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return self.read()
 
+    def time_of(self, index: int) -> float | None:
+        """Time (s) of frame ``index`` from the file's rate; None where it states none."""
+        return index / self.fps if self.fps else None
+
+    def stamped(self) -> Iterator[tuple[np.ndarray, float | None]]:
+        """The frames with their times on the file's own time axis, s.
+
+        Videos: the container's timestamp of each frame (index / rate where the container
+        gives none); other files: index / the file's rate (TIFF ``finterval``, DM time axis,
+        ``truth.json``); None where the file states no time.
+        """
+        if self.read_stamped is not None:
+            return self.read_stamped()
+        return ((img, self.time_of(i)) for i, img in enumerate(self.read()))
+
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def series_id(path: str | Path) -> str:
+    """The series id of a recorded file or folder: its stem (``"file"`` for none)."""
+    return Path(path).stem or "file"
 
 
 def natural_key(p: Path) -> list[Any]:
@@ -228,19 +255,30 @@ def _video(path: Path) -> FrameFile:
     count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
     cap.release()
 
-    def frames() -> Iterator[np.ndarray]:
+    rate = fps if fps and math.isfinite(fps) and fps > 0 else None
+
+    def stamped() -> Iterator[tuple[np.ndarray, float | None]]:
         cap = cv2.VideoCapture(str(path))
+        prev = -math.inf
         try:
-            while True:
+            for i in itertools.count():
                 ok, img = cap.read()
                 if not ok:
                     return
-                yield as_gray(img)
+                # the decoded frame's presentation time (FFmpeg backend), to the µs
+                t = round(cap.get(cv2.CAP_PROP_POS_MSEC) / 1e3, 6)
+                if not (math.isfinite(t) and t >= 0 and t > prev):
+                    t = i / rate if rate else None
+                prev = t if t is not None else prev
+                yield as_gray(img), t
         finally:
             cap.release()
 
-    return FrameFile(path, "video", frames, count if count > 0 else None,
-                     fps if fps and math.isfinite(fps) and fps > 0 else None)  # fmt: skip
+    def frames() -> Iterator[np.ndarray]:
+        return (img for img, _ in stamped())
+
+    return FrameFile(path, "video", frames, count if count > 0 else None, rate,
+                     read_stamped=stamped)  # fmt: skip
 
 
 def _tiff(path: Path) -> FrameFile:

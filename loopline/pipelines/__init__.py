@@ -2,7 +2,9 @@
 
 Per frame, :func:`measure_frame` turns an engine's :class:`~loopline.engines.base.Detections`
 into a :class:`FrameResult`; across frames, :class:`OnlineTracker` links them and corrects
-drift, and :class:`SeriesWriter` writes ``series.csv``, ``tracks.csv`` and ``summary.json``.
+drift, :class:`SeriesAccumulator` turns them into the rows of the run folder's tables
+(:mod:`loopline.io.runfolder`) and :class:`SeriesWriter` writes them (``loopline analyze``; the
+daemon's recorder writes the same rows with the same writer).
 """
 
 from .container import FrameResult

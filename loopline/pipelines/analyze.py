@@ -1,17 +1,21 @@
 """Offline analysis of a whole input: frames → detections → measurement → tracking → files.
 
-The same per-frame and across-frame stages as the live daemon, driven by a file source.
+The same per-frame and across-frame stages as the live daemon, driven by a file source, into
+the same run folder (:mod:`loopline.io.runfolder`): ``loopline analyze X`` and
+``loopline serve --from X`` write the same tables.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..calibration import Calibration, calibration_from_truth, check_frame_times
+from ..calibration import Calibration, calibration_from_truth, check_frame_times, frame_time_s
+from ..io.frames import series_id
 from .evaluate import evaluate_against_truth
 from .measure import MeasureOptions, measure_frame
 from .series import SeriesWriter
@@ -54,10 +58,8 @@ def resolve_calibration(source: FrameSource, calibration: Calibration | None) ->
     return cal.replace(**changes) if changes else cal
 
 
-def _frame_time(fr: Frame, cal: Calibration, warned: list[bool]) -> float:
-    t = cal.time_of(fr.index)
-    if t is None and fr.time_s is not None:
-        t = fr.time_s
+def _frame_time(fr: Frame, cal: Calibration | None, warned: list[bool]) -> float:
+    t = frame_time_s(cal, fr.index, fr.time_s)
     if t is None:
         if not warned[0]:
             logger.warning("no frame rate or frame times: time_s counts frames (1 frame = 1 s); "
@@ -99,7 +101,12 @@ def _make_detector(opt: AnalyzeOptions, nm_per_px: float | None = None):
     px = nm_per_px if getattr(engine, "model_nm_per_px", None) else None
 
     def detect(frames: list[Frame]):
-        return engine([fr.image for fr in frames], nm_per_px=px)
+        t0 = time.perf_counter()
+        dets = engine([fr.image for fr in frames], nm_per_px=px)
+        per_frame = (time.perf_counter() - t0) * 1e3 / max(len(frames), 1)
+        for d in dets:  # as the daemon's engine worker times it
+            d.timings_ms["engine_total"] = per_frame
+        return dets
 
     return detect
 
@@ -113,9 +120,13 @@ def analyze(
 ) -> dict[str, Any]:
     """Analyse a video, stack, folder or synthetic dataset into a run folder.
 
-    Writes ``out/series.csv``, ``out/tracks.csv`` and ``out/summary.json``; with ground truth
-    (a synthetic dataset) the summary also holds ``length_re``, ``spacing_re``,
-    ``velocity_re``, ``loop_axis_re`` and ``id_switches`` (see ``evaluate.py``).
+    Writes the run folder's tables (``series.csv``, ``tracks.csv``, ``pairs.csv``,
+    ``track_summary.csv``, and ``series.parquet`` where pyarrow is installed; see
+    :mod:`loopline.io.runfolder`) and ``summary.json``; with ground truth (a synthetic
+    dataset) the summary also holds ``length_re``, ``spacing_re``, ``velocity_re``,
+    ``loop_axis_re`` and ``id_switches`` (see ``evaluate.py``). Frame times: the
+    calibration's axis where it gives one (a profile, ``--fps``, a synthetic dataset's
+    ``truth.json``), else the file's own (:func:`loopline.calibration.frame_time_s`).
 
     Returns
     -------
@@ -127,22 +138,28 @@ def analyze(
     cal = resolve_calibration(source, calibration)
     if cal.frame_times_s is not None:
         check_frame_times(cal.frame_times_s)
+    # the time axis: a calibration given here (or a synthetic dataset's), else the file's own
+    timing = calibration if calibration is not None else (cal if source.truth else None)
     detect = _make_detector(opt, cal.nm_per_px)
     tracker = OnlineTracker(cal, search_range_px=opt.search_range_px, memory=opt.memory,
                             drift=opt.drift)  # fmt: skip
     tracked = []
     warned = [False]
     t_start = time.perf_counter()
-    with SeriesWriter(out, cal, window=opt.window, flush_every=0) as writer:
+    parquet = importlib.util.find_spec("pyarrow") is not None
+    with SeriesWriter(out, cal, series=series_id(source.path), window=opt.window,
+                      flush_every=0, parquet=parquet) as writer:  # fmt: skip
         batch: list[Frame] = []
 
         def run_batch() -> None:
             for fr, det in zip(batch, detect(batch), strict=True):
-                t = _frame_time(fr, cal, warned)
+                t = _frame_time(fr, timing, warned)
+                t0 = time.perf_counter()
                 res = measure_frame(det, index=fr.index, time_s=t, calibration=cal,
                                     options=opt.measure)  # fmt: skip
                 res = tracker.update(res, fr.image)
-                writer.append(res)
+                ms = (time.perf_counter() - t0) * 1e3
+                writer.append(res, timings_ms={"measure_track": ms})
                 if source.truth is not None:
                     tracked.append(res)
             batch.clear()
@@ -156,8 +173,8 @@ def analyze(
         if batch:
             run_batch()
         extra: dict[str, Any] = {
-            "input": str(source.path), "source_kind": source.kind, "model": opt.model,
-            "wall_s": time.perf_counter() - t_start,
+            "command": "analyze", "input": str(source.path), "source_kind": source.kind,
+            "model": opt.model, "wall_s": time.perf_counter() - t_start,
         }  # fmt: skip
         if source.truth is not None and source.sequence is not None:
             metrics = evaluate_against_truth(tracked, source.sequence)

@@ -20,7 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--out",
         type=Path,
         required=True,
-        help="run folder for series.csv, tracks.csv and summary.json",
+        help="run folder: series.csv, tracks.csv, pairs.csv, track_summary.csv, summary.json "
+        "(the layout of `loopline serve`; see the README's Run folder)",
     )
     p.add_argument(
         "--model",

@@ -1,66 +1,66 @@
-"""Time series across frames, and the run files ``series.csv``, ``tracks.csv``, ``summary.json``.
+"""Rows of the run folder's tables from tracked frames, and the writer ``loopline analyze`` uses.
 
-:class:`SeriesAccumulator` takes tracked :class:`FrameResult` objects one by one and turns each
-into rows (one per line, neighbour pair, pile-up, loop, and one for the frame), adding what
-needs history: a line's position along its pile-up's glide direction (drift-corrected;
-accumulated from frame-to-frame displacements measured along the glide direction between the
-two lines, see :func:`~loopline.pipelines.lines.glide_displacement`, so that a line entering or
-leaving the field of view does not seem to move) and its velocity, a loop's growth rate.
-``velocity_x/y_nm_per_s`` in ``tracks.csv`` are the centroid's, for comparison. Velocities and
-growth rates are causal: the slope of a least-squares line through the object's last ``window``
-samples, so they can be published as the frame arrives (a constant velocity is recovered
-exactly; noise is averaged over the window). Per track it keeps the full history for
-``tracks.csv``: the velocity fitted over the whole track and the effective diffusion
-coefficient D_eff = <|r(t+tau) - r(t)|^2> / (4 tau) at a lag of one frame (Shen et al. 2021),
-both from drift-corrected positions.
+:class:`SeriesAccumulator` takes the tracked :class:`FrameResult` objects of one series one by
+one and turns each into :class:`FrameRows`: one row for ``series.csv``, one per line and loop
+for ``tracks.csv``, one per neighbour pair for ``pairs.csv``, and one for
+``track_summary.csv`` per track that ended (the tables and their columns are defined once, in
+:mod:`loopline.io.runfolder`). It adds what needs history: a line's position along its
+pile-up's glide direction (drift-corrected; accumulated from frame-to-frame displacements
+measured along the glide direction between the two lines, see
+:func:`~loopline.pipelines.lines.glide_displacement`, so that a line entering or leaving the
+field of view does not seem to move) and its velocity, a loop's growth rate. Velocities and
+growth rates are causal: the slope of a least-squares line through the object's last
+``window`` samples, so they can be published as the frame arrives (a constant velocity is
+recovered exactly; noise is averaged over the window).
 
-:class:`SeriesWriter` appends the rows to ``series.csv`` as frames arrive (the header once) and
-rewrites ``tracks.csv`` and ``summary.json`` atomically on :meth:`SeriesWriter.flush` and
-:meth:`SeriesWriter.close`. Every column name carries its unit.
+Per track it keeps running sums, not the history (the daemon runs for hours): the velocity
+fitted over the whole track, the centroid's velocity, and the effective diffusion coefficient
+D_eff = <|r(t+tau) - r(t)|^2> / (4 tau) at a lag of one sample (Shen et al. 2021), all from
+drift-corrected positions. A track unseen for ``forget_after`` frames has ended: its
+``track_summary`` row is emitted with that frame's rows; :meth:`SeriesAccumulator.finish` ends
+the rest at the end of the series.
+
+``loopline analyze`` writes the rows with :class:`SeriesWriter`; the daemon's measure worker
+(:mod:`loopline.daemon.analysis`) sends the same rows to its recorder, which writes them with
+the same :class:`~loopline.io.runfolder.RunTables`.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import logging
 import math
-import os
-from collections import defaultdict, deque
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..calibration import Calibration
+from ..io.runfolder import (
+    PAIR_COLUMNS,
+    SERIES_COLUMNS,
+    STAGES,
+    TRACK_COLUMNS,
+    TRACK_SUMMARY_COLUMNS,
+    RunTables,
+    json_safe,
+    write_summary,
+)
 from .container import FrameResult
 from .lines import glide_displacement
 
-logger = logging.getLogger(__name__)
+__all__ = [
+    "PAIR_COLUMNS",
+    "SERIES_COLUMNS",
+    "STAGES",
+    "TRACK_COLUMNS",
+    "TRACK_SUMMARY_COLUMNS",
+    "FrameRows",
+    "SeriesAccumulator",
+    "SeriesWriter",
+]
 
-__all__ = ["SERIES_COLUMNS", "STAGES", "TRACK_COLUMNS", "SeriesAccumulator", "SeriesWriter"]
-
-#: Stages whose time (ms) is written into every row.
-STAGES = ("preprocess", "inference", "postprocess", "lines", "loops", "pileups", "measure",
-          "drift", "track")  # fmt: skip
-
-SERIES_COLUMNS = (
-    "frame", "time_s", "kind", "object_id", "partner_id", "pileup_id", "rank",
-    "x_px", "y_px", "length_px", "length_nm", "width_px", "pieces",
-    "mean_abs_curvature_per_nm", "position_nm", "velocity_nm_per_s", "velocity_px_per_frame",
-    "spacing_px", "spacing_nm", "mean_spacing_nm", "count", "glide_x", "glide_y",
-    "glide_source", "major_px", "major_nm", "minor_nm", "angle_deg", "area_nm2",
-    "growth_nm_per_s", "line_length_density_per_um", "line_density_per_m2",
-    "loop_areal_density_per_um2", "loop_density_per_m3", "drift_x_px", "drift_y_px",
-    "dose_dpa", *(f"t_{s}_ms" for s in STAGES),
-)  # fmt: skip
-
-TRACK_COLUMNS = (
-    "kind", "track_id", "first_frame", "last_frame", "frames", "first_time_s", "last_time_s",
-    "pileup_id", "rank", "mean_length_nm", "velocity_nm_per_s", "velocity_x_nm_per_s",
-    "velocity_y_nm_per_s", "velocity_px_per_frame", "d_eff_nm2_per_s", "mean_major_nm",
-    "first_major_nm", "last_major_nm", "growth_nm_per_s",
-)  # fmt: skip
+_P95_FRAMES = 1000  # the p95 of a stage's time is taken over this many recent frames
 
 
 def _slope(x: np.ndarray, y: np.ndarray) -> float:
@@ -72,67 +72,159 @@ def _slope(x: np.ndarray, y: np.ndarray) -> float:
     return float(xm @ (y - y.mean()) / den) if den > 0 else math.nan
 
 
+class _Fit:
+    """Running least-squares slopes of several y against one x (Welford's co-moments)."""
+
+    __slots__ = ("c", "mx", "my", "n", "sxx")
+
+    def __init__(self, k: int) -> None:
+        self.n = 0
+        self.mx = self.sxx = 0.0
+        self.my = [0.0] * k
+        self.c = [0.0] * k
+
+    def add(self, x: float, ys: tuple[float, ...]) -> None:
+        self.n += 1
+        dx = x - self.mx
+        self.mx += dx / self.n
+        self.sxx += dx * (x - self.mx)
+        for j, y in enumerate(ys):
+            self.my[j] += (y - self.my[j]) / self.n
+            self.c[j] += dx * (y - self.my[j])
+
+    def slope(self, j: int) -> float:
+        return self.c[j] / self.sxx if self.n >= 2 and self.sxx > 0 else math.nan
+
+    def mean(self, j: int) -> float:
+        return self.my[j] if self.n else math.nan
+
+
 class _Track:
-    __slots__ = ("frames", "g", "last_pts", "major", "meta", "pos", "size", "times", "xy")
+    """What one track needs: its last sample, recent samples, running sums."""
+
+    __slots__ = ("ffit", "first", "first_size", "last", "last_pts", "last_size", "last_xy",
+                 "meta", "pos", "recent", "step_dt", "step_sq", "steps", "tfit")  # fmt: skip
+
+    def __init__(self, window: int) -> None:
+        self.first: tuple[int, float] | None = None  # (frame, time)
+        self.last: tuple[int, float] | None = None
+        self.first_size = self.last_size = math.nan
+        self.last_xy: tuple[float, float] | None = None  # drift-corrected, px
+        self.last_pts: np.ndarray | None = None
+        self.pos = 0.0  # position along the glide direction, px (lines)
+        self.meta: dict[str, Any] = {}
+        self.recent: deque = deque(maxlen=window)
+        self.steps = 0
+        self.step_sq = self.step_dt = 0.0
+        self.tfit = _Fit(4)  # against time: x, y (px), position (px), size (px)
+        self.ffit = _Fit(1)  # against frame index: position (px)
+
+    def add(self, frame: int, t: float, xy: tuple[float, float], pos: float, size: float) -> None:
+        if self.last_xy is not None and self.last is not None:
+            self.steps += 1
+            self.step_sq += (xy[0] - self.last_xy[0]) ** 2 + (xy[1] - self.last_xy[1]) ** 2
+            self.step_dt += t - self.last[1]
+        if self.first is None:
+            self.first = (frame, t)
+            self.first_size = size
+        self.last = (frame, t)
+        self.last_size = size
+        self.last_xy = xy
+        self.pos = pos
+        self.tfit.add(t, (xy[0], xy[1], pos, size))
+        self.ffit.add(float(frame), (pos,))
+
+
+@dataclass(frozen=True)
+class FrameRows:
+    """One frame's rows of the run folder's tables (dicts keyed by the tables' columns)."""
+
+    series: dict[str, Any]
+    tracks: list[dict[str, Any]] = field(default_factory=list)
+    pairs: list[dict[str, Any]] = field(default_factory=list)
+    track_summary: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-safe (NaN → None): what the daemon's measure worker sends to its recorder."""
+        return json_safe({"series": self.series, "tracks": self.tracks, "pairs": self.pairs,
+                          "track_summary": self.track_summary})  # fmt: skip
+
+
+class _Stat:
+    """Running mean and max of a stage time, p95 over the last frames."""
+
+    __slots__ = ("max", "n", "recent", "sum")
 
     def __init__(self) -> None:
-        self.frames: list[int] = []
-        self.times: list[float] = []
-        self.xy: list[tuple[float, float]] = []  # drift-corrected, px
-        self.size: list[float] = []  # line length or loop major axis, px
-        self.g = np.zeros(2)  # last glide direction (lines)
-        self.major: list[float] = []
-        self.pos: list[float] = []  # position along the glide direction, px (lines)
-        self.last_pts: np.ndarray | None = None
-        self.meta: dict[str, Any] = {}
+        self.n, self.sum, self.max = 0, 0.0, -math.inf
+        self.recent: deque[float] = deque(maxlen=_P95_FRAMES)
+
+    def add(self, v: float) -> None:
+        if not math.isfinite(v):
+            return
+        self.n += 1
+        self.sum += v
+        self.max = max(self.max, v)
+        self.recent.append(v)
+
+    def to_dict(self) -> dict[str, float]:
+        if not self.n:
+            return {"mean": math.nan, "p95": math.nan, "max": math.nan}
+        return {"mean": self.sum / self.n, "p95": float(np.percentile(self.recent, 95)),
+                "max": self.max}  # fmt: skip
 
 
 class SeriesAccumulator:
-    """Rows and per-track state from a stream of tracked frame results.
+    """Table rows and per-track state from the tracked frame results of one series.
+
+    Memory is bounded: a track unseen for more than ``forget_after`` frames has ended and is
+    dropped (its summary row is emitted then).
 
     Parameters
     ----------
     calibration : Calibration
-        Supplies nm/px (NaN-safe) for the nm columns.
+        Supplies nm/px (NaN-safe) for the nm columns of the track summaries.
+    series : str
+        Series id: the ``series`` column of every row.
     window : int
         Samples in the causal velocity / growth fit (>= 2).
-    history : bool
-        Keep every track's whole history for :meth:`track_rows` and :meth:`summary` (offline
-        analysis). False (the daemon, which runs for hours) keeps only what the causal
-        per-frame outputs need: memory stays bounded, and ``track_rows``/``summary`` then
-        describe the last frame of each recent track only.
     forget_after : int
-        Without history: a track unseen for more than this many frames is dropped.
+        A track unseen for more than this many frames has ended.
     """
 
-    def __init__(self, calibration: Calibration, *, window: int = 7, history: bool = True,
+    def __init__(self, calibration: Calibration, *, series: str = "series", window: int = 7,
                  forget_after: int = 300) -> None:  # fmt: skip
         if window < 2:
             raise ValueError(f"window must be >= 2, got {window}")
         if forget_after < 1:
             raise ValueError(f"forget_after must be >= 1, got {forget_after}")
         self.calibration = calibration
+        self.series = str(series)
         self.window = int(window)
-        self.history = bool(history)
         self.forget_after = int(forget_after)
-        self.lines: dict[int, _Track] = defaultdict(_Track)
-        self.loops: dict[int, _Track] = defaultdict(_Track)
+        self.lines: dict[int, _Track] = {}
+        self.loops: dict[int, _Track] = {}
         self.frames = 0
         self.first_time: float | None = None
         self.last: tuple[int, float] | None = None
-        self.timings: dict[str, list[float]] = defaultdict(list)
-        self.counts: dict[str, list[float]] = defaultdict(list)
-        self.pileup_spacing: dict[int, list[float]] = defaultdict(list)
-        self._recent: dict[tuple[str, int], deque] = {}
+        self.n_tracks = {"line": 0, "loop": 0}
+        self.timings: dict[str, _Stat] = {}
+        self.counts = {"line_count": [0.0, 0], "loop_count": [0.0, 0]}  # sum, n
+        self.pileup_spacing: dict[int, list[float]] = {}  # id -> [sum nm, n]
+        self._ended_speed = [0.0, 0]  # sum of |velocity| of ended line tracks (>= 3 frames), n
 
-    def _recent_of(self, kind: str, tid: int) -> deque:
-        key = (kind, tid)
-        if key not in self._recent:
-            self._recent[key] = deque(maxlen=self.window)
-        return self._recent[key]
+    def _track(self, kind: str, tid: int) -> _Track:
+        tracks = self.lines if kind == "line" else self.loops
+        tr = tracks.get(tid)
+        if tr is None:
+            tr = tracks[tid] = _Track(self.window)
+            self.n_tracks[kind] += 1
+        return tr
 
-    def add(self, r: FrameResult) -> list[dict[str, Any]]:
-        """Take one tracked frame result; return its rows (dicts keyed by ``SERIES_COLUMNS``).
+    def add(self, r: FrameResult, *, timings_ms: dict[str, float] | None = None) -> FrameRows:
+        """Take one tracked frame result of this series; return its rows.
+
+        ``timings_ms`` adds stage times measured outside ``r`` (``measure_track``).
 
         Raises
         ------
@@ -149,13 +241,8 @@ class SeriesAccumulator:
             self.first_time = r.time_s
         self.frames += 1
         nm = r.nm_per_px
-        base = {"frame": r.index, "time_s": r.time_s, "drift_x_px": float(r.drift_px[0]),
-                "drift_y_px": float(r.drift_px[1]), "dose_dpa": r.dose_dpa}  # fmt: skip
-        for s in STAGES:
-            if s in r.timings_ms:
-                base[f"t_{s}_ms"] = r.timings_ms[s]
-                self.timings[s].append(r.timings_ms[s])
-        rows: list[dict[str, Any]] = []
+        key = {"series": self.series, "frame": r.index, "time_s": r.time_s}
+        tracks: list[dict[str, Any]] = []
         cent = r.line_centroid_px
         corr = cent - r.drift_px
         for i in range(r.n_lines):
@@ -165,273 +252,249 @@ class SeriesAccumulator:
             pos_px = float(corr[i] @ g)
             vel_s = vel_f = math.nan
             if tid >= 0:
-                tr = self.lines[tid]
+                tr = self._track("line", tid)
                 pts = r.line_points_px[i] - r.drift_px
                 if tr.last_pts is not None:
-                    pos_px = tr.pos[-1] + glide_displacement(tr.last_pts, pts, g)
+                    pos_px = tr.pos + glide_displacement(tr.last_pts, pts, g)
                 tr.last_pts = pts
-                tr.pos.append(pos_px)
-                tr.frames.append(r.index)
-                tr.times.append(r.time_s)
-                tr.xy.append((float(corr[i, 0]), float(corr[i, 1])))
-                tr.size.append(float(r.line_length_px[i]))
-                tr.g = g.copy()
+                tr.add(r.index, r.time_s, (float(corr[i, 0]), float(corr[i, 1])), pos_px,
+                       float(r.line_length_px[i]))  # fmt: skip
                 tr.meta.update(pileup_id=int(r.pileup_id[p]), rank=int(r.line_rank[i]))
-                rec = self._recent_of("line", tid)
-                rec.append((r.index, r.time_s, pos_px))
-                if len(rec) >= 2:
-                    a = np.array(rec)
+                tr.recent.append((r.index, r.time_s, pos_px))
+                if len(tr.recent) >= 2:
+                    a = np.array(tr.recent)
                     vel_s = _slope(a[:, 1], a[:, 2]) * nm
                     vel_f = _slope(a[:, 0], a[:, 2])
-            rows.append(dict(
-                base, kind="line", object_id=tid, pileup_id=int(r.pileup_id[p]),
-                rank=int(r.line_rank[i]), x_px=float(cent[i, 0]), y_px=float(cent[i, 1]),
+            tracks.append(dict(
+                key, kind="line", track_id=tid, score=float(r.line_score[i]),
+                x_px=float(cent[i, 0]), y_px=float(cent[i, 1]),
                 length_px=float(r.line_length_px[i]), length_nm=float(r.line_length_px[i]) * nm,
                 width_px=float(r.line_width_px[i]), pieces=int(r.line_pieces[i]),
                 mean_abs_curvature_per_nm=float(np.abs(r.line_curvature_per_px[i]).mean()) / nm,
-                position_nm=pos_px * nm, velocity_nm_per_s=vel_s, velocity_px_per_frame=vel_f,
+                pileup_id=int(r.pileup_id[p]), rank=int(r.line_rank[i]),
                 glide_x=float(g[0]), glide_y=float(g[1]),
-            ))  # fmt: skip
-        for q in range(r.pair_lines.shape[0]):
-            a, b = (int(v) for v in r.pair_lines[q])
-            p = int(r.pair_pileup[q])
-            sp = float(r.pair_spacing_px[q])
-            rows.append(dict(
-                base, kind="pair", object_id=int(r.line_track_id[a]),
-                partner_id=int(r.line_track_id[b]), pileup_id=int(r.pileup_id[p]),
-                rank=int(r.pair_rank[q]), spacing_px=sp, spacing_nm=sp * nm,
-            ))  # fmt: skip
-        mean_sp = r.pileup_mean_spacing_px
-        for p in range(r.n_pileups):
-            members = np.flatnonzero(r.line_pileup == p)
-            leader = members[np.argmin(r.line_rank[members])]
-            pid = int(r.pileup_id[p])
-            if math.isfinite(mean_sp[p]):
-                self.pileup_spacing[pid].append(float(mean_sp[p]) * nm)
-            rows.append(dict(
-                base, kind="pileup", object_id=pid, partner_id=int(r.line_track_id[leader]),
-                count=int(members.size), mean_spacing_nm=float(mean_sp[p]) * nm,
-                glide_x=float(r.pileup_glide_dir[p, 0]), glide_y=float(r.pileup_glide_dir[p, 1]),
                 glide_source=r.pileup_glide_source[p],
+                position_nm=pos_px * nm, velocity_nm_per_s=vel_s, velocity_px_per_frame=vel_f,
             ))  # fmt: skip
         lcorr = r.loop_center_px - r.drift_px
         for j in range(r.n_loops):
             tid = int(r.loop_track_id[j])
             growth = math.nan
+            major = float(r.loop_major_px[j])
             if tid >= 0:
-                tr = self.loops[tid]
-                tr.frames.append(r.index)
-                tr.times.append(r.time_s)
-                tr.xy.append((float(lcorr[j, 0]), float(lcorr[j, 1])))
-                tr.size.append(float(r.loop_major_px[j]))
-                rec = self._recent_of("loop", tid)
-                rec.append((r.time_s, r.loop_major_px[j]))
-                if len(rec) >= 2:
-                    a = np.array(rec)
+                tr = self._track("loop", tid)
+                tr.add(r.index, r.time_s, (float(lcorr[j, 0]), float(lcorr[j, 1])), 0.0, major)
+                tr.recent.append((r.time_s, major))
+                if len(tr.recent) >= 2:
+                    a = np.array(tr.recent)
                     growth = _slope(a[:, 0], a[:, 1]) * nm
-            rows.append(dict(
-                base, kind="loop", object_id=tid, x_px=float(r.loop_center_px[j, 0]),
-                y_px=float(r.loop_center_px[j, 1]), major_px=float(r.loop_major_px[j]),
-                major_nm=float(r.loop_major_px[j]) * nm, minor_nm=float(r.loop_minor_px[j]) * nm,
-                angle_deg=float(r.loop_angle_deg[j]), area_nm2=float(r.loop_area_px2[j]) * nm**2,
-                growth_nm_per_s=growth,
+            tracks.append(dict(
+                key, kind="loop", track_id=tid, score=float(r.loop_score[j]),
+                x_px=float(r.loop_center_px[j, 0]), y_px=float(r.loop_center_px[j, 1]),
+                major_px=major, major_nm=major * nm, minor_px=float(r.loop_minor_px[j]),
+                minor_nm=float(r.loop_minor_px[j]) * nm, angle_deg=float(r.loop_angle_deg[j]),
+                area_nm2=float(r.loop_area_px2[j]) * nm**2, growth_nm_per_s=growth,
             ))  # fmt: skip
+        pairs = []
+        for q in range(r.pair_lines.shape[0]):
+            a, b = (int(v) for v in r.pair_lines[q])
+            sp = float(r.pair_spacing_px[q])
+            pairs.append(dict(
+                key, pileup_id=int(r.pileup_id[int(r.pair_pileup[q])]), rank=int(r.pair_rank[q]),
+                track_id=int(r.line_track_id[a]), partner_id=int(r.line_track_id[b]),
+                spacing_px=sp, spacing_nm=sp * nm,
+            ))  # fmt: skip
+        mean_sp = r.pileup_mean_spacing_px
+        for p in range(r.n_pileups):
+            if math.isfinite(mean_sp[p]):
+                acc = self.pileup_spacing.setdefault(int(r.pileup_id[p]), [0.0, 0])
+                acc[0] += float(mean_sp[p]) * nm
+                acc[1] += 1
+        series = self._series_row(r, key, timings_ms or {})
+        return FrameRows(series, tracks, pairs, self._forget(r.index))
+
+    def _series_row(self, r: FrameResult, key: dict[str, Any],
+                    extra_ms: dict[str, float]) -> dict[str, Any]:  # fmt: skip
+        nm = r.nm_per_px
         dens = r.densities
-        for key in ("line_count", "loop_count"):
-            self.counts[key].append(dens.get(key, math.nan))
-        rows.append(dict(
-            base, kind="frame", count=r.n_lines + r.n_loops,
-            **{k: dens.get(k, math.nan) for k in (
-                "line_length_density_per_um", "line_density_per_m2",
-                "loop_areal_density_per_um2", "loop_density_per_m3")},
-        ))  # fmt: skip
-        if not self.history:
-            self._bound(r.index)
-        return rows
-
-    def _bound(self, index: int) -> None:
-        """Without history: keep each track's last sample; drop tracks unseen for long."""
-        for kind, tracks in (("line", self.lines), ("loop", self.loops)):
-            for tid in list(tracks):
-                tr = tracks[tid]
-                if not tr.frames or index - tr.frames[-1] > self.forget_after:
-                    del tracks[tid]
-                    self._recent.pop((kind, tid), None)
-                    continue
-                for seq in (tr.frames, tr.times, tr.xy, tr.size, tr.pos):
-                    del seq[:-1]
-        for table in (self.timings, self.counts, self.pileup_spacing):
-            for seq in table.values():
-                del seq[:-1]
-
-    # ------------------------------------------------------------------ per track
-    def _track_row(self, kind: str, tid: int, tr: _Track) -> dict[str, Any]:
-        nm = self.calibration.scale
-        t = np.array(tr.times)
-        xy = np.array(tr.xy).reshape(-1, 2)
-        f = np.array(tr.frames, np.float64)
-        vx, vy = _slope(t, xy[:, 0]), _slope(t, xy[:, 1])
-        row: dict[str, Any] = {
-            "kind": kind, "track_id": tid, "first_frame": tr.frames[0],
-            "last_frame": tr.frames[-1], "frames": len(tr.frames), "first_time_s": t[0],
-            "last_time_s": t[-1], "velocity_x_nm_per_s": vx * nm, "velocity_y_nm_per_s": vy * nm,
-        }  # fmt: skip
-        if len(t) >= 2:
-            dt = np.diff(t)
-            step = np.diff(xy, axis=0)
-            tau = float(np.median(dt))
-            row["d_eff_nm2_per_s"] = float((step**2).sum(axis=1).mean()) * nm**2 / (4 * tau)
-        if kind == "line":
-            row.update(tr.meta)
-            pos = np.array(tr.pos)
-            row["mean_length_nm"] = float(np.mean(tr.size)) * nm
-            row["velocity_nm_per_s"] = _slope(t, pos) * nm
-            row["velocity_px_per_frame"] = _slope(f, pos)
-        else:
-            row["mean_major_nm"] = float(np.mean(tr.size)) * nm
-            row["first_major_nm"] = tr.size[0] * nm
-            row["last_major_nm"] = tr.size[-1] * nm
-            row["growth_nm_per_s"] = _slope(t, np.array(tr.size)) * nm
+        for k in ("line_count", "loop_count"):
+            v = dens.get(k, math.nan)
+            if math.isfinite(v):
+                self.counts[k][0] += v
+                self.counts[k][1] += 1
+        lengths = r.line_length_px
+        mean_len = float(lengths.mean()) if lengths.size else math.nan
+        mean_sp = float(r.pair_spacing_px.mean()) if r.pair_spacing_px.size else math.nan
+        row: dict[str, Any] = dict(
+            key, n_dislocations=r.n_lines, n_loops=r.n_loops, n_pileups=r.n_pileups,
+            mean_length_px=mean_len, mean_length_nm=mean_len * nm, mean_spacing_px=mean_sp,
+            mean_spacing_nm=mean_sp * nm,
+            mean_loop_major_nm=float(r.loop_major_px.mean()) * nm if r.n_loops else math.nan,
+            drift_x_px=float(r.drift_px[0]), drift_y_px=float(r.drift_px[1]),
+            dose_dpa=r.dose_dpa, nm_per_px=nm,
+        )  # fmt: skip
+        for k in ("field_area_um2", "line_length_density_per_um", "line_density_per_m2",
+                  "loop_areal_density_per_um2", "loop_density_per_m3"):  # fmt: skip
+            row[k] = dens.get(k, math.nan)
+        times = {**r.timings_ms, **extra_ms}
+        for s in STAGES:
+            if s in times:
+                row[f"t_{s}_ms"] = float(times[s])
+                self.timings.setdefault(s, _Stat()).add(float(times[s]))
         return row
 
-    def track_rows(self) -> list[dict[str, Any]]:
-        """One row per track so far (keyed by ``TRACK_COLUMNS``)."""
-        rows = [self._track_row("line", k, v) for k, v in sorted(self.lines.items())]
-        rows += [self._track_row("loop", k, v) for k, v in sorted(self.loops.items())]
-        return rows
+    # ------------------------------------------------------------------ per track
+    def _forget(self, index: int) -> list[dict[str, Any]]:
+        """End the tracks unseen for more than ``forget_after`` frames: their summary rows."""
+        out = []
+        for kind, tracks in (("line", self.lines), ("loop", self.loops)):
+            for tid in [t for t, tr in tracks.items()
+                        if tr.last is not None and index - tr.last[0] > self.forget_after]:
+                out.append(self._end(kind, tid))  # fmt: skip
+        return out
+
+    def _end(self, kind: str, tid: int) -> dict[str, Any]:
+        tracks = self.lines if kind == "line" else self.loops
+        row = self._summary_row(kind, tid, tracks.pop(tid))
+        v = row.get("velocity_nm_per_s", math.nan)
+        if kind == "line" and row["frames"] >= 3 and math.isfinite(v):
+            self._ended_speed[0] += abs(v)
+            self._ended_speed[1] += 1
+        return row
+
+    def finish(self) -> list[dict[str, Any]]:
+        """End every open track (the series is over): their summary rows, by kind and id."""
+        out = [self._end("line", t) for t in sorted(self.lines)]
+        return out + [self._end("loop", t) for t in sorted(self.loops)]
+
+    def _summary_row(self, kind: str, tid: int, tr: _Track) -> dict[str, Any]:
+        nm = self.calibration.scale
+        assert tr.first is not None and tr.last is not None
+        f = tr.tfit
+        row: dict[str, Any] = {
+            "series": self.series, "kind": kind, "track_id": tid, "first_frame": tr.first[0],
+            "last_frame": tr.last[0], "frames": f.n, "first_time_s": tr.first[1],
+            "last_time_s": tr.last[1], "velocity_x_nm_per_s": f.slope(0) * nm,
+            "velocity_y_nm_per_s": f.slope(1) * nm,
+        }  # fmt: skip
+        if tr.steps and tr.step_dt > 0:
+            tau = tr.step_dt / tr.steps
+            row["d_eff_nm2_per_s"] = tr.step_sq / tr.steps * nm**2 / (4 * tau)
+        if kind == "line":
+            row.update(tr.meta)
+            row["mean_length_nm"] = f.mean(3) * nm
+            row["velocity_nm_per_s"] = f.slope(2) * nm
+            row["velocity_px_per_frame"] = tr.ffit.slope(0)
+        else:
+            row["mean_major_nm"] = f.mean(3) * nm
+            row["first_major_nm"] = tr.first_size * nm
+            row["last_major_nm"] = tr.last_size * nm
+            row["growth_nm_per_s"] = f.slope(3) * nm
+        return row
+
+    def open_track_rows(self) -> list[dict[str, Any]]:
+        """Summary rows of the open tracks as they stand (they do not end)."""
+        rows = [self._summary_row("line", k, v) for k, v in sorted(self.lines.items())]
+        return rows + [self._summary_row("loop", k, v) for k, v in sorted(self.loops.items())]
 
     def summary(self) -> dict[str, Any]:
-        """Run summary: frames, duration, calibration, tracks, spacings, stage timings."""
+        """The series' summary: frames, times, calibration, tracks, spacings, stage timings."""
+        speed_sum, speed_n = self._ended_speed
+        for r in self.open_track_rows():
+            v = r.get("velocity_nm_per_s", math.nan)
+            if r["kind"] == "line" and r["frames"] >= 3 and math.isfinite(v):
+                speed_sum += abs(v)
+                speed_n += 1
 
-        def stats(v: list[float]) -> dict[str, float]:
-            a = np.asarray(v, np.float64)
-            a = a[np.isfinite(a)]
-            if not a.size:
-                return {"mean": math.nan, "p95": math.nan, "max": math.nan}
-            return {"mean": float(a.mean()), "p95": float(np.percentile(a, 95)),
-                    "max": float(a.max())}  # fmt: skip
+        def mean(acc: list[float]) -> float:
+            return acc[0] / acc[1] if acc[1] else math.nan
 
-        tracks = self.track_rows()
-        v = [r["velocity_nm_per_s"] for r in tracks if r["kind"] == "line" and r["frames"] >= 3]
         return {
             "frames": self.frames,
             "first_time_s": self.first_time,
             "last_time_s": self.last[1] if self.last else None,
             "calibration": self.calibration.to_dict(),
-            "line_tracks": len(self.lines),
-            "loop_tracks": len(self.loops),
-            "mean_line_count": stats(self.counts["line_count"])["mean"],
-            "mean_loop_count": stats(self.counts["loop_count"])["mean"],
-            "mean_spacing_nm_by_pileup": {str(k): float(np.mean(s))
-                                          for k, s in sorted(self.pileup_spacing.items())},
-            "mean_abs_line_velocity_nm_per_s": (float(np.nanmean(np.abs(v))) if v
-                                                else math.nan),
-            "timings_ms": {s: stats(self.timings[s]) for s in STAGES if s in self.timings},
+            "line_tracks": self.n_tracks["line"],
+            "loop_tracks": self.n_tracks["loop"],
+            "mean_line_count": mean(self.counts["line_count"]),
+            "mean_loop_count": mean(self.counts["loop_count"]),
+            "mean_spacing_nm_by_pileup": {str(k): mean(v)
+                                          for k, v in sorted(self.pileup_spacing.items())},
+            "mean_abs_line_velocity_nm_per_s": speed_sum / speed_n if speed_n else math.nan,
+            "timings_ms": {s: self.timings[s].to_dict() for s in STAGES if s in self.timings},
         }  # fmt: skip
 
 
-def _cell(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return "" if not math.isfinite(v) else f"{v:.6g}"
-    return str(v)
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, "utf-8")
-    os.replace(tmp, path)
-
-
 class SeriesWriter:
-    """Write a run folder as frames arrive: ``series.csv``, ``tracks.csv``, ``summary.json``.
+    """Write one series into a run folder as frames arrive (``loopline analyze``).
+
+    The tables go through :class:`~loopline.io.runfolder.RunTables`, as in the daemon;
+    ``summary.json`` holds ``schema_version``, ``frames``, ``calibration``, ``tables`` (rows
+    per file) and ``analysis`` (the series' :meth:`SeriesAccumulator.summary`, by series id),
+    plus what :meth:`close` is given.
 
     Parameters
     ----------
     out : path
         Run folder (created).
     calibration : Calibration
+    series : str
+        Series id (``loopline analyze``: the input's stem).
     window : int
         See :class:`SeriesAccumulator`.
     flush_every : int
-        Rewrite ``tracks.csv`` and ``summary.json`` every this many frames (0: only on close).
+        Flush the tables and rewrite ``summary.json`` every this many frames (0: on close).
     append : bool
-        Continue an existing ``series.csv`` (its header must match) instead of replacing it.
+        Continue the tables already in ``out`` (same layout) instead of replacing them.
+    parquet : bool
+        Also ``series.parquet`` (needs pyarrow).
 
     Use as a context manager, or call :meth:`close`.
     """
 
-    def __init__(
-        self,
-        out: str | Path,
-        calibration: Calibration,
-        *,
-        window: int = 7,
-        flush_every: int = 50,
-        append: bool = False,
-    ) -> None:
+    def __init__(self, out: str | Path, calibration: Calibration, *, series: str = "series",
+                 window: int = 7, flush_every: int = 50, append: bool = False,
+                 parquet: bool = False) -> None:  # fmt: skip
         self.out = Path(out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.acc = SeriesAccumulator(calibration, window=window)
+        self.acc = SeriesAccumulator(calibration, series=series, window=window)
+        self.tables = RunTables(self.out, parquet="series.parquet" if parquet else None,
+                                append=append)  # fmt: skip
         self.flush_every = int(flush_every)
         self.extra: dict[str, Any] = {}
-        path = self.out / "series.csv"
-        fresh = not (append and path.is_file() and path.stat().st_size > 0)
-        if not fresh:
-            with path.open(newline="", encoding="utf-8") as f:
-                header = next(csv.reader(f), [])
-            if tuple(header) != SERIES_COLUMNS:
-                raise ValueError(f"{path} has other columns; cannot append to it")
-        self._file = path.open("w" if fresh else "a", newline="", encoding="utf-8")
-        self._csv = csv.writer(self._file)
-        if fresh:
-            self._csv.writerow(SERIES_COLUMNS)
-            self._file.flush()
         self.closed = False
 
-    def append(self, result: FrameResult) -> list[dict[str, Any]]:
-        """Add one tracked frame: its rows go to ``series.csv`` at once (and are returned)."""
-        rows = self.acc.add(result)
-        self._csv.writerows([[_cell(r.get(c)) for c in SERIES_COLUMNS] for r in rows])
-        self._file.flush()
+    def append(self, result: FrameResult, *, timings_ms: dict[str, float] | None = None
+               ) -> FrameRows:  # fmt: skip
+        """Add one tracked frame: its rows go to the tables at once (and are returned)."""
+        rows = self.acc.add(result, timings_ms=timings_ms)
+        self.tables.append(series=rows.series, tracks=rows.tracks, pairs=rows.pairs,
+                           track_summary=rows.track_summary)  # fmt: skip
         if self.flush_every and self.acc.frames % self.flush_every == 0:
             self.flush()
         return rows
 
+    def summary(self) -> dict[str, Any]:
+        return {"frames": self.acc.frames, "calibration": self.acc.calibration.to_dict(),
+                "tables": self.tables.counts, "analysis": {self.acc.series: self.acc.summary()},
+                **self.extra}  # fmt: skip
+
     def flush(self) -> dict[str, Any]:
-        """Rewrite ``tracks.csv`` and ``summary.json`` from everything so far."""
-        rows = self.acc.track_rows()
-        lines = [",".join(TRACK_COLUMNS)]
-        lines += [",".join(_cell(r.get(c)) for c in TRACK_COLUMNS) for r in rows]
-        _atomic_write(self.out / "tracks.csv", "\n".join(lines) + "\n")
-        summary = self.acc.summary()
-        summary.update(self.extra)
-        _atomic_write(self.out / "summary.json",
-                      json.dumps(_jsonable(summary), indent=1, sort_keys=True) + "\n")  # fmt: skip
+        """Flush the tables and rewrite ``summary.json``."""
+        self.tables.flush()
+        summary = self.summary()
+        write_summary(self.out, summary)
         return summary
 
     def close(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Flush (adding ``extra`` to the summary) and close ``series.csv``."""
+        """End every track (their summary rows), close the tables, write ``summary.json``."""
         if extra:
             self.extra.update(extra)
-        if self.closed:
-            return self.flush()
-        summary = self.flush()
-        self._file.close()
-        self.closed = True
+        if not self.closed:
+            self.tables.append(track_summary=self.acc.finish())
+            self.tables.close()
+            self.closed = True
+        summary = self.summary()
+        write_summary(self.out, summary)
         return summary
 
     def __enter__(self) -> SeriesWriter:

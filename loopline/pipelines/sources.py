@@ -3,8 +3,9 @@
 :func:`open_source` reads a video file (MP4/AVI/... through OpenCV), a TIFF stack, a DM3/DM4
 file (RosettaSciIO), a folder of images (all through :mod:`loopline.io.frames`, the reader
 the daemon replays files with), or a ``loopline synth --video`` dataset (with its
-``truth.json``), and yields :class:`Frame` records with grey frames, times where the source
-has them, and the label file of each frame where there is one.
+``truth.json``), and yields :class:`Frame` records with grey frames, their times on the file's
+own axis where it has one (:meth:`~loopline.io.frames.FrameFile.stamped`, as the daemon's file
+replay), and the label file of each frame where there is one.
 
 :func:`truth_detections` turns a frame's YOLO-seg label polygons into
 :class:`~loopline.engines.base.Detections` (``--model truth``). Polygons are rasterised by the
@@ -106,12 +107,12 @@ def open_source(path: str | Path, *, sequence: int = 0) -> FrameSource:
         fmt = "{}#{}" if ff.kind == "video" else "{}[{}]"
         names = labels = None
 
-    def frames() -> Iterator[Frame]:
-        for i, img in enumerate(ff):
+    def frames() -> Iterator[Frame]:  # times on the file's own axis, as the daemon replays it
+        for i, (img, t) in enumerate(ff.stamped()):
             if names is not None:
-                yield Frame(i, img, None, names[i], labels[i])
+                yield Frame(i, img, t, names[i], labels[i])
             else:
-                yield Frame(i, img, None, fmt.format(p.name, i))
+                yield Frame(i, img, t, fmt.format(p.name, i))
 
     return FrameSource(p, ff.kind, frames, n_frames=ff.count, fps=ff.fps,
                        nm_per_px=ff.pixel_size_nm)  # fmt: skip

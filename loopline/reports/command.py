@@ -30,7 +30,7 @@ def run(a: argparse.Namespace) -> int:
 
     try:
         rep = make_report(a.run_dir, a.out, frames=a.frames)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:  # no run folder, or another layout
         raise CliError(str(e)) from None
     con = Console()
     t = Table(title=f"loopline report {a.run_dir}", title_justify="left")

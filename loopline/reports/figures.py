@@ -1,9 +1,12 @@
 """Figures of a run folder: what a scientist would show of an in-situ experiment.
 
-A run folder (``loopline analyze`` or ``loopline serve``) holds ``series.csv`` (one row per
-frame and object, a ``kind`` column: line, pair, pileup, loop, frame; units in the column
-names), ``tracks.csv`` and ``summary.json``. Each figure below is drawn only from the columns
-it needs; a figure whose data are absent is skipped with the reason, never faked.
+A run folder of ``loopline analyze`` or ``loopline serve`` (the same layout, defined once in
+:mod:`loopline.io.runfolder` and the README's *Run folder*) holds ``series.csv`` (one row per
+frame), ``tracks.csv`` (per object and frame), ``pairs.csv`` (per neighbour pair and frame),
+``track_summary.csv`` (per track) and ``summary.json``. They are read as they are, without
+conversion. Each figure below is drawn only from the columns it needs; a figure whose data
+are absent is skipped with the reason, never faked. A folder with several series (a daemon
+that saw several acquisitions) is reported for the one with the most frames.
 
 All figures use matplotlib's Agg backend, are written as PNG and PDF, and carry units on
 every axis.
@@ -22,6 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..io.runfolder import SCHEMA_VERSION, TABLES
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["Report", "RunData", "load_run", "make_report"]
@@ -29,18 +34,26 @@ __all__ = ["Report", "RunData", "load_run", "make_report"]
 
 @dataclass
 class RunData:
-    """The tables of one run folder (empty frames where a file is absent)."""
+    """The tables of one series of a run folder (empty frames where a file is absent)."""
 
     folder: Path
-    series: pd.DataFrame
-    tracks: pd.DataFrame
-    summary: dict[str, Any]
+    series: pd.DataFrame  # series.csv: one row per frame
+    tracks: pd.DataFrame  # tracks.csv: one row per object and frame
+    pairs: pd.DataFrame  # pairs.csv: one row per neighbour pair and frame
+    track_summary: pd.DataFrame  # track_summary.csv: one row per track
+    summary: dict[str, Any]  # summary.json
+    series_id: str | None = None
+    others: list[str] = field(default_factory=list)  # series of the folder not reported
+
+    @property
+    def analysis(self) -> dict[str, Any]:
+        """``summary.json``'s analysis summary of the reported series ({} if absent)."""
+        return (self.summary.get("analysis") or {}).get(str(self.series_id)) or {}
 
     def kind(self, k: str) -> pd.DataFrame:
-        s = self.series
-        if "kind" not in s.columns:
-            return s.iloc[0:0]
-        return s[s["kind"] == k]
+        """Rows of ``tracks.csv`` of one kind (``line`` or ``loop``)."""
+        t = self.tracks
+        return t[t["kind"] == k] if "kind" in t.columns else t.iloc[0:0]
 
 
 MAX_PILEUPS = 6  # panels of the spacing figure
@@ -56,85 +69,53 @@ class Report:
     table: list[tuple[str, str]] = field(default_factory=list)
 
 
+def _table(folder: Path, name: str) -> pd.DataFrame:
+    """One table of the run folder; an empty frame with its columns where it is absent."""
+    cols = [c for c, _, _ in TABLES[name]]
+    p = folder / name
+    if not p.exists() or not p.stat().st_size:
+        return pd.DataFrame(columns=cols)
+    df = pd.read_csv(p, low_memory=False, dtype={"series": str})
+    missing = [c for c in ("series", *cols[1:3]) if c not in df.columns]
+    if missing:
+        raise ValueError(f"{p} is not a run-folder table of schema_version {SCHEMA_VERSION}: "
+                         f"expected columns {', '.join(cols[:3])}, ...; got "
+                         f"{', '.join(map(str, df.columns[:6]))}, ...")  # fmt: skip
+    return df
+
+
 def load_run(folder: Path) -> RunData:
-    """Read ``series.csv``, ``tracks.csv`` and ``summary.json`` of a run folder.
+    """Read the tables and ``summary.json`` of a run folder (the series with most frames).
 
     Raises
     ------
     FileNotFoundError
         If the folder or its ``series.csv`` is missing.
+    ValueError
+        If a table or ``summary.json`` is of another layout (``schema_version``).
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"run folder not found: {folder}")
-    sp = folder / "series.csv"
-    if not sp.exists():
+    if not (folder / "series.csv").exists():
         raise FileNotFoundError(f"{folder} has no series.csv: not a loopline run folder")
-    series = pd.read_csv(sp, low_memory=False)
-    tp = folder / "tracks.csv"
-    tracks = pd.read_csv(tp) if tp.exists() and tp.stat().st_size else pd.DataFrame()
     js = folder / "summary.json"
     summary = json.loads(js.read_text()) if js.exists() else {}
-    if "kind" not in series.columns and "index" in series.columns:
-        series, tracks, summary = _from_daemon(folder, series, tracks, summary)
-    return RunData(folder, series, tracks, summary)
-
-
-def _from_daemon(folder: Path, frames: pd.DataFrame, inst: pd.DataFrame, summary: dict
-                 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:  # fmt: skip
-    """The daemon's run folder (``loopline serve``) in the long layout of ``loopline analyze``.
-
-    The daemon writes one row per frame (series.csv), per neighbour pair (pairs.csv) and per
-    instance (tracks.csv, keyed by ``index``). Only the longest series is reported. A line's
-    position is measured along the main direction of its own track (the daemon does not
-    publish glide directions), and its velocity is the time derivative of that position.
-    """
-    sid = frames["series"].value_counts().idxmax() if "series" in frames else None
+    version = summary.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise ValueError(f"{js}: schema_version must be {SCHEMA_VERSION} (this loopline's "
+                         f"run-folder layout), got {version!r}")  # fmt: skip
+    tables = {name: _table(folder, name) for name in TABLES}
+    series = tables["series.csv"]
+    counts = series["series"].value_counts()
+    sid = str(counts.idxmax()) if len(counts) else None
 
     def one(df: pd.DataFrame) -> pd.DataFrame:
-        if sid is not None and "series" in df:
-            df = df[df["series"] == sid]
-        return df.rename(columns={"index": "frame"})
+        return df[df["series"] == sid] if sid is not None else df
 
-    parts = [one(frames).assign(kind="frame")]
-    pp = folder / "pairs.csv"
-    if pp.exists() and pp.stat().st_size:
-        pairs = one(pd.read_csv(pp)).rename(columns={"a": "object_id", "b": "partner_id",
-                                                     "pileup": "pileup_id"})  # fmt: skip
-        parts.append(pairs.assign(kind="pair"))
-        pu = pairs.groupby(["frame", "pileup_id"], as_index=False).agg(
-            time_s=("time_s", "first"), mean_spacing_nm=("spacing_nm", "mean"))
-        parts.append(pu.assign(kind="pileup", object_id=pu["pileup_id"]))
-    nm = float(frames["nm_per_px"].dropna().iloc[0]) if "nm_per_px" in frames and \
-        frames["nm_per_px"].notna().any() else None  # fmt: skip
-    if not inst.empty and "cls" in inst:
-        inst = one(inst).rename(columns={"id": "object_id", "pileup": "pileup_id"})
-        lines = inst[inst["cls"] == 0].copy()
-        lines["position_nm"] = np.nan
-        lines["velocity_nm_per_s"] = np.nan
-        for _tid, g in lines.groupby("object_id"):
-            if len(g) < 3 or nm is None:
-                continue
-            xy = g[["x_px", "y_px"]].to_numpy(float)
-            c = xy - xy.mean(axis=0)
-            axis = np.linalg.svd(c, full_matrices=False)[2][0]
-            pos = c @ axis * nm
-            t = g["time_s"].to_numpy(float)
-            lines.loc[g.index, "position_nm"] = pos
-            if np.all(np.diff(t) > 0):
-                lines.loc[g.index, "velocity_nm_per_s"] = np.gradient(pos, t)
-        loops = inst[inst["cls"] != 0].copy()
-        loops["major_nm"] = loops["length_nm"]
-        loops["major_px"] = loops["length_px"]
-        loops["minor_nm"] = loops["length_nm"]
-        loops["angle_deg"] = 0.0
-        parts += [lines.assign(kind="line"), loops.assign(kind="loop")]
-    series = pd.concat(parts, ignore_index=True, sort=False)
-    summary = dict(summary)
-    summary.setdefault("frames", int(one(frames)["frame"].nunique()))
-    if nm is not None:
-        summary.setdefault("calibration", {"nm_per_px": nm})
-    return series, pd.DataFrame(), summary
+    return RunData(folder, one(series), one(tables["tracks.csv"]), one(tables["pairs.csv"]),
+                   one(tables["track_summary.csv"]), summary, sid,
+                   [str(s) for s in counts.index if str(s) != sid])  # fmt: skip
 
 
 def _time(df: pd.DataFrame) -> tuple[pd.Series, str]:
@@ -157,13 +138,17 @@ def fig_spacing(run: RunData, rep: Report) -> None:
     """Spacing vs time per pile-up: every neighbour pair (by place from the leader) and mean."""
     import matplotlib.pyplot as plt
 
-    pu, pairs = run.kind("pileup"), run.kind("pair")
-    if pu.empty or "mean_spacing_nm" not in pu or pu["mean_spacing_nm"].notna().sum() == 0:
-        rep.skipped["spacing_vs_time"] = "no pile-up spacings in series.csv"
+    pairs = run.pairs[run.pairs["spacing_nm"].notna()] if len(run.pairs) else run.pairs
+    if pairs.empty:
+        rep.skipped["spacing_vs_time"] = "no pile-up spacings in pairs.csv"
         return
+    # each pile-up's mean spacing per frame: the mean over its pairs (as series.csv's
+    # mean_spacing_nm is over all pairs of the frame)
+    pu = pairs.groupby(["pileup_id", "frame"], as_index=False).agg(
+        time_s=("time_s", "first"), mean_spacing_nm=("spacing_nm", "mean"))
     # a lone dislocation has no spacing: only pile-ups with at least one pair get a panel, and
     # at most MAX_PILEUPS of them, those seen in the most frames
-    seen = pu.loc[pu["mean_spacing_nm"].notna(), "object_id"].dropna().value_counts()
+    seen = pu["pileup_id"].value_counts()
     ids = sorted(seen.index[:MAX_PILEUPS])
     if len(seen) > MAX_PILEUPS:
         rep.notes.append(f"spacing_vs_time: {len(seen) - MAX_PILEUPS} pile-ups seen in fewer "
@@ -179,7 +164,7 @@ def fig_spacing(run: RunData, rep: Report) -> None:
             t, _ = _time(q)
             ax.plot(t, q["spacing_nm"], lw=0.9, color=cmap(r / max(len(ranks), 1)),
                     label=f"pair {int(r)}–{int(r) + 1}")  # fmt: skip
-        m = pu[pu["object_id"] == pid].sort_values("frame")
+        m = pu[pu["pileup_id"] == pid].sort_values("frame")
         t, xlabel = _time(m)
         ax.plot(t, m["mean_spacing_nm"], color="k", lw=2.0, label="mean")
         ax.set_ylabel("spacing (nm)")
@@ -198,12 +183,12 @@ def fig_dislocations(run: RunData, rep: Report) -> None:
     import matplotlib.pyplot as plt
 
     ln = run.kind("line")
-    if ln.empty or "position_nm" not in ln or ln["position_nm"].notna().sum() == 0:
-        rep.skipped["dislocation_kinematics"] = "no line positions in series.csv"
+    if ln.empty or ln["position_nm"].notna().sum() == 0:
+        rep.skipped["dislocation_kinematics"] = "no line positions in tracks.csv"
         return
-    ln = ln[(ln["object_id"] >= 0) & ln["position_nm"].notna()]
+    ln = ln[(ln["track_id"] >= 0) & ln["position_nm"].notna()]
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(7.5, 6.4), sharex=True)
-    seen = ln["object_id"].value_counts()
+    seen = ln["track_id"].value_counts()
     tracks = sorted(seen.index[:MAX_TRACKS])
     if len(seen) > MAX_TRACKS:
         rep.notes.append(f"dislocation_kinematics: the {MAX_TRACKS} longest of {len(seen)} "
@@ -211,15 +196,14 @@ def fig_dislocations(run: RunData, rep: Report) -> None:
     cmap = plt.get_cmap("tab20")
     xlabel = "time (s)"
     for k, tid in enumerate(tracks):
-        d = ln[ln["object_id"] == tid].sort_values("frame")
+        d = ln[ln["track_id"] == tid].sort_values("frame")
         t, xlabel = _time(d)
-        pid = d["pileup_id"].iloc[-1] if "pileup_id" in d else None
+        pid = d["pileup_id"].iloc[-1]
         label = f"{int(tid)}" + (f" (pile-up {int(pid)})" if pid is not None and
                                   not pd.isna(pid) else "")  # fmt: skip
         c = cmap(k % 20)
         a1.plot(t, d["position_nm"], color=c, lw=1.1, label=label)
-        if "velocity_nm_per_s" in d:
-            a2.plot(t, d["velocity_nm_per_s"], color=c, lw=1.0)
+        a2.plot(t, d["velocity_nm_per_s"], color=c, lw=1.0)
     a1.set_ylabel("position along glide (nm)")
     a2.set_ylabel("velocity (nm/s)")
     a2.set_xlabel(xlabel)
@@ -237,16 +221,16 @@ def fig_loops(run: RunData, rep: Report) -> None:
     import matplotlib.pyplot as plt
 
     lp = run.kind("loop")
-    if lp.empty or "major_nm" not in lp or lp["major_nm"].notna().sum() == 0:
-        rep.skipped["loop_size_vs_time"] = "no loops in series.csv"
+    if lp.empty or lp["major_nm"].notna().sum() == 0:
+        rep.skipped["loop_size_vs_time"] = "no loops in tracks.csv"
         return
     g = lp.groupby("frame")
     q = pd.DataFrame({
-        "t": g["time_s"].first() if "time_s" in lp else g["frame"].first(),
+        "t": g["time_s"].first(),
         "q1": g["major_nm"].quantile(0.25), "med": g["major_nm"].median(),
         "q3": g["major_nm"].quantile(0.75), "n": g["major_nm"].count(),
     }).sort_index()  # fmt: skip
-    xlabel = "time (s)" if "time_s" in lp else "frame"
+    xlabel = "time (s)"
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(7.5, 5.6), sharex=True,
                                  gridspec_kw={"height_ratios": [3, 1]})  # fmt: skip
     a1.fill_between(q["t"], q["q1"], q["q3"], color="tab:blue", alpha=0.25, label="Q1–Q3")
@@ -276,20 +260,13 @@ def fig_density(run: RunData, rep: Report) -> None:
     """Densities (and counts) per frame vs time."""
     import matplotlib.pyplot as plt
 
-    fr = run.kind("frame") if "kind" in run.series.columns else run.series
-    cols = [(c, lab) for c, lab in _DENSITIES if c in fr and fr[c].notna().any()]
+    fr = run.series
+    cols = [(c, lab) for c, lab in _DENSITIES if fr[c].notna().any()]
     counts = [(c, lab) for c, lab in (("n_dislocations", "dislocations (count)"),
-                                      ("n_loops", "loops (count)")) if c in fr]  # fmt: skip
+                                      ("n_loops", "loops (count)")) if fr[c].notna().any()]
     if not cols and not counts:
-        ln, lp = run.kind("line"), run.kind("loop")
-        if ln.empty and lp.empty:
-            rep.skipped["density_vs_time"] = "no densities or counts in series.csv"
-            return
-        n = pd.DataFrame({"dislocations (count)": ln.groupby("frame").size(),
-                          "loops (count)": lp.groupby("frame").size()}).fillna(0)
-        t = run.series.groupby("frame")["time_s"].first().reindex(n.index)
-        fr = n.assign(time_s=t.values, frame=n.index)
-        counts = [(c, c) for c in ("dislocations (count)", "loops (count)")]
+        rep.skipped["density_vs_time"] = "no densities or counts in series.csv"
+        return
     panels = cols + counts
     fig, axes = plt.subplots(len(panels), 1, figsize=(7.5, 1.9 * len(panels) + 0.6),
                              sharex=True, squeeze=False)  # fmt: skip
@@ -361,7 +338,7 @@ def fig_contact_sheet(run: RunData, rep: Report, *, n: int = 8) -> None:
         rep.skipped["contact_sheet"] = "no frames found (no annotated.mp4, input not readable)"
         return
     annotated_mp4 = (run.folder / "annotated.mp4").exists()
-    nm = (run.summary.get("calibration") or {}).get("nm_per_px")
+    nm = _pixel_size(run)
     cols = min(4, len(imgs))
     rows = math.ceil(len(imgs) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False)
@@ -371,18 +348,18 @@ def fig_contact_sheet(run: RunData, rep: Report, *, n: int = 8) -> None:
     for ax, (f, img) in zip(axes.ravel(), imgs, strict=False):
         ax.imshow(img, cmap="gray")
         rows_f = run.series[run.series["frame"] == f]
-        t = rows_f["time_s"].iloc[0] if "time_s" in rows_f and len(rows_f) else None
+        t = rows_f["time_s"].iloc[0] if len(rows_f) else None
         ax.set_title(f"frame {f}" + (f"  t = {t:.2f} s" if t is not None else ""), fontsize=8)
-        if not annotated_mp4 and "kind" in rows_f:
-            for _, r in rows_f[rows_f["kind"] == "line"].iterrows():
-                c = cmap(int(r["object_id"]) % 20)
+        if not annotated_mp4:
+            objs = run.tracks[run.tracks["frame"] == f]
+            for _, r in objs[objs["kind"] == "line"].iterrows():
+                c = cmap(int(r["track_id"]) % 20)
                 ax.plot(r["x_px"], r["y_px"], "o", ms=3, color=c)
-                ax.text(r["x_px"] + 3, r["y_px"] - 3, str(int(r["object_id"])), color=c,
+                ax.text(r["x_px"] + 3, r["y_px"] - 3, str(int(r["track_id"])), color=c,
                         fontsize=6, weight="bold")  # fmt: skip
-            for _, r in rows_f[rows_f["kind"] == "loop"].iterrows():
-                c = cmap(int(r["object_id"]) % 20)
-                minor_px = r["minor_nm"] / r["major_nm"] * r["major_px"] if r["major_nm"] else 0
-                ax.add_patch(Ellipse((r["x_px"], r["y_px"]), r["major_px"], minor_px,
+            for _, r in objs[objs["kind"] == "loop"].iterrows():
+                c = cmap(int(r["track_id"]) % 20)
+                ax.add_patch(Ellipse((r["x_px"], r["y_px"]), r["major_px"], r["minor_px"],
                                      angle=r["angle_deg"], fill=False, color=c, lw=0.8))
         if nm:
             h, w = img.shape[:2]
@@ -406,9 +383,21 @@ def _nice(x: float) -> float:
     return p
 
 
+def _pixel_size(run: RunData) -> float | None:
+    """nm/px of the reported series: its calibration, else what series.csv measured with."""
+    nm = (run.analysis.get("calibration") or {}).get("nm_per_px")
+    if nm is None and run.series["nm_per_px"].notna().any():
+        nm = float(run.series["nm_per_px"].dropna().iloc[0])
+    return nm
+
+
 def summary_table(run: RunData, rep: Report) -> None:
-    """A short table of the run (also written as summary.csv and summary.md)."""
-    s = run.summary
+    """A short table of the run (also written as summary.csv and summary.md).
+
+    Per-series quantities come from ``summary.json``'s ``analysis`` of the reported series;
+    where it is absent (a daemon killed before its series ended) only what the tables show.
+    """
+    s, a = run.summary, run.analysis
     t: list[tuple[str, str]] = []
 
     def add(name: str, v: Any, fmt: str = "{:.4g}") -> None:
@@ -416,32 +405,33 @@ def summary_table(run: RunData, rep: Report) -> None:
             return
         t.append((name, fmt.format(v) if isinstance(v, float) else str(v)))
 
-    frames = s.get("frames", run.series["frame"].nunique() if "frame" in run.series else None)
-    add("frames", frames)
-    if "first_time_s" in s and "last_time_s" in s and s["last_time_s"] is not None:
-        add("duration (s)", float(s["last_time_s"]) - float(s["first_time_s"] or 0))
-    cal = s.get("calibration") or {}
-    add("pixel size (nm/px)", cal.get("nm_per_px"))
-    add("line tracks", s.get("line_tracks"))
-    add("loop tracks", s.get("loop_tracks"))
-    add("mean dislocations per frame", s.get("mean_line_count"))
-    add("mean loops per frame", s.get("mean_loop_count"))
-    for pid, v in (s.get("mean_spacing_nm_by_pileup") or {}).items():
-        add(f"mean spacing, pile-up {pid} (nm)", float(v))
-    add("mean |line velocity| (nm/s)", s.get("mean_abs_line_velocity_nm_per_s"))
+    if run.others:
+        add("series reported", f"{run.series_id} (of {len(run.others) + 1}; the longest)")
+    add("frames", a.get("frames", int(run.series["frame"].nunique())))
+    times = run.series["time_s"].dropna()
+    if len(times):
+        add("duration (s)", float(times.max() - times.min()))
+    add("pixel size (nm/px)", _pixel_size(run))
+    add("line tracks", a.get("line_tracks"))
+    add("loop tracks", a.get("loop_tracks"))
+    add("mean dislocations per frame", a.get("mean_line_count"))
+    add("mean loops per frame", a.get("mean_loop_count"))
+    for pid, v in (a.get("mean_spacing_nm_by_pileup") or {}).items():
+        add(f"mean spacing, pile-up {pid} (nm)", None if v is None else float(v))
+    add("mean |line velocity| (nm/s)", a.get("mean_abs_line_velocity_nm_per_s"))
     for k in ("length_re", "spacing_re", "velocity_re", "loop_axis_re"):
         if k in s:
             add(f"{k} (vs ground truth)", s[k], "{:.2%}")
     add("id switches (vs ground truth)", s.get("id_switches"))
     for k, v in (s.get("counters") or {}).items():
         add(f"daemon counter: {k}", v)
-    for st, d in (s.get("timings_ms") or {}).items():
-        if isinstance(d, dict) and "mean" in d:
+    for st, d in (a.get("timings_ms") or {}).items():
+        if isinstance(d, dict) and d.get("mean") is not None:
             add(f"{st} mean / p95 (ms)", f"{d['mean']:.2f} / {d['p95']:.2f}")
-    if not run.tracks.empty and "velocity_nm_per_s" in run.tracks:
-        v = run.tracks[run.tracks["kind"] == "line"]["velocity_nm_per_s"].dropna()
-        if len(v):
-            add("line velocity range (nm/s)", f"{v.min():.3g} … {v.max():.3g}")
+    ts = run.track_summary
+    v = ts.loc[ts["kind"] == "line", "velocity_nm_per_s"].dropna() if len(ts) else ts
+    if len(v):
+        add("line velocity range (nm/s)", f"{v.min():.3g} … {v.max():.3g}")
     rep.table = t
     pd.DataFrame(t, columns=["quantity", "value"]).to_csv(rep.out / "summary.csv", index=False)
     md = ["| quantity | value |", "|---|---|", *(f"| {a} | {b} |" for a, b in t)]
@@ -476,6 +466,9 @@ def make_report(folder: Path, out: Path | None = None, *, frames: int = 8) -> Re
     run = load_run(folder)
     rep = Report(Path(out) if out is not None else Path(folder) / "report")
     rep.out.mkdir(parents=True, exist_ok=True)
+    if run.others:
+        rep.notes.append(f"{len(run.others) + 1} series in the folder; reporting "
+                         f"{run.series_id}, the one with the most frames")  # fmt: skip
     for name, fn in FIGURES.items():
         try:
             if name == "contact_sheet":

@@ -18,6 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--web", action="store_true", help="serve the overlay viewer page instead")
     p.add_argument("--host", help="--web: address to serve on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="--web: port (default 8765; 0 = any free port)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="--web: also answer requests for this Host name (repeatable; "
+                   "default: localhost names only)")  # fmt: skip
     p.add_argument("--open", action="store_true", help="--web: open the page in a browser")
     p.add_argument("--preview", choices=("auto", "kitty", "sixel", "off"), default="auto",
                    help="terminal frame preview (default auto: only where the terminal "
@@ -41,6 +44,7 @@ def run(a: argparse.Namespace) -> int:
     try:
         cfg = load_view_config(a.config, overrides={
             "endpoint": a.endpoint, "host": a.host, "port": a.port,
+            "allowed_hosts": ",".join(a.allow_host) or None,
             "alarms.min_spacing_nm": a.min_spacing_nm,
             "alarms.max_velocity_nm_s": a.max_velocity_nm_s,
             "alarms.velocity_jump_nm_s": a.velocity_jump_nm_s,

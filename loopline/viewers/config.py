@@ -12,13 +12,27 @@ out of range raise :class:`ViewConfigError` naming the key.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-__all__ = ["AlarmConfig", "ViewConfig", "ViewConfigError", "load_view_config"]
+__all__ = [
+    "AlarmConfig",
+    "ViewConfig",
+    "ViewConfigError",
+    "allowed_host_names",
+    "load_view_config",
+]
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9.:_-]+")
+
+
+def allowed_host_names(text: str) -> list[str]:
+    """``view.allowed_hosts`` ("a.lab, 10.0.0.5") as lower-case names."""
+    return [h.strip().lower().rstrip(".") for h in text.split(",") if h.strip()]
 
 
 class ViewConfigError(ValueError):
@@ -48,6 +62,7 @@ class ViewConfig:
     track_timeout_frames: int = field(default=25, metadata=_rng(1, 1_000_000))
     host: str = "127.0.0.1"
     port: int = field(default=8765, metadata=_rng(0, 65535))
+    allowed_hosts: str = ""
     alarms: AlarmConfig = field(default_factory=AlarmConfig)
 
 
@@ -111,6 +126,10 @@ def load_view_config(
         else:
             view[key] = value
     cfg = _build(ViewConfig, view, "")
+    bad = [h for h in allowed_host_names(cfg.allowed_hosts) if not _HOST_NAME.fullmatch(h)]
+    if bad:
+        raise ViewConfigError(f"view.allowed_hosts must be host names or addresses separated "
+                              f"by commas, got {bad[0]!r}")  # fmt: skip
     if "://" not in cfg.endpoint:
         raise ViewConfigError(
             f"view.endpoint must be a ZeroMQ URL like tcp://127.0.0.1:5556, got {cfg.endpoint!r}"

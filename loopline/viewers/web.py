@@ -13,10 +13,16 @@ itself:
 The page draws the JPEG and, over it on the same canvas, the masks (contours), skeleton lines,
 loop ellipses, track ids and a scale bar from the message's numbers, so every layer can be
 switched off in the browser. Nothing on the page is fetched from anywhere but this server.
+
+Every request's ``Host`` header must name this machine's loopback (``localhost``, ``127.x``,
+``::1``), the address served on (``view.host``), or a name in ``view.allowed_hosts``; any
+other gets 403. So a web page elsewhere cannot read frames through DNS rebinding (its name
+made to resolve to 127.0.0.1).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import threading
@@ -28,7 +34,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from .config import ViewConfig
+from .config import ViewConfig, allowed_host_names
 from .state import ViewState
 from .stream import Message, ResultSubscriber
 
@@ -37,6 +43,37 @@ logger = logging.getLogger(__name__)
 __all__ = ["ViewerServer", "run_web"]
 
 _KEEP = 8  # messages held for /frame/SEQ.jpg: the page asks for the JPEG right after the JSON
+
+
+_WILDCARDS = ("", "0.0.0.0", "::")
+
+
+def _host_of(header: str) -> str:
+    """The host of a ``Host`` header (``name:port``, ``[v6]:port``), lower case."""
+    h = header.strip().lower()
+    if h.startswith("["):
+        return h[1:].split("]", 1)[0]
+    name, sep, port = h.rpartition(":")
+    if sep and port.isdigit() and ":" not in name:
+        h = name
+    return h.rstrip(".")
+
+
+def host_allowed(header: str | None, cfg: ViewConfig) -> bool:
+    """Whether a request's ``Host`` header names this server (see the module docstring)."""
+    if not header:
+        return False
+    host = _host_of(header)
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return True
+    except ValueError:
+        if host == "localhost":
+            return True
+    extra = allowed_host_names(cfg.allowed_hosts)
+    if cfg.host.lower() not in _WILDCARDS:
+        extra.append(cfg.host.lower().strip("[]"))
+    return host in extra
 
 
 def _nan_to_none(values: Any) -> list[float | None]:
@@ -212,6 +249,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:
+        host = self.headers.get("Host")
+        if not host_allowed(host, self.viewer.cfg):
+            logger.warning("refused a request for Host %r (expected localhost, a loopback "
+                           "address, %s or view.allowed_hosts)", host,
+                           self.viewer.cfg.host)  # fmt: skip
+            self._send(HTTPStatus.FORBIDDEN, b"Host not allowed: this viewer answers to "
+                       b"localhost names (see view.allowed_hosts)\n", "text/plain")  # fmt: skip
+            return
         u = urlparse(self.path)
         q = parse_qs(u.query)
         try:

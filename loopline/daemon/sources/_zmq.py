@@ -3,6 +3,13 @@
 The socket is created, used and closed by the receiver thread alone (sockets are not
 thread-safe). The thread only drains the socket and decodes; it never waits for the
 consumer: frames go into a bounded queue and are counted as ``dropped`` when it is full.
+
+Size limit: with ``max_message_bytes`` the socket has ``ZMQ_MAXMSGSIZE``: ZeroMQ discards a
+larger message part as its length arrives, before reading it into memory, and closes that
+connection. A connecting source watches its socket (a monitor) and connects again at once
+(ZeroMQ itself would not after such an error); each closed connection is counted in
+``counters["disconnects"]``. Messages the sender had already put on the closed connection
+behind the large one are lost with it (ZeroMQ's PUSH/PULL); the disconnect is the count.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -126,6 +134,9 @@ class ZmqSource(ThreadedSource):
         CURVE encryption (Z85 keys, or files holding them; see :func:`apply_curve`). When
         connecting, the sender's public key turns it on (our secret is optional); when
         binding, our secret key (``curve_client_secret``) does.
+    max_message_bytes : int, optional
+        ``ZMQ_MAXMSGSIZE``: larger message parts are discarded unread (see the module
+        docstring). Default: no limit.
     """
 
     POLL_MS = 50
@@ -142,6 +153,7 @@ class ZmqSource(ThreadedSource):
         context: zmq.Context | None = None,
         curve_server_key: str | bytes | None = None,
         curve_client_secret: str | bytes | None = None,
+        max_message_bytes: int | None = None,
         name: str = "zmq",
     ):
         super().__init__(max_queued_frames=max_queued_frames, name=name)
@@ -154,6 +166,10 @@ class ZmqSource(ThreadedSource):
         self.bind = bind
         self.rcvhwm = rcvhwm
         self.decoder = decoder
+        if max_message_bytes is not None and max_message_bytes < 1:
+            raise ValueError(f"max_message_bytes must be >= 1, got {max_message_bytes}")
+        self.max_message_bytes = max_message_bytes
+        self._warned_disconnect = -float("inf")
         self._curve = (load_curve_key(curve_server_key, secret=False),
                        load_curve_key(curve_client_secret, secret=True))  # fmt: skip
         self._own_ctx = context is None
@@ -165,9 +181,12 @@ class ZmqSource(ThreadedSource):
 
     def _run(self) -> None:
         sock = self._ctx.socket(SOCKET_TYPES[self.socket_type])
+        monitor: zmq.Socket | None = None
         try:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
+            if self.max_message_bytes is not None:
+                sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
             if self.socket_type == "sub":
                 sock.setsockopt(zmq.SUBSCRIBE, b"")
             curve = apply_curve(sock, bind=self.bind, server_key=self._curve[0],
@@ -176,13 +195,21 @@ class ZmqSource(ThreadedSource):
                 sock.bind(self.endpoint)
                 self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
             else:
+                monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
                 sock.connect(self.endpoint)
             logger.info("%s %s %s%s", "bound" if self.bind else "connected",
                         self.socket_type.upper(), self.endpoint,
                         " (CURVE)" if curve else "")  # fmt: skip
             self._ready.set()
+            poller = zmq.Poller()
+            poller.register(sock, zmq.POLLIN)
+            if monitor is not None:
+                poller.register(monitor, zmq.POLLIN)
             while not self._stop.is_set():
-                if not sock.poll(self.POLL_MS, zmq.POLLIN):
+                events = dict(poller.poll(self.POLL_MS))
+                if monitor is not None and monitor in events:
+                    self._on_disconnect(sock, monitor)
+                if sock not in events:
                     continue
                 for _ in range(_DRAIN_BATCH):
                     try:
@@ -191,9 +218,45 @@ class ZmqSource(ThreadedSource):
                         break
                     self._handle(parts)
         finally:
+            if monitor is not None:
+                sock.disable_monitor()
+                monitor.close(linger=0)
             sock.close(linger=0)
             if self._own_ctx:
                 self._ctx.term()
+
+    def _on_disconnect(self, sock: zmq.Socket, monitor: zmq.Socket) -> None:
+        """Count closed connections and connect again (after a message over
+        ``ZMQ_MAXMSGSIZE`` ZeroMQ closes the connection for good)."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        n = 0
+        while monitor.poll(0):
+            if recv_monitor_message(monitor).get("event") == zmq.EVENT_DISCONNECTED:
+                n += 1
+        if not n:
+            return
+        self._count("disconnects", n)
+        now = time.monotonic()
+        level = logging.WARNING if now - self._warned_disconnect > 5 else logging.DEBUG
+        if level == logging.WARNING:
+            self._warned_disconnect = now
+        logger.log(level, "%s: connection to %s closed (a message over %s bytes, or the sender "
+                   "went away); connecting again", self.socket_type.upper(), self.endpoint,
+                   self.max_message_bytes or "any")  # fmt: skip
+        # What arrived before the close is still queued on the connection's pipe, which
+        # disconnect() discards: read it first (a series' last frames and its end).
+        while True:
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            self._handle(parts)
+        try:
+            sock.disconnect(self.endpoint)
+        except zmq.ZMQError:
+            pass  # already gone
+        sock.connect(self.endpoint)
 
     def _handle(self, parts: list) -> None:
         self._count("messages")

@@ -6,7 +6,9 @@ wire format, a source always yields a well-formed sequence: every frame lies bet
 ``SeriesStart`` and a ``SeriesEnd`` of its own series. :class:`SeriesTracker` enforces that:
 a series that is never ended is closed with ``SeriesEnd(aborted=True)`` when the next one
 starts, and frames of a series whose start was missed (a receiver that joined late) get a
-synthesised ``SeriesStart``.
+synthesised ``SeriesStart``. Two series that interleave their frames are not let through
+turn by turn (each turn would abort a series): one of them keeps the stream and the other's
+frames are rejected, counted in ``counters["interleaved"]`` (see :class:`SeriesTracker`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -50,6 +52,9 @@ COUNTER_NAMES: tuple[str, ...] = (
     "aborted",  # series closed without their series-end (a new series started first)
     "resynced",  # frames that arrived without a series-start: a start was synthesised
     "stale",  # series-end messages for a series that is not open (ignored)
+    "interleaved",  # frames of a series interleaved with the open one (rejected)
+    "disconnects",  # connections to the sender closed (a message over the size limit, or the
+    # sender went away); the source connects again
 )
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -128,18 +133,41 @@ class SeriesEnd:
 Event = SeriesStart | Frame | SeriesEnd
 
 
+#: A series interrupted by another that sends again within this many seconds (of its own
+#: last frame) interleaves with it.
+INTERLEAVE_WINDOW_S = 5.0
+
+
 class SeriesTracker:
     """Turns decoded events into a well-formed sequence and counts what it had to repair.
 
     Feed each decoded event to :meth:`feed`; it returns the events to hand on (zero, one or
     several). ``counters`` is updated in place (keys ``series``, ``aborted``, ``resynced``,
-    ``stale``).
+    ``stale``, ``interleaved``).
+
+    One series is open at a time. A frame of another series closes the open one (aborted)
+    and opens its own, as when a camera restarts without a series-end. If the series so
+    closed sends again within ``interleave_window_s`` of its last frame, the two interleave,
+    and the one that interrupted the other is the intruder: it is closed, the interrupted
+    series is opened again, and the intruder's frames are rejected (``interleaved``) while
+    another series is open and the intruder keeps sending. A series closed by an announced
+    ``SeriesStart`` of another is the intruder instead. A ``SeriesStart`` of a series is
+    always accepted.
     """
 
-    def __init__(self, counters: dict[str, int]):
+    def __init__(self, counters: dict[str, int], *,
+                 interleave_window_s: float = INTERLEAVE_WINDOW_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
         self.counters = counters
         self.current: str | None = None
         self.frames = 0
+        self.window = interleave_window_s
+        self._clock = clock
+        self._last_seen = 0.0  # clock time of the open series' start or last frame
+        # the series the open one closed: (id, its last time seen, closed by a SeriesStart)
+        self._closed: tuple[str, float, bool] | None = None
+        self._intruders: dict[str, float] = {}  # series id -> its last frame's clock time
+        self._warn: Callable[[str], None] | None = None
 
     def _end_current(self, now: float, *, aborted: bool, sent: SeriesEnd | None = None
                      ) -> SeriesEnd:  # fmt: skip
@@ -159,18 +187,63 @@ class SeriesTracker:
         self.frames = 0
         return end
 
+    def _switch(self, series: str, now: float) -> str:
+        """What a frame of ``series`` (not the open one) does: switch, resume or reject."""
+        if self.current is None:
+            return "switch"
+        t = self._intruders.get(series)
+        if t is not None and now - t < self.window:
+            self._intruders[series] = now
+            return "reject"
+        closed = self._closed
+        if closed is not None and closed[0] == series and now - closed[1] < self.window:
+            if closed[2]:  # closed by an announced series: its late frames intrude
+                self._intruders[series] = now
+                return "reject"
+            self._intruders[self.current] = now  # the open series interrupted this one
+            return "resume"
+        return "switch"
+
+    def _intruder_frame(self, ev: Frame) -> None:
+        self.counters["interleaved"] += 1
+        if self._warn is None:
+            self._warn = _RateLimitedWarning("series tracker: interleaved frame rejected")
+        self._warn(f"frame {ev.index} of series {ev.series} while series {self.current} is "
+                   f"open")  # fmt: skip
+        if len(self._intruders) > 64:  # forget intruders that stopped
+            now = self._clock()
+            self._intruders = {k: t for k, t in self._intruders.items() if now - t < self.window}
+
     def feed(self, ev: Event) -> list[Event]:
         out: list[Event] = []
         if isinstance(ev, SeriesStart):
+            now = self._clock()
+            self._closed = None
             if self.current is not None:
+                if self.current != ev.series:
+                    self._closed = (self.current, self._last_seen, True)
                 out.append(self._end_current(ev.timestamp_s, aborted=True))
+            self._intruders.pop(ev.series, None)
             self.current = ev.series
+            self._last_seen = now
             self.frames = 0
             self.counters["series"] += 1
             out.append(ev)
         elif isinstance(ev, Frame):
+            now = self._clock()
             if ev.series != self.current:
+                how = self._switch(ev.series, now)
+                if how == "reject":
+                    self._intruder_frame(ev)
+                    return out
+                self._closed = None
                 if self.current is not None:
+                    if how == "switch":
+                        self._closed = (self.current, self._last_seen, False)
+                    else:
+                        logger.warning("series %s interleaves with series %s: series %s "
+                                       "resumes, frames of %s are rejected", self.current,
+                                       ev.series, ev.series, self.current)  # fmt: skip
                     out.append(self._end_current(ev.timestamp_s, aborted=True))
                 self.current = ev.series
                 self.frames = 0
@@ -182,10 +255,12 @@ class SeriesTracker:
                                        dtype=str(ev.image.dtype),
                                        pixel_size_nm=ev.pixel_size_nm,
                                        synthesized=True))  # fmt: skip
+            self._last_seen = now
             self.frames += 1
             out.append(ev)
         elif isinstance(ev, SeriesEnd):
             if ev.series == self.current:
+                self._closed = None
                 out.append(self._end_current(ev.timestamp_s, aborted=False, sent=ev))
             else:
                 self.counters["stale"] += 1

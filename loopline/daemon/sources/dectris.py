@@ -18,6 +18,11 @@ Stream v2 (one-part CBOR)
     in the DECTRIS compression tag 56500 ``[algorithm, elem_size, bytes]`` (``bslz4``, ``lz4``;
     ``bszstd`` needs the ``dectris-compression`` package).
 
+Size limit: with ``max_shape`` (the daemon passes its slot pool's largest frame) an image
+whose declared shape is larger is rejected as malformed *before* it is decompressed, so a
+small compressed message cannot expand into gigabytes; ``max_message_bytes`` bounds the
+compressed message itself (``ZMQ_MAXMSGSIZE``, see :mod:`._zmq`).
+
 Frames come out as uint8/uint16 (uint32 is converted to float32, exact below 2**24).
 ``timestamp_s`` is the receive time: the detector's stamps are relative to the series; they
 are kept in ``meta`` (``start_time``, ``stop_time``, ``real_time``; v2 as [numerator,
@@ -27,6 +32,7 @@ it is in the series-start ``meta``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -81,6 +87,13 @@ def _native(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32)
 
 
+def _check_fits(hw: tuple[int, int], max_shape: tuple[int, int] | None, what: str) -> None:
+    """Reject a declared image shape (H, W) larger than ``max_shape`` before decoding it."""
+    if max_shape is not None and (hw[0] > max_shape[0] or hw[1] > max_shape[1]):
+        raise MalformedMessage(f"{what}: expected at most {max_shape[0]} x {max_shape[1]} px "
+                               f"(H x W), got {hw[0]} x {hw[1]}")  # fmt: skip
+
+
 def _shape2(value: Any, what: str) -> tuple[int, int]:
     ok = (
         isinstance(value, list | tuple)
@@ -115,8 +128,10 @@ def _series_id(h: Mapping, key: str = "series") -> str:
     return str(v)
 
 
-def _decode_v1_pixels(data: Any, dd: Mapping[str, Any]) -> np.ndarray:
+def _decode_v1_pixels(data: Any, dd: Mapping[str, Any],
+                      max_shape: tuple[int, int] | None = None) -> np.ndarray:  # fmt: skip
     x, y = _shape2(dd.get("shape"), "dimage_d shape")
+    _check_fits((y, x), max_shape, "dimage_d shape")
     tname = dd.get("type")
     if tname not in _V1_TYPES:
         raise MalformedMessage(f"dimage_d type: expected one of {sorted(_V1_TYPES)}, "
@@ -147,9 +162,13 @@ def _decode_v1_pixels(data: Any, dd: Mapping[str, Any]) -> np.ndarray:
 
 
 class Dectris1Decoder:
-    """SIMPLON Stream v1 (JSON multipart) to events; keeps the series-header state."""
+    """SIMPLON Stream v1 (JSON multipart) to events; keeps the series-header state.
 
-    def __init__(self) -> None:
+    ``max_shape`` (H, W): larger images are rejected before they are decompressed.
+    """
+
+    def __init__(self, max_shape: tuple[int, int] | None = None) -> None:
+        self.max_shape = max_shape
         self._pending: tuple[str, dict[str, Any]] | None = None  # dheader awaiting config
 
     def _start(self, series: str, header: Mapping, config: Mapping | None) -> SeriesStart:
@@ -203,7 +222,7 @@ class Dectris1Decoder:
             if not str(dd.get("htype", "")).startswith("dimage_d"):
                 raise MalformedMessage(f"part 2: expected htype dimage_d-1.0, "
                                        f"got {dd.get('htype')!r:.40}")  # fmt: skip
-            image = _native(_decode_v1_pixels(parts[2], dd))
+            image = _native(_decode_v1_pixels(parts[2], dd, self.max_shape))
             meta: dict[str, Any] = {"detector": "dectris", "stream": 1}
             if "hash" in first:
                 meta["hash"] = first["hash"]
@@ -320,8 +339,11 @@ def _v2_pixels(typed: _Typed, shape: tuple[int, ...]) -> np.ndarray:
     return np.frombuffer(p, dtype=dt).reshape(shape)
 
 
-def _tag_hook(a: Any, b: Any) -> Any:
-    """cbor2 tag hook; cbor2 < 6 calls ``(decoder, tag)``, cbor2 >= 6 ``(tag, immutable)``."""
+def _tag_hook(a: Any, b: Any, max_shape: tuple[int, int] | None = None) -> Any:
+    """cbor2 tag hook; cbor2 < 6 calls ``(decoder, tag)``, cbor2 >= 6 ``(tag, immutable)``.
+
+    ``max_shape`` (H, W): a larger array is rejected before it is decompressed.
+    """
     import cbor2
 
     tag = a if isinstance(a, cbor2.CBORTag) else b
@@ -345,6 +367,7 @@ def _tag_hook(a: Any, b: Any) -> Any:
         if len(dims) != 2:
             raise MalformedMessage(f"array: expected 2 dimensions, got {len(dims)}")
         h, w = _shape2(list(dims), "array dimensions")
+        _check_fits((h, w), max_shape, "array dimensions")
         if num == 1040:  # column-major element order, dimensions still [H, W]
             return np.ascontiguousarray(_v2_pixels(value[1], (w, h)).T)
         return _v2_pixels(value[1], (h, w))
@@ -373,10 +396,13 @@ class Dectris2Decoder:
     ----------
     channel : str, optional
         Which ``data`` channel to use (e.g. ``threshold_1``); default: the first one.
+    max_shape : (int, int), optional
+        Largest image (H, W) accepted; larger ones are rejected before decompression.
     """
 
-    def __init__(self, channel: str | None = None):
+    def __init__(self, channel: str | None = None, max_shape: tuple[int, int] | None = None):
         self.channel = channel
+        self.max_shape = max_shape
 
     def feed(self, parts: Sequence[Any]) -> list[Event]:
         import cbor2
@@ -385,7 +411,9 @@ class Dectris2Decoder:
             raise MalformedMessage(f"stream v2: expected 1 message part, got {len(parts)}")
         raw = memoryview(getattr(parts[0], "buffer", parts[0])).tobytes()
         try:
-            msg = cbor2.loads(raw, tag_hook=_tag_hook)
+            hook = (_tag_hook if self.max_shape is None
+                    else functools.partial(_tag_hook, max_shape=self.max_shape))  # fmt: skip
+            msg = cbor2.loads(raw, tag_hook=hook)
         except MalformedMessage:
             raise
         except Exception as e:  # CBORDecodeError and whatever a crafted input provokes
@@ -492,9 +520,9 @@ def encode_v2_end(series: int) -> list[bytes]:
 class DectrisAutoDecoder:
     """Picks v1 or v2 per message: JSON starts with ``{``, CBOR does not."""
 
-    def __init__(self, channel: str | None = None):
-        self.v1 = Dectris1Decoder()
-        self.v2 = Dectris2Decoder(channel)
+    def __init__(self, channel: str | None = None, max_shape: tuple[int, int] | None = None):
+        self.v1 = Dectris1Decoder(max_shape)
+        self.v2 = Dectris2Decoder(channel, max_shape)
 
     def feed(self, parts: Sequence[Any]) -> list[Event]:
         if not parts:
@@ -514,8 +542,10 @@ class DectrisSource(ZmqSource):
         Stream v1 (JSON multipart), v2 (CBOR) or detect per message.
     channel : str, optional
         Stream v2 channel to use (default: the first in each image message).
-    socket, bind, rcvhwm, max_queued_frames, context
+    socket, bind, rcvhwm, max_queued_frames, context, max_message_bytes
         As :class:`~loopline.daemon.sources._zmq.ZmqSource`.
+    max_shape : (int, int), optional
+        Largest image (H, W) accepted; larger ones are malformed, rejected undecompressed.
     """
 
     def __init__(
@@ -531,9 +561,12 @@ class DectrisSource(ZmqSource):
         context: zmq.Context | None = None,
         curve_server_key: str | bytes | None = None,
         curve_client_secret: str | bytes | None = None,
+        max_message_bytes: int | None = None,
+        max_shape: tuple[int, int] | None = None,
     ):
-        decoders = {1: Dectris1Decoder, 2: lambda: Dectris2Decoder(channel),
-                    "auto": lambda: DectrisAutoDecoder(channel)}  # fmt: skip
+        decoders = {1: lambda: Dectris1Decoder(max_shape),
+                    2: lambda: Dectris2Decoder(channel, max_shape),
+                    "auto": lambda: DectrisAutoDecoder(channel, max_shape)}  # fmt: skip
         if version not in decoders:
             raise ValueError(f"version must be 1, 2 or 'auto', got {version!r}")
         self.version = version
@@ -541,4 +574,5 @@ class DectrisSource(ZmqSource):
                          rcvhwm=rcvhwm, max_queued_frames=max_queued_frames, context=context,
                          curve_server_key=curve_server_key,
                          curve_client_secret=curve_client_secret,
+                         max_message_bytes=max_message_bytes,
                          name=f"dectris{version}")  # fmt: skip

@@ -2,7 +2,10 @@
 
 The files are read by :func:`loopline.io.frames.open_frames` (the same reader as ``loopline
 analyze``; see there for formats, rates and pixel sizes). Files without a rate of their own
-replay at :data:`DEFAULT_FPS`.
+replay at :data:`DEFAULT_FPS` when paced. Each frame carries its time on the file's own axis
+(``meta["time_s"]``, :meth:`~loopline.io.frames.FrameFile.stamped`), which the daemon uses
+instead of the replay clock, and the series start the file's own rate
+(``meta["input_fps"]``, None where it states none), at which the annotated video is written.
 """
 
 from __future__ import annotations
@@ -14,7 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ...io.frames import IMAGE_SUFFIXES, VIDEO_SUFFIXES, FrameFile, as_gray, open_frames
+from ...io.frames import (
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    FrameFile,
+    as_gray,
+    open_frames,
+    series_id,
+)
 from .base import Frame, SeriesEnd, SeriesStart, Source
 
 __all__ = [
@@ -54,7 +64,9 @@ class FileSource(Source):
     -----
     Frames are paced on an absolute schedule (no drift); a consumer that falls behind gets
     the next frame at once, without a burst to catch up. ``timestamp_s`` is the emission
-    time, as a camera would stamp it; ``meta["file_index"]`` is the frame's index in the file.
+    time, as a camera would stamp it; ``meta["file_index"]`` is the frame's index in the file
+    and ``meta["time_s"]`` its time on the file's own axis (None where the file states none,
+    and when looping, where that axis restarts).
     """
 
     def __init__(
@@ -70,13 +82,13 @@ class FileSource(Source):
         super().__init__()
         self.path = Path(path)
         self._ff = open_frames(self.path)
-        self._frames: Iterator[np.ndarray] = iter(self._ff)
+        self._frames: Iterator[tuple[np.ndarray, float | None]] = self._ff.stamped()
         rate = fps if fps is not None else (self._ff.fps or DEFAULT_FPS)
         if not rate > 0:
             raise ValueError(f"fps must be > 0 (or inf), got {rate}")
         self.fps = float(rate)
         self._interval = 0.0 if math.isinf(self.fps) else 1.0 / self.fps
-        self.series = series or self.path.stem or "file"
+        self.series = series or series_id(self.path)
         self.max_frames = max_frames
         self.loop = loop
         self.pixel_size_nm = pixel_size_nm if pixel_size_nm is not None else self._ff.pixel_size_nm
@@ -84,18 +96,21 @@ class FileSource(Source):
         self._state = "start"  # start -> frames -> end -> done
         self._index = 0
         self._file_index = 0
-        self._pending: np.ndarray | None = None
+        self._pending: tuple[np.ndarray, float | None] | None = None
         self._due: float | None = None
 
-    def _next_image(self) -> np.ndarray | None:
+    def _next_image(self) -> tuple[np.ndarray, float | None] | None:
+        """The next frame and its time on the file's axis (None once looped: it restarts)."""
         if self.max_frames is not None and self._index >= self.max_frames:
             return None
-        img = next(self._frames, None)
-        if img is None and self.loop and self._index > 0:
-            self._frames = iter(self._ff)
+        item = next(self._frames, None)
+        if item is None and self.loop and self._index > 0:
+            self._frames = self._ff.stamped()
             self._file_index = 0
-            img = next(self._frames, None)
-        return img
+            item = next(self._frames, None)
+        if item is not None and self.loop:
+            item = (item[0], None)
+        return item
 
     def get(self, timeout: float | None = None) -> SeriesStart | Frame | SeriesEnd | None:
         if self._closed or self._state == "done":
@@ -105,13 +120,13 @@ class FileSource(Source):
             self._counters["series"] += 1
             first = self._next_image()
             self._pending = first
-            shape = None if first is None else first.shape
-            dtype = None if first is None else first.dtype.name
+            shape = None if first is None else first[0].shape
+            dtype = None if first is None else first[0].dtype.name
             return SeriesStart(self.series, time.time(), shape=shape, dtype=dtype,
                                pixel_size_nm=self.pixel_size_nm,
                                frames=self._expected(),
                                meta={"source": str(self.path), "kind": self._ff.kind,
-                                     "fps": self.fps})  # fmt: skip
+                                     "fps": self.fps, "input_fps": self._ff.fps})  # fmt: skip
         if self._state == "frames":
             if self._pending is None:
                 self._pending = self._next_image()
@@ -131,10 +146,10 @@ class FileSource(Source):
                 late = self._due is not None and now - self._due > self._interval
                 base = now if (self._due is None or late) else self._due
                 self._due = base + self._interval
-            img, self._pending = self._pending, None
+            (img, t_file), self._pending = self._pending, None
             frame = Frame(self.series, self._index, time.time(), img,
                           pixel_size_nm=self.pixel_size_nm,
-                          meta={"file_index": self._file_index})  # fmt: skip
+                          meta={"file_index": self._file_index, "time_s": t_file})  # fmt: skip
             self._index += 1
             self._file_index += 1
             self._counters["messages"] += 1

@@ -1,0 +1,347 @@
+"""The run folder's tables: one schema and one writer for ``loopline analyze`` and ``serve``.
+
+Both commands write the same four tables, with the same columns, units and meanings
+(:data:`TABLES`, documented in the README's *Run folder* section) and a ``schema_version``
+(:data:`SCHEMA_VERSION`) in ``summary.json``; ``loopline report`` reads them as they are.
+The rows come from :class:`loopline.pipelines.series.SeriesAccumulator`: in ``analyze``
+directly, in the daemon through the measure worker's result message (JSON) to the recorder.
+
+=====================  ====================================================================
+file                   one row per
+=====================  ====================================================================
+``series.csv``         analysed frame (also ``series.parquet``, where pyarrow is installed)
+``tracks.csv``         object (dislocation line or loop) and analysed frame
+``pairs.csv``          pair of neighbouring dislocations of a pile-up and analysed frame
+``track_summary.csv``  track, once it has ended (unseen for ``forget_after`` frames, or at
+                       the end of its series)
+=====================  ====================================================================
+
+Every table starts with ``series`` (the series id: a file's stem, or the camera's id) and,
+but ``track_summary``, ``frame`` and ``time_s``. Units are in the column names; an empty cell
+is a value that was not measured (NaN, no pixel size, a new track without a velocity yet).
+CSV files are appended row by row as frames arrive (a crash loses at most the rows not yet
+flushed); floats are written with :func:`repr` (they read back exactly).
+
+This module imports no analysis code, so the daemon's output worker stays light.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..daemon.sanitize import csv_cell
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "PAIR_COLUMNS",
+    "SCHEMA_VERSION",
+    "SERIES_COLUMNS",
+    "STAGES",
+    "TABLES",
+    "TRACK_COLUMNS",
+    "TRACK_SUMMARY_COLUMNS",
+    "RunTables",
+    "json_safe",
+    "write_summary",
+]
+
+#: Version of the run-folder layout (tables and ``summary.json``); bumped on any change that
+#: is not the addition of a column at the end of a table.
+SCHEMA_VERSION = 1
+
+#: Stages whose time (ms) is a ``t_<stage>_ms`` column of ``series.csv`` (empty where a
+#: command does not run the stage).
+STAGES = ("preprocess", "inference", "postprocess", "engine_total", "lines", "loops",
+          "pileups", "measure", "drift", "track", "measure_track")  # fmt: skip
+
+# (column, type, meaning with unit); types: int, float, str
+_SERIES: tuple[tuple[str, str, str], ...] = (
+    ("series", "str", "series id: the input file's stem, or the camera's series id"),
+    ("frame", "int", "frame index in the series (the file's frame number), from 0"),
+    ("time_s", "float", "frame time, s: the calibration's `frame_times_s`/`fps`, else the "
+                        "file's own time axis, else the camera clock since the series' first "
+                        "frame"),
+    ("n_dislocations", "int", "dislocation lines measured"),
+    ("n_loops", "int", "loops measured"),
+    ("n_pileups", "int", "pile-ups (groups of neighbouring parallel lines; a lone line is one)"),
+    ("mean_length_px", "float", "mean line length, px"),
+    ("mean_length_nm", "float", "mean line length, nm"),
+    ("mean_spacing_px", "float", "mean spacing of neighbouring lines over all pairs, px"),
+    ("mean_spacing_nm", "float", "the same, nm"),
+    ("mean_loop_major_nm", "float", "mean loop major axis, nm"),
+    ("field_area_um2", "float", "field of view, µm²"),
+    ("line_length_density_per_um", "float", "projected line length per field area, µm/µm²"),
+    ("line_density_per_m2", "float", "line length per foil volume, m⁻² (needs the foil "
+                                     "thickness)"),
+    ("loop_areal_density_per_um2", "float", "loops per field area × visibility factor, µm⁻²"),
+    ("loop_density_per_m3", "float", "loops per foil volume × visibility factor, m⁻³"),
+    ("drift_x_px", "float", "cumulative stage drift since the first frame, x, px"),
+    ("drift_y_px", "float", "the same, y, px"),
+    ("dose_dpa", "float", "accumulated dose, dpa (needs a dose rate in the calibration)"),
+    ("nm_per_px", "float", "pixel size, nm/px"),
+    ("latency_ms", "float", "`serve` only: camera timestamp to publication, ms"),
+    *((f"t_{s}_ms", "float", f"time of stage `{s}` for this frame, ms") for s in STAGES),
+)  # fmt: skip
+
+_TRACKS: tuple[tuple[str, str, str], ...] = (
+    ("series", "str", "series id"),
+    ("frame", "int", "frame index"),
+    ("time_s", "float", "frame time, s"),
+    ("kind", "str", "`line` (dislocation) or `loop`"),
+    ("track_id", "int", "track id, stable across frames of a series (-1: not linked)"),
+    ("score", "float", "detection confidence"),
+    ("x_px", "float", "line: mean of its centre-line points; loop: ellipse centre; x, frame px"),
+    ("y_px", "float", "the same, y, frame px"),
+    ("length_px", "float", "line: centre-line arc length, px"),
+    ("length_nm", "float", "line: the same, nm"),
+    ("width_px", "float", "line: mean mask width (area / length), px"),
+    ("pieces", "int", "line: pieces of a fractured mask (the largest was measured)"),
+    ("mean_abs_curvature_per_nm", "float", "line: mean |curvature| along it, 1/nm"),
+    ("pileup_id", "int", "line: pile-up id, stable across frames"),
+    ("rank", "int", "line: place in the pile-up from its leader (0)"),
+    ("glide_x", "float", "line: unit glide direction of its pile-up, x (tail to leader)"),
+    ("glide_y", "float", "line: the same, y"),
+    ("glide_source", "str", "line: how the glide direction was found (see `pileups.py`)"),
+    ("position_nm", "float", "line: drift-corrected position along the glide direction, nm"),
+    ("velocity_nm_per_s", "float", "line: glide velocity, nm/s: least-squares slope of "
+                                   "`position_nm` over the track's last `window` (7) frames"),
+    ("velocity_px_per_frame", "float", "line: the same, px/frame"),
+    ("major_px", "float", "loop: full major axis of the fitted ellipse, px"),
+    ("major_nm", "float", "loop: the same, nm"),
+    ("minor_px", "float", "loop: full minor axis, px"),
+    ("minor_nm", "float", "loop: the same, nm"),
+    ("angle_deg", "float", "loop: major-axis angle to x, degrees in [0, 180)"),
+    ("area_nm2", "float", "loop: ellipse area, nm²"),
+    ("growth_nm_per_s", "float", "loop: growth rate of the major axis, nm/s (slope over the "
+                                 "track's last `window` frames)"),
+)  # fmt: skip
+
+_PAIRS: tuple[tuple[str, str, str], ...] = (
+    ("series", "str", "series id"),
+    ("frame", "int", "frame index"),
+    ("time_s", "float", "frame time, s"),
+    ("pileup_id", "int", "pile-up id (as in tracks.csv)"),
+    ("rank", "int", "place of the pair from the leader (0: the pair that includes the leader)"),
+    ("track_id", "int", "track id of the line on the leader's side"),
+    ("partner_id", "int", "track id of the other line"),
+    ("spacing_px", "float", "mean closest distance between the two lines, px"),
+    ("spacing_nm", "float", "the same, nm"),
+)  # fmt: skip
+
+_TRACK_SUMMARY: tuple[tuple[str, str, str], ...] = (
+    ("series", "str", "series id"),
+    ("kind", "str", "`line` or `loop`"),
+    ("track_id", "int", "track id"),
+    ("first_frame", "int", "first frame seen"),
+    ("last_frame", "int", "last frame seen"),
+    ("frames", "int", "frames seen"),
+    ("first_time_s", "float", "time of the first frame, s"),
+    ("last_time_s", "float", "time of the last frame, s"),
+    ("pileup_id", "int", "line: its pile-up in its last frame"),
+    ("rank", "int", "line: its rank in its last frame"),
+    ("mean_length_nm", "float", "line: mean length, nm"),
+    ("velocity_nm_per_s", "float", "line: glide velocity fitted over the whole track, nm/s"),
+    ("velocity_x_nm_per_s", "float", "drift-corrected centroid velocity, x, nm/s"),
+    ("velocity_y_nm_per_s", "float", "the same, y, nm/s"),
+    ("velocity_px_per_frame", "float", "line: glide velocity over the whole track, px/frame"),
+    ("d_eff_nm2_per_s", "float", "effective diffusion coefficient <|Δr|²> / (4 τ) at a lag of "
+                                 "one sample (τ: mean interval between samples), nm²/s"),
+    ("mean_major_nm", "float", "loop: mean major axis, nm"),
+    ("first_major_nm", "float", "loop: major axis in its first frame, nm"),
+    ("last_major_nm", "float", "loop: major axis in its last frame, nm"),
+    ("growth_nm_per_s", "float", "loop: growth rate of the major axis over the whole track, "
+                                 "nm/s"),
+)  # fmt: skip
+
+#: file name -> ((column, type, meaning), ...): the whole schema, in column order.
+TABLES: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "series.csv": _SERIES, "tracks.csv": _TRACKS, "pairs.csv": _PAIRS,
+    "track_summary.csv": _TRACK_SUMMARY,
+}  # fmt: skip
+
+SERIES_COLUMNS = tuple(c for c, _, _ in _SERIES)
+TRACK_COLUMNS = tuple(c for c, _, _ in _TRACKS)
+PAIR_COLUMNS = tuple(c for c, _, _ in _PAIRS)
+TRACK_SUMMARY_COLUMNS = tuple(c for c, _, _ in _TRACK_SUMMARY)
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return str(int(v))
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else ""
+    if hasattr(v, "item"):  # a numpy scalar
+        return _cell(v.item())
+    return csv_cell(str(v))  # a sender's series id may read as a spreadsheet formula
+
+
+def json_safe(v: Any) -> Any:
+    """NaN/inf → None and numpy scalars → Python, recursively (rows for a JSON message)."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, Mapping):
+        return {str(k): json_safe(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [json_safe(x) for x in v]
+    if hasattr(v, "item") and not isinstance(v, str):
+        return json_safe(v.item())
+    return v
+
+
+class _Csv:
+    """One CSV table: header once, rows appended; continues a file with the same header."""
+
+    def __init__(self, path: Path, columns: tuple[str, ...], *, append: bool) -> None:
+        self.path = path
+        self.columns = columns
+        fresh = not (append and path.is_file() and path.stat().st_size > 0)
+        if not fresh:
+            with path.open(newline="", encoding="utf-8") as f:
+                header = tuple(next(csv.reader(f), []))
+            if header != columns:
+                raise ValueError(f"{path} has the columns of another layout; expected "
+                                 f"{len(columns)} columns starting {', '.join(columns[:3])}, "
+                                 f"got {len(header)} starting {', '.join(header[:3])}")  # fmt: skip
+        self._file = path.open("w" if fresh else "a", newline="", encoding="utf-8")
+        self._csv = csv.writer(self._file)
+        if fresh:
+            self._csv.writerow(columns)
+
+    def write(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        self._csv.writerows([[_cell(r.get(c)) for c in self.columns] for r in rows])
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _Parquet:
+    """``series.parquet``: row groups of ``flush_rows`` rows, a fixed schema from TABLES."""
+
+    def __init__(self, path: Path, spec: tuple[tuple[str, str, str], ...]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        types = {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}
+        self._pa = pa
+        self.spec = spec
+        self.schema = pa.schema([pa.field(c, types[t]) for c, t, _ in spec])
+        self.writer = pq.ParquetWriter(path, self.schema)
+
+    def write(self, rows: list[Mapping[str, Any]]) -> None:
+        pa = self._pa
+        data = {}
+        for c, t, _ in self.spec:
+            vals = [json_safe(r.get(c)) for r in rows]
+            if t == "str":
+                vals = [None if v is None else str(v) for v in vals]
+            else:
+                vals = [None if v is None or isinstance(v, str) else (int(v) if t == "int"
+                        else float(v)) for v in vals]  # fmt: skip
+            data[c] = pa.array(vals, type=self.schema.field(c).type)
+        self.writer.write_table(pa.Table.from_pydict(data, schema=self.schema))
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class RunTables:
+    """Appends rows to the run folder's tables (see the module docstring).
+
+    Parameters
+    ----------
+    folder : path
+        Run folder (created).
+    parquet : str or None
+        File name of the Parquet copy of ``series.csv`` (``"series.parquet"``; a later part of
+        a daemon run ``"series.1.parquet"``), or None for none.
+    append : bool
+        Continue CSV files already in the folder (their header must be this layout's) instead
+        of replacing them.
+    flush_rows : int
+        Series rows per Parquet row group and per flush of the CSV files to disk.
+    csv : bool
+        Write the CSV files (the daemon's ``output.csv``; False leaves only the Parquet copy).
+    """
+
+    def __init__(self, folder: str | Path, *, parquet: str | None = None, append: bool = False,
+                 flush_rows: int = 64, csv: bool = True) -> None:  # fmt: skip
+        if flush_rows < 1:
+            raise ValueError(f"flush_rows must be >= 1, got {flush_rows}")
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.flush_rows = int(flush_rows)
+        self._tables: dict[str, _Csv] = {}
+        try:
+            for name, spec in TABLES.items() if csv else ():
+                self._tables[name] = _Csv(self.folder / name, tuple(c for c, _, _ in spec),
+                                          append=append)  # fmt: skip
+        except BaseException:
+            for t in self._tables.values():
+                t.close()
+            raise
+        self._parquet = _Parquet(self.folder / parquet, _SERIES) if parquet else None
+        self._pending: list[Mapping[str, Any]] = []  # series rows not yet in the Parquet file
+        self._counts = dict.fromkeys(TABLES, 0)
+        self.closed = False
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Rows appended per table (this writer only)."""
+        return dict(self._counts)
+
+    def append(self, *, series: Mapping[str, Any] | None = None,
+               tracks: Iterable[Mapping[str, Any]] = (), pairs: Iterable[Mapping[str, Any]] = (),
+               track_summary: Iterable[Mapping[str, Any]] = ()) -> None:  # fmt: skip
+        """Append one frame's rows (any table may be left out)."""
+        for name, rows in (("series.csv", [] if series is None else [series]),
+                           ("tracks.csv", tracks), ("pairs.csv", pairs),
+                           ("track_summary.csv", track_summary)):  # fmt: skip
+            rows = list(rows)
+            self._counts[name] += len(rows)
+            if name in self._tables:
+                self._tables[name].write(rows)
+        if series is not None and self._parquet is not None:
+            self._pending.append(series)
+        if series is not None and self._counts["series.csv"] % self.flush_rows == 0:
+            self.flush()
+
+    def flush(self) -> None:
+        """Everything appended so far to disk (a Parquet row group of the pending rows)."""
+        for t in self._tables.values():
+            t.flush()
+        if self._parquet is not None and self._pending:
+            rows, self._pending = self._pending, []
+            self._parquet.write(rows)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.flush()
+        for t in self._tables.values():
+            t.close()
+        if self._parquet is not None:
+            self._parquet.close()
+        self.closed = True
+
+
+def write_summary(folder: str | Path, summary: Mapping[str, Any]) -> Path:
+    """Write ``summary.json`` atomically with ``schema_version`` (NaN → null); its path."""
+    path = Path(folder) / "summary.json"
+    body = {"schema_version": SCHEMA_VERSION, **json_safe(dict(summary))}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(body, indent=1, sort_keys=True) + "\n", "utf-8")
+    os.replace(tmp, path)
+    return path
