@@ -519,3 +519,63 @@ def test_daemon_started_in_a_killed_runs_folder_continues_it(tmp_path, sim, daem
     assert mp4_frames(first / "annotated.1.mp4") == 40
     assert (first / "frames.csv").read_text().startswith(old_csv)  # appended to
     assert csv_rows(first / "frames.csv") == len(old_csv.splitlines()) - 1 + 40
+
+
+# ----------------------------------------------------------------------------- mask budget
+
+
+def dense_loops(n: int, size: int = 512, cols: int = 20, rows: int = 15
+                ) -> tuple[list[np.ndarray], np.ndarray]:  # fmt: skip
+    """``n`` frames of ``cols * rows`` dark discs (radii 4-7 px) drifting 1 px/frame along x,
+    and the discs' (x, y, r) in frame 0."""
+    rng = np.random.default_rng(3)
+    xs = (np.arange(cols) + 0.5) * size / cols
+    ys = (np.arange(rows) + 0.5) * size / rows
+    discs = np.array([(round(x), round(y), 4 + (i + j) % 4)
+                      for j, y in enumerate(ys) for i, x in enumerate(xs)])  # fmt: skip
+    out = []
+    for f in range(n):
+        img = (rng.random((size, size)) * 40 + 170).astype(np.uint8)
+        for x, y, r in discs:
+            cv2.circle(img, (int(x) + f, int(y)), int(r), 40, -1)
+        out.append(img)
+    return out, discs
+
+
+def test_every_instance_is_counted_beyond_the_mask_budget(tmp_path, sim, daemons):
+    """Issue 15: 300 loops a frame and masks for 48 (pool.max_instances): every loop is in
+    n_loops and tracks.csv, those without a mask measured from their box and marked."""
+    import pandas as pd
+
+    imgs, discs = dense_loops(4)
+    d = Daemon(tmp_path, sim.endpoint, **{"pool.max_instances": 48, "pool.max_height": 512,
+                                          "pool.max_width": 512, "pool.slots": 16})  # fmt: skip
+    daemons.append(d)
+    d.start()
+    sim.send_series(imgs, series="dense", fps=10)
+    assert d.wait() == 0
+    s = d.summary()
+    c = s["counters"]
+    check_accounting(c, 4)
+    assert c["analysed"] == 4 and c["analysis_errors"] == 0
+    series = pd.read_csv(d.run_dir / "series.csv")
+    assert series["n_loops"].tolist() == [300] * 4
+    assert series["n_dislocations"].tolist() == [0] * 4
+    assert series["instances_without_mask"].tolist() == [252] * 4
+    assert (series["loop_areal_density_per_um2"] > 0).all()
+    tracks = pd.read_csv(d.run_dir / "tracks.csv")
+    assert (tracks["kind"] == "loop").all()
+    per_frame = tracks.groupby("frame")["from_box"].agg(["size", "sum"])
+    assert per_frame["size"].tolist() == [300] * 4 and per_frame["sum"].tolist() == [252] * 4
+    # box or mask, each loop's size is its disc's (2r + 1 px drawn, blurred and thresholded)
+    first = tracks[tracks["frame"] == 0]
+    xy = first[["x_px", "y_px"]].to_numpy()
+    near = np.argmin(((xy[:, None, :] - discs[None, :, :2]) ** 2).sum(-1), axis=1)
+    assert len(set(near.tolist())) == 300  # one row per disc
+    np.testing.assert_allclose(first["major_px"], 2 * discs[near, 2] + 1, atol=2.0)
+    boxed = tracks[tracks["from_box"] == 1]
+    assert set(boxed["angle_deg"]) <= {0.0, 90.0}
+    assert (tracks["track_id"] >= 0).all()  # tracked across frames, box-measured or not
+    assert c["instances_without_mask"] == 4 * 252
+    assert s["analysis"]["dense"]["instances_without_mask"] == 4 * 252
+    assert s["analysis"]["dense"]["mean_loop_count"] == 300

@@ -18,9 +18,12 @@ import http.client
 import io
 import json
 import logging
+import os
+import signal
 import socket as pysocket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -586,3 +589,297 @@ def test_zmq_source_connects_again_after_an_oversize_message(ctx):
             assert isinstance(evs[1], Frame) and evs[1].index == 1
     finally:
         push.close()
+
+
+# ----------------------------------------------------------------------------- kills (item 6)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Running (not zombie) processes of a process group."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            text = (d / "stat").read_text()
+        except OSError:
+            continue
+        f = text[text.rfind(")") + 2:].split()
+        if int(f[2]) == pgid and f[0] not in ("Z", "X"):
+            out.append(int(d.name))
+    return out
+
+
+class ServeProcess:
+    """``loopline serve`` in a session of its own (so that the test can kill all of it)."""
+
+    def __init__(self, tmp: Path, endpoint: str, run: Path, *sets: str):
+        self.log = tmp / f"serve-{run.name}.log"
+        cmd = [sys.executable, "-m", "loopline", "serve", "--endpoint", endpoint, "--out",
+               str(run), "--publish", "tcp://127.0.0.1:0", "--set", f"engine.factory={FAST}",
+               "--set", "output.flush_rows=4", "--set", "calibration.nm_per_px=2.0",
+               *(x for s in sets for x in ("--set", s))]  # fmt: skip
+        self.run = run
+        self.f = open(self.log, "w")
+        self.proc = subprocess.Popen(cmd, stdout=self.f, stderr=subprocess.STDOUT,
+                                     start_new_session=True)  # fmt: skip
+
+    def wait_ready(self, timeout: float = 120) -> dict:
+        t_end = time.monotonic() + timeout
+        while "workers ready" not in self.log.read_text():
+            assert self.proc.poll() is None, self.log.read_text()
+            assert time.monotonic() < t_end, "loopline serve did not become ready"
+            time.sleep(0.2)
+        return self.state()
+
+    def state(self) -> dict:
+        from loopline.daemon.hygiene import STATE_FILE
+
+        return json.loads((self.run / STATE_FILE).read_text())
+
+    def close(self) -> None:
+        if self.proc.poll() is None or _group_members(self.proc.pid):
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(30)
+        self.f.close()
+
+
+def _frames_recorded(run: Path) -> int:
+    p = run / "frames.csv"
+    return len(read_csv(p)) if p.exists() else 0
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+
+
+@needs_proc
+def test_sigkill_of_the_supervisor_leaves_no_worker_behind(tmp_path, sim):
+    """The workers follow their killed supervisor (parent-death signal, watchdog): none keeps
+    running (or recording); the output worker still closes the run folder on its way out."""
+    from loopline._procs import process_alive
+    from loopline.daemon.hygiene import clean_stale
+
+    d = ServeProcess(tmp_path, sim.endpoint, tmp_path / "run")
+    try:
+        state = d.wait_ready()
+        workers = state["workers"]
+        assert len(workers) == 5
+        send_series(sim, "s", range(12), end=False)
+        t_end = time.monotonic() + 30
+        while _frames_recorded(d.run) < 8 and time.monotonic() < t_end:
+            time.sleep(0.1)
+        os.kill(d.proc.pid, signal.SIGKILL)  # the supervisor alone
+        d.proc.wait(10)
+        t_end = time.monotonic() + 30
+        while any(process_alive(w["pid"], w["start"]) for w in workers.values()):
+            assert time.monotonic() < t_end, f"orphaned workers still run: {workers}"
+            time.sleep(0.2)
+        assert _group_members(d.proc.pid) == []  # nor anything else the daemon started
+        log = d.log.read_text()
+        assert "the supervisor is gone; stopping" in log
+        # the orphaned output worker closed the run folder: summary, finalised video
+        s = json.loads((d.run / "summary.json").read_text())
+        assert s["counters"]["recorded"] == _frames_recorded(d.run) >= 8
+        assert not list(d.run.glob("*.open"))
+        # the segment went with its last user; the ipc folder is the next start's (or
+        # recover's) to remove
+        assert not (Path("/dev/shm") / state["shm"]).exists()
+        assert clean_stale(d.run)["ipc"] == state["ipc"] and not Path(state["ipc"]).exists()
+    finally:
+        d.close()
+
+
+@needs_proc
+def test_a_killed_daemons_shared_memory_and_ipc_folder_go_with_the_next_start(tmp_path, sim,
+                                                                             daemons):  # fmt: skip
+    """SIGKILL of the whole daemon leaves its /dev/shm segment, ipc folder, an unfinalised
+    video and Parquet parts; the next daemon for the same folder removes the first two and
+    recovers the others (its output worker), and records on as part 1."""
+    import pyarrow.parquet as pq
+
+    from loopline.daemon.hygiene import STATE_FILE
+
+    run = tmp_path / "run"
+    first = ServeProcess(tmp_path, sim.endpoint, run)
+    try:
+        state = first.wait_ready()
+        send_series(sim, "s", range(20), end=False)
+        t_end = time.monotonic() + 30
+        while (_frames_recorded(run) < 12 or not list(run.glob("series.parquet.parts/p*"))
+               ) and time.monotonic() < t_end:  # fmt: skip
+            time.sleep(0.1)
+        os.killpg(first.proc.pid, signal.SIGKILL)  # everything: supervisor, workers, tracker
+        first.proc.wait(10)
+    finally:
+        first.close()
+    shm = Path("/dev/shm") / state["shm"]
+    assert shm.exists() and Path(state["ipc"]).is_dir() and (run / STATE_FILE).exists()
+    assert (run / "series.parquet.parts").is_dir() and not (run / "series.parquet").exists()
+    recorded_before = _frames_recorded(run)
+
+    d = Daemon(tmp_path, sim.endpoint)  # the same run folder
+    daemons.append(d)
+    d.start()
+    assert not shm.exists() and not Path(state["ipc"]).exists()
+    assert d.sup.cleaned["shm"] == state["shm"] and d.sup.cleaned["ipc"] == state["ipc"]
+    sent = send_series(sim, "after", range(10))
+    s = d.finish(sent)
+    assert s["part"] == 1 and s["counters"]["recorded"] == 10
+    # (its few 64 x 64 frames were still in the writer's buffer: nothing of them to recover;
+    # test_daemon.py recovers a killed daemon's video)
+    assert "annotated.mp4" in s["recovered_videos"]
+    n = s["recovered_tables"]["series.parquet"]
+    assert n == pq.read_table(run / "series.parquet").num_rows > 0
+    assert pq.read_table(run / "series.1.parquet").num_rows == s["counters"]["analysed"]
+    assert len(read_csv(run / "frames.csv")) == recorded_before + 10
+    assert not (run / STATE_FILE).exists() and not list(run.glob("*.parts"))
+
+
+def test_recover_frees_a_killed_daemons_memory_and_merges_its_tables(tmp_path, capsys):
+    """``loopline recover`` on a folder whose daemon was killed: the segment and ipc folder its
+    state file names are removed, the Parquet parts merged; a live daemon's folder is left
+    alone, and a second daemon is refused."""
+    from multiprocessing import shared_memory
+
+    import pyarrow.parquet as pq
+
+    from loopline._procs import process_start
+    from loopline.cli import main
+    from loopline.daemon.hygiene import STATE_FILE, shm_name
+    from loopline.io.runfolder import RunTables
+
+    run = tmp_path / "run"
+    t = RunTables(run, parquet="series.parquet", flush_rows=2, csv=False)
+    for i in range(5):
+        t.append(series={"series": "s", "frame": i, "time_s": float(i)})
+    # ... killed: a segment and an ipc folder of a dead process, named by the state file
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    seg = shared_memory.SharedMemory(create=True, size=1 << 20, name=shm_name())
+    seg.close()
+    ipc = Path(tempfile.mkdtemp(prefix="loopline-"))
+    (ipc / "ctl").touch()
+    state = {"pid": dead.pid, "start": None, "shm": seg.name, "ipc": str(ipc), "workers": {}}
+    (run / STATE_FILE).write_text(json.dumps(state))
+    try:
+        assert main(["recover", str(run)]) == 0
+        out = capsys.readouterr().out
+        assert f"removed shared memory /dev/shm/{seg.name} (1 MiB)" in out
+        assert "series.parquet: recovered, 4 rows" in out  # the fifth was never flushed
+        assert not ipc.exists() and not (run / STATE_FILE).exists()
+        with pytest.raises(FileNotFoundError):
+            shared_memory.SharedMemory(name=seg.name)
+        assert pq.read_table(run / "series.parquet").num_rows == 4
+    finally:
+        try:
+            shared_memory.SharedMemory(name=seg.name).unlink()
+        except FileNotFoundError:
+            pass
+    # a folder whose daemon runs: recover leaves its resources alone; serve is refused
+    live = subprocess.Popen(["sleep", "30"])
+    try:
+        state.update(pid=live.pid, start=process_start(live.pid))
+        (run / STATE_FILE).write_text(json.dumps(state))
+        assert main(["recover", str(run)]) == 0
+        assert "is written by a running loopline serve" in capsys.readouterr().out
+        cfg = load_config(overrides={"output.dir": str(run), "engine.factory": FAST})
+        sup = Supervisor(cfg)
+        assert sup.run() == 1
+        assert "is written by a running loopline serve" in str(sup.error) and sup.error.startup
+        assert (run / STATE_FILE).exists()
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_sigkill_of_the_receiver_keeps_the_counters_adding_up(tmp_path, sim, daemons):
+    """A receiver killed mid-stream: restarted; the frame it held is settled (recorded, or
+    counted in receiver_errors), received = recorded + not recorded, = analysed + skipped;
+    the series' time axis goes on from its first frame (it does not restart at 0)."""
+    d = Daemon(tmp_path, sim.endpoint, **{"output.result_timeout_s": 3.0})
+    daemons.append(d)
+    d.start()
+    t0 = time.time()
+    n = 300
+    killed = threading.Event()
+
+    def killer():
+        d.wait_for(lambda: d.stat("received") >= 40)
+        os.kill(d.sup.pids()["receiver"], signal.SIGKILL)
+        killed.set()
+
+    k = threading.Thread(target=killer, daemon=True)
+    k.start()
+    assert sim.send(protocol.encode_series_start("kill", pixel_size_nm=2.0))
+    sim.stop.set()  # from now on send() never waits: no receiver for a while, by design
+    for i in range(n):
+        sim.send(protocol.encode_frame("kill", i, image(i), timestamp=t0 + 0.04 * i))
+        time.sleep(0.02)
+        assert d.thread.is_alive(), d.sup.error
+    k.join(60)
+    assert killed.is_set()
+    d.wait_for(lambda: d.stat("restarts") == 1 and d.stat("received") > 60)
+    last = -1
+    while d.stat("received") != last:  # until nothing more arrives
+        last = d.stat("received")
+        time.sleep(2.0)
+    d.sup.request_stop("test: all sent")
+    d.thread.join(90)
+    assert d.code == 0, d.sup.error
+    s = json.loads((d.run_dir / "summary.json").read_text())
+    c = s["counters"]
+    assert c["restarts"] == 1
+    assert c["recorded"] + sum(c[k] for k in NOT_RECORDED) == c["received"], c
+    assert c["analysed"] + c["skipped"] == c["received"], c
+    not_analysed = ("skipped_backpressure", "skipped_lost", "skipped_duplicate",
+                    "rejected_oversize", "dropped_no_slot", "receiver_errors", *REJECT_COUNTERS)
+    assert c["skipped"] == sum(c[k] for k in not_analysed), c  # fmt: skip
+    assert not any("!= received" in w for w in s["warnings"]), s["warnings"]
+    check_files(d, c)
+    rows = read_csv(d.run_dir / "series.csv")
+    assert len(rows) == c["analysed"] > 60
+    for r in rows:  # one clock for the whole series, across the receiver's restart
+        assert float(r["time_s"]) == pytest.approx(0.04 * int(r["frame"]), abs=1e-6)
+
+
+def test_a_restarted_receiver_settles_the_frame_it_was_killed_on(monkeypatch):
+    """The frame in the killed receiver's hands: counted received once; recorded if the
+    recorder got its header, else counted in receiver_errors and its slot freed."""
+    from types import SimpleNamespace
+
+    from loopline.daemon import workers
+    from loopline.daemon.shm import SlotPool
+
+    monkeypatch.setattr(workers, "_RECONCILE_WAIT_S", 0.05)
+    pool = SlotPool.create(4, 32, 32, 1)
+    try:
+        st = pool.stats
+        rx = SimpleNamespace(stats=st, pool=pool)
+
+        def killed_mid_frame(*, seq: int, header_arrived: bool) -> None:
+            slot, gen = pool.acquire()
+            st["receiver_open_received"] = st["received"]
+            st["receiver_open_slot"], st["receiver_open_gen"] = slot, gen
+            st["receiver_open_seq"] = seq
+            st["receiver_open"] = 1
+            if header_arrived:
+                st["output_next_seq"] = seq + 1
+            workers.Receiver._reconcile(rx)
+
+        killed_mid_frame(seq=0, header_arrived=True)
+        assert (st["received"], st["receiver_errors"], st["skipped"]) == (1, 0, 0)
+        assert pool.in_use() == 1  # held by the recorder (and the analysis): theirs to free
+        killed_mid_frame(seq=1, header_arrived=False)
+        assert (st["received"], st["receiver_errors"], st["skipped"]) == (2, 1, 1)
+        assert st["receiver_lost_seq"] == 2 and pool.in_use() == 1  # its slot is free again
+        assert not st["receiver_open"]
+        # killed after counting it: nothing more to do
+        st["receiver_open"], st["receiver_open_received"] = 1, st["received"] - 1
+        workers.Receiver._reconcile(rx)
+        assert (st["received"], st["receiver_errors"]) == (2, 1) and not st["receiver_open"]
+    finally:
+        pool.close()
+        pool.unlink()

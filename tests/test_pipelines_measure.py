@@ -180,3 +180,67 @@ def test_daemon_analyzer_publishes_glide_velocity():
     assert all(abs(abs(d["velocity_px_per_frame"]) - 1.0) < 1e-3 for d in lines)
     loops = [d for d in inst if d["cls"] == 1]
     assert loops and "velocity_nm_s" not in loops[0]
+
+
+def test_instances_without_a_mask_are_counted_and_measured_from_their_box():
+    """The daemon's mask budget: loops beyond it are the ellipse of their box (marked), lines
+    beyond it are counted, not traced; nothing pretends a mask was measured."""
+    from loopline.daemon.analysis import Analyzer
+    from loopline.pipelines.loops import box_loop
+    from loopline.pipelines.measure import BoxOnly
+    from loopline.pipelines.series import SeriesAccumulator
+
+    extra = BoxOnly(np.array([[10, 10, 24, 18], [50, 60, 56, 70], [0, 0, 40, 4],
+                              [5, 5, 5, 9]], np.float32),  # the last: no area, no loop
+                    np.array([0.5, 0.4, 0.3, 0.2]), np.array([1, 1, 0, 1]))  # fmt: skip
+    r = measure_frame(_frame(), index=0, time_s=0.0, calibration=CAL, box_only=extra)
+    assert (r.n_lines, r.n_loops, r.lines_without_mask, r.n_dislocations) == (3, 3, 1, 4)
+    assert r.loop_from_box.tolist() == [False, True, True]
+    assert r.instances_without_mask == 3
+    np.testing.assert_allclose(r.loop_center_px[1:], [[17, 14], [53, 65]])
+    np.testing.assert_allclose(r.loop_major_px[1:], [14, 10])
+    np.testing.assert_allclose(r.loop_minor_px[1:], [8, 6])
+    np.testing.assert_allclose(r.loop_angle_deg[1:], [0, 90])
+    assert box_loop(np.array([0, 0, np.nan, 3])) is None
+    d = r.densities
+    assert (d["line_count"], d["loop_count"]) == (4, 3)
+    assert math.isnan(d["line_length_density_per_um"])  # a sum over 3 of 4 lines: not measured
+    area_um2 = 96 * 128 * 4e-6
+    assert d["loop_areal_density_per_um2"] == pytest.approx(3 * 1.75 / area_um2)
+    # the rows: every loop, flagged; the line counted
+    acc = SeriesAccumulator(CAL, series="s")
+    rows = acc.add(OnlineTracker(CAL).update(r))
+    assert rows.series["n_dislocations"] == 4 and rows.series["n_loops"] == 3
+    assert rows.series["instances_without_mask"] == 3
+    assert [t["from_box"] for t in rows.tracks if t["kind"] == "loop"] == [0, 1, 1]
+    assert sum(t["kind"] == "line" for t in rows.tracks) == 3
+    assert acc.summary()["instances_without_mask"] == 3
+    # without extras nothing changes, and the flag says so
+    plain = measure_frame(_frame(), index=0, time_s=0.0, calibration=CAL)
+    assert plain.instances_without_mask == 0 and not plain.loop_from_box.any()
+    # the daemon's Analyzer: the published loops say which had no mask
+    an = Analyzer(nm_per_px=2.0)
+    an.new_series("s")
+    row, inst, *_ = an.process(_frame(), index=0, time_s=0.0, box_only=extra)
+    assert [i["from_box"] for i in inst if i["cls"] == 1] == [False, True, True]
+    assert row["instances_without_mask"] == 3
+    with pytest.raises(ValueError, match=r"boxes must have shape \(2, 4\), got \(2, 3\)"):
+        BoxOnly(np.zeros((2, 3)), np.zeros(2), np.zeros(2, np.int64))
+
+
+def test_mask_priority_and_det_message():
+    """Dislocations get the mask places first, then loops, each by score; a det message
+    with every box and the first n masks splits into masked and box-only instances."""
+    from loopline.daemon.workers import detections_of, mask_priority
+
+    order = mask_priority(np.array([1, 0, 1, 0, 1]), np.array([0.9, 0.3, 0.95, 0.8, 0.9]))
+    assert order.tolist() == [3, 1, 2, 0, 4]
+    masks = np.zeros((1, 8, 8), bool)
+    msg = {"n": 1, "boxes": [[0, 0, 2, 2], [3, 3, 5, 6]], "scores": [0.9, 0.8],
+           "classes": [0, 1], "timings_ms": {}}  # fmt: skip
+    det, extra = detections_of(msg, masks)
+    assert len(det) == 1 and extra is not None and extra.classes.tolist() == [1]
+    assert detections_of({**msg, "n": 1, "boxes": msg["boxes"][:1], "scores": [0.9],
+                          "classes": [0]}, masks)[1] is None  # fmt: skip
+    with pytest.raises(ValueError, match=r"expected boxes \(2, 4\), classes \(2,\)"):
+        detections_of({**msg, "classes": [0]}, masks)

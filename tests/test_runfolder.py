@@ -171,3 +171,44 @@ def test_one_time_axis_rule_for_both_commands(tmp_path: Path) -> None:
     src = FileSource(tif, fps=math.inf)
     frames = [e for e in src if isinstance(e, Frame)]
     assert [f.meta["time_s"] for f in frames] == [0.0, 0.25, 0.5]
+
+
+def test_series_parquet_is_written_in_closed_parts_a_kill_loses_nothing_flushed(
+        tmp_path: Path) -> None:  # fmt: skip
+    """While the writer runs, series.parquet is closed Parquet files in series.parquet.parts/
+    (read as they are); a killed writer's parts are merged by recovery, a closed writer's by
+    close(). Nothing needs repairing (issue 18, item 6)."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from loopline.io.runfolder import RunTables, finish_parquet, parquet_parts, recover_parquet
+
+    def rows(t: RunTables, frames: range) -> None:
+        for i in frames:
+            t.append(series={"series": "s", "frame": i, "time_s": i / 10, "n_loops": i % 3})
+
+    killed = tmp_path / "killed"
+    t = RunTables(killed, parquet="series.parquet", flush_rows=1, csv=False)
+    rows(t, range(150))  # 150 parts: two merged by 64, 22 single
+    parts = parquet_parts(killed / "series.parquet")
+    assert not (killed / "series.parquet").exists() and parts.is_dir()
+    assert pq.read_table(parts).num_rows == 150  # readable while the run goes
+    # a merge cut short by the kill: a single part that a merged file already holds
+    shutil.copy(parts / "c00000000-00000063.parquet", parts / "p00000005.parquet")
+    # ... the writer is killed here (never closed): recovery merges what it left
+    assert recover_parquet(killed) == {"series.parquet": 150}
+    table = pq.read_table(killed / "series.parquet")
+    assert table.column("frame").to_pylist() == list(range(150))
+    assert table.schema.field("n_loops").type == "int64" and not parts.exists()
+    assert finish_parquet(killed / "series.parquet") is None  # nothing left to do
+
+    closed = tmp_path / "closed"
+    t = RunTables(closed, parquet="series.parquet", flush_rows=4, csv=False)
+    rows(t, range(10))
+    t.close()
+    assert pq.read_table(closed / "series.parquet").num_rows == 10
+    assert [p.name for p in closed.iterdir()] == ["series.parquet"]
+    empty = RunTables(tmp_path / "empty", parquet="series.parquet", csv=False)
+    empty.close()
+    assert pq.read_table(tmp_path / "empty" / "series.parquet").num_rows == 0

@@ -11,8 +11,11 @@ run folder with). What leaves here is plain JSON-able data:
   ``length_px``, ``length_nm``, ``contour`` [[x, y], ...] px, ``skeleton`` [[x, y], ...] px;
   dislocations also ``pileup``, ``rank``, their pile-up's unit ``glide_dir`` [x, y], and the
   drift-corrected ``position_nm`` along it with the glide velocity ``velocity_nm_s`` and
-  ``velocity_px_per_frame``: the ``tracks.csv`` values) for the overlay and the published
-  message;
+  ``velocity_px_per_frame``: the ``tracks.csv`` values; loops also ``minor_px``,
+  ``angle_deg`` and ``from_box``: True where the loop had no mask and is the ellipse of its
+  box) for the overlay and the published message. Dislocations without a mask are counted in
+  the row (``n_dislocations``, ``instances_without_mask``) but have no geometry, so no
+  instance;
 - ``pairs``: neighbouring dislocations of a pile-up (track ids ``a``, ``b``, ``spacing_px``,
   ``spacing_nm``, ``pileup``, ``rank``).
 """
@@ -31,6 +34,7 @@ from ..calibration import CalibrationError, frame_time_s
 from ..engines.base import Detections
 from ..io.runfolder import json_safe
 from ..pipelines import OnlineTracker, SeriesAccumulator, measure_frame
+from ..pipelines.measure import BoxOnly
 
 logger = logging.getLogger(__name__)
 
@@ -135,16 +139,20 @@ class Analyzer:
 
     def process(
         self, det: Detections, *, index: int, time_s: float, image: np.ndarray | None = None,
+        box_only: BoxOnly | None = None,
     ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, float], list[dict[str, Any]],
                dict[str, list[dict[str, Any]]]]:  # fmt: skip
         """One frame of the current series: (row, instances, timings_ms, pairs, tables).
 
-        See the module docstring; :meth:`new_series` must have been called first.
+        ``box_only``: the frame's instances whose masks were not kept (see
+        :func:`~loopline.pipelines.measure.measure_frame`). See the module docstring;
+        :meth:`new_series` must have been called first.
         """
         if self._tracker is None or self._series is None:
             raise RuntimeError("Analyzer.process: call new_series() first")
         t0 = time.perf_counter()
-        res = measure_frame(det, index=index, time_s=time_s, calibration=self._calibration)
+        res = measure_frame(det, index=index, time_s=time_s, calibration=self._calibration,
+                            box_only=box_only)  # fmt: skip
         res = self._tracker.update(res, image)
         t1 = time.perf_counter()
         rows = self._series.add(res, timings_ms={"measure_track": (t1 - t0) * 1e3}).to_json()
@@ -203,6 +211,7 @@ class Analyzer:
                 "length_nm": _finite(res.loop_major_px[i] * nm),
                 "minor_px": _finite(res.loop_minor_px[i]),
                 "angle_deg": _finite(res.loop_angle_deg[i]),
+                "from_box": bool(res.loop_from_box[i]),
                 "contour": poly.astype(float).tolist(), "skeleton": [],
             })  # fmt: skip
         pairs = []

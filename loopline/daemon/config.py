@@ -47,6 +47,7 @@ class SourceConfig:
     rcvhwm: int = field(metadata=_rng(1, 10_000_000))
     curve_server_key: str
     curve_client_secret: str
+    curve_clients: str
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ class PublishConfig:
     jpeg_quality: int = field(metadata=_rng(1, 100))
     jpeg_max_side: int = field(metadata=_rng(16, 16384))
     curve_secret_key: str
+    curve_clients: str
 
 
 @dataclass(frozen=True)

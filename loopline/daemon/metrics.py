@@ -38,10 +38,16 @@ COUNTERS: tuple[str, ...] = (
     "rejected_pixels", "rejected_interleaved", "skipped_duplicate", "segments_restarted",
     "ignored_pixel_size",
     # an exception on one frame costs that frame (or, output_errors, its overlay), not the
-    # worker; source_disconnects: connections to the sender closed (a message over the size
-    # limit, or the sender went away)
+    # worker (receiver_errors also counts the frame a killed receiver held, if never
+    # recorded); source_disconnects: connections to the sender closed (a message over the
+    # size limit, or the sender went away)
     "receiver_errors", "analysis_errors", "record_errors", "output_errors",
     "source_disconnects",
+    # CURVE handshakes with the sender that failed (no CURVE, another key, not allowed)
+    "source_handshake_failures",
+    # instances, not frames: those beyond a frame's mask budget (pool.max_instances), counted
+    # and measured from their boxes (loops) or counted untraced (dislocations)
+    "instances_without_mask",
 )  # fmt: skip
 
 QUEUES = ("queue_batcher", "queue_engine", "queue_output", "slots_in_use")

@@ -16,8 +16,12 @@ Drops are visible to a viewer as gaps in ``seq`` (it should count them: ``seq`` 
 one per ``frame`` message sent, for the daemon's whole life, restarts of the output worker
 aside).
 
-With ``publish.curve_secret_key`` set, the socket is a CURVE server: viewers must set
-``CURVE_SERVERKEY`` to the daemon's public key (and any client key pair of their own).
+With ``publish.curve_secret_key`` set (a ``zmq.auth`` ``NAME.key_secret`` file or the bare
+key), the socket is a CURVE server: viewers set ``CURVE_SERVERKEY`` to the daemon's public key
+(``loopline view --curve-server-key NAME.key``) and use a key pair of their own. With
+``publish.curve_clients`` too, only the viewers whose public keys it lists are let in (ZAP, see
+:mod:`loopline.daemon.curve`; ``loopline view --curve-secret-key``); others are refused at the
+handshake.
 
 Topics
 ------
@@ -58,7 +62,11 @@ JPEGs are off. Header (``schema = "loopline.frame/1"``)::
                                    # glide_dir (null when px_nm is unknown)
          "velocity_nm_s": 41.5,    # dislocations only: glide velocity, least-squares fit over
          "velocity_px_per_frame": 0.83,  # the track's last 7 frames (null for a new track)
-         "minor_px": 30.0, "angle_deg": 15.0  # loops only: minor axis, major axis angle
+         "minor_px": 30.0, "angle_deg": 15.0, # loops only: minor axis, major axis angle
+         "from_box": false         # loops only: true = no mask kept (pool.max_instances), the
+                                   # ellipse inscribed in its box; dislocations without a mask
+                                   # are only counted (row: n_dislocations,
+                                   # instances_without_mask)
         }, ...],
       "pairs": [                   # neighbouring dislocations of each pile-up
         {"a": 12, "b": 13,         # track ids (a is on the leader's side)
@@ -103,7 +111,8 @@ import numpy as np
 import zmq
 
 from .config import PublishConfig
-from .wire import clean_json, load_curve_key, socket
+from .curve import ClientAllowList, apply_curve, load_allowed_keys, load_curve_key
+from .wire import clean_json, socket
 
 logger = logging.getLogger(__name__)
 
@@ -123,20 +132,33 @@ class Publisher:
 
     def __init__(self, ctx: zmq.Context, cfg: PublishConfig) -> None:
         self.cfg = cfg
+        secret = load_curve_key(cfg.curve_secret_key, secret=True)
+        allowed = load_allowed_keys(cfg.curve_clients)
+        if allowed is not None and secret is None:
+            raise ValueError("publish.curve_clients (an allow-list of viewer keys) needs "
+                             "publish.curve_secret_key, got none")  # fmt: skip
         self.sock = socket(ctx, zmq.PUB, sndhwm=cfg.hwm, linger_ms=0)
-        if cfg.curve_secret_key:
-            secret = load_curve_key(cfg.curve_secret_key)
-            self.sock.curve_secretkey = secret
-            self.sock.curve_publickey = zmq.curve_public(secret)
-            self.sock.curve_server = True
+        apply_curve(self.sock, server=True, secret_key=secret)
+        #: ZAP: only the listed viewers pass the handshake (None: any with the server key)
+        self.allow = ClientAllowList(ctx, allowed, name="publisher") if allowed else None
+        if secret is not None and allowed is None:
+            logger.warning("publish.curve_secret_key without publish.curve_clients: any viewer "
+                           "that knows the server's public key may subscribe")  # fmt: skip
         try:
             self.sock.bind(cfg.endpoint)
         except zmq.ZMQError as e:  # port in use, address not local: one clear line
-            self.sock.close(linger=0)
+            self.close()
             raise OSError(f"cannot bind publish.endpoint {cfg.endpoint}: {e.strerror}") from None
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.sent = 0
         self.sent_jpeg = 0
+
+    def close(self) -> None:
+        """Close the socket and stop the allow-list's ZAP thread (before the context ends)."""
+        self.sock.close(linger=0)
+        if self.allow is not None:
+            self.allow.stop()
+            self.allow = None
 
     def _send(self, parts: list[bytes]) -> None:
         try:

@@ -28,8 +28,9 @@ already holds a recording (systemd restarting it after a crash, or the same ``--
 continues it at the next free part, and keeps the earlier ``summary.json`` as
 ``summary.N.json`` (N: the first part of the new run). The dead part's video was never
 finalised (``annotated.mp4.open`` marks it); the new part rewrites it as a playable MP4 in the
-background (:mod:`.video_recovery`), and ``loopline recover RUN_DIR`` does the same after the
-whole daemon was killed.
+background (:mod:`.video_recovery`) and merges the dead part's ``series.parquet`` from the
+closed parts it was written in (``series.parquet.parts/``, :mod:`loopline.io.runfolder`), and
+``loopline recover RUN_DIR`` does the same after the whole daemon was killed.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..io.runfolder import RunTables, write_summary
+from ..io.runfolder import RunTables, finish_parquet, parquet_parts, write_summary
 from .config import OutputConfig
 from .sanitize import csv_cell, inside, safe_filename
 from .validate import NOT_RECORDED, REJECT_COUNTERS
@@ -106,7 +107,8 @@ def annotate(image: np.ndarray, result: dict[str, Any] | None, *, px_nm: float |
     """The overlay frame (BGR uint8): instance fills and outlines, skeletons, ids, scale bar.
 
     ``result`` is a result message (instances as described in :mod:`.publisher`); None
-    draws the frame with ``mark`` (e.g. "SKIPPED") instead.
+    draws the frame with ``mark`` (e.g. "SKIPPED") instead. A loop without a mask (``from_box``,
+    the ellipse of its box) is outlined, not filled; the title counts what the row counts.
     """
     g = to_display(image)
     bgr = cv2.cvtColor(g, cv2.COLOR_GRAY2BGR)
@@ -116,7 +118,7 @@ def annotate(image: np.ndarray, result: dict[str, Any] | None, *, px_nm: float |
         insts = result.get("instances", [])
         for inst in insts:
             c = np.asarray(inst.get("contour") or [], np.int32).reshape(-1, 1, 2)
-            if len(c) >= 3:
+            if len(c) >= 3 and not inst.get("from_box"):
                 cv2.fillPoly(fill, [c], _COLORS.get(inst["cls"], (200, 200, 200)))
         cv2.addWeighted(fill, 0.35, bgr, 0.65, 0, dst=bgr)
         for inst in insts:
@@ -136,8 +138,12 @@ def annotate(image: np.ndarray, result: dict[str, Any] | None, *, px_nm: float |
             x, y = inst["centroid"]
             cv2.putText(bgr, str(inst.get("id", "")), (int(x) + 4, int(y) - 4), _FONT, 0.4,
                         (255, 255, 255), 1, cv2.LINE_AA)  # fmt: skip
-        n_l = sum(1 for i in insts if i["cls"] == 0)
-        title = f"{title}  {n_l} disl. {len(insts) - n_l} loops".strip()
+        row = result.get("row") or {}
+        n_l = row.get("n_dislocations", sum(1 for i in insts if i["cls"] == 0))
+        n_o = row.get("n_loops", sum(1 for i in insts if i["cls"] == 1))
+        title = f"{title}  {n_l} disl. {n_o} loops".strip()
+        if row.get("instances_without_mask"):
+            title += f" ({row['instances_without_mask']} without mask)"
     if title:
         cv2.putText(bgr, title, (6, 14), _FONT, 0.4, (0, 255, 0), 1, cv2.LINE_AA)
     if mark:
@@ -199,7 +205,8 @@ def first_free_part(run_dir: str | Path) -> int:
     parts = [-1]
     raw = d / "raw"
     for p in [*d.iterdir(), *(raw.iterdir() if raw.is_dir() else ())]:
-        if m := re.fullmatch(r"(?:annotated|series|frames)(?:\.(\d+))?\.(?:mp4|parquet|tif)",
+        if m := re.fullmatch(r"(?:annotated|series|frames)(?:\.(\d+))?\.(?:mp4|parquet|tif)"
+                             r"(?:\.parts)?",
                              p.name):  # fmt: skip
             parts.append(int(m.group(1) or 0))
         elif p.name in ("frames.csv", "summary.json"):
@@ -237,12 +244,25 @@ class Recorder:
         self._recovery: threading.Thread | None = None
         earlier = [self.dir / _part_name(k) for k in range(part)]
         broken = [v for v in earlier if sidecar(v).exists()]
-        if broken:
+        # and their series.N.parquet, left in parts (io.runfolder.PARTS_SUFFIX): merged too
+        self.recovered_tables: dict[str, int | str] = {}
+        tables = [self.dir / f"series{f'.{k}' if k else ''}.parquet" for k in range(part)]
+        self._parts = [t for t in tables if parquet_parts(t).is_dir()]
+        if broken or self._parts:
             self._recovery = threading.Thread(target=self._recover, args=(broken,),
                                               name="video-recovery", daemon=True)  # fmt: skip
             self._recovery.start()
 
     def _recover(self, videos: list[Path]) -> None:
+        for t in self._parts:
+            try:
+                n = finish_parquet(t)
+            except (OSError, ValueError) as e:
+                logger.error("could not merge %s: %s", parquet_parts(t), e)
+                self.recovered_tables[t.name] = f"failed: {e}"
+            else:
+                if n is not None:
+                    self.recovered_tables[t.name] = n
         self.recovered.update(recover_videos(videos))
 
     # -- overlays
@@ -372,9 +392,10 @@ class Recorder:
             "fps_mean": metrics.get("fps_mean", {}),
             "series": self.series,
             "tables": {**self.tables.counts, "frames.csv": self.frames.count},
-            "files": sorted(p.name for p in self.dir.iterdir()),
+            "files": sorted(p.name for p in self.dir.iterdir() if not p.name.startswith(".")),
             "part": self.part,
             "recovered_videos": dict(self.recovered),
+            "recovered_tables": dict(self.recovered_tables),
             "warnings": warnings,
         }
         for w in warnings:

@@ -51,13 +51,19 @@ STAT_NAMES: tuple[str, ...] = (
     "rejected_undersize", "rejected_timestamp", "rejected_pixel_size", "rejected_index",
     "rejected_pixels", "rejected_interleaved", "skipped_duplicate", "segments_restarted",
     "ignored_pixel_size", "analysis_errors", "record_errors", "output_errors",
-    "receiver_errors", "source_disconnects", "segment_seq",
+    "receiver_errors", "source_disconnects", "segment_seq", "source_handshake_failures",
+    # instances beyond a frame's mask budget (pool.max_instances), measured from their boxes
+    "instances_without_mask",
     # gauges
     "queue_batcher", "queue_engine", "queue_output", "slots_in_use",
     "latency_p50_ms", "latency_p99_ms", "latency_max_ms", "latency_count",
     "ingest_latency_p50_ms", "ingest_latency_p99_ms",
     "engine_ms_per_frame", "measure_ms_per_frame", "record_ms_per_frame",
     "source_fps", "stopping", "series_done",
+    # the frame in the receiver's hands, and what the recorder has seen, so that a restarted
+    # receiver settles the one its predecessor was killed on (workers.Receiver._reconcile)
+    "receiver_open", "receiver_open_received", "receiver_open_seq", "receiver_open_slot",
+    "receiver_open_gen", "receiver_next_seq", "receiver_lost_seq", "output_next_seq",
     *(f"frames_{s}" for s in STAGES),
     *(f"busy_s_{s}" for s in STAGES),
     *(f"heartbeat_{s}" for s in STAGES),

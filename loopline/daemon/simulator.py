@@ -30,7 +30,7 @@ import numpy as np
 import zmq
 
 from . import protocol as lp
-from .sources._zmq import apply_curve, load_curve_key
+from .curve import apply_curve, load_curve_key
 from .sources.dectris import (
     encode_v1_end,
     encode_v1_frame,
@@ -333,7 +333,7 @@ class Simulator:
         try:
             self._sock.setsockopt(zmq.SNDHWM, sndhwm)
             self._sock.setsockopt(zmq.LINGER, int(linger_s * 1000))
-            self.curve = apply_curve(self._sock, bind=bind,
+            self.curve = apply_curve(self._sock, server=bind,
                                      server_key=load_curve_key(curve_server_key, secret=False),
                                      secret_key=load_curve_key(curve_secret, secret=True))
             if bind:

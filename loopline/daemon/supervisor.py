@@ -19,6 +19,9 @@ socket every worker reports to, the Prometheus endpoint and the systemd notifica
   analysed or skipped, every frame is recorded, files are flushed and closed, then the
   workers exit and :meth:`Supervisor.run` returns 0. An unrecoverable error returns 1 after
   the same clean-up, so that systemd (``Restart=on-failure``) starts the daemon again.
+- Nothing outlives a killed supervisor (:mod:`.hygiene`): workers stop when their parent
+  dies, and the run folder's ``.loopline-daemon.json`` names the shared memory and ipc
+  folder, which the next daemon for the same folder (or ``loopline recover``) removes.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from typing import Any
 import zmq
 
 from .config import DaemonConfig
+from .hygiene import RunDirBusy, RunState, clean_stale, shm_name
 from .recorder import first_free_part
 from .sanitize import MultiLine
 from .shm import SlotPool
@@ -52,7 +56,8 @@ class WorkerError(RuntimeError):
 
     def __init__(self, stage: str, message: str, tb: str = "", *, startup: bool = False) -> None:
         what = "could not start" if startup else "failed"
-        super().__init__(f"{stage} worker {what}: {message}")
+        who = "the daemon" if stage == "supervisor" else f"{stage} worker"
+        super().__init__(f"{who} {what}: {message}")
         self.stage = stage
         self.traceback = tb
         self.startup = startup  # while starting (setup): a configuration or host problem
@@ -164,6 +169,8 @@ class Supervisor:
         w.error = None
         w.started = time.time()
         w.proc.start()
+        if self.state is not None:  # what a later daemon or `loopline recover` checks
+            self.state.worker(w.label, w.proc.pid)
         logger.debug("started %s (pid %d)", w.label, w.proc.pid)
 
     def _restart(self, w: _Worker, why: str) -> None:
@@ -237,9 +244,17 @@ class Supervisor:
         """Start everything, supervise until drained; 0 on a clean stop, 1 on failure."""
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:  # a killed daemon's shared memory and ipc folder go; a live one's folder is refused
+            self.cleaned = clean_stale(self.run_dir)
+        except RunDirBusy as e:
+            self.error = WorkerError("supervisor", str(e), startup=True)
+            if not self.quiet_startup_errors:
+                logger.error("%s", self.error)
+            return 1
         self.pool = SlotPool.create(cfg.pool.slots, cfg.pool.max_height, cfg.pool.max_width,
-                                    cfg.pool.max_instances)  # fmt: skip
+                                    cfg.pool.max_instances, name=shm_name())  # fmt: skip
         self.eps = Endpoints.make()
+        self.state = RunState(self.run_dir, shm=self.pool.spec.name, ipc=self.eps.folder)
         zctx = zmq.Context()
         ctl = socket(zctx, zmq.PULL, bind=self.eps.ctl, rcvhwm=0)
         self._to_out = socket(zctx, zmq.PUSH, connect=self.eps.out, sndhwm=0)
@@ -297,10 +312,16 @@ class Supervisor:
             self.pool.close()
             self.pool.unlink()
             self.eps.cleanup()
+            if self.state is not None:
+                self.state.remove()
             self.notifier.notify("STOPPING=1")
         return code
 
     error: WorkerError | None = None
+    #: the run folder's state file (:mod:`.hygiene`) while running
+    state: RunState | None = None
+    #: what a killed daemon of this run folder had left and this one removed
+    cleaned: dict[str, Any] = {}  # noqa: RUF012 - replaced per instance
     #: a caller that reports :attr:`error` itself (``loopline serve``: one line) sets this
     quiet_startup_errors = False
     final_stats: dict[str, float] = {}  # noqa: RUF012 - replaced per instance

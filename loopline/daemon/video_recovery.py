@@ -27,6 +27,8 @@ from typing import BinaryIO
 import cv2
 import numpy as np
 
+from .._procs import process_alive, writer_record
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["SIDECAR", "recover_run", "recover_video", "recover_videos", "sidecar", "write_sidecar"]
@@ -45,22 +47,15 @@ def write_sidecar(video: Path, width: int, height: int, fps: float) -> Path:
     side = sidecar(video)
     tmp = side.with_name(side.name + ".tmp")
     tmp.write_text(json.dumps({"width": width, "height": height, "fps": fps,
-                               "fourcc": _FOURCC, "pid": os.getpid()}) + "\n")  # fmt: skip
+                               "fourcc": _FOURCC, **writer_record()}) + "\n")  # fmt: skip
     os.replace(tmp, side)
     return side
 
 
-def _alive(pid: object) -> bool:
-    """Whether another process with this id runs (the writer of a video, if not killed)."""
-    if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, under another user
-        return True
-    return True
+def _alive(meta: dict) -> bool:
+    """Whether the video's writer (the sidecar's pid and start time) still runs; a killed
+    writer not yet reaped (a zombie) does not."""
+    return process_alive(meta.get("pid"), meta.get("start"))
 
 
 def _boxes(f: BinaryIO) -> dict[bytes, tuple[int, int]]:
@@ -147,7 +142,7 @@ def recover_video(video: str | Path) -> int | None:
         raise ValueError(f"{video} has no MP4 index (moov) and no {side.name} beside it: the "
                          "frame size and rate needed to recover it are unknown")  # fmt: skip
     meta = json.loads(side.read_text())
-    if _alive(meta.get("pid")):
+    if _alive(meta):
         raise ValueError(f"{video} is still being written (process {meta['pid']} is running): "
                          "it is finalised when that process closes it")  # fmt: skip
     if meta.get("fourcc") != _FOURCC:

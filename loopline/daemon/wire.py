@@ -4,7 +4,8 @@ Every internal message is one JSON object (UTF-8), never pickle; pixels stay in 
 (:mod:`loopline.daemon.shm`). Sockets are created, used and closed by the one thread that owns
 them, always with an explicit linger and high-water mark.
 
-Internal channels (``ipc://`` files in a private run-time folder, mode 0700):
+Internal channels (``ipc://`` files in a private run-time folder, mode 0700, which the run
+folder's state file names so that a killed daemon's is removed: :mod:`.hygiene`):
 
 =============  =================  ===============================================
 channel        bound by           connected by (what flows)
@@ -28,7 +29,7 @@ from typing import Any
 
 import zmq
 
-__all__ = ["Endpoints", "load_curve_key", "recv_json", "send_json", "socket"]
+__all__ = ["Endpoints", "recv_json", "send_json", "socket"]
 
 LINGER_MS = 1000
 
@@ -116,17 +117,3 @@ def clean_json(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [clean_json(v) for v in obj]
     return obj
-
-
-def load_curve_key(path: str) -> bytes:
-    """A Z85 key from a file written by ``zmq.auth.create_certificates`` or a bare key file."""
-    text = Path(path).read_text()
-    for line in text.splitlines():
-        line = line.strip()
-        for tag in ("secret-key", "public-key"):
-            if line.startswith(tag):
-                return line.split("=", 1)[1].strip().strip('"').encode()
-    key = text.strip().encode()
-    if len(key) != 40:
-        raise ValueError(f"{path}: not a Z85 CURVE key (40 characters) or certificate file")
-    return key

@@ -22,12 +22,22 @@ of dropping, and the batcher never skips, so every frame is analysed, as ``loopl
 does (:attr:`~.config.DaemonConfig.replay_waits`). Paced like a camera
 (``source.pace = true``) the policy above applies. Either way a file's frame times come from
 the file (:meth:`loopline.io.frames.FrameFile.stamped`), never from the replay clock.
+
+Mask budget (stated once, here): a slot holds the masks of at most ``pool.max_instances``
+instances a frame, but every instance is counted and measured. The engine worker gives the
+masks to dislocations first (a line cannot be traced without its mask; a loop can be
+measured from its box), each class by score, highest first (:func:`mask_priority`), and sends
+every instance's box, score and class in the ``det`` message, masked ones first. The measure
+worker measures the rest from their boxes (a loop: the ellipse inscribed in its box, marked
+``from_box``; a dislocation: counted in ``n_dislocations``, not traced) and counts them in
+``instances_without_mask`` (series.csv, the series' summary, the daemon's counters).
 """
 
 from __future__ import annotations
 
 import faulthandler
 import importlib
+import json
 import logging
 import math
 import os
@@ -42,6 +52,7 @@ import numpy as np
 import zmq
 
 from .config import DaemonConfig
+from .hygiene import watch_parent
 from .sanitize import install_log_escaping
 from .shm import ANALYSIS, RECORD, PoolSpec, SlotPool
 from .validate import (
@@ -55,12 +66,19 @@ from .wire import Endpoints, recv_json, send_json, socket
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STAGE_CLASSES", "engine_label", "make_engine", "source_label", "worker_main"]
+__all__ = ["STAGE_CLASSES", "engine_label", "make_engine", "mask_priority", "source_label",
+           "worker_main"]
 
 _POLL_MS = 50
 #: daemon counter <- the source's counter of the same events (the source's restart from 0)
+#: how long a restarted receiver waits for the recorder to show whether it got the header of
+#: the frame its predecessor was killed on (s)
+_RECONCILE_WAIT_S = 5.0
+#: series whose clock a restarted receiver keeps (the most recent ones)
+_STATE_SERIES = 64
 _SOURCE_COUNTERS = {"malformed": "malformed", "dropped_source": "dropped",
-                    "rejected_interleaved": "interleaved", "source_disconnects": "disconnects"}
+                    "rejected_interleaved": "interleaved", "source_disconnects": "disconnects",
+                    "source_handshake_failures": "handshake_failures"}
 
 
 class _Stage:
@@ -129,9 +147,10 @@ def open_source(cfg: DaemonConfig):
     kw["max_message_bytes"] = max_message_bytes(cfg.pool.max_height, cfg.pool.max_width)
     if s.protocol.startswith("dectris"):
         kw["max_shape"] = (cfg.pool.max_height, cfg.pool.max_width)
-    if s.curve_server_key or s.curve_client_secret:
+    if s.curve_server_key or s.curve_client_secret or s.curve_clients:
         kw["curve_server_key"] = s.curve_server_key
         kw["curve_client_secret"] = s.curve_client_secret
+        kw["curve_clients"] = s.curve_clients
     return _open(s.endpoint, s.protocol, **kw)
 
 
@@ -156,7 +175,13 @@ class Receiver(_Stage):
         self._px: dict[str, float | None] = {}
         self._warned = 0.0
         self._last_house = 0.0
-        self._seq = int(self.stats["received"])
+        # a restarted receiver: settle the frame its predecessor was killed on, and go on
+        # numbering (seq) and timing (series t0) where it stopped
+        self._reconcile()
+        self._seq = int(max(self.stats["received"], self.stats["receiver_next_seq"]))
+        self._state_file = Path(self.eps.folder) / "receiver.json"
+        self._slot: tuple[int, int] | None = None  # the frame in hand: its slot
+        self._hdr_sent = False  # ... and whether the recorder has its header
         # an unpaced file waits for its analysis (module docstring)
         self.waits = self.cfg.replay_waits
         self.file = self.cfg.source.protocol == "file"
@@ -166,6 +191,7 @@ class Receiver(_Stage):
         self._progress = (self._done0, time.monotonic())
         self._fps: dict[str, float | None] = {}
         self._warned_time = False
+        self._load_state()
 
     def close(self) -> None:
         src = getattr(self, "src", None)
@@ -192,7 +218,10 @@ class Receiver(_Stage):
     def _series(self, ev: Any, kind: str) -> None:
         msg = {"t": "series", "event": kind, "series": ev.series, "ts": ev.timestamp_s}
         if kind == "start":
-            self._series_t0.pop(ev.series, None)
+            # an announced start begins the series' clock afresh; one the source made up
+            # (after a restart of this receiver, or a start message missed) keeps it
+            if not ev.synthesized:
+                self._series_t0.pop(ev.series, None)
             self.validator.series_start(ev.series)
             px = ev.pixel_size_nm
             if not plausible_pixel_size(px):  # kept without it; its frames may bring theirs
@@ -200,10 +229,15 @@ class Receiver(_Stage):
                 logger.warning("series %s: pixel_size_nm %r ignored (expected a size in "
                                "[%g, %g] nm)", ev.series, px, *PIXEL_SIZE_RANGE_NM)  # fmt: skip
                 px = None
+            if px is None and ev.synthesized:
+                px = self._px.get(ev.series)
             self._px[ev.series] = px
             # a file's own frame rate: the annotated video keeps it
             fps = ev.meta.get("input_fps") if self.file else None
+            if fps is None and ev.synthesized:
+                fps = self._fps.get(ev.series)
             self._fps[ev.series] = fps
+            self._save_state()
             msg.update(shape=list(ev.shape) if ev.shape else None, dtype=ev.dtype,
                        pixel_size_nm=px, frames=ev.frames,
                        synthesized=ev.synthesized, fps=fps)  # fmt: skip
@@ -215,8 +249,9 @@ class Receiver(_Stage):
         send_json(self.to_out, msg, block=True)
 
     def _frame(self, ev: Any) -> None:
+        """One frame to a slot, the recorder and the batcher; its counters but ``received``
+        (the caller adds it last: see :meth:`_reconcile`)."""
         t_recv = time.time()
-        self.stats.add("received")
         img = ev.image
         if not self.pool.fits(img.shape, img.dtype):
             self.stats.add("rejected_oversize")
@@ -244,8 +279,14 @@ class Receiver(_Stage):
                              ev.series, ev.index)  # fmt: skip
             return
         slot, gen = got
+        self._slot = got
+        self.stats["receiver_open_slot"] = slot
+        self.stats["receiver_open_gen"] = gen
         self.pool.write_image(slot, img)
-        t0 = self._series_t0.setdefault(ev.series, ev.timestamp_s)
+        if ev.series not in self._series_t0:
+            self._series_t0[ev.series] = ev.timestamp_s
+            self._save_state()
+        t0 = self._series_t0[ev.series]
         px = ev.pixel_size_nm or self._px.get(ev.series) or None
         hdr = {
             "t": "frame", "slot": slot, "gen": gen, "series": ev.series, "index": int(ev.index),
@@ -263,11 +304,14 @@ class Receiver(_Stage):
                             "segment", ev.series, hdr["index"])  # fmt: skip
         hdr["segment"] = self._segment
         self._seq += 1
+        self.stats["receiver_next_seq"] = self._seq  # never reused, whatever happens next
+        self.stats["receiver_open_seq"] = hdr["seq"]
         if not send_json(self.to_out, hdr):  # cannot happen with the pool bounding it; be loud
             self.pool.release(slot, gen, RECORD)
             self.stats.add("dropped_no_slot")
             self.stats.add("skipped")
             logger.error("recorder queue full: frame %s/%d NOT RECORDED", ev.series, ev.index)
+        self._hdr_sent = True
         if order.duplicate:  # recorded, not analysed: a tracker takes one frame per index
             self.pool.release(slot, gen, ANALYSIS)
             self.stats.add("skipped")
@@ -285,6 +329,94 @@ class Receiver(_Stage):
                                     "seq": hdr["seq"]}, block=True)  # fmt: skip
         else:
             self._sent += 1
+
+    # -- a receiver killed in the middle of a frame (SIGKILL): counters that still add up
+    def _open_frame(self) -> None:
+        """Mark a frame in hand in shared memory (what :meth:`_reconcile` reads)."""
+        st = self.stats
+        self._slot = None
+        self._hdr_sent = False
+        st["receiver_open_slot"] = -1
+        st["receiver_open_seq"] = -1
+        st["receiver_open_received"] = st["received"]
+        st["receiver_open"] = 1
+
+    def _frame_failed(self) -> None:
+        """An exception in :meth:`_frame`: before the recorder had its header the frame is
+        not recorded (``receiver_errors``, its slot freed); after, the recorder records it and
+        counts its missing analysis."""
+        if self._hdr_sent:
+            return
+        if self._slot is not None:
+            for holder in (RECORD, ANALYSIS):
+                self.pool.release(*self._slot, holder)
+        self.stats.add("receiver_errors")
+        self.stats.add("skipped")
+
+    def _reconcile(self) -> None:
+        """Settle the frame a killed predecessor held, so that ``received = recorded +
+        dropped + rejected`` and ``received = analysed + skipped`` still hold.
+
+        Every frame's counters are added before ``received``, which comes last; the frame in
+        hand is marked (``receiver_open*``). A mark with ``received`` unchanged is a frame the
+        kill cut short: if the recorder got its header (``output_next_seq``; waited for up to
+        :data:`_RECONCILE_WAIT_S`), it is recorded and its analysis is settled downstream
+        (analysed, or lost when it never reached the batcher): it is counted received. If
+        not, it never will be recorded: counted in ``receiver_errors`` (and ``skipped``) and
+        its slot freed; should its header reach the recorder after all, the recorder takes
+        those two back (``receiver_lost_seq``).
+        """
+        st = self.stats
+        if not st["receiver_open"]:
+            return
+        if st["received"] != st["receiver_open_received"]:  # killed after counting it
+            st["receiver_open"] = 0
+            return
+        seq = int(st["receiver_open_seq"])
+        t_end = time.monotonic() + _RECONCILE_WAIT_S
+        while seq >= 0 and st["output_next_seq"] <= seq and time.monotonic() < t_end:
+            time.sleep(0.01)
+        if seq >= 0 and st["output_next_seq"] > seq:
+            logger.warning("receiver: restarted; frame seq %d, in hand when the previous one "
+                           "died, reached the recorder", seq)  # fmt: skip
+        else:
+            slot, gen = int(st["receiver_open_slot"]), int(st["receiver_open_gen"])
+            if slot >= 0:
+                for holder in (RECORD, ANALYSIS):
+                    self.pool.release(slot, gen, holder)
+            if seq >= 0:
+                st["receiver_lost_seq"] = seq + 1
+            st.add("receiver_errors")
+            st.add("skipped")
+            logger.warning("receiver: restarted; the frame in hand when the previous one died "
+                           "is lost (counted in receiver_errors)")  # fmt: skip
+        st.add("received")
+        st["receiver_open"] = 0
+
+    def _save_state(self) -> None:
+        """Each series' clock origin, pixel size and rate, for a restarted receiver (written
+        when they change: once per series)."""
+        keep = _STATE_SERIES  # the latest series only: a sender's churn of ids costs little
+        body = {k: dict(list(d.items())[-keep:])
+                for k, d in (("t0", self._series_t0), ("px", self._px), ("fps", self._fps))}
+        tmp = self._state_file.with_name(self._state_file.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(body, allow_nan=False))
+            os.replace(tmp, self._state_file)
+        except (OSError, ValueError) as e:  # a restart then starts these afresh; no more
+            logger.debug("receiver: state not saved: %s", e)
+
+    def _load_state(self) -> None:
+        try:
+            body = json.loads(self._state_file.read_text())
+        except (OSError, ValueError):
+            return
+        if isinstance(body, dict):
+            for attr, key in (("_series_t0", "t0"), ("_px", "px"), ("_fps", "fps")):
+                if isinstance(body.get(key), dict):
+                    getattr(self, attr).update(body[key])
+            logger.info("receiver: restarted; %d series continue on their own clock",
+                        len(self._series_t0))  # fmt: skip
 
     def _reject(self, ev: Any, bad: Verdict) -> None:
         """A frame whose values make no sense: counted, not recorded (see validate.py)."""
@@ -358,14 +490,16 @@ class Receiver(_Stage):
                 continue
             t0 = time.perf_counter()
             if isinstance(ev, Frame):
+                self._open_frame()
                 try:
                     self._frame(ev)
                 except Exception as e:  # one odd frame costs that frame, never the receiver
-                    self.stats.add("receiver_errors")
-                    self.stats.add("skipped")
+                    self._frame_failed()
                     logger.error("frame %s/%s dropped: %s: %s", ev.series, ev.index,
                                  type(e).__name__, e)  # fmt: skip
                     logger.debug("receiver error", exc_info=True)
+                self.stats.add("received")  # last: see _reconcile
+                self.stats["receiver_open"] = 0
                 self.beat(1, time.perf_counter() - t0)
             elif isinstance(ev, SeriesStart):
                 self._series(ev, "start")
@@ -608,6 +742,33 @@ def source_label(cfg: DaemonConfig) -> dict[str, str]:
     return {"protocol": s.protocol, "endpoint": s.path if s.protocol == "file" else s.endpoint}
 
 
+def mask_priority(classes: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Order in which a frame's instances get one of its ``pool.max_instances`` mask places.
+
+    Dislocations (class 0) first: a line without its mask cannot be traced, while a loop is
+    still measured from its box. Within a class, highest score first; ties keep their order.
+
+    Parameters
+    ----------
+    classes : (N,) int
+    scores : (N,) float
+
+    Returns
+    -------
+    (N,) int64
+        Indices into the instances.
+
+    Examples
+    --------
+    >>> mask_priority(np.array([1, 0, 1, 0]), np.array([0.9, 0.3, 0.95, 0.8])).tolist()
+    [3, 1, 2, 0]
+    """
+    c, s = np.asarray(classes).reshape(-1), np.asarray(scores, np.float64).reshape(-1)
+    if c.shape != s.shape:
+        raise ValueError(f"classes and scores must have one length, got {c.shape} and {s.shape}")
+    return np.lexsort((-s, c != 0)).astype(np.int64)
+
+
 class EngineWorker(_Stage):
     """Batches → detections; masks go into the frames' slots, headers to the measure worker."""
 
@@ -677,15 +838,19 @@ class EngineWorker(_Stage):
         k = self.cfg.pool.max_instances
         for h, d in zip(live, dets, strict=True):
             try:
+                # the mask budget (module docstring): every instance's box, score and class
+                # travel in the message, the masks of the first k (in this order) in the slot
+                boxes, scores, classes, masks = d.boxes, d.scores, d.classes, d.masks
                 if len(d) > k:
-                    d = d.select(np.argsort(-d.scores)[:k])
-                n = self.pool.write_masks(h["slot"], h["gen"], d.masks)
+                    order = mask_priority(classes, scores)
+                    boxes, scores, classes = boxes[order], scores[order], classes[order]
+                    masks = masks[order[:k]]  # copies of k masks, not of all
+                n = self.pool.write_masks(h["slot"], h["gen"], masks)
                 timings = dict(d.timings_ms)
                 timings["engine_total"] = dt * 1e3 / len(imgs)
                 msg = {
-                    **h, "t": "det", "n": n, "boxes": d.boxes[:n].tolist(),
-                    "scores": d.scores[:n].tolist(), "classes": d.classes[:n].tolist(),
-                    "timings_ms": timings, "engine": self.label,
+                    **h, "t": "det", "n": n, "boxes": boxes.tolist(), "scores": scores.tolist(),
+                    "classes": classes.tolist(), "timings_ms": timings, "engine": self.label,
                 }  # fmt: skip
                 send_json(self.to_det, msg, block=True)
             except Exception as e:
@@ -713,6 +878,39 @@ class EngineWorker(_Stage):
 # ----------------------------------------------------------------------------- measure
 
 
+def detections_of(msg: dict[str, Any], masks: np.ndarray):
+    """A ``det`` message and its ``n`` masks → (Detections, BoxOnly or None).
+
+    The message lists every instance's box, score and class, the ``n`` with masks first (the
+    mask budget, module docstring); the rest become a
+    :class:`~loopline.pipelines.measure.BoxOnly`.
+
+    Raises
+    ------
+    ValueError
+        When the lists' lengths disagree with each other or with the masks.
+    """
+    from ..engines.base import Detections
+    from ..pipelines.measure import BoxOnly
+
+    boxes = np.asarray(msg["boxes"], np.float32)
+    scores = np.asarray(msg["scores"], np.float32)
+    classes = np.asarray(msg["classes"], np.int64)
+    n, total = int(msg["n"]), len(scores)
+    if boxes.size == 0:
+        boxes = boxes.reshape(0, 4)
+    if (scores.ndim != 1 or boxes.shape != (total, 4) or classes.shape != (total,)
+            or masks.shape[0] != n or n > total):
+        raise ValueError(f"det message: expected boxes ({total}, 4), classes ({total},) and "
+                         f"{n} <= {total} masks, got boxes {boxes.shape}, classes "
+                         f"{classes.shape}, scores {scores.shape}, {masks.shape[0]} "
+                         "masks")  # fmt: skip
+    det = Detections(masks=masks, boxes=boxes[:n], scores=scores[:n], classes=classes[:n],
+                     timings_ms=msg["timings_ms"])  # fmt: skip
+    box_only = BoxOnly(boxes[n:], scores[n:], classes[n:]) if total > n else None
+    return det, box_only
+
+
 class MeasureWorker(_Stage):
     """Detections in analysis order → measurements and track ids → the output worker."""
 
@@ -735,6 +933,7 @@ class MeasureWorker(_Stage):
         # (series, segment) being tracked: a new segment (a restarted series, validate.py)
         # starts a new tracker
         self._segment: tuple[str, Any] | None = None
+        self._warned_budget = False
 
     def _lost(self, h: dict[str, Any], why: str) -> None:
         self.pool.release(h["slot"], h["gen"], ANALYSIS)
@@ -743,8 +942,6 @@ class MeasureWorker(_Stage):
                                 "seq": h["seq"], "why": why}, block=True)  # fmt: skip
 
     def _handle(self, h: dict[str, Any]) -> None:
-        from ..engines.base import Detections
-
         if h.get("t") != "det":
             self._lost(h, h.get("why", "lost"))
             return
@@ -757,13 +954,8 @@ class MeasureWorker(_Stage):
             return
         self.pool.release(h["slot"], h["gen"], ANALYSIS)
         self.stats.add("analysis_done")
-        n = h["n"]
-        det = Detections(
-            masks=masks, boxes=np.asarray(h["boxes"], np.float32).reshape(n, 4),
-            scores=np.asarray(h["scores"], np.float32).reshape(n),
-            classes=np.asarray(h["classes"], np.int64).reshape(n), timings_ms=h["timings_ms"],
-        )  # fmt: skip
         try:
+            det, box_only = detections_of(h, masks)
             seg = (h["series"], h.get("segment"))
             if seg != self._segment:
                 self._segment = seg
@@ -773,8 +965,9 @@ class MeasureWorker(_Stage):
             # camera's)
             t = self.analyzer.time_of(h["index"], h["time_s"])
             row, instances, timings, pairs, tables = self.analyzer.process(
-                det, index=h["index"], time_s=t, image=image
+                det, index=h["index"], time_s=t, image=image, box_only=box_only
             )
+            self._without_mask(h, row, len(det))
             timings = {**h["timings_ms"], **timings}
             keys = ("series", "index", "seq", "ts", "recv", "shape")
             out = {k: h[k] for k in keys}
@@ -796,6 +989,19 @@ class MeasureWorker(_Stage):
         dt = time.perf_counter() - t0
         self.stats["measure_ms_per_frame"] = dt * 1e3
         self.beat(1, dt)
+
+    def _without_mask(self, h: dict[str, Any], row: dict[str, Any], masked: int) -> None:
+        """Count the frame's instances measured without a mask; say so once at WARNING."""
+        k = int(row.get("instances_without_mask") or 0)
+        if not k:
+            return
+        self.stats.add("instances_without_mask", k)
+        level = logging.DEBUG if self._warned_budget else logging.WARNING
+        self._warned_budget = True
+        logger.log(level, "frame %s/%d: %d instances beyond the mask budget (pool.max_instances "
+                   "= %d): loops measured from their boxes (tracks.csv from_box = 1), "
+                   "dislocations counted, not traced; counted in instances_without_mask "
+                   "(further frames at DEBUG)", h["series"], h["index"], k, masked)  # fmt: skip
 
     def _send_analysis(self, ended: dict[str, Any] | None) -> None:
         """An ended series' summary and open tracks' summary rows to the recorder."""
@@ -907,6 +1113,12 @@ class OutputWorker(_Stage):
         if t == "frame":
             msg["_arr"] = time.monotonic()
             key = msg["seq"]
+            st = self.stats
+            st["output_next_seq"] = max(st["output_next_seq"], key + 1)  # receiver._reconcile
+            if key == st["receiver_lost_seq"] - 1:  # declared lost by a restarted receiver
+                st["receiver_lost_seq"] = 0
+                st.add("receiver_errors", -1)
+                st.add("skipped", -1)
             self.pending[key] = msg
             self._maybe_reset(msg)
             early = self.early.pop(key, None)
@@ -1087,6 +1299,8 @@ class OutputWorker(_Stage):
                 self._finish()
             except Exception:
                 logger.exception("output: closing the run folder failed")
+        if getattr(self, "publisher", None) is not None:
+            self.publisher.close()  # and its ZAP thread, before the context is terminated
         super().close()
 
 
@@ -1112,6 +1326,7 @@ def worker_main(stage: str, cfg: DaemonConfig, spec: PoolSpec, eps: Endpoints, p
         runner.terminate = True
 
     signal.signal(signal.SIGTERM, on_term)
+    watch_parent(name=stage)  # the supervisor killed: leave as on its SIGTERM (hygiene.py)
     phase = "setup"
     code = 0
     try:

@@ -20,7 +20,9 @@ Every table starts with ``series`` (the series id: a file's stem, or the camera'
 but ``track_summary``, ``frame`` and ``time_s``. Units are in the column names; an empty cell
 is a value that was not measured (NaN, no pixel size, a new track without a velocity yet).
 CSV files are appended row by row as frames arrive (a crash loses at most the rows not yet
-flushed); floats are written with :func:`repr` (they read back exactly).
+flushed); floats are written with :func:`repr` (they read back exactly). ``series.parquet`` is
+written in closed parts while the run goes (:data:`PARTS_SUFFIX`), so a crash loses no more of
+it than of the CSV files, and nothing has to be repaired: :func:`finish_parquet` merges them.
 
 This module imports no analysis code, so the daemon's output worker stays light.
 """
@@ -32,16 +34,19 @@ import json
 import logging
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .._procs import process_alive, writer_record
 from ..daemon.sanitize import csv_cell
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "PAIR_COLUMNS",
+    "PARTS_SUFFIX",
     "SCHEMA_VERSION",
     "SERIES_COLUMNS",
     "STAGES",
@@ -49,7 +54,10 @@ __all__ = [
     "TRACK_COLUMNS",
     "TRACK_SUMMARY_COLUMNS",
     "RunTables",
+    "finish_parquet",
     "json_safe",
+    "parquet_parts",
+    "recover_parquet",
     "write_summary",
 ]
 
@@ -69,7 +77,8 @@ _SERIES: tuple[tuple[str, str, str], ...] = (
     ("time_s", "float", "frame time, s: the calibration's `frame_times_s`/`fps`, else the "
                         "file's own time axis, else the camera clock since the series' first "
                         "frame"),
-    ("n_dislocations", "int", "dislocation lines measured"),
+    ("n_dislocations", "int", "dislocation lines found: those traced and those without a "
+                              "mask (`instances_without_mask`)"),
     ("n_loops", "int", "loops measured"),
     ("n_pileups", "int", "pile-ups (groups of neighbouring parallel lines; a lone line is one)"),
     ("mean_length_px", "float", "mean line length, px"),
@@ -78,9 +87,10 @@ _SERIES: tuple[tuple[str, str, str], ...] = (
     ("mean_spacing_nm", "float", "the same, nm"),
     ("mean_loop_major_nm", "float", "mean loop major axis, nm"),
     ("field_area_um2", "float", "field of view, µm²"),
-    ("line_length_density_per_um", "float", "projected line length per field area, µm/µm²"),
+    ("line_length_density_per_um", "float", "projected line length per field area, µm/µm² "
+                                            "(empty where a line had no mask)"),
     ("line_density_per_m2", "float", "line length per foil volume, m⁻² (needs the foil "
-                                     "thickness)"),
+                                     "thickness; empty where a line had no mask)"),
     ("loop_areal_density_per_um2", "float", "loops per field area × visibility factor, µm⁻²"),
     ("loop_density_per_m3", "float", "loops per foil volume × visibility factor, m⁻³"),
     ("drift_x_px", "float", "cumulative stage drift since the first frame, x, px"),
@@ -89,6 +99,10 @@ _SERIES: tuple[tuple[str, str, str], ...] = (
     ("nm_per_px", "float", "pixel size, nm/px"),
     ("latency_ms", "float", "`serve` only: camera timestamp to publication, ms"),
     *((f"t_{s}_ms", "float", f"time of stage `{s}` for this frame, ms") for s in STAGES),
+    ("instances_without_mask", "int", "instances found whose mask was not kept (`serve`: beyond "
+                                      "`pool.max_instances`; 0 in `analyze`): loops measured "
+                                      "from their box (`tracks.csv` `from_box`), dislocations "
+                                      "counted in `n_dislocations`, not traced"),
 )  # fmt: skip
 
 _TRACKS: tuple[tuple[str, str, str], ...] = (
@@ -122,6 +136,9 @@ _TRACKS: tuple[tuple[str, str, str], ...] = (
     ("area_nm2", "float", "loop: ellipse area, nm²"),
     ("growth_nm_per_s", "float", "loop: growth rate of the major axis, nm/s (slope over the "
                                  "track's last `window` frames)"),
+    ("from_box", "int", "loop: 1 = it had no mask (`serve`, beyond `pool.max_instances`): the "
+                        "ellipse inscribed in its detection box, axes along x and y; 0 = "
+                        "fitted to its mask"),
 )  # fmt: skip
 
 _PAIRS: tuple[tuple[str, str, str], ...] = (
@@ -227,18 +244,134 @@ class _Csv:
         self._file.close()
 
 
+#: While a writer runs, the rows of ``series.parquet`` are closed Parquet files in the folder
+#: ``series.parquet.parts/`` beside it (one per flush, every 64 merged into one); closing the
+#: writer merges them into ``series.parquet`` and removes the folder. A killed writer's folder
+#: is readable as it is (``pyarrow.parquet.read_table(folder)``) and :func:`finish_parquet`
+#: (``loopline recover``, or the daemon's next output worker) merges it.
+PARTS_SUFFIX = ".parts"
+_COMPACT = 64  # parts merged into one file, so that a long run leaves few files
+_WRITER = "_writer.json"  # "_": pyarrow's dataset discovery skips it
+
+
+def parquet_parts(path: str | Path) -> Path:
+    """The parts folder of the Parquet file ``path`` (see :data:`PARTS_SUFFIX`)."""
+    return Path(f"{path}{PARTS_SUFFIX}")
+
+
+def _arrow_schema(spec: tuple[tuple[str, str, str], ...]):
+    import pyarrow as pa
+
+    types = {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}
+    return pa.schema([pa.field(c, types[t]) for c, t, _ in spec])
+
+
+def _part_files(folder: Path) -> list[Path]:
+    """A parts folder's files in row order; parts that a merged file already holds (left by a
+    merge that was cut short) are left out."""
+    merged, single = [], []
+    for p in folder.iterdir():
+        if m := re.fullmatch(r"c(\d{8})-(\d{8})\.parquet", p.name):
+            merged.append((int(m[1]), int(m[2]), p))
+        elif m := re.fullmatch(r"p(\d{8})\.parquet", p.name):
+            single.append((int(m[1]), int(m[1]), p))
+    keep = merged + [x for x in single if not any(a <= x[0] <= b for a, b, _ in merged)]
+    return [p for *_, p in sorted(keep)]
+
+
+def _merge(files: list[Path], out: Path, schema) -> int:
+    """Write the rows of ``files`` to ``out`` (atomically); the number of rows."""
+    import pyarrow.parquet as pq
+
+    tmp = out.with_name(f"_{out.name}.tmp")
+    n = 0
+    with pq.ParquetWriter(tmp, schema) as w:
+        for f in files:
+            t = pq.read_table(f, schema=schema)
+            w.write_table(t)
+            n += t.num_rows
+    os.replace(tmp, out)
+    return n
+
+
+def finish_parquet(path: str | Path, *, spec: tuple[tuple[str, str, str], ...] | None = None
+                   ) -> int | None:  # fmt: skip
+    """Merge the parts folder of ``path`` into ``path`` and remove it; the rows, or None when
+    there is no parts folder.
+
+    A parts folder beside a complete ``path`` is what a writer killed after its final merge
+    left: it is removed. Raises ``ValueError`` while the folder's writer still runs.
+    """
+    import shutil
+
+    path = Path(path)
+    folder = parquet_parts(path)
+    if not folder.is_dir():
+        return None
+    try:
+        writer = json.loads((folder / _WRITER).read_text())
+    except (OSError, ValueError):
+        writer = {}
+    if process_alive(writer.get("pid"), writer.get("start")):
+        raise ValueError(f"{folder} is still being written (process {writer['pid']} is "
+                         "running): it is merged when that process closes it")  # fmt: skip
+    files = _part_files(folder)
+    if path.exists():  # the merge had finished; only the folder's removal had not
+        import pyarrow.parquet as pq
+
+        n = pq.ParquetFile(path).metadata.num_rows
+    else:
+        if files:
+            import pyarrow.parquet as pq
+
+            schema = pq.read_schema(files[0])
+        else:
+            schema = _arrow_schema(spec or _SERIES)
+        n = _merge(files, path, schema)
+    shutil.rmtree(folder)
+    return n
+
+
+def recover_parquet(run_dir: str | Path) -> dict[str, int | str]:
+    """Merge every Parquet parts folder of a killed writer in ``run_dir``: {file name: rows,
+    or "failed: why"} (a folder still being written is named with why)."""
+    out: dict[str, int | str] = {}
+    for folder in sorted(Path(run_dir).glob(f"*.parquet{PARTS_SUFFIX}")):
+        final = folder.with_name(folder.name.removesuffix(PARTS_SUFFIX))
+        try:
+            n = finish_parquet(final)
+        except (OSError, ValueError) as e:
+            logger.error("could not merge %s: %s", folder, e)
+            out[final.name] = f"failed: {e}"
+        else:
+            if n is not None:
+                logger.warning("merged %s: %d rows (its writer had not closed it)", final, n)
+                out[final.name] = n
+    return out
+
+
 class _Parquet:
-    """``series.parquet``: row groups of ``flush_rows`` rows, a fixed schema from TABLES."""
+    """``series.parquet``: a fixed schema from TABLES, written crash-safe in parts (see
+    :data:`PARTS_SUFFIX`): every flush is a closed file of ``flush_rows`` rows."""
 
     def __init__(self, path: Path, spec: tuple[tuple[str, str, str], ...]) -> None:
+        import shutil
+
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        types = {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}
-        self._pa = pa
+        self._pa, self._pq = pa, pq
+        self.path = path
         self.spec = spec
-        self.schema = pa.schema([pa.field(c, types[t]) for c, t, _ in spec])
-        self.writer = pq.ParquetWriter(path, self.schema)
+        self.schema = _arrow_schema(spec)
+        self.folder = parquet_parts(path)
+        if self.folder.exists():  # an earlier writer of this name (the file is replaced)
+            logger.warning("%s: left by an earlier writer; replaced", self.folder)
+            shutil.rmtree(self.folder)
+        path.unlink(missing_ok=True)  # replaced, as a new file of the same name always was
+        self.folder.mkdir()
+        (self.folder / _WRITER).write_text(json.dumps(writer_record()) + "\n")
+        self.seq = 0
 
     def write(self, rows: list[Mapping[str, Any]]) -> None:
         pa = self._pa
@@ -251,10 +384,23 @@ class _Parquet:
                 vals = [None if v is None or isinstance(v, str) else (int(v) if t == "int"
                         else float(v)) for v in vals]  # fmt: skip
             data[c] = pa.array(vals, type=self.schema.field(c).type)
-        self.writer.write_table(pa.Table.from_pydict(data, schema=self.schema))
+        part = self.folder / f"p{self.seq:08d}.parquet"
+        tmp = self.folder / f"_{part.name}.tmp"
+        self._pq.write_table(pa.Table.from_pydict(data, schema=self.schema), tmp)
+        os.replace(tmp, part)  # a part is whole or absent, whenever the writer is killed
+        self.seq += 1
+        if self.seq % _COMPACT == 0:
+            first = self.seq - _COMPACT
+            parts = [self.folder / f"p{k:08d}.parquet" for k in range(first, self.seq)]
+            _merge(parts, self.folder / f"c{first:08d}-{self.seq - 1:08d}.parquet", self.schema)
+            for p in parts:
+                p.unlink()
 
     def close(self) -> None:
-        self.writer.close()
+        import shutil
+
+        _merge(_part_files(self.folder), self.path, self.schema)
+        shutil.rmtree(self.folder)
 
 
 class RunTables:

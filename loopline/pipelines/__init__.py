@@ -9,13 +9,14 @@ daemon's recorder writes the same rows with the same writer).
 
 from .container import FrameResult
 from .lines import LineTrace, mean_closest_distance, trace_line
-from .loops import LoopFit, fit_loop
-from .measure import MeasureOptions, measure_frame
+from .loops import LoopFit, box_loop, fit_loop
+from .measure import BoxOnly, MeasureOptions, measure_frame
 from .pileups import PileupGroups, group_pileups
 from .series import SeriesAccumulator, SeriesWriter
 from .tracking import OnlineTracker, phase_drift
 
 __all__ = [
+    "BoxOnly",
     "FrameResult",
     "LineTrace",
     "LoopFit",
@@ -24,6 +25,7 @@ __all__ = [
     "PileupGroups",
     "SeriesAccumulator",
     "SeriesWriter",
+    "box_loop",
     "fit_loop",
     "group_pileups",
     "mean_closest_distance",

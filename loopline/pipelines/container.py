@@ -44,6 +44,7 @@ _ARRAYS: dict[str, tuple[type, tuple, str]] = {
     "loop_minor_px": (np.float64, (), "M"),
     "loop_angle_deg": (np.float64, (), "M"),
     "loop_area_px2": (np.float64, (), "M"),
+    "loop_from_box": (np.bool_, (), "M"),
 }
 
 
@@ -118,6 +119,13 @@ class FrameResult:
         Major-axis angle to x, degrees in [0, 180).
     loop_area_px2 : (M,) float64
         Ellipse area, px².
+    loop_from_box : (M,) bool
+        True where the loop had no mask and is the ellipse inscribed in its detection box
+        (:func:`~loopline.pipelines.loops.box_loop`; the daemon keeps ``pool.max_instances``
+        masks a frame). None: all False.
+    lines_without_mask : int
+        Dislocations found without a mask: counted (:attr:`n_dislocations`), not traced, so
+        in none of the ``line_*`` arrays.
     densities : mapping of str to float
         Counts and densities with their units in the key (``loop_density_per_m3`` ...).
     drift_px : (2,) float64
@@ -159,9 +167,17 @@ class FrameResult:
     drift_px: np.ndarray = field(default_factory=lambda: np.zeros(2))
     dose_dpa: float = math.nan
     timings_ms: Mapping[str, float] = field(default_factory=dict)
+    loop_from_box: np.ndarray | None = None
+    lines_without_mask: int = 0
 
     def __post_init__(self) -> None:
         put = object.__setattr__
+        if self.loop_from_box is None:
+            put(self, "loop_from_box", np.zeros(np.shape(self.loop_major_px)[:1], bool))
+        u = self.lines_without_mask
+        if isinstance(u, bool) or not isinstance(u, int | np.integer) or u < 0:
+            raise ValueError(f"lines_without_mask must be an int >= 0, got {u!r}")
+        put(self, "lines_without_mask", int(u))
         if isinstance(self.index, bool) or not isinstance(self.index, int | np.integer):
             raise ValueError(f"index must be an int, got {self.index!r}")
         if self.index < 0:
@@ -230,6 +246,16 @@ class FrameResult:
     @property
     def n_loops(self) -> int:
         return int(self.loop_major_px.shape[0])
+
+    @property
+    def n_dislocations(self) -> int:
+        """Dislocations found: the traced lines and those without a mask."""
+        return self.n_lines + self.lines_without_mask
+
+    @property
+    def instances_without_mask(self) -> int:
+        """Instances measured without a mask: loops from their box, untraced dislocations."""
+        return self.lines_without_mask + int(self.loop_from_box.sum())
 
     @property
     def n_pileups(self) -> int:
@@ -327,7 +353,9 @@ class FrameResult:
                       "center_px": self.loop_center_px, "major_px": self.loop_major_px,
                       "major_nm": self.loop_major_nm, "minor_px": self.loop_minor_px,
                       "minor_nm": self.loop_minor_nm, "angle_deg": self.loop_angle_deg,
-                      "area_px2": self.loop_area_px2, "area_nm2": self.loop_area_nm2},
+                      "area_px2": self.loop_area_px2, "area_nm2": self.loop_area_nm2,
+                      "from_box": self.loop_from_box},
+            "lines_without_mask": self.lines_without_mask,
             "densities": dict(self.densities),
             "timings_ms": dict(self.timings_ms),
         }  # fmt: skip

@@ -1,4 +1,10 @@
-"""Per-frame measurement: Detections → :class:`FrameResult` (pure; no state between frames)."""
+"""Per-frame measurement: Detections → :class:`FrameResult` (pure; no state between frames).
+
+Instances without a mask (:class:`BoxOnly`: the daemon keeps masks for ``pool.max_instances``
+instances a frame and sends only the boxes, scores and classes of the rest) are still counted
+and, where their box suffices, measured: a loop becomes the ellipse inscribed in its box
+(``loop_from_box``), a dislocation is counted (``lines_without_mask``) but not traced.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +18,12 @@ import numpy as np
 from ..calibration import Calibration
 from .container import FrameResult
 from .lines import N_POINTS, trace_lines
-from .loops import fit_loop
+from .loops import box_loop, fit_loop
 from .pileups import group_pileups
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MeasureOptions", "frame_densities", "measure_frame"]
+__all__ = ["BoxOnly", "MeasureOptions", "frame_densities", "measure_frame"]
 
 LINE_CLASS = 0
 LOOP_CLASS = 1
@@ -67,24 +73,66 @@ class MeasureOptions:
             raise ValueError(f"impl must be 'numba' or 'python', got {self.impl!r}")
 
 
+@dataclass(frozen=True)
+class BoxOnly:
+    """Instances known by their box only (their mask was not kept).
+
+    Attributes
+    ----------
+    boxes : (K, 4) float32
+        Boxes ``x0, y0, x1, y1`` in frame pixels.
+    scores : (K,) float32
+        Confidence in [0, 1].
+    classes : (K,) int64
+        Class index (0 dislocation, 1 loop).
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
+
+    def __post_init__(self) -> None:
+        b = np.asarray(self.boxes, np.float32)
+        s = np.asarray(self.scores, np.float32)
+        c = np.asarray(self.classes)
+        k = s.shape[0] if s.ndim == 1 else -1
+        if s.ndim != 1:
+            raise ValueError(f"scores must have shape (K,), got {s.shape}")
+        if b.shape != (k, 4):
+            raise ValueError(f"boxes must have shape ({k}, 4), got {b.shape}")
+        if c.shape != (k,) or (k and not np.issubdtype(c.dtype, np.integer)):
+            raise ValueError(f"classes must be ({k},) integers, got {c.shape} {c.dtype}")
+        object.__setattr__(self, "boxes", b)
+        object.__setattr__(self, "scores", s)
+        object.__setattr__(self, "classes", c.astype(np.int64))
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+
 def frame_densities(
-    shape: tuple[int, int], line_length_px: np.ndarray, n_loops: int, calibration: Calibration
-) -> dict[str, float]:
+    shape: tuple[int, int], line_length_px: np.ndarray, n_loops: int, calibration: Calibration,
+    *, lines_without_mask: int = 0,
+) -> dict[str, float]:  # fmt: skip
     """Counts and densities of one frame, units in the keys.
 
     ``line_length_density_per_um`` is projected line length per field area (µm/µm²);
     ``line_density_per_m2`` divides by the foil volume (the usual dislocation density, needs
     the foil thickness). Loop densities are multiplied by the visibility factor (Shen et al.
-    2021: 7/4 for loops invisible under their imaging condition).
+    2021: 7/4 for loops invisible under their imaging condition). ``lines_without_mask``
+    dislocations are counted in ``line_count``; their length is unknown, so the line length
+    densities are NaN (not measured) when there are any.
     """
     nm = calibration.scale
     area_um2 = shape[0] * shape[1] * nm * nm * 1e-6
     thick = calibration.foil_thickness_nm
     total_um = float(np.sum(line_length_px)) * nm * 1e-3
+    if lines_without_mask:
+        total_um = math.nan  # a sum over some of the lines is no line density
     vis = calibration.visibility_factor
     vol_m3 = area_um2 * 1e-12 * thick * 1e-9 if thick else math.nan
     return {
-        "line_count": float(len(line_length_px)),
+        "line_count": float(len(line_length_px) + lines_without_mask),
         "loop_count": float(n_loops),
         "field_area_um2": area_um2,
         "line_length_density_per_um": total_um / area_um2,
@@ -101,6 +149,7 @@ def measure_frame(
     time_s: float,
     calibration: Calibration,
     options: MeasureOptions | None = None,
+    box_only: BoxOnly | None = None,
 ) -> FrameResult:
     """Measure every line and loop of one frame.
 
@@ -115,6 +164,11 @@ def measure_frame(
     calibration : Calibration
         Pixel size, glide direction, foil thickness, visibility factor, dose.
     options : MeasureOptions, optional
+    box_only : BoxOnly, optional
+        Further instances of the frame whose masks were not kept: each loop is the ellipse
+        inscribed in its box (:func:`~loopline.pipelines.loops.box_loop`, marked in
+        ``loop_from_box``, after the loops measured from masks); each dislocation is counted
+        in ``lines_without_mask``, not traced. ``min_score`` applies to them too.
 
     Returns
     -------
@@ -127,7 +181,8 @@ def measure_frame(
     ValueError
         For a NaN/inf time, a negative index or an unknown class. An empty frame, an empty
         mask or an all-foreground mask give well-defined results (no object, or one object
-        spanning the frame), never an error.
+        spanning the frame), never an error; so does a box-only loop whose box has no area
+        (no object, as an empty mask).
     """
     opt = options or MeasureOptions()
     t_start = time.perf_counter()
@@ -136,7 +191,10 @@ def measure_frame(
     masks, boxes = detections.masks, detections.boxes
     shape = detections.shape
     classes = np.asarray(detections.classes)
-    unknown = set(np.unique(classes).tolist()) - {LINE_CLASS, LOOP_CLASS}
+    extra = box_only if box_only is not None else BoxOnly(np.zeros((0, 4)), np.zeros(0),
+                                                         np.zeros(0, np.int64))  # fmt: skip
+    unknown = set(np.unique(np.concatenate([classes, extra.classes])).tolist()) - {
+        LINE_CLASS, LOOP_CLASS}
     if unknown:
         raise ValueError(f"unknown detection classes {sorted(unknown)} (0 line, 1 loop)")
     keep = np.asarray(detections.scores) >= opt.min_score
@@ -160,6 +218,16 @@ def measure_frame(
             continue
         fits.append(f)
         o_scores.append(float(detections.scores[i]))
+    n_masked = len(fits)
+    keep_b = extra.scores >= opt.min_score
+    for i in np.flatnonzero(keep_b & (extra.classes == LOOP_CLASS)):
+        f = box_loop(extra.boxes[i])
+        if f is None:
+            continue
+        fits.append(f)
+        o_scores.append(float(extra.scores[i]))
+    from_box = np.arange(len(fits)) >= n_masked
+    untraced = int(np.count_nonzero(keep_b & (extra.classes == LINE_CLASS)))
     t2 = time.perf_counter()
     n = len(traces)
     pts = (np.stack([tr.points for tr in traces]) if n
@@ -196,9 +264,10 @@ def measure_frame(
         loop_minor_px=np.array([f.minor_px for f in fits], np.float64),
         loop_angle_deg=np.array([f.angle_deg for f in fits], np.float64),
         loop_area_px2=np.array([f.area_px2 for f in fits], np.float64),
-        densities=frame_densities(shape, lengths, len(fits), calibration),
+        densities=frame_densities(shape, lengths, len(fits), calibration,
+                                  lines_without_mask=untraced),
         dose_dpa=calibration.dose_at(index, float(time_s)),
-        timings_ms=timings,
+        timings_ms=timings, loop_from_box=from_box, lines_without_mask=untraced,
     )  # fmt: skip
     logger.debug("frame %d: %d lines, %d loops, %d pile-ups in %.2f ms", index, n, len(fits),
                  result.n_pileups, timings["measure"])  # fmt: skip

@@ -212,6 +212,7 @@ class SeriesAccumulator:
         self.counts = {"line_count": [0.0, 0], "loop_count": [0.0, 0]}  # sum, n
         self.pileup_spacing: dict[int, list[float]] = {}  # id -> [sum nm, n]
         self._ended_speed = [0.0, 0]  # sum of |velocity| of ended line tracks (>= 3 frames), n
+        self.without_mask = 0  # instances measured without a mask (loops from boxes, untraced)
 
     def _track(self, kind: str, tid: int) -> _Track:
         tracks = self.lines if kind == "line" else self.loops
@@ -294,6 +295,7 @@ class SeriesAccumulator:
                 major_px=major, major_nm=major * nm, minor_px=float(r.loop_minor_px[j]),
                 minor_nm=float(r.loop_minor_px[j]) * nm, angle_deg=float(r.loop_angle_deg[j]),
                 area_nm2=float(r.loop_area_px2[j]) * nm**2, growth_nm_per_s=growth,
+                from_box=int(r.loop_from_box[j]),
             ))  # fmt: skip
         pairs = []
         for q in range(r.pair_lines.shape[0]):
@@ -326,13 +328,14 @@ class SeriesAccumulator:
         mean_len = float(lengths.mean()) if lengths.size else math.nan
         mean_sp = float(r.pair_spacing_px.mean()) if r.pair_spacing_px.size else math.nan
         row: dict[str, Any] = dict(
-            key, n_dislocations=r.n_lines, n_loops=r.n_loops, n_pileups=r.n_pileups,
+            key, n_dislocations=r.n_dislocations, n_loops=r.n_loops, n_pileups=r.n_pileups,
             mean_length_px=mean_len, mean_length_nm=mean_len * nm, mean_spacing_px=mean_sp,
             mean_spacing_nm=mean_sp * nm,
             mean_loop_major_nm=float(r.loop_major_px.mean()) * nm if r.n_loops else math.nan,
             drift_x_px=float(r.drift_px[0]), drift_y_px=float(r.drift_px[1]),
-            dose_dpa=r.dose_dpa, nm_per_px=nm,
+            dose_dpa=r.dose_dpa, nm_per_px=nm, instances_without_mask=r.instances_without_mask,
         )  # fmt: skip
+        self.without_mask += r.instances_without_mask
         for k in ("field_area_um2", "line_length_density_per_um", "line_density_per_m2",
                   "loop_areal_density_per_um2", "loop_density_per_m3"):  # fmt: skip
             row[k] = dens.get(k, math.nan)
@@ -398,7 +401,8 @@ class SeriesAccumulator:
         return rows + [self._summary_row("loop", k, v) for k, v in sorted(self.loops.items())]
 
     def summary(self) -> dict[str, Any]:
-        """The series' summary: frames, times, calibration, tracks, spacings, stage timings."""
+        """The series' summary: frames, times, calibration, tracks, spacings, stage timings,
+        and ``instances_without_mask`` (summed over its frames: see ``series.csv``)."""
         speed_sum, speed_n = self._ended_speed
         for r in self.open_track_rows():
             v = r.get("velocity_nm_per_s", math.nan)
@@ -421,6 +425,7 @@ class SeriesAccumulator:
             "mean_spacing_nm_by_pileup": {str(k): mean(v)
                                           for k, v in sorted(self.pileup_spacing.items())},
             "mean_abs_line_velocity_nm_per_s": speed_sum / speed_n if speed_n else math.nan,
+            "instances_without_mask": self.without_mask,
             "timings_ms": {s: self.timings[s].to_dict() for s in STAGES if s in self.timings},
         }  # fmt: skip
 

@@ -21,6 +21,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="--web: also answer requests for this Host name (repeatable; "
                    "default: localhost names only)")  # fmt: skip
+    p.add_argument("--curve-server-key", metavar="KEY",
+                   help="the daemon's CURVE public key (40 Z85 characters, or a file: zmq.auth's "
+                   "NAME.key), for a daemon with publish.curve_secret_key")  # fmt: skip
+    p.add_argument("--curve-secret-key", metavar="KEY",
+                   help="this viewer's own CURVE secret key (a file: zmq.auth's "
+                   "NAME.key_secret), for a daemon that lists its viewers "
+                   "(publish.curve_clients); default: a fresh key pair")  # fmt: skip
     p.add_argument("--open", action="store_true", help="--web: open the page in a browser")
     p.add_argument("--preview", choices=("auto", "kitty", "sixel", "off"), default="auto",
                    help="terminal frame preview (default auto: only where the terminal "
@@ -45,6 +52,7 @@ def run(a: argparse.Namespace) -> int:
         cfg = load_view_config(a.config, overrides={
             "endpoint": a.endpoint, "host": a.host, "port": a.port,
             "allowed_hosts": ",".join(a.allow_host) or None,
+            "curve_server_key": a.curve_server_key, "curve_secret_key": a.curve_secret_key,
             "alarms.min_spacing_nm": a.min_spacing_nm,
             "alarms.max_velocity_nm_s": a.max_velocity_nm_s,
             "alarms.velocity_jump_nm_s": a.velocity_jump_nm_s,

@@ -63,6 +63,8 @@ class ViewConfig:
     host: str = "127.0.0.1"
     port: int = field(default=8765, metadata=_rng(0, 65535))
     allowed_hosts: str = ""
+    curve_server_key: str = ""
+    curve_secret_key: str = ""
     alarms: AlarmConfig = field(default_factory=AlarmConfig)
 
 
@@ -130,6 +132,17 @@ def load_view_config(
     if bad:
         raise ViewConfigError(f"view.allowed_hosts must be host names or addresses separated "
                               f"by commas, got {bad[0]!r}")  # fmt: skip
+    if cfg.curve_secret_key and not cfg.curve_server_key:
+        raise ViewConfigError("view.curve_secret_key needs view.curve_server_key (the daemon's "
+                              "public key), got none")  # fmt: skip
+    for key in ("curve_server_key", "curve_secret_key"):
+        if getattr(cfg, key):
+            from ..daemon.curve import load_curve_key
+
+            try:
+                load_curve_key(getattr(cfg, key), secret=key == "curve_secret_key")
+            except (ValueError, OSError) as e:
+                raise ViewConfigError(f"view.{key}: {e}") from None
     if "://" not in cfg.endpoint:
         raise ViewConfigError(
             f"view.endpoint must be a ZeroMQ URL like tcp://127.0.0.1:5556, got {cfg.endpoint!r}"

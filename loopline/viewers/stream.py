@@ -11,7 +11,8 @@ by the PUB socket) show as gaps in the daemon's message counter ``seq`` and are 
 
 ZeroMQ reconnects a connecting SUB socket by itself when the daemon restarts; on top of that,
 after ``stale_s`` without a message the socket is closed and made again, so a daemon that came
-back on the same address is picked up even after a half-open TCP connection.
+back on the same address is picked up even after a half-open TCP connection (or a CURVE
+handshake that failed, after which ZeroMQ would not try again).
 
 The ``multipart(CONFLATE)`` option is not used: ZeroMQ's conflation does not support
 multipart messages, and a published frame is a JSON header plus a JPEG.
@@ -67,14 +68,29 @@ class ResultSubscriber:
         Receive high-water mark (messages). Small: old frames are worthless to a viewer.
     topic
         Subscription prefix (``b""``: everything).
+    curve_server_key, curve_secret_key
+        CURVE (a daemon with ``publish.curve_secret_key``): the daemon's public key and this
+        viewer's own secret key (needed where the daemon keeps an allow-list,
+        ``publish.curve_clients``; else an ephemeral pair is made), each as 40 Z85 characters
+        or a key file (:func:`loopline.daemon.curve.load_curve_key`).
 
     Use as a context manager, or call :meth:`start` and :meth:`close`. :meth:`wait` blocks a
     consumer until a message newer than the one it has is there.
     """
 
     def __init__(self, endpoint: str, *, stale_s: float = 3.0, hwm: int = 4,
-                 topic: bytes = b"") -> None:  # fmt: skip
+                 topic: bytes = b"", curve_server_key: str | bytes | None = None,
+                 curve_secret_key: str | bytes | None = None) -> None:  # fmt: skip
         self.endpoint = endpoint
+        self._curve: tuple[bytes, bytes | None] | None = None
+        if curve_server_key or curve_secret_key:
+            from ..daemon.curve import load_curve_key
+
+            server = load_curve_key(curve_server_key, secret=False)
+            if server is None:
+                raise ValueError("CURVE: a viewer's own key needs the daemon's public key "
+                                 "(curve_server_key), got none")  # fmt: skip
+            self._curve = (server, load_curve_key(curve_secret_key, secret=True))
         self.stale_s = stale_s
         self.hwm = hwm
         self.topic = topic
@@ -159,6 +175,10 @@ class ResultSubscriber:
         s.setsockopt(zmq.RECONNECT_IVL, 100)
         s.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         s.setsockopt(zmq.SUBSCRIBE, self.topic)
+        if self._curve is not None:
+            from ..daemon.curve import apply_curve
+
+            apply_curve(s, server=False, server_key=self._curve[0], secret_key=self._curve[1])
         s.connect(self.endpoint)
         return s
 

@@ -269,7 +269,9 @@ def run_dashboard(cfg: ViewConfig, *, preview: str = "auto", duration_s: float =
     period = 1.0 / cfg.refresh_hz
     t_end = time.monotonic() + duration_s if duration_s > 0 else math.inf
     preview_period = 0.5  # images cost bandwidth: at most two a second
-    with ResultSubscriber(cfg.endpoint, stale_s=cfg.stale_s) as sub, \
+    with ResultSubscriber(cfg.endpoint, stale_s=cfg.stale_s,
+                          curve_server_key=cfg.curve_server_key or None,
+                          curve_secret_key=cfg.curve_secret_key or None) as sub, \
             Live(console=console, screen=screen, auto_refresh=False,
                  transient=False) as live:  # fmt: skip
         seq = 0

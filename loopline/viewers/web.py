@@ -93,7 +93,9 @@ class ViewerServer:
 
     def __init__(self, cfg: ViewConfig) -> None:
         self.cfg = cfg
-        self.sub = ResultSubscriber(cfg.endpoint, stale_s=cfg.stale_s)
+        self.sub = ResultSubscriber(cfg.endpoint, stale_s=cfg.stale_s,
+                                    curve_server_key=cfg.curve_server_key or None,
+                                    curve_secret_key=cfg.curve_secret_key or None)  # fmt: skip
         self.state = ViewState(history=cfg.history, alarms=cfg.alarms,
                                track_timeout_frames=cfg.track_timeout_frames)  # fmt: skip
         self._cond = threading.Condition()

@@ -55,6 +55,7 @@ COUNTER_NAMES: tuple[str, ...] = (
     "interleaved",  # frames of a series interleaved with the open one (rejected)
     "disconnects",  # connections to the sender closed (a message over the size limit, or the
     # sender went away); the source connects again
+    "handshake_failures",  # CURVE handshakes that failed (no CURVE, another key, not allowed)
 )
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})

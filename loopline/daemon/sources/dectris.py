@@ -561,6 +561,7 @@ class DectrisSource(ZmqSource):
         context: zmq.Context | None = None,
         curve_server_key: str | bytes | None = None,
         curve_client_secret: str | bytes | None = None,
+        curve_clients: str | None = None,
         max_message_bytes: int | None = None,
         max_shape: tuple[int, int] | None = None,
     ):
@@ -574,5 +575,6 @@ class DectrisSource(ZmqSource):
                          rcvhwm=rcvhwm, max_queued_frames=max_queued_frames, context=context,
                          curve_server_key=curve_server_key,
                          curve_client_secret=curve_client_secret,
+                         curve_clients=curve_clients,
                          max_message_bytes=max_message_bytes,
                          name=f"dectris{version}")  # fmt: skip

@@ -46,10 +46,12 @@ class LooplineSource(ZmqSource):
         context: zmq.Context | None = None,
         curve_server_key: str | bytes | None = None,
         curve_client_secret: str | bytes | None = None,
+        curve_clients: str | None = None,
         max_message_bytes: int | None = None,
     ):
         super().__init__(endpoint, LooplineDecoder(), socket=socket, bind=bind, rcvhwm=rcvhwm,
                          max_queued_frames=max_queued_frames, context=context,
                          curve_server_key=curve_server_key,
                          curve_client_secret=curve_client_secret,
+                         curve_clients=curve_clients,
                          max_message_bytes=max_message_bytes, name="loopline")  # fmt: skip
