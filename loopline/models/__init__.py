@@ -25,7 +25,7 @@ SHIPPED: dict[str, str] = {"defects": "defects", "dislocations": "defects", "loo
 #: pixel size, nm, of the frames it was trained on, to which frames of a known pixel size are
 #: resampled; None: its synthetic training frames have no one scale, frames are used as they are)
 SETTINGS: dict[str, dict[str, Any]] = {
-    "defects": {"mask_threshold": (0.4, 0.5), "model_nm_per_px": None},
+    "defects": {"mask_threshold": (0.4, 0.4), "model_nm_per_px": None},
 }
 
 
