@@ -84,6 +84,17 @@ names:
 YAML
 }
 
+# The real first halves in time of the two real sets in OUT/train_tanaka (tanaka-twip-2um frames
+# 0-31, lines redrawn 4 px wide) and OUT/train_creme (creme-loops-512 frames 1-8), as in stage 2.
+#   real_first_halves OUT
+real_first_halves() {
+  $L import "$REAL/tanaka-twip-2um" --format tanaka --label-width 4 --out "$1/tanaka_w4"
+  $PY scripts/split_dataset.py "$1/tanaka_w4" --first 32 "$1/train_tanaka" "$1/tanaka_w4_rest"
+  $L import "$REAL/creme-loops-512/masks1" --format masks --class loop \
+    --images "$REAL/creme-loops-512/imgs" --out "$1/creme"
+  $PY scripts/split_dataset.py "$1/creme" --first 8 "$1/train_creme" "$1/test_creme"
+}
+
 if [ "$STAGE" = wild ]; then
 # Issue 15, zero-shot run `defects-wild` (from scratch): domain-randomised synthetic frames only
 # (presets wild and wild_loops: line widths 2-14 px, spacings 5-60 px, bright and dark lines,
@@ -130,11 +141,7 @@ Z=$W/datawild
 F=$W/datawild-ft
 if [ ! -f "$F/defects.yaml" ]; then
   mkdir -p "$F"
-  $L import "$REAL/tanaka-twip-2um" --format tanaka --label-width 4 --out "$F/tanaka_w4"
-  $PY scripts/split_dataset.py "$F/tanaka_w4" --first 32 "$F/train_tanaka" "$F/tanaka_w4_rest"
-  $L import "$REAL/creme-loops-512/masks1" --format masks --class loop \
-    --images "$REAL/creme-loops-512/imgs" --out "$F/creme"
-  $PY scripts/split_dataset.py "$F/creme" --first 8 "$F/train_creme" "$F/test_creme"
+  real_first_halves "$F"
   t="$F/train_tanaka/images" c="$F/train_creme/images"
   cat > "$F/defects.yaml" <<YAML
 path: $Z
@@ -174,11 +181,7 @@ if [ ! -f "$R/defects.yaml" ]; then
   $L synth --preset M2    --count 40  --seed 401 --out "$R/val_M2"      --jobs 2
   $L synth --preset loops --count 20  --seed 403 --out "$R/val_loops"   --jobs 2
   }
-  $L import "$REAL/tanaka-twip-2um" --format tanaka --label-width 4 --out "$R/tanaka_w4"
-  $PY scripts/split_dataset.py "$R/tanaka_w4" --first 32 "$R/train_tanaka" "$R/tanaka_w4_rest"
-  $L import "$REAL/creme-loops-512/masks1" --format masks --class loop \
-    --images "$REAL/creme-loops-512/imgs" --out "$R/creme"
-  $PY scripts/split_dataset.py "$R/creme" --first 8 "$R/train_creme" "$R/test_creme"
+  real_first_halves "$R"
   t=train_tanaka/images c=train_creme/images
   cat > "$R/defects.yaml" <<YAML
 path: $R

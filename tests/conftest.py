@@ -15,3 +15,22 @@ def ctx():
     c = zmq.Context()
     yield c
     assert term_context(c, 5.0), "zmq context did not terminate: a socket was left open"
+
+
+@pytest.fixture
+def sim():
+    """A loopline/1 camera simulator bound on loopback (port 0), for daemon tests."""
+    from loopline.daemon.simulator import Simulator
+
+    s = Simulator("tcp://127.0.0.1:0", sndhwm=1000, linger_s=2)
+    yield s
+    s.close(linger_s=0)
+
+
+@pytest.fixture
+def daemons():
+    """Daemons a test started (anything with ``stop()``), stopped at teardown."""
+    made: list = []
+    yield made
+    for d in made:
+        d.stop()

@@ -24,7 +24,6 @@ from test_video_recovery import record
 from loopline.daemon import protocol
 from loopline.daemon.config import ConfigError, load_config, parse_set
 from loopline.daemon.shm import ANALYSIS, RECORD, SlotPool
-from loopline.daemon.simulator import Simulator
 from loopline.daemon.supervisor import Supervisor
 
 FAST = "loopline.daemon.standins:ThresholdEngine"
@@ -88,21 +87,6 @@ class Daemon:
 
     def summary(self) -> dict:
         return json.loads((self.run_dir / "summary.json").read_text())
-
-
-@pytest.fixture
-def sim():
-    s = Simulator("tcp://127.0.0.1:0", sndhwm=1000, linger_s=2)
-    yield s
-    s.close(linger_s=0)
-
-
-@pytest.fixture
-def daemons():
-    made: list[Daemon] = []
-    yield made
-    for d in made:
-        d.stop()
 
 
 def mp4_frames(path: Path) -> int:

@@ -131,21 +131,6 @@ class Daemon:
         return Path(self.cfg.output.dir)
 
 
-@pytest.fixture
-def sim():
-    s = Simulator("tcp://127.0.0.1:0", sndhwm=1000, linger_s=2)
-    yield s
-    s.close(linger_s=0)
-
-
-@pytest.fixture
-def daemons():
-    made: list[Daemon] = []
-    yield made
-    for d in made:
-        d.stop()
-
-
 def send_frame(sim: Simulator, series: str, index: int, img: np.ndarray, **kw) -> None:
     assert sim.send(protocol.encode_frame(series, index, img, **kw))
 
