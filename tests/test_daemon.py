@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -46,15 +47,17 @@ def frames(n: int, size: int = 256, seed: int = 0) -> list[np.ndarray]:
 
 
 class Daemon:
-    """A Supervisor in a background thread; always stopped by the fixture."""
+    """A Supervisor in a background thread; always stopped by the fixture. ``DEFAULTS`` are
+    its config overrides (a subclass may replace them), keyword arguments go on top."""
+
+    DEFAULTS: ClassVar[dict] = {
+        "engine.factory": FAST, "publish.endpoint": "tcp://127.0.0.1:0",
+        "calibration.nm_per_px": 2.0, "run.until_series_end": True,
+        "output.result_timeout_s": 3.0, "metrics.interval_s": 0.2,
+    }  # fmt: skip
 
     def __init__(self, tmp: Path, endpoint: str, **overrides):
-        o = {
-            "source.endpoint": endpoint, "output.dir": str(tmp / "run"),
-            "engine.factory": FAST, "publish.endpoint": "tcp://127.0.0.1:0",
-            "calibration.nm_per_px": 2.0, "run.until_series_end": True,
-            "output.result_timeout_s": 3.0, "metrics.interval_s": 0.2,
-        }  # fmt: skip
+        o = {"source.endpoint": endpoint, "output.dir": str(tmp / "run"), **self.DEFAULTS}
         o.update(overrides)
         self.cfg = load_config(overrides=o)
         self.ready = threading.Event()

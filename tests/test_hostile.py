@@ -27,11 +27,13 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import cv2
 import numpy as np
 import pytest
 import zmq
+from test_daemon import Daemon as DaemonBase
 
 from loopline.daemon import protocol
 from loopline.daemon.config import ConfigError, load_config
@@ -72,31 +74,16 @@ def image(i: int = 0, size: int = SIDE) -> np.ndarray:
     return img
 
 
-class Daemon:
-    """A Supervisor in a background thread; stopped by the fixture."""
+class Daemon(DaemonBase):
+    """The daemon tests' Daemon with exact-count settings and counter helpers."""
 
-    def __init__(self, tmp: Path, endpoint: str, **overrides):
-        o = {
-            "source.endpoint": endpoint, "output.dir": str(tmp / "run"), "engine.factory": FAST,
-            "publish.endpoint": "tcp://127.0.0.1:0", "calibration.nm_per_px": 2.0,
-            "output.result_timeout_s": 20.0, "metrics.interval_s": 0.2, "pool.slots": 256,
-            "pool.max_height": POOL, "pool.max_width": POOL, "pool.max_instances": 4,
-            "batch.size": 2, "batch.max_pending": 1000,  # no latest-wins skips: exact counts
-        }  # fmt: skip
-        o.update(overrides)
-        self.cfg = load_config(overrides=o)
-        self.ready = threading.Event()
-        self.sup = Supervisor(self.cfg, on_ready=lambda s: self.ready.set())
-        self.code: int | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        self.code = self.sup.run()
-
-    def start(self) -> Daemon:
-        self.thread.start()
-        assert self.ready.wait(90), "daemon workers did not become ready"
-        return self
+    DEFAULTS: ClassVar[dict] = {
+        "engine.factory": FAST, "publish.endpoint": "tcp://127.0.0.1:0",
+        "calibration.nm_per_px": 2.0, "output.result_timeout_s": 20.0,
+        "metrics.interval_s": 0.2, "pool.slots": 256, "pool.max_height": POOL,
+        "pool.max_width": POOL, "pool.max_instances": 4,
+        "batch.size": 2, "batch.max_pending": 1000,  # no latest-wins skips: exact counts
+    }  # fmt: skip
 
     def stat(self, name: str) -> int:
         return int(self.sup.stats[name])
@@ -120,15 +107,6 @@ class Daemon:
         assert not self.thread.is_alive(), "daemon did not finish"
         assert self.code == 0, self.sup.error
         return json.loads((self.run_dir / "summary.json").read_text())
-
-    def stop(self) -> None:
-        if self.thread.is_alive():
-            self.sup.request_stop("test teardown")
-            self.thread.join(60)
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.cfg.output.dir)
 
 
 def send_frame(sim: Simulator, series: str, index: int, img: np.ndarray, **kw) -> None:
