@@ -15,8 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .duplicates import suppress_duplicate_lines
-
 __all__ = ["CLASS_NAMES", "INFERENCE_MODES", "Detections", "Engine", "check_inference"]
 
 CLASS_NAMES: tuple[str, ...] = ("dislocation", "loop")
@@ -231,6 +229,9 @@ class Engine(ABC):
         else:
             dets = self.forward(frames, nm_per_px=nm_per_px)  # type: ignore[call-arg]
         if self.line_dedupe > 0:
+            # imported here: scikit-image costs ~0.2 s at start-up, and the option is off by default
+            from .duplicates import suppress_duplicate_lines
+
             dets = [suppress_duplicate_lines(d, tol=self.line_dedupe) for d in dets]
         return dets
 
