@@ -96,7 +96,7 @@ def _setup_logging(verbose: int) -> None:
         handlers=[RichHandler(show_path=False, rich_tracebacks=False)],
     )  # fmt: skip
     logging.getLogger("loopline").setLevel(max(logging.INFO - 10 * verbose, logging.DEBUG))
-    from .daemon.sanitize import install_log_escaping
+    from .io.sanitize import install_log_escaping
 
     install_log_escaping()  # data from a camera or a file cannot forge log lines
 

@@ -95,6 +95,21 @@ real_first_halves() {
   $PY scripts/split_dataset.py "$1/creme" --first 8 "$1/train_creme" "$1/test_creme"
 }
 
+# The data yaml of the wild stages: the four synthetic sets under PATH, the real first halves
+# under REALDIR (tanaka x5, creme x6, as in stages 2-3) and the validation sets VAL.
+#   wild_yaml YAML PATH REALDIR VAL
+wild_yaml() {
+  local t="$3/train_tanaka/images" c="$3/train_creme/images"
+  cat > "$1" <<YAML
+path: $2
+train: [train_wild/images, train_wild_loops/images, train_M2/images, train_loops/images, $t, $t, $t, $t, $t, $c, $c, $c, $c, $c, $c]
+val: [$4]
+names:
+  0: dislocation
+  1: loop
+YAML
+}
+
 if [ "$STAGE" = wild ]; then
 # Issue 15, zero-shot run `defects-wild` (from scratch): domain-randomised synthetic frames only
 # (presets wild and wild_loops: line widths 2-14 px, spacings 5-60 px, bright and dark lines,
@@ -142,15 +157,7 @@ F=$W/datawild-ft
 if [ ! -f "$F/defects.yaml" ]; then
   mkdir -p "$F"
   real_first_halves "$F"
-  t="$F/train_tanaka/images" c="$F/train_creme/images"
-  cat > "$F/defects.yaml" <<YAML
-path: $Z
-train: [train_wild/images, train_wild_loops/images, train_M2/images, train_loops/images, $t, $t, $t, $t, $t, $c, $c, $c, $c, $c, $c]
-val: [val_wild/images, val_wild_loops/images]
-names:
-  0: dislocation
-  1: loop
-YAML
+  wild_yaml "$F/defects.yaml" "$Z" "$F" "val_wild/images, val_wild_loops/images"
 fi
 $L train --data "$F/defects.yaml" --out "$W/runs" --name defects-wild-ft --arch yolov8n-seg \
   --weights "$W/runs/defects-wild/weights/best.pt" --set mask_ratio=2 --set overlap_mask=False \
@@ -182,15 +189,7 @@ if [ ! -f "$R/defects.yaml" ]; then
   $L synth --preset loops --count 20  --seed 403 --out "$R/val_loops"   --jobs 2
   }
   real_first_halves "$R"
-  t=train_tanaka/images c=train_creme/images
-  cat > "$R/defects.yaml" <<YAML
-path: $R
-train: [train_wild/images, train_wild_loops/images, train_M2/images, train_loops/images, $t, $t, $t, $t, $t, $c, $c, $c, $c, $c, $c]
-val: [val_M2/images, val_loops/images, val_wild/images]
-names:
-  0: dislocation
-  1: loop
-YAML
+  wild_yaml "$R/defects.yaml" "$R" "$R" "val_M2/images, val_loops/images, val_wild/images"
 fi
 $L train --data "$R/defects.yaml" --out "$W/runs" --name defects-wild-r3 --arch yolov8n-seg \
   --weights "${FROM:-loopline/models/defects.pt}" --set mask_ratio=2 --set overlap_mask=False \

@@ -49,8 +49,8 @@ import cv2
 import numpy as np
 
 from ..io.runfolder import RunTables, finish_parquet, parquet_parts, write_summary
+from ..io.sanitize import csv_cell, inside, safe_filename
 from .config import OutputConfig
-from .sanitize import csv_cell, inside, safe_filename
 from .validate import NOT_RECORDED, REJECT_COUNTERS
 from .video_recovery import recover_videos, sidecar, write_sidecar
 

@@ -92,7 +92,7 @@ def run(a: argparse.Namespace) -> int:
     install_signal_handlers(sup)
     code = sup.run()
     if sup.error is not None and sup.error.startup:
-        from .sanitize import escape_control
+        from ..io.sanitize import escape_control
 
         print(f"loopline serve: error: {escape_control(str(sup.error))}", file=sys.stderr)
         return code

@@ -37,10 +37,10 @@ from typing import Any
 
 import zmq
 
+from ..io.sanitize import MultiLine
 from .config import DaemonConfig
 from .hygiene import RunDirBusy, RunState, clean_stale, shm_name
 from .recorder import first_free_part
-from .sanitize import MultiLine
 from .shm import SlotPool
 from .wire import Endpoints, recv_json, send_json, socket
 

@@ -51,9 +51,9 @@ from typing import Any
 import numpy as np
 import zmq
 
+from ..io.sanitize import install_log_escaping
 from .config import DaemonConfig
 from .hygiene import watch_parent
-from .sanitize import install_log_escaping
 from .shm import ANALYSIS, RECORD, PoolSpec, SlotPool
 from .validate import (
     PIXEL_SIZE_RANGE_NM,

@@ -130,6 +130,17 @@ def _truth_index(path: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _read_map(path: Path, shape: tuple[int, int], what: str) -> np.ndarray | None:
+    """A single-channel PNG beside the labels (None if there is none), checked to be ``shape``."""
+    if not path.is_file():
+        return None
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None or img.shape != shape:
+        got = None if img is None else img.shape
+        raise ValueError(f"{path}: expected a {shape} {what}, got {got}")
+    return img
+
+
 def read_frame(root: Path, image_path: Path, truth: dict[str, Any] | None = None) -> Frame:
     """Read one frame's image and ground truth (see the module docstring)."""
     image = read_image(image_path)
@@ -152,22 +163,11 @@ def read_frame(root: Path, image_path: Path, truth: dict[str, Any] | None = None
         boxes[k] = *(lo - pad), *(hi + pad)
 
     strokes = None
-    mpath = root / "masks" / f"{stem}.png"
-    if mpath.is_file():
-        imap = cv2.imread(str(mpath), cv2.IMREAD_UNCHANGED)
-        if imap is None or imap.shape != (h, w):
-            got = None if imap is None else imap.shape
-            raise ValueError(f"{mpath}: expected a ({h}, {w}) instance map, got {got}")
+    imap = _read_map(root / "masks" / f"{stem}.png", (h, w), "instance map")
+    if imap is not None:
         strokes = imap[None] == np.arange(1, len(pairs) + 1)[:, None, None]
-
-    distractors = None
-    dpath = root / "distractors" / f"{stem}.png"
-    if dpath.is_file():
-        d = cv2.imread(str(dpath), cv2.IMREAD_UNCHANGED)
-        if d is None or d.shape != (h, w):
-            got = None if d is None else d.shape
-            raise ValueError(f"{dpath}: expected a ({h}, {w}) distractor mask, got {got}")
-        distractors = d != 0
+    dmap = _read_map(root / "distractors" / f"{stem}.png", (h, w), "distractor mask")
+    distractors = None if dmap is None else dmap != 0
 
     lines, pileups = _truth_lines(truth, classes, stem)
     keep = masks.any(axis=(1, 2))

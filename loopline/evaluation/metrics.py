@@ -741,7 +741,7 @@ def ellipse_diameters(masks: np.ndarray) -> np.ndarray:
     import cv2
 
     m = _stack(masks, "masks")
-    out = np.full(len(m), np.nan)
+    out = equivalent_diameters(m)  # NaN for empty masks; kept where no ellipse fits
     for k, mk in enumerate(m):
         if not mk.any():
             continue
@@ -751,8 +751,6 @@ def ellipse_diameters(masks: np.ndarray) -> np.ndarray:
         if len(c) >= 5:
             (_, _), (d1, d2), _ = cv2.fitEllipse(c)
             out[k] = (d1 + d2) / 2.0 + 1.0
-        else:
-            out[k] = 2.0 * np.sqrt(np.count_nonzero(mk) / np.pi)
     return out
 
 

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from .._procs import process_alive, writer_record
-from ..daemon.sanitize import csv_cell
+from .sanitize import csv_cell
 
 logger = logging.getLogger(__name__)
 
