@@ -127,9 +127,12 @@ def load_allowed_keys(where: str | os.PathLike | None) -> frozenset[bytes] | Non
             keys.add(load_curve_key(path, secret=False) or b"")
         else:
             for n, line in enumerate(text.splitlines(), 1):
-                line = line.split("#", 1)[0].strip()
-                if not line:
+                # Z85 has "#" in its alphabet: a key is the line's first word; a line whose
+                # first word is not a key and starts with "#" is a comment.
+                words = line.split()
+                if not words or (words[0].startswith("#") and not _is_z85(words[0])):
                     continue
+                line = words[0]
                 if not _is_z85(line):
                     raise ValueError(f"CURVE allow-list {path}, line {n}: expected a "
                                      f"40-character Z85 public key, got {line[:50]!r}")  # fmt: skip
