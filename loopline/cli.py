@@ -36,6 +36,9 @@ COMMANDS: dict[str, str] = {
     "recover": "loopline.daemon.recover_command",
     "view": "loopline.viewers.command",
     "report": "loopline.reports.command",
+    "label": "loopline.viewers.label_command",
+    "adapt": "loopline.training.adapt_command",
+    "model": "loopline.daemon.model_command",
 }
 
 _PENDING_HELP = {
@@ -46,6 +49,9 @@ _PENDING_HELP = {
     "simulate": "publish frames like a camera",
     "view": "live terminal or browser viewer",
     "report": "figures and tables of a run folder",
+    "label": "label frames in the browser (YOLO-seg + COCO + polylines)",
+    "adapt": "fine-tune a model on a few labelled frames of your sample",
+    "model": "swap the model of a running daemon",
 }
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces the shipped model loopline/models/defects.{pt,onnx} (see loopline/models/README.md).
-# Usage: scripts/train_defects.sh [WORK_DIR] [stage1|...|stage6|wild|wild-ft|wild-r3]   (default: /work
+# Usage: scripts/train_defects.sh [WORK_DIR] [stage1|...|stage6|wild|wild-ft|wild-r3|bowing]   (default: /work
 #        stage2; needs `make test`'s .venv). Run the stages in order; stage 3 writes the shipped
 #        weights. stage4, p2, stage5 and stage6 (each after stage 3) are the experiments of the
 #        model card that were not shipped.
@@ -21,7 +21,9 @@
 #                  only (no frame of tanaka-twip-2um or creme-loops-512), 320 px crops.
 #   defects-wild-ft wild-ft: defects-wild continued with the real first halves.
 #   defects-wild-r3 wild-r3: run 3 continued on 512 px domain-randomised frames and the real
-#                  first halves (the candidate to ship).
+#                  first halves (shipped as run 7).
+#   defects-bowing bowing: run 7 continued with thin kinked dislocations bowing between shaded
+#                  slip bands (preset bowing) and wild frames with those textures (run 8).
 # Wall time on 2 CPU cores: data ~2 min, each training run ~2 h (time-boxed), export 10 s.
 set -euo pipefail
 W=${1:-/work}
@@ -99,10 +101,10 @@ real_first_halves() {
 # under REALDIR (tanaka x5, creme x6, as in stages 2-3) and the validation sets VAL.
 #   wild_yaml YAML PATH REALDIR VAL
 wild_yaml() {
-  local t="$3/train_tanaka/images" c="$3/train_creme/images"
+  local t="$3/train_tanaka/images" c="$3/train_creme/images" x=${5:+$5, }
   cat > "$1" <<YAML
 path: $2
-train: [train_wild/images, train_wild_loops/images, train_M2/images, train_loops/images, $t, $t, $t, $t, $t, $c, $c, $c, $c, $c, $c]
+train: [${x}train_wild/images, train_wild_loops/images, train_M2/images, train_loops/images, $t, $t, $t, $t, $t, $c, $c, $c, $c, $c, $c]
 val: [$4]
 names:
   0: dislocation
@@ -195,6 +197,36 @@ $L train --data "$R/defects.yaml" --out "$W/runs" --name defects-wild-r3 --arch 
   --weights "${FROM:-loopline/models/defects.pt}" --set mask_ratio=2 --set overlap_mask=False \
   --set warmup_epochs=1 \
   --imgsz 512 --batch 16 --seed 13 --hours "${HOURS:-1.0}" --epochs 60 --workers 2
+exit 0
+fi
+
+if [ "$STAGE" = bowing ]; then
+# Issue 15, run 8 `defects-bowing`: run 7 (FROM, default the shipped weights) continued on run
+# 7's data (made by stage wild-r3 in $W/datawild512) plus 400 frames of the `bowing` preset
+# (thin, kinked lines bulging between the traces of a shaded slip band, vignetting: the
+# straining frames of Ruzaeva et al., which run 7 missed) and 200 fresh `wild` frames that carry
+# the same textures. Validation adds 30 bowing frames.
+R=$W/datawild512
+B=$W/databowing
+BG="--backgrounds $REAL/tanaka-twip-086um/original"
+S512="--set width=512 --set height=512 --jobs 2"
+if [ ! -f "$B/defects.yaml" ]; then
+  mkdir -p "$B"
+  for s in train_wild train_wild_loops train_M2 train_loops train_tanaka train_creme val_M2 \
+           val_loops val_wild; do ln -sfn "$R/$s" "$B/$s"; done
+  # shellcheck disable=SC2086
+  {
+  $L synth --preset bowing --count 400 --seed 521 --out "$B/train_bowing" $BG --jobs 2
+  $L synth --preset wild   --count 200 --seed 522 --out "$B/train_wild2"  $BG $S512
+  $L synth --preset bowing --count 30  --seed 621 --out "$B/val_bowing"   $BG --jobs 2
+  }
+  wild_yaml "$B/defects.yaml" "$B" "$B" "val_M2/images, val_loops/images, val_wild/images, val_bowing/images" \
+    "train_bowing/images, train_wild2/images"
+fi
+$L train --data "$B/defects.yaml" --out "$W/runs" --name defects-bowing --arch yolov8n-seg \
+  --weights "${FROM:-loopline/models/defects.pt}" --set mask_ratio=2 --set overlap_mask=False \
+  --set warmup_epochs=1 \
+  --imgsz 512 --batch 16 --seed 17 --hours "${HOURS:-1.6}" --epochs 60 --workers 2
 exit 0
 fi
 

@@ -231,7 +231,7 @@ def test_labelme_polygons_lines_and_circles(tmp_path: Path):
             {"label": "loop", "shape_type": "polygon", "points": [[5, 5], [15, 5], [10, 12]]},
             {"label": "d", "shape_type": "linestrip", "points": [[5, 30], [30, 32], [55, 30]]},
             {"label": "loop", "shape_type": "circle", "points": [[45, 10], [50, 10]]},
-            {"label": "x", "shape_type": "rectangle", "points": [[0, 0], [3, 3]]},
+            {"label": "x", "shape_type": "point", "points": [[2, 2]]},
         ],
     }  # fmt: skip
     (tmp_path / "lm").mkdir()

@@ -288,7 +288,7 @@ def test_existing_dataset_is_not_overwritten(tmp_path):
 
 # ----------------------------------------------------------------------------- domain randomisation
 
-_DR_KEYS = {"distractors", "overlays", "image_blur", "gamma"}
+_DR_KEYS = {"distractors", "overlays", "image_blur", "gamma", "vignette"}
 
 
 @pytest.mark.parametrize("preset", ["M1", "M2", "loops", "mixed"])
@@ -298,6 +298,72 @@ def test_presets_without_randomisation_keep_their_scenes(preset):
     scene = sample_scene(load_preset(preset, SMALL), 7, 3)
     assert not _DR_KEYS & set(scene)
     assert all("bright" not in pu and "label_width" not in pu for pu in scene["pileups"])
+    assert all("band_contrast" not in pu for pu in scene["pileups"])
+    assert not any("wiggle" in d for pu in scene["pileups"] for d in pu["dislocations"])
+
+
+_TEXTURE_OFF = {"line_wiggle": 0.0, "band_prob": 0.0, "vignette": 0.0}
+
+
+def test_textures_only_add_keys_to_a_scene():
+    # Kinks, shaded bands and vignetting draw from a third stream: switching them off gives the
+    # same scene less their keys, so wild datasets made before they existed are unchanged.
+    over = {**SMALL, "pileups": 2, "dislocations": 4, "slip_trace_prob": 1.0}
+    on = sample_scene(load_preset("wild", {**over, "band_prob": 1.0, "line_wiggle": 2.0}), 9, 1)
+    off = sample_scene(load_preset("wild", {**over, **_TEXTURE_OFF}), 9, 1)
+    assert "vignette" in on and "vignette" not in off
+    del on["vignette"]
+    for pu in on["pileups"]:
+        assert "band_contrast" in pu
+        del pu["band_contrast"]
+        for d in pu["dislocations"]:
+            assert len(d.pop("wiggle")) == 3
+    assert on == off
+
+
+def test_kinked_lines_stay_near_their_spline_and_do_not_cross():
+    over = {**SMALL, "pileups": 1, "dislocations": 5, "spacing": 12.0, "spacing_growth": 0.0,
+            "slip_width": 200.0, "slip_angle": 0.0, "line_angle": 0.0, "bow": 0.0,
+            "shape_jitter": 0.0, "loops": 0, **_TEXTURE_OFF}  # fmt: skip
+    smooth = lines_at(sample_scene(load_preset("bowing", over), 3, 0))
+    kinked_scene = sample_scene(load_preset("bowing", {**over, "line_wiggle": 5.0}), 3, 0)
+    kinked = lines_at(kinked_scene)
+    assert [ln.id for ln in smooth] == [ln.id for ln in kinked]
+    amps = [sum(a for a, _, _ in d["wiggle"]) for d in kinked_scene["pileups"][0]["dislocations"]]
+    assert max(amps) <= 3 * 0.2 * 12.0 + 1e-6  # a fifth of the spacing per component
+    moved = []
+    for a, b, amp in zip(smooth, kinked, amps, strict=True):
+        # slip_angle 0: the glide direction is x, so a line's kinks move its x at each y.
+        dx = np.interp(b.points[:, 1], a.points[:, 1], a.points[:, 0]) - b.points[:, 0]
+        assert np.abs(dx).max() <= amp + 0.05
+        moved.append(np.abs(dx).max())
+    assert max(moved) > 0.5
+    xs = [np.interp(np.linspace(-60, 60, 50) + 128, b.points[:, 1], b.points[:, 0])
+          for b in kinked]  # fmt: skip
+    order = np.argsort([x.mean() for x in xs])
+    assert all((np.diff(np.stack([xs[i] for i in order]), axis=0) > 0).all(axis=0))
+
+
+def test_shaded_band_and_vignette_change_the_grey_where_they_should():
+    over = {**SMALL, "pileups": 1, "dislocations": 0, "slip_angle": 0.0, "slip_width": 80.0,
+            "slip_trace_prob": 1.0, "band_prob": 1.0, "band_contrast": (0.15, 0.15),
+            "line_wiggle": 0.0, "vignette": 0.0, "loops": 0, "camera_noise": 0.0, "gamma": 1.0,
+            "image_blur": 0.0, "texts": 0, "scale_bar_prob": 0.0, "info_strip_prob": 0.0,
+            "stacking_faults": 0, "straight_traces": 0, "bend_contours": 0, "boundaries": 0,
+            "real_background_prob": 0.0}  # fmt: skip
+    scene = sample_scene(load_preset("bowing", over), 1, 0)
+    plain = {**scene, "pileups": [{**scene["pileups"][0], "band_contrast": 0.0}]}
+    diff = render_frame(scene).image.astype(float) - render_frame(plain).image.astype(float)
+    cy = scene["pileups"][0]["center"][1]
+    band = np.zeros((256, 256), bool)
+    band[max(int(cy - 35), 0):int(cy + 35)] = True
+    sign = np.sign(scene["pileups"][0]["band_contrast"])
+    assert sign * diff[band].mean() > 0.1 * 255
+    assert np.abs(diff[~band]).mean() < 0.3 * np.abs(diff[band]).mean()
+    vig = {**plain, "vignette": [0.5, 128.0, 128.0]}
+    dark = render_frame(plain).image.astype(float) - render_frame(vig).image.astype(float)
+    assert dark[:8, :8].mean() > 0.3 * render_frame(plain).image[:8, :8].mean()
+    assert dark[124:132, 124:132].mean() < 2
 
 
 def _distractors_only(**over):

@@ -60,10 +60,13 @@ class EngineConfig:
     mask_threshold: float = field(metadata=_rng(0.0, 0.99))
     inference: str = field(metadata=_choice("tiles", "letterbox"))
     tile_overlap: int = field(metadata=_rng(0, 2048))
+    line_snap: float = field(metadata=_rng(-1.0, 20.0))
+    line_dedupe: float = field(metadata=_rng(-1.0, 20.0))
     device: str
     threads: int = field(metadata=_rng(0, 256))
     workers: int = field(metadata=_rng(1, 16))
     factory: str
+    watch: str
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,13 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ControlConfig:
+    endpoint: str
+    curve_secret_key: str
+    curve_clients: str
+
+
+@dataclass(frozen=True)
 class RunConfig:
     until_series_end: bool
     duration_s: float = field(metadata=_rng(0.0, 1e9))
@@ -138,6 +148,7 @@ class DaemonConfig:
     output: OutputConfig
     publish: PublishConfig
     metrics: MetricsConfig
+    control: ControlConfig
     run: RunConfig
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -166,7 +177,8 @@ class DaemonConfig:
 _SECTIONS: dict[str, type] = {
     "source": SourceConfig, "engine": EngineConfig, "batch": BatchConfig,
     "calibration": CalibrationConfig, "pool": PoolConfig, "output": OutputConfig,
-    "publish": PublishConfig, "metrics": MetricsConfig, "run": RunConfig,
+    "publish": PublishConfig, "metrics": MetricsConfig, "control": ControlConfig,
+    "run": RunConfig,
 }  # fmt: skip
 
 
@@ -226,6 +238,14 @@ def _build(tree: dict[str, dict[str, Any]]) -> DaemonConfig:
         ep = getattr(getattr(cfg, sec), key)
         if "://" not in ep:
             raise ConfigError(f"{name} must be a ZeroMQ URL like tcp://127.0.0.1:5555, got {ep!r}")
+    ctl = cfg.control
+    if ctl.endpoint not in ("", "none") and "://" not in ctl.endpoint:
+        raise ConfigError(f"control.endpoint must be \"\", \"none\" or a ZeroMQ URL like "
+                          f"tcp://127.0.0.1:5557, got {ctl.endpoint!r}")  # fmt: skip
+    if (ctl.curve_secret_key or ctl.curve_clients) and not ctl.endpoint.startswith("tcp://"):
+        raise ConfigError("control.curve_secret_key and control.curve_clients need a tcp:// "
+                          f"control.endpoint, got {ctl.endpoint!r} (the default socket is "
+                          "this user's only)")  # fmt: skip
     return cfg
 
 

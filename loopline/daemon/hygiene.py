@@ -10,7 +10,8 @@ SIGKILL therefore leaves no worker behind that keeps recording.
 
 **The run folder names what the daemon holds.** While it runs, the supervisor keeps
 ``.loopline-daemon.json`` in the run folder (:data:`STATE_FILE`): its pid and start time, the
-shared-memory segment's name, the private ``ipc://`` folder and its workers' pids. A clean
+shared-memory segment's name, the private ``ipc://`` folder, its workers' pids and its control
+endpoint (:mod:`.control`: where ``loopline model --run RUN_DIR`` reaches it). A clean
 stop removes it. A killed daemon (SIGKILL, out of memory, power cut) leaves it, with the
 segment in ``/dev/shm`` (the size of the slot pool: a GB or more) and the ipc folder; the next
 daemon started for the same run folder, and ``loopline recover RUN_DIR``, find them there and
@@ -53,7 +54,7 @@ ORPHAN_GRACE_S = 60.0
 ORPHAN_WAIT_S = 15.0
 
 _SHM_NAME = re.compile(r"loopline-\d+-[0-9a-f]{8}")
-_IPC_FILES = {"ctl", "batch", "work", "det", "out", "receiver.json", "receiver.json.tmp"}
+_IPC_FILES = {"ctl", "batch", "work", "det", "out", "control", "receiver.json", "receiver.json.tmp"}
 _PR_SET_PDEATHSIG = 1
 
 
@@ -147,6 +148,11 @@ class RunState:
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(json.dumps(self.body) + "\n")
         os.replace(tmp, self.path)
+
+    def note(self, **fields: Any) -> None:
+        """Record more of what the daemon offers (``control``: its control endpoint)."""
+        self.body.update(fields)
+        self._write()
 
     def worker(self, label: str, pid: int) -> None:
         """Record a (re)started worker."""

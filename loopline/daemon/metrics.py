@@ -48,6 +48,9 @@ COUNTERS: tuple[str, ...] = (
     # instances, not frames: those beyond a frame's mask budget (pool.max_instances), counted
     # and measured from their boxes (loops) or counted untraced (dislocations)
     "instances_without_mask",
+    # model swaps (loopline model use, engine.watch) done and refused; control requests that
+    # were not one (loopline.daemon.control)
+    "model_swaps", "models_refused", "control_errors",
 )  # fmt: skip
 
 QUEUES = ("queue_batcher", "queue_engine", "queue_output", "slots_in_use")

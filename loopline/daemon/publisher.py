@@ -74,6 +74,9 @@ JPEGs are off. Header (``schema = "loopline.frame/1"``)::
          "spacing_px": 21.5, "spacing_nm": 43.0}, ...],
       "row": {...},                # this frame's series.csv row (README: Run folder)
       "timings_ms": {...},         # per-stage times of this frame (engine, measure, track, ...)
+      "model": "defects.onnx@f24c9d6d",  # the model that analysed this frame: file name @
+                                   # SHA-256[:8] (frames.csv's model; it changes when
+                                   # `loopline model use` swaps models)
       "counters": {"received": n, "analysed": n, "skipped": n, "malformed": n, "recorded": n}
     }
 
@@ -187,7 +190,7 @@ class Publisher:
             "published": time.time(), "latency_ms": latency_ms,
             "shape": msg.get("shape"), "px_nm": msg.get("px_nm"), "jpeg": info,
             "instances": msg["instances"], "pairs": msg.get("pairs", []), "row": msg["row"],
-            "timings_ms": msg["timings_ms"],
+            "timings_ms": msg["timings_ms"], "model": msg.get("model"),
             "counters": counters,
         }  # fmt: skip
         parts = [b"frame", _dumps(header)]

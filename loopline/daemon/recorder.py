@@ -7,7 +7,10 @@ Layout of ``RUN_DIR`` (``output.dir``):
   marked ``SKIPPED`` (latest-wins backpressure) or ``NOT ANALYSED`` (lost with a crashed
   worker or too late), in grey.
 - ``frames.csv`` — one row per recorded frame: series, index, seq, timestamp, fate
-  (analysed | skipped | lost); it and the MP4 have the same number of frames.
+  (analysed | skipped | lost), model (the model that analysed it, ``name@sha256[:8]`` as
+  :func:`loopline.io.runfolder.model_id` writes it; empty for a frame not analysed); it and
+  the MP4 have the same number of frames. The model changes where ``loopline model use``
+  swapped models (:mod:`.control`).
 - ``series.csv`` and ``series.parquet``, ``tracks.csv``, ``pairs.csv``,
   ``track_summary.csv`` — the tables ``loopline analyze`` writes too, with the same columns
   and meanings, written by the same :class:`loopline.io.runfolder.RunTables` from the rows the
@@ -18,7 +21,9 @@ Layout of ``RUN_DIR`` (``output.dir``):
   ``{series}_{index:06d}.npy`` (``.N.npy`` in part N where an earlier run took the name).
 - ``summary.json`` — ``schema_version`` of the tables, ``analysis`` (per series: frames,
   times, calibration, tracks, spacings, stage timings, as ``loopline analyze`` writes it),
-  ``source`` (protocol, endpoint) and ``engine`` ("model/runtime") names, counters
+  ``source`` (protocol, endpoint) and ``engine`` ("model/runtime") names, ``models`` (each
+  stretch of frames one model analysed: its ``model`` id, ``path``, ``runtime``, ``frames``,
+  ``first`` and ``last`` frame as {series, index, seq}), counters
   (``received``, ``analysed``, ``skipped``, ``malformed``, ``recorded`` and the detailed
   ones), latency percentiles, mean rates, warnings.
 
@@ -178,6 +183,15 @@ class _Table:
         rows, self.rows = self.rows, []
         if self._csv is None:
             new = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
+            if not new:  # continued: the file's own columns (an older one may lack some)
+                with open(self.csv_path, newline="") as f:
+                    header = next(csv.reader(f), [])
+                if header and header != self.columns:
+                    logger.warning("%s has the columns %s; continued with those (without %s)",
+                                   self.csv_path, ", ".join(header),
+                                   ", ".join(c for c in self.columns if c not in header)
+                                   or "none")  # fmt: skip
+                    self.columns = header
             self._csv = open(self.csv_path, "a", newline="")
             self._writer = csv.DictWriter(self._csv, self.columns, extrasaction="ignore")
             if new:
@@ -236,6 +250,8 @@ class Recorder:
         if cfg.raw != "none":
             (self.dir / "raw").mkdir(exist_ok=True)
         self.series: list[dict[str, Any]] = []
+        #: the models that analysed this part's frames, in order (summary.json ``models``)
+        self.models: list[dict[str, Any]] = []
         self.written = 0
         self.t_open = time.time()
         # earlier parts' videos, left unfinalised by a killed output worker: recovered beside
@@ -314,9 +330,28 @@ class Recorder:
             self._tif.write(image, contiguous=False,
                             description=json.dumps({"series": hdr["series"],
                                                     "index": hdr["index"]}))  # fmt: skip
+        result = hdr.get("result") if fate == "analysed" else None
+        model = (result or {}).get("model") or ""
         self.frames.append({"series": hdr["series"], "index": hdr["index"], "seq": hdr["seq"],
-                            "timestamp": hdr["ts"], "fate": fate})  # fmt: skip
+                            "timestamp": hdr["ts"], "fate": fate, "model": model})  # fmt: skip
+        if model:
+            self._count_model(model, hdr, result)
         self.written += 1
+
+    def _count_model(self, model: str, hdr: dict[str, Any], result: dict[str, Any]) -> None:
+        """summary.json's ``models``: one entry per stretch of frames one model analysed."""
+        last = self.models[-1] if self.models else None
+        if last is None or last["model"] != model:
+            last = {
+                "model": model,
+                "path": result.get("model_path"),
+                "runtime": result.get("engine"),
+                "frames": 0,
+                "first": {"series": hdr["series"], "index": hdr["index"], "seq": hdr["seq"]},
+            }
+            self.models.append(last)
+        last["frames"] += 1
+        last["last"] = {"series": hdr["series"], "index": hdr["index"], "seq": hdr["seq"]}
 
     # -- results
     def append_result(self, msg: dict[str, Any], *, latency_ms: float | None) -> None:
@@ -391,6 +426,7 @@ class Recorder:
             "elapsed_s": round(elapsed, 3),
             "fps_mean": metrics.get("fps_mean", {}),
             "series": self.series,
+            "models": self.models,
             "tables": {**self.tables.counts, "frames.csv": self.frames.count},
             "files": sorted(p.name for p in self.dir.iterdir() if not p.name.startswith(".")),
             "part": self.part,

@@ -54,6 +54,8 @@ STAT_NAMES: tuple[str, ...] = (
     "receiver_errors", "source_disconnects", "segment_seq", "source_handshake_failures",
     # instances beyond a frame's mask budget (pool.max_instances), measured from their boxes
     "instances_without_mask",
+    # model swaps (loopline model use) done and refused; control requests that made no sense
+    "model_swaps", "models_refused", "control_errors",
     # gauges
     "queue_batcher", "queue_engine", "queue_output", "slots_in_use",
     "latency_p50_ms", "latency_p99_ms", "latency_max_ms", "latency_count",

@@ -8,20 +8,24 @@ It is not a model of anything; use ``engine.model = "ridge"`` or a trained model
 Select it with ``engine.factory = "loopline.daemon.standins:ThresholdEngine"``; the
 ``delay_ms`` keyword (``"loopline.daemon.standins:slow_engine"``) makes it artificially slow
 for backpressure tests; ``"loopline.daemon.standins:flaky_engine"`` raises on frames marked
-by :func:`mark_for_failure`, for tests of what an engine exception costs (that frame only).
+by :func:`mark_for_failure`, for tests of what an engine exception costs (that frame only);
+``"loopline.daemon.standins:SlowLoadingEngine"`` takes seconds to load some model files, for
+tests of a model swap beside a running model.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 from ..engines.base import Detections, Engine
 
-__all__ = ["FAIL_MARK", "ThresholdEngine", "flaky_engine", "mark_for_failure", "slow_engine"]
+__all__ = ["FAIL_MARK", "SlowLoadingEngine", "ThresholdEngine", "flaky_engine", "mark_for_failure",
+           "slow_engine"]  # fmt: skip
 
 #: the top-left 2 x 2 pixels of a frame that :func:`flaky_engine` refuses
 FAIL_MARK = 7
@@ -92,3 +96,17 @@ def mark_for_failure(image: np.ndarray) -> np.ndarray:
 def flaky_engine(model=None, **kwargs) -> ThresholdEngine:
     """A ThresholdEngine that raises on frames marked by :func:`mark_for_failure`."""
     return ThresholdEngine(model, fail_marked=True, **kwargs)
+
+
+class SlowLoadingEngine(ThresholdEngine):
+    """A ThresholdEngine whose model is a file (any bytes: the run folder names it by them)
+    and which takes ``LOOPLINE_TEST_LOAD_S`` (default 3) s to load one whose name starts with
+    ``slow``: what a large model costs, without one."""
+
+    def __init__(self, model=None, **kwargs) -> None:
+        super().__init__(None, **kwargs)
+        self.model = Path(model) if model else None
+
+    def load(self) -> None:
+        if self.model is not None and self.model.name.startswith("slow"):
+            time.sleep(float(os.environ.get("LOOPLINE_TEST_LOAD_S", "3")))

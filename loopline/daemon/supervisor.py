@@ -19,6 +19,12 @@ socket every worker reports to, the Prometheus endpoint and the systemd notifica
   analysed or skipped, every frame is recorded, files are flushed and closed, then the
   workers exit and :meth:`Supervisor.run` returns 0. An unrecoverable error returns 1 after
   the same clean-up, so that systemd (``Restart=on-failure``) starts the daemon again.
+- Model swaps: the supervisor answers the control socket (:mod:`.control`). A ``use_model``
+  request goes to the batcher, which has every engine worker load and check the model beside
+  the running one and then switches them all between two batches (:mod:`.workers`); the
+  caller gets the new model's id, or the one-line reason it was refused (the old model runs
+  on). A worker restarted later loads the model in use. ``engine.watch`` names a folder where
+  a new model file makes the same request.
 - Nothing outlives a killed supervisor (:mod:`.hygiene`): workers stop when their parent
   dies, and the run folder's ``.loopline-daemon.json`` names the shared memory and ipc
   folder, which the next daemon for the same folder (or ``loopline recover``) removes.
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import signal
 import threading
 import time
@@ -39,6 +46,7 @@ import zmq
 
 from ..io.sanitize import MultiLine
 from .config import DaemonConfig
+from .control import ControlServer, control_endpoint
 from .hygiene import RunDirBusy, RunState, clean_stale, shm_name
 from .recorder import first_free_part
 from .shm import SlotPool
@@ -49,6 +57,11 @@ logger = logging.getLogger(__name__)
 __all__ = ["RestartBudget", "Supervisor", "WorkerError"]
 
 _ANALYSIS_STAGES = ("batcher", "engine", "measure")
+#: how long a model swap may take before its caller is told it failed (s): the batcher's own
+#: limit (workers._SWAP_TIMEOUT_S) and a margin
+_SWAP_TIMEOUT_S = 330.0
+#: how often ``engine.watch`` is looked at (s); a file is taken once it is unchanged that long
+_WATCH_EVERY_S = 1.0
 
 
 class WorkerError(RuntimeError):
@@ -105,6 +118,7 @@ class _Worker:
     part: int = 0
     error: dict[str, Any] | None = None
     ready: bool = False
+    model: dict[str, Any] | None = None  # an engine's model: {"model", "runtime", "path"}
     started: float = field(default_factory=time.time)
 
     @property
@@ -139,6 +153,13 @@ class Supervisor:
         self.notifier = _Notifier()
         self.started_at = 0.0
         self.all_ready = False
+        self.control: ControlServer | None = None
+        self._swap: dict[str, Any] | None = None  # the model swap in progress
+        self._swaps = 0
+        self._committed: dict[str, Any] | None = None  # the model since the last swap
+        self._watch_seen: dict[Path, tuple[int, int]] = {}
+        self._watch_last: dict[Path, tuple[int, int]] = {}
+        self._watch_t = 0.0
 
     # -- control from outside (signal handlers, tests)
     def request_stop(self, reason: str = "stop requested") -> None:
@@ -196,6 +217,13 @@ class Supervisor:
         if w.stage == "output":
             w.part += 1  # a new annotated.N.mp4: the old one could not be finalised
         self._spawn(w)
+        if w.stage == "batcher":
+            if self._swap is not None:
+                self._end_swap({"ok": False, "error": "the batcher was restarted during the "
+                                "swap", "path": self._swap["path"]})  # fmt: skip
+            if self._committed is not None:  # batches go on naming the model in use
+                send_json(self._to_batch, {"t": "model_committed", "model": self._committed},
+                          block=True)  # fmt: skip
 
     def _handle_ctl(self, msg: dict[str, Any]) -> str | None:
         kind = msg.get("t")
@@ -214,6 +242,11 @@ class Supervisor:
                                   msg.get("traceback", ""), startup=True)  # fmt: skip
             logger.error("%s worker raised %s: %s\n%s", stage, msg.get("type"), msg.get("message"),
                          tb)  # fmt: skip
+        elif kind == "model" and w is not None:  # an engine worker's model, at start or swap
+            w.model = {k: msg.get(k) for k in ("model", "runtime", "path")}
+        elif kind == "model_result":
+            if self._swap is not None and msg.get("req") == self._swap["req"]:
+                self._end_swap(msg)
         elif kind == "draining":
             logger.info("draining: %s", msg.get("reason"))
             if not self._stop.is_set():
@@ -221,6 +254,130 @@ class Supervisor:
         elif kind == "done":
             return "done"
         return None
+
+    # -- model swaps (control.py)
+    def running_models(self) -> dict[str, dict[str, Any] | None]:
+        """Each engine worker's model: {"engine0": {"model", "runtime", "path"}, ...}."""
+        return {w.label: w.model for w in self.workers if w.stage == "engine"}
+
+    def _current_model(self) -> str:
+        """The model that analyses new frames: the last swap's, else what the engines run."""
+        if self._committed is not None:
+            return str(self._committed["model"])
+        ids = sorted({str((m or {}).get("model")) for m in self.running_models().values()})
+        return ", ".join(ids) or "none"
+
+    def _on_control(self, envelope: list[bytes], req: dict[str, Any] | str) -> None:
+        assert self.control is not None
+        if isinstance(req, str):
+            self.stats.add("control_errors")
+            logger.warning("control: request refused: %s", req)
+            self.control.reply(envelope, {"ok": False, "error": req})
+            return
+        if req["t"] == "status":
+            s = self.stats
+            self.control.reply(envelope, {
+                "ok": True, "pid": os.getpid(), "workers": self.pids(),
+                "run_dir": str(self.run_dir), "models": self.running_models(),
+                "model": self._current_model(),
+                "swap": None if self._swap is None else self._swap["path"],
+                "counters": {k: int(s[k]) for k in ("received", "analysed", "skipped",
+                                                   "recorded", "model_swaps",
+                                                   "models_refused")},
+            })  # fmt: skip
+            return
+        self._start_swap(req["path"], envelope)
+
+    def _start_swap(self, path: str, envelope: list[bytes] | None) -> None:
+        """Ask the batcher to swap to ``path`` (envelope: the caller's, None for the watch)."""
+        from ..models import SHIPPED
+
+        error = ""
+        if self._stop.is_set():
+            error = "the daemon is stopping"
+        elif self._swap is not None:
+            error = f"a model swap to {self._swap['path']} is in progress; try again after it"
+        elif path != "ridge" and path not in SHIPPED and not Path(path).exists():
+            error = f"FileNotFoundError: no model file {path} (on the daemon's machine)"
+        self._swaps += 1
+        sw = {"req": self._swaps, "path": path, "envelope": envelope, "t0": time.monotonic()}
+        if error:
+            self._answer(sw, {"ok": False, "error": error})
+            return
+        self._swap = sw
+        logger.info("model swap requested%s: %s (running %s)",
+                    "" if envelope is not None else " (engine.watch)", path,
+                    self._current_model())  # fmt: skip
+        send_json(self._to_batch, {"t": "use_model", "req": self._swaps, "path": path},
+                  block=True)  # fmt: skip
+
+    def _end_swap(self, result: dict[str, Any]) -> None:
+        """The batcher's answer to the swap in progress (or its failure here)."""
+        sw = self._swap
+        assert sw is not None
+        self._swap = None
+        self._answer(sw, result)
+
+    def _answer(self, sw: dict[str, Any], result: dict[str, Any]) -> None:
+        """A swap's outcome: log it, count it, tell its caller."""
+        previous = self._current_model()
+        if result.get("ok"):
+            model = str(result.get("model"))
+            self._committed = {"model": model, "path": sw["path"], "engine": result.get("engine")}
+            # a worker restarted from now on loads the new model, in the same runtime
+            keys = {"model": sw["path"]}
+            if not self.cfg.engine.factory and result.get("engine"):
+                keys["engine"] = str(result["engine"])
+            self.cfg = self.cfg.replace(engine=keys)
+            self.stats.add("model_swaps")
+            text = (f"now running {model} (was {previous}): it analyses every frame from "
+                    f"analysis number {result.get('first_aseq')} on; loaded and checked in "
+                    f"{float(result.get('load_s') or 0):.2f} s")  # fmt: skip
+            logger.info("model swap: %s", text)
+            body = {"ok": True, "model": model, "previous": previous,
+                    "runtime": result.get("runtime"), "path": sw["path"],
+                    "message": text}  # fmt: skip
+        else:
+            self.stats.add("models_refused")
+            error = str(result.get("error") or "refused")
+            logger.error("model %s refused: %s; %s keeps running", sw["path"], error, previous)
+            body = {"ok": False, "error": error, "path": sw["path"], "model": previous}
+        if sw["envelope"] is not None and self.control is not None:
+            self.control.reply(sw["envelope"], body)
+
+    def _poll_watch(self) -> None:
+        """``engine.watch``: a model file that appeared (or changed) and has stopped growing."""
+        folder = self.cfg.engine.watch
+        now = time.monotonic()
+        if not folder or now - self._watch_t < _WATCH_EVERY_S:
+            return
+        first = self._watch_t == 0.0
+        self._watch_t = now
+        from ..engines import SUFFIXES
+
+        try:
+            files = {}
+            for p in Path(folder).iterdir():
+                if p.suffix.lower() in SUFFIXES and p.is_file():
+                    st = p.stat()
+                    files[p] = (st.st_size, st.st_mtime_ns)
+        except OSError as e:
+            logger.debug("engine.watch %s: %s", folder, e)
+            return
+        if first:  # what is there at start-up is not new
+            self._watch_seen = dict(files)
+            return
+        for p, sig in sorted(files.items(), key=lambda kv: kv[1][1]):
+            if self._watch_seen.get(p) == sig:
+                continue
+            if self._watch_last.get(p) != sig:  # new or still being written: look again
+                self._watch_last[p] = sig
+                continue
+            if self._swap is not None:
+                return
+            self._watch_seen[p] = sig
+            self._start_swap(str(p), None)
+            return
 
     def _check_workers(self, *, allow_restart: bool) -> None:
         for w in self.workers:
@@ -274,6 +431,16 @@ class Supervisor:
                                       f"{cfg.metrics.prometheus_port} "
                                       f"(metrics.prometheus_port): {e.strerror or e}",
                                       startup=True) from None  # fmt: skip
+            ep = control_endpoint(cfg.control, self.eps.folder)
+            if ep is not None:
+                try:
+                    self.control = ControlServer(zctx, cfg.control, ep)
+                except (OSError, ValueError) as e:  # port in use, a bad key file
+                    raise WorkerError("control", str(e), startup=True) from None
+                self.state.note(control=self.control.endpoint)
+            if cfg.engine.watch and not Path(cfg.engine.watch).is_dir():
+                raise WorkerError("supervisor", f"engine.watch: no folder {cfg.engine.watch}",
+                                  startup=True)  # fmt: skip
             stages = ["output", "measure", *["engine"] * cfg.engine.workers, "batcher",
                       "receiver"]  # fmt: skip
             part = first_free_part(self.run_dir)
@@ -304,6 +471,11 @@ class Supervisor:
                     prom[0].shutdown()
                 except Exception:  # older prometheus-client returns no server
                     pass
+            if self._swap is not None:
+                self._end_swap({"ok": False, "error": "the daemon stopped before the swap "
+                                "finished"})  # fmt: skip
+            if self.control is not None:
+                self.control.close()
             ctl.close(linger=0)
             self._to_out.close(linger=0)
             self._to_batch.close(linger=0)
@@ -330,8 +502,13 @@ class Supervisor:
         cfg = self.cfg
         drain_deadline: float | None = None
         last_status = 0.0
+        poller = zmq.Poller()
+        poller.register(ctl, zmq.POLLIN)
+        if self.control is not None:
+            poller.register(self.control.sock, zmq.POLLIN)
         while True:
-            if ctl.poll(100):
+            events = dict(poller.poll(100))
+            if ctl in events:
                 while True:
                     try:
                         msg = recv_json(ctl)
@@ -340,11 +517,26 @@ class Supervisor:
                     if msg is not None and self._handle_ctl(msg) == "done":
                         logger.info("run folder complete: %s", self.run_dir)
                         return 0
+            if self.control is not None and self.control.sock in events:
+                for envelope, req in self.control.recv():
+                    self._on_control(envelope, req)
+            if self._swap is not None and time.monotonic() - self._swap["t0"] > _SWAP_TIMEOUT_S:
+                self._end_swap({"ok": False, "error": f"no answer from the engine workers "
+                                f"within {_SWAP_TIMEOUT_S:g} s"})  # fmt: skip
+            if self.all_ready:
+                self._poll_watch()
             self._check_workers(allow_restart=True)
             if not self.all_ready and all(w.ready for w in self.workers):
                 self.all_ready = True
-                logger.info("loopline serve: all %d workers ready; listening on %s",
-                            len(self.workers), cfg.source.endpoint)  # fmt: skip
+                if self.control is None:
+                    swap = "control.endpoint = none: no swaps"
+                elif cfg.control.endpoint:
+                    swap = f"swap: loopline model use PATH --endpoint {self.control.endpoint}"
+                else:
+                    swap = f"swap: loopline model use PATH --run {self.run_dir}"
+                logger.info("loopline serve: all %d workers ready; listening on %s; model %s "
+                            "(%s)", len(self.workers), cfg.source.endpoint,
+                            self._current_model(), swap)  # fmt: skip
                 self.notifier.notify("READY=1")
                 if self.on_ready is not None:
                     self.on_ready(self)

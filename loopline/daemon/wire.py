@@ -10,11 +10,16 @@ folder's state file names so that a killed daemon's is removed: :mod:`.hygiene`)
 =============  =================  ===============================================
 channel        bound by           connected by (what flows)
 =============  =================  ===============================================
-``ctl``        supervisor PULL    every worker PUSH (ready, error, done)
-``batch``      batcher PULL       receiver PUSH (frame headers, series events, eos)
-``work``       batcher ROUTER     engine DEALERs (ready ↔ batch)
+``ctl``        supervisor PULL    every worker PUSH (ready, error, done; an engine's
+                                  model, the batcher's model_result)
+``batch``      batcher PULL       receiver PUSH (frame headers, series events, eos),
+                                  supervisor PUSH (engine_dead, use_model)
+``work``       batcher ROUTER     engine DEALERs (ready ↔ batch; prepare → prepared,
+                                  abort: a model swap)
 ``det``        measure PULL       engines, batcher PUSH (detection headers, eos)
 ``out``        output PULL        receiver, batcher, measure, supervisor PUSH
+``control``    supervisor ROUTER  ``loopline model`` REQ (:mod:`.control`; the one
+                                  channel from outside)
 =============  =================  ===============================================
 """
 

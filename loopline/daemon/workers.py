@@ -41,7 +41,9 @@ import json
 import logging
 import math
 import os
+import re
 import signal
+import threading
 import time
 import traceback
 from collections import OrderedDict, deque
@@ -70,6 +72,8 @@ __all__ = ["STAGE_CLASSES", "engine_label", "make_engine", "mask_priority", "sou
            "worker_main"]
 
 _POLL_MS = 50
+#: how long the engine workers may take to load and check a new model (s)
+_SWAP_TIMEOUT_S = 300.0
 #: daemon counter <- the source's counter of the same events (the source's restart from 0)
 #: how long a restarted receiver waits for the recorder to show whether it got the header of
 #: the frame its predecessor was killed on (s)
@@ -545,6 +549,10 @@ class Batcher(_Stage):
         self.max_pending = self.cfg.max_pending
         self.max_inflight = self.cfg.max_inflight
         self.stalled_since: float | None = None
+        #: the model every batch names since a swap ({"model", "path"}; None: none yet)
+        self.model: dict[str, Any] | None = None
+        #: the swap in progress: {"req", "path", "waiting": idents, "ready": {ident: reply}}
+        self.swap: dict[str, Any] | None = None
 
     def _skip_oldest(self) -> None:
         h = self.pending.popleft()
@@ -567,9 +575,16 @@ class Batcher(_Stage):
         elif t == "eos":
             self.draining = True
             self.flush = True
+        elif t == "use_model":  # from the supervisor: a model swap (control.py)
+            self._start_swap(msg)
+        elif t == "model_committed":  # from the supervisor, to a restarted batcher
+            self.model = msg.get("model")
         elif t == "engine_dead":  # from the supervisor: that engine's batch is lost
             pid = int(msg.get("pid", -1))
             for ident in [i for i, p in self.pids.items() if p == pid]:
+                if self.swap is not None and ident in self.swap["waiting"]:
+                    self._end_swap(error=f"engine worker (pid {pid}) died while it loaded "
+                                         "the model")  # fmt: skip
                 _, batch = self.busy.pop(ident, (0.0, []))
                 for h in batch:
                     self.pool.release(h["slot"], h["gen"], ANALYSIS)
@@ -603,6 +618,61 @@ class Batcher(_Stage):
             return True
         return False
 
+    # -- model swaps (control.py): prepare every engine, then switch between two batches
+    def _start_swap(self, msg: dict[str, Any]) -> None:
+        req, path = msg.get("req"), str(msg.get("path"))
+        if self.swap is not None:  # the supervisor sends one at a time; be sure
+            self.ctl_send("model_result", req=req, ok=False,
+                          error="another model swap is in progress")  # fmt: skip
+            return
+        if not self.pids:
+            self.ctl_send("model_result", req=req, ok=False, error="no engine worker is ready")
+            return
+        self.swap = {"req": req, "path": path, "waiting": set(self.pids), "ready": {},
+                     "t0": time.monotonic()}  # fmt: skip
+        for ident in self.pids:
+            self.router.send_multipart([ident, _dumps({"t": "prepare", "req": req,
+                                                       "path": path})])  # fmt: skip
+
+    def _on_prepared(self, ident: bytes, msg: dict[str, Any]) -> None:
+        sw = self.swap
+        if sw is None or msg.get("req") != sw["req"] or ident not in sw["waiting"]:
+            # a swap that ended without this engine (refused by another): drop what it loaded
+            self.router.send_multipart([ident, _dumps({"t": "abort", "req": msg.get("req")})])
+            return
+        sw["waiting"].discard(ident)
+        if not msg.get("ok"):
+            self._end_swap(error=str(msg.get("error") or "refused"))
+            return
+        sw["ready"][ident] = msg
+        if sw["waiting"]:
+            return
+        models = {m.get("model") for m in sw["ready"].values()}
+        if len(models) != 1:  # the file changed between two workers' loads
+            got = ", ".join(sorted(map(str, models)))
+            self._end_swap(error=f"the engine workers read different models from "
+                                 f"{sw['path']}: {got}")  # fmt: skip
+            return
+        # the switch: every batch from now on names the new model, every earlier one ran on
+        # the old: the model changes once, at a frame boundary in analysis order
+        first = next(iter(sw["ready"].values()))
+        self.model = {"model": first["model"], "path": sw["path"], "engine": first.get("engine")}
+        load_s = max(float(m.get("load_s") or 0) for m in sw["ready"].values())
+        self._end_swap(model=first["model"], runtime=first.get("runtime"),
+                       engine=first.get("engine"), first_aseq=int(self.stats["analysis_seq"]),
+                       load_s=load_s)  # fmt: skip
+
+    def _end_swap(self, *, error: str = "", **info: Any) -> None:
+        sw = self.swap
+        assert sw is not None
+        self.swap = None
+        if error:  # engines that loaded it drop it again
+            for ident in sw["ready"]:
+                self.router.send_multipart([ident, _dumps({"t": "abort", "req": sw["req"]})])
+            self.ctl_send("model_result", req=sw["req"], ok=False, error=error, path=sw["path"])
+        else:
+            self.ctl_send("model_result", req=sw["req"], ok=True, path=sw["path"], **info)
+
     def _dispatch(self) -> None:
         now = time.monotonic()
         while self.idle_engines and self.pending and self._room(now):
@@ -620,7 +690,10 @@ class Batcher(_Stage):
                 seq += 1
                 batch.append(h)
             self.stats["analysis_seq"] = seq
-            self.router.send_multipart([ident, _dumps({"t": "batch", "frames": batch})])
+            body: dict[str, Any] = {"t": "batch", "frames": batch}
+            if self.model is not None:  # since a swap: every batch names the model to run
+                body["model"] = self.model
+            self.router.send_multipart([ident, _dumps(body)])
             self.busy[ident] = (now, batch)
             self.stats.add("batches")
             self.beat(n)
@@ -655,6 +728,9 @@ class Batcher(_Stage):
                     except ValueError:
                         continue
                     ready = _loads(data) or {}
+                    if ready.get("t") == "prepared":  # not a ready: the engine may be busy
+                        self._on_prepared(ident, ready)
+                        continue
                     self.pids[ident] = int(ready.get("pid", -1))
                     self.busy.pop(ident, None)
                     if ident not in self.idle_engines:
@@ -663,6 +739,11 @@ class Batcher(_Stage):
             for ident, (t0, _b) in list(self.busy.items()):
                 if now - t0 > timeout_s:  # that engine hangs or died with our batch
                     del self.busy[ident]
+            if self.swap is not None and now - self.swap["t0"] > _SWAP_TIMEOUT_S:
+                self._end_swap(error=f"the engine workers did not load the model within "
+                                     f"{_SWAP_TIMEOUT_S:g} s")  # fmt: skip
+            if self.swap is not None and self.draining:
+                self._end_swap(error="the daemon is stopping")
             self._dispatch()
             self.stats["queue_batcher"] = len(self.pending)
             self.stats["queue_engine"] = len(self.busy)
@@ -720,6 +801,9 @@ def make_engine(cfg: DaemonConfig):
             kw["threads"] = e.threads
         if e.mask_threshold:
             kw["mask_threshold"] = e.mask_threshold
+        for key in ("line_snap", "line_dedupe"):  # -1: the model's own operating point
+            if getattr(e, key) >= 0:
+                kw[key] = getattr(e, key)
         engine = create_engine(e.model, engine=e.engine or None, inference=e.inference,
                                tile_overlap=e.tile_overlap, **kw)  # fmt: skip
     engine.load()
@@ -769,27 +853,265 @@ def mask_priority(classes: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return np.lexsort((-s, c != 0)).astype(np.int64)
 
 
+def probe_frame(shape: tuple[int, int]) -> np.ndarray:
+    """A synthetic frame (uint8): a bright noisy field crossed by one dark line."""
+    h, w = shape
+    img = (np.random.default_rng(0).random((h, w)) * 40 + 170).astype(np.uint8)
+    import cv2
+
+    cv2.line(img, (w // 4, h // 8), (w // 2, h - h // 8), 40, max(2, min(h, w) // 64))
+    return img
+
+
+def _class_count(engine: Any, frame: np.ndarray) -> int | None:
+    """The number of classes the model predicts, where the runtime tells (else None)."""
+    names = getattr(getattr(engine, "yolo", None), "names", None)  # torch: ultralytics' model
+    if names is not None:
+        return len(names)
+    infer = getattr(engine, "_infer", None)  # an exported YOLOv8-seg network
+    if infer is None:
+        return None
+    from ..engines import ops
+
+    batch, _ = ops.preprocess([frame], engine.imgsz)
+    static = getattr(engine, "static_batch", None)
+    if static and static > 1:
+        batch = np.concatenate([batch, np.zeros((static - 1, *batch.shape[1:]), batch.dtype)])
+    pred, protos = infer(batch)  # pred rows: 4 box coordinates, the classes, mask coefficients
+    return int(pred.shape[1] - 4 - protos.shape[1])
+
+
+def check_engine(engine: Any, shape: tuple[int, int]) -> None:
+    """Run a loaded engine on one synthetic frame of ``shape``; ValueError if its output is not
+    what the measuring stages take (one result, masks of the frame's shape, the classes of
+    :data:`~loopline.engines.base.CLASS_NAMES`)."""
+    from ..engines.base import CLASS_NAMES, Detections
+
+    frame = probe_frame(shape)
+    dets = engine([frame])
+    if len(dets) != 1 or not isinstance(dets[0], Detections):
+        raise ValueError(f"expected 1 Detections for 1 frame, got {len(dets)} "
+                         f"{type(dets[0]).__name__ if dets else ''}".rstrip())  # fmt: skip
+    d = dets[0]
+    if d.shape != tuple(shape):
+        raise ValueError(f"expected masks of the frame's shape {tuple(shape)}, got {d.shape}")
+    names = ", ".join(f"{i} {n}" for i, n in enumerate(CLASS_NAMES))
+    bad = sorted({int(c) for c in d.classes if not 0 <= c < len(CLASS_NAMES)})
+    if bad:
+        raise ValueError(f"expected classes {names}; got class {bad[0]}")
+    nc = _class_count(engine, frame)
+    if nc is not None and nc != len(CLASS_NAMES):
+        raise ValueError(f"expected a model of {len(CLASS_NAMES)} classes ({names}), got {nc}")
+
+
+#: runtime -> the model files it reads, by suffix ("": a folder, an OpenVINO IR)
+_READS = {"openvino": (".onnx", ".xml", ""), "onnx": (".onnx",), "torch": (".pt",),
+          "tensorrt": (".engine",)}  # fmt: skip
+
+
+def swap_runtime(cfg: DaemonConfig, running: str, path: str) -> str:
+    """The runtime (``engine.engine``) for a model swapped in: the configured one; with none
+    configured, the running one where it reads the new file (OpenVINO reads ONNX: a new
+    ``.onnx`` is not moved to the slower ONNX Runtime), else "" (by the file's suffix)."""
+    from ..models import SHIPPED
+
+    if cfg.engine.engine or cfg.engine.factory:
+        return cfg.engine.engine
+    if path in SHIPPED and not Path(path).exists():  # a name: every runtime of _READS runs it
+        return running if running in _READS else ""
+    p = Path(path)
+    return running if ("" if p.is_dir() else p.suffix.lower()) in _READS.get(running, ()) else ""
+
+
+def load_model(cfg: DaemonConfig, path: str, *, shape: tuple[int, int],
+               runtime: str | None = None) -> Any:  # fmt: skip
+    """An engine for the model ``path`` in ``runtime`` (default: the configured one) with the
+    configured options, loaded and checked on one synthetic frame (:func:`check_engine`). What
+    the engine worker does before it switches models; raises what went wrong."""
+    from ..models import SHIPPED
+
+    if path != "ridge" and path not in SHIPPED and not Path(path).exists():
+        raise FileNotFoundError(f"no model file {path}")
+    engine = make_engine(cfg.replace(engine={
+        "model": path, "engine": cfg.engine.engine if runtime is None else runtime}))  # fmt: skip
+    check_engine(engine, shape)
+    return engine
+
+
+def one_line(e: BaseException) -> str:
+    """``Type: first line of the message`` (what a refused model's caller is told); lines
+    that only name a runtime's source file (OpenVINO's ``Exception from src/...cpp:84:``) are
+    passed over."""
+    lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+    said = [x for x in lines if not re.fullmatch(r"Exception from \S+:\d+:?", x)]
+    text = (said or lines or [""])[0]
+    return f"{type(e).__name__}: {text}".rstrip(": ")
+
+
+def engine_model_id(engine: Any) -> str:
+    """The run folder's name of an engine's model (:func:`loopline.io.runfolder.model_id`)."""
+    from ..io.runfolder import model_id
+
+    name = getattr(engine, "name", None) or type(engine).__name__
+    return model_id(getattr(engine, "model", None), name=name)
+
+
 class EngineWorker(_Stage):
-    """Batches → detections; masks go into the frames' slots, headers to the measure worker."""
+    """Batches → detections; masks go into the frames' slots, headers to the measure worker.
+
+    Model swaps (:mod:`.control`): a ``prepare`` message from the batcher starts loading the
+    new model in a thread beside the running one (:func:`load_model`: it loads in the
+    configured runtime and runs one synthetic frame); the worker goes on analysing and tells
+    the batcher ``prepared`` (or why not). Once every engine worker is prepared, the batcher
+    names the new model in every batch it sends from then on; the worker switches to it when
+    the first such batch arrives, between two batches, in the same process. Every ``det``
+    message names the model that made it (``model``: ``name@sha256[:8]``).
+    """
 
     name = "engine"
 
     def setup(self) -> None:
-        self.engine = make_engine(self.cfg)
-        self.label = engine_label(self.engine)
+        # the synthetic frame a model is checked on (then: the last frame's shape)
+        c = self.cfg
+        self._shape = (min(c.engine.imgsz, c.pool.max_height),
+                       min(c.engine.imgsz, c.pool.max_width))  # fmt: skip
+        engine = make_engine(self.cfg)
+        # the configured model passes the check a swapped-in one does (a model of other
+        # classes stops the daemon at start-up, named), and the runtime's first call, slow in
+        # most, is not the first frame's
+        check_engine(engine, self._shape)
+        self._adopt(engine)
+        logger.info("engine: %r (%s)", self.engine, self.model)
+        self.dealer = self.sock(zmq.DEALER, connect=self.eps.work)
+        self.to_det = self.sock(zmq.PUSH, connect=self.eps.det, sndhwm=100_000)
+        self._loading: threading.Thread | None = None
+        # models loaded beside the running one, by swap request: each waits for the first
+        # batch that names it (or for an abort)
+        self._candidates: dict[int, dict[str, Any]] = {}
+        self._refused: set[str] = set()  # models a batch named that would not load here
+
+    def _adopt(self, engine: Any) -> None:
+        """Run ``engine`` from the next batch on."""
+        self.engine = engine
+        self.label = engine_label(engine)
+        self.runtime = str(getattr(engine, "name", "") or "")
+        self.model = engine_model_id(engine)
+        path = getattr(engine, "model", None)
+        self.model_path = None if path is None else str(path)
         # a model card that gives its training pixel size: frames are resampled to it, using
         # the calibration's pixel size, else the camera's (header px_nm), else none
         self.nm_per_px: float | None = None
-        self.scaled = bool(getattr(self.engine, "model_nm_per_px", None))
+        self.scaled = bool(getattr(engine, "model_nm_per_px", None))
         if self.scaled:
             from ..calibration import load_calibration
 
             c = self.cfg.calibration
             self.nm_per_px = (load_calibration(c.profile).nm_per_px if c.profile else None) or None
-        logger.info("engine: %r", self.engine)
-        self.dealer = self.sock(zmq.DEALER, connect=self.eps.work)
-        self._ready = _dumps({"t": "ready", "pid": os.getpid()})
-        self.to_det = self.sock(zmq.PUSH, connect=self.eps.det, sndhwm=100_000)
+        self._ready = _dumps({"t": "ready", "pid": os.getpid(), "model": self.model})
+        self.ctl_send("model", model=self.model, runtime=self.label, path=self.model_path)
+
+    # -- model swaps
+    def _prepare(self, msg: dict[str, Any]) -> None:
+        """Start loading the model of a ``prepare`` message in a thread (no socket there)."""
+        req, path = msg.get("req"), str(msg.get("path"))
+        if self._loading is not None:
+            self._prepared(req, error="this engine worker is still loading another model")
+            return
+        cand: dict[str, Any] = {"req": req, "path": path}
+        shape = self._shape
+        runtime = swap_runtime(self.cfg, self.runtime, path)
+
+        def work() -> None:
+            t0 = time.perf_counter()
+            try:
+                cand["engine"] = load_model(self.cfg, path, shape=shape, runtime=runtime)
+                cand["model"] = engine_model_id(cand["engine"])
+            except Exception as e:  # any failure refuses this model; the old one runs on
+                cand["error"] = one_line(e)
+                logger.debug("engine: %s did not load", path, exc_info=True)
+            cand["load_s"] = time.perf_counter() - t0
+
+        logger.info("engine: loading %s beside %s", path, self.model)
+        self._candidates[req] = cand
+        self._loading = threading.Thread(target=work, name="model-loader", daemon=True)
+        self._loading.start()
+
+    def _prepared(self, req: Any, *, error: str = "", **info: Any) -> None:
+        body = {"t": "prepared", "pid": os.getpid(), "req": req, "ok": not error, **info}
+        if error:
+            body["error"] = error
+        self.dealer.send(_dumps(body))
+
+    def _poll_loading(self) -> None:
+        """A finished load: tell the batcher (from this thread, which owns the socket)."""
+        if self._loading is None or self._loading.is_alive():
+            return
+        self._loading = None
+        req, cand = next((k, c) for k, c in self._candidates.items() if "load_s" in c
+                         and not c.get("told"))  # fmt: skip
+        cand["told"] = True
+        if cand.get("aborted") or cand.get("error"):
+            del self._candidates[req]
+        if cand.get("aborted"):
+            return
+        if cand.get("error"):
+            logger.warning("engine: %s refused: %s", cand["path"], cand["error"])
+            self._prepared(req, error=cand["error"])
+            return
+        logger.info("engine: %s loaded and checked in %.2f s; waiting for the switch",
+                    cand["model"], cand["load_s"])  # fmt: skip
+        engine = cand["engine"]
+        self._prepared(req, model=cand["model"], runtime=engine_label(engine),
+                       engine=getattr(engine, "name", ""),
+                       load_s=round(cand["load_s"], 3))  # fmt: skip
+
+    def _abort(self, msg: dict[str, Any]) -> None:
+        cand = self._candidates.get(msg.get("req"))
+        if cand is None:
+            return
+        if "load_s" in cand and cand.get("told"):
+            del self._candidates[msg.get("req")]
+        else:  # still loading: dropped when it is done
+            cand["aborted"] = True
+
+    def _use(self, want: dict[str, Any] | None, first: dict[str, Any]) -> None:
+        """Before a batch: switch to the model it names, if that is not the running one."""
+        if not want:
+            return
+        if want.get("model") == self.model:
+            if self._candidates:  # a swap to the running model: its second copy goes
+                for k in [k for k, c in self._candidates.items()
+                          if c.get("told") and c.get("model") == self.model]:  # fmt: skip
+                    del self._candidates[k]
+            return
+        model, path = str(want.get("model")), str(want.get("path"))
+        old = self.model
+        # the newest loaded candidate of that model (a swap committed, its first batch here)
+        found = [(k, c) for k, c in self._candidates.items()
+                 if c.get("told") and c.get("model") == model]  # fmt: skip
+        if found:
+            req, cand = found[-1]
+            self._adopt(cand["engine"])
+            # candidates of earlier swaps were superseded by this one: never used
+            for k in [k for k in self._candidates if k <= req and self._candidates[k].get("told")]:
+                del self._candidates[k]
+            logger.info("engine: switched from %s to %s at frame %s/%s", old, self.model,
+                        first.get("series"), first.get("index"))  # fmt: skip
+            return
+        if model in self._refused:
+            return
+        # not prepared here (this worker was restarted during the swap): load it now, once
+        logger.warning("engine: a batch asks for %s, not loaded here; loading it now", model)
+        try:
+            engine = load_model(self.cfg, path, shape=self._shape, runtime=want.get("engine"))
+            got = engine_model_id(engine)
+            if got != model:
+                raise ValueError(f"{path} now reads as {got}, expected {model}")
+        except Exception as e:  # the frames are analysed by the running model, and say so
+            self._refused.add(model)
+            logger.error("engine: %s: %s; %s keeps running here", model, one_line(e), old)
+            return
+        self._adopt(engine)
 
     def _infer(self, imgs: list[np.ndarray], live: list[dict[str, Any]]) -> list[Any]:
         if self.scaled:
@@ -823,6 +1145,7 @@ class EngineWorker(_Stage):
                 live.append(h)
         if not imgs:
             return
+        self._shape = imgs[0].shape[:2]
         try:
             dets: list[Detections] = self._infer(imgs, live)
         except Exception:  # one bad frame must not cost its batch: each alone, then
@@ -851,6 +1174,7 @@ class EngineWorker(_Stage):
                 msg = {
                     **h, "t": "det", "n": n, "boxes": boxes.tolist(), "scores": scores.tolist(),
                     "classes": classes.tolist(), "timings_ms": timings, "engine": self.label,
+                    "model": self.model, "model_path": self.model_path,
                 }  # fmt: skip
                 send_json(self.to_det, msg, block=True)
             except Exception as e:
@@ -862,17 +1186,32 @@ class EngineWorker(_Stage):
         self.dealer.send(self._ready)
         last = time.monotonic()
         while not self.terminate:
+            self._poll_loading()
             if not self.dealer.poll(_POLL_MS):
                 self.beat()
                 if time.monotonic() - last > 2.0:  # a restarted batcher forgot us: ask again
                     self.dealer.send(self._ready)
                     last = time.monotonic()
                 continue
-            msg = recv_json(self.dealer)
-            if msg and msg.get("t") == "batch":
+            msg = recv_json(self.dealer) or {}
+            t = msg.get("t")
+            if t == "prepare":  # not a batch: no ready (the batcher may have sent us one)
+                self._prepare(msg)
+                continue
+            if t == "abort":
+                self._abort(msg)
+                continue
+            if t == "batch" and msg.get("frames"):
+                self._use(msg.get("model"), msg["frames"][0])
                 self._run_batch(msg["frames"])
             self.dealer.send(self._ready)
             last = time.monotonic()
+
+    def close(self) -> None:
+        loading = getattr(self, "_loading", None)
+        if loading is not None:  # a load in progress: let it end before the process does
+            loading.join(30)
+        super().close()
 
 
 # ----------------------------------------------------------------------------- measure
@@ -976,7 +1315,8 @@ class MeasureWorker(_Stage):
             out["px_nm"] = h.get("px_nm") or row.get("nm_per_px")
             # row and tables: this frame's rows of the run folder's tables (io/runfolder.py)
             out.update(t="result", row=row, instances=instances, pairs=pairs, timings_ms=timings,
-                       engine=h.get("engine"), tables=tables)  # fmt: skip
+                       engine=h.get("engine"), model=h.get("model"),
+                       model_path=h.get("model_path"), tables=tables)  # fmt: skip
             send_json(self.to_out, out, block=True)  # strict JSON: raises before it sends
         except Exception as e:  # costs this frame; the next one starts a fresh tracker
             self._segment = None

@@ -155,6 +155,7 @@ class Engine(ABC):
         max_det_frame: int = 3000,
         model_nm_per_px: float | None = None,
         line_dedupe: float = 0.0,
+        line_snap: float = 0.0,
     ) -> None:
         if not 0.0 <= conf <= 1.0:
             raise ValueError(f"conf must lie in [0, 1], got {conf}")
@@ -180,6 +181,10 @@ class Engine(ABC):
                 0.0 <= line_dedupe <= 20.0):
             raise ValueError(f"line_dedupe must be a distance in [0, 20] px (0 = off), "
                              f"got {line_dedupe!r}")  # fmt: skip
+        if isinstance(line_snap, bool) or not isinstance(line_snap, (int, float)) or not (
+                0.0 <= line_snap <= 20.0):
+            raise ValueError(f"line_snap must be a distance in [0, 20] px (0 = off), "
+                             f"got {line_snap!r}")  # fmt: skip
         if model_nm_per_px is not None and not 0.0 < model_nm_per_px < float("inf"):
             raise ValueError(f"model_nm_per_px must be > 0 or None, got {model_nm_per_px}")
         self.model = Path(model) if model is not None else None
@@ -198,6 +203,9 @@ class Engine(ABC):
         #: px: drop a dislocation whose centre line retraces a better-scored one within this
         #: distance (``loopline.engines.duplicates``); 0 = off
         self.line_dedupe = float(line_dedupe)
+        #: px: move each dislocation's centre line up to this far onto the valley it rides in
+        #: the full-resolution frame (``loopline.engines.snap``), before ``line_dedupe``; 0 = off
+        self.line_snap = float(line_snap)
         self.loaded = False
 
     @property
@@ -228,6 +236,12 @@ class Engine(ABC):
             dets = self.forward(frames)
         else:
             dets = self.forward(frames, nm_per_px=nm_per_px)  # type: ignore[call-arg]
+        if self.line_snap > 0:
+            # imported here, as below: scikit-image costs ~0.2 s at start-up
+            from .snap import snap_lines
+
+            dets = [snap_lines(f, d, search=self.line_snap)
+                    for f, d in zip(frames, dets, strict=True)]  # fmt: skip
         if self.line_dedupe > 0:
             # imported here: scikit-image costs ~0.2 s at start-up, and the option is off by default
             from .duplicates import suppress_duplicate_lines

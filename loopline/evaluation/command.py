@@ -13,6 +13,10 @@ from ..errors import CliError
 
 HELP = "evaluate a model on a dataset (mAP, LAR, line F1@tol, loop F1, relative errors)"
 
+#: Table rows a dataset of box-only labels cannot measure (None in its metrics).
+_SHAPE_ROWS = {"mask mAP50", "mask mAP50-95", "LAR", "LAR@tol", "line F1@tol", "D_re", "F_re",
+               "spacing_re", "slip-trace confusion"}  # fmt: skip
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -48,6 +52,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="drop a dislocation whose centre line retraces a better-scored one "
                         "within PX (0 = off; default: the shipped model's operating point, "
                         "off for other models)")  # fmt: skip
+    p.add_argument("--line-snap", type=float, default=None, metavar="PX",
+                   help="move each dislocation's centre line up to PX onto the valley it rides "
+                        "in the full-resolution frame, before --line-dedupe (0 = off; default: "
+                        "the shipped model's operating point, off for other models)")  # fmt: skip
     p.add_argument("--tol", type=float, default=3.0, help="tolerance of LAR@tol, F1@tol (px)")
     p.add_argument("--batch", type=int, default=8, help="frames per engine call")
     p.add_argument("--device", default=None, help="engine device (cpu, cuda:0)")
@@ -66,10 +74,16 @@ def _share(v: float | None) -> str:
     return "-" if v is None or math.isnan(v) else f"{100 * v:.1f} %"
 
 
+def _box_f1_note(d: dict[str, Any]) -> str:
+    pr = f"P {_fmt(d['precision'])}, R {_fmt(d['recall'])}"
+    return f"box IoU >= 0.5; {pr}; {d['labelled']} labelled"
+
+
 def _table(metrics: dict[str, Any], details: dict[str, Any], title: str):
     from rich.table import Table
 
-    t = Table(title=title, show_lines=False)
+    box_only = metrics["box_only_labels"]
+    t = Table(title=title, show_lines=False, caption=details["box_only_note"])
     t.add_column("metric")
     t.add_column("value", justify="right")
     t.add_column("note", style="dim")
@@ -80,9 +94,12 @@ def _table(metrics: dict[str, Any], details: dict[str, Any], title: str):
         f"{_share(details['slip_trace_confusion_labels'])}"
         if details["slip_trace_frames"] else "no distractor (st/) masks in this dataset"
     )
+    f1c = details["box_f1"]
     rows = [
         ("box mAP50", metrics["box_map50"], "COCO AP, IoU 0.5"),
         ("box mAP50-95", details["box_map50_95"], ""),
+        ("box F1 dislocations", metrics["box_f1_dislocation"], _box_f1_note(f1c["dislocation"])),
+        ("box F1 loops", metrics["box_f1_loop"], _box_f1_note(f1c["loop"])),
         ("mask mAP50", metrics["mask_map50"], ""),
         ("mask mAP50-95", metrics["mask_map50_95"], ""),
         ("LAR", metrics["lar"], f"Ruzaeva Alg. 1, {details['lines']} lines"),
@@ -104,9 +121,14 @@ def _table(metrics: dict[str, Any], details: dict[str, Any], title: str):
          f"pile-ups {details['spacing_pileups']}; "
          f"mean |re| {_fmt(details['spacing_abs_re'], True)}"),
     ]  # fmt: skip
+    if box_only:
+        rows = [(n, v, "not computed: box-only labels" if n in _SHAPE_ROWS else note)
+                for n, v, note in rows]  # fmt: skip
+        rows.insert(0, ("box-only labels", box_only, details["box_only_note"]))
     recall, counts = metrics["loop_recall_by_size"], metrics["loops_by_size"]
     if recall is None:
-        rows.append(("loop recall by size", None, "no labelled loops"))
+        why = "not computed: box-only labels" if box_only else "no labelled loops"
+        rows.append(("loop recall by size", None, why))
     else:
         found = details["loops_found_by_size"]
         for b, r in recall.items():
@@ -128,10 +150,15 @@ def _round(v: Any) -> Any:
 
 
 def write_json(metrics: dict[str, Any], path: Path) -> None:
-    """The metrics of ``METRIC_KEYS`` as JSON: floats to 6 digits, None where not applicable."""
-    from .evaluate import METRIC_KEYS
+    """The metrics of ``METRIC_KEYS`` as JSON: floats to 6 digits, None where not applicable.
+
+    A dataset with box-only labels adds ``"note"``: which metrics were not computed.
+    """
+    from .evaluate import BOX_ONLY_NOTE, METRIC_KEYS
 
     out = {k: _round(metrics[k]) for k in METRIC_KEYS}
+    if metrics["box_only_labels"]:
+        out["note"] = BOX_ONLY_NOTE
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n", "utf-8")
 
@@ -143,7 +170,8 @@ def _engine(a: argparse.Namespace):
         return make_engine(a.model, conf=a.conf, map_conf=a.map_conf, imgsz=a.imgsz,
                            device=a.device, mask_threshold=a.mask_threshold,
                            inference=a.inference, tile_overlap=a.tile_overlap,
-                           tile_max=a.tile_max, line_dedupe=a.line_dedupe)  # fmt: skip
+                           tile_max=a.tile_max, line_dedupe=a.line_dedupe,
+                           line_snap=a.line_snap)  # fmt: skip
     except (ValueError, FileNotFoundError, KeyError, ImportError, TypeError) as e:
         raise CliError(str(e)) from None
 

@@ -8,6 +8,11 @@ has ``truth.json`` (the generator's exact ground truth), each line's polyline an
 from there. Where it has ``distractors/<stem>.png`` (an importer's binary mask of structures
 that are not defects, e.g. tanaka's planar faults / slip traces), that mask is the frame's
 ``distractors``: ``loopline eval`` measures how many predicted line pixels fall on them.
+
+A label line ``class cx cy w h`` (an importer's box-only instance: a rectangle or a box of a
+box-only format) is an instance known by its box alone; its mask is the filled box, and the
+frame's ``box_only`` marks it. ``Dataset.box_only`` counts them: ``loopline eval`` scores a
+dataset that has any by box metrics only.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ import cv2
 import numpy as np
 
 from ..io.frames import IMAGE_SUFFIXES
+from ..synth.importers import BOX_FIELDS, read_labels
 from ..synth.render import polygon_mask
-from ..synth.writers import read_yolo_labels
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +60,9 @@ class Frame:
     distractors : (H, W) bool or None
         Pixels of labelled non-defects (slip traces, planar faults), where the dataset has
         them for this frame; None where it does not (an all-False mask: labelled, none there).
+    box_only : (N,) bool or None
+        Which instances are labelled by a box alone (their ``masks`` are the filled boxes);
+        None where the frame has none.
     """
 
     stem: str
@@ -66,6 +74,7 @@ class Frame:
     lines: list[np.ndarray | None] | None = None
     pileups: np.ndarray | None = None
     distractors: np.ndarray | None = None
+    box_only: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -84,6 +93,11 @@ def read_image(path: Path) -> np.ndarray:
 
 class Dataset:
     """The frames of a dataset folder, read one at a time (sorted by file name).
+
+    Attributes
+    ----------
+    box_only : int
+        How many label lines are box-only (``class cx cy w h``); 0 for polygon labels.
 
     Raises
     ------
@@ -104,6 +118,7 @@ class Dataset:
             raise ValueError(f"no images in {img_dir}")
         self.truth = _truth_index(self.root / "truth.json")
         self.has_strokes = (self.root / "masks").is_dir()
+        self.box_only = sum(_box_lines(lab_dir / f"{p.stem}.txt") for p in self.paths)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -115,6 +130,13 @@ class Dataset:
     def frame(self, i: int) -> Frame:
         p = self.paths[i]
         return read_frame(self.root, p, self.truth.get(f"images/{p.name}"))
+
+
+def _box_lines(path: Path) -> int:
+    """How many lines of a label file are box-only (0 where there is no file)."""
+    if not path.is_file():
+        return 0
+    return sum(len(r.split()) == BOX_FIELDS for r in path.read_text("utf-8").splitlines())
 
 
 def _truth_index(path: Path) -> dict[str, dict[str, Any]]:
@@ -149,7 +171,7 @@ def read_frame(root: Path, image_path: Path, truth: dict[str, Any] | None = None
     lab = root / "labels" / f"{stem}.txt"
     if not lab.is_file():
         raise ValueError(f"frame {image_path} has no label file {lab}")
-    pairs = read_yolo_labels(lab, w, h)
+    pairs, box_only = read_labels(lab, w, h)
     masks = np.zeros((len(pairs), h, w), bool)
     for k, (_, poly) in enumerate(pairs):
         masks[k] = polygon_mask(poly, (h, w))
@@ -178,6 +200,7 @@ def read_frame(root: Path, image_path: Path, truth: dict[str, Any] | None = None
         strokes=None if strokes is None else strokes[keep],
         lines=None if lines is None else [ln for ln, k in zip(lines, keep, strict=True) if k],
         pileups=pileups[keep], distractors=distractors,
+        box_only=box_only[keep] if box_only.any() else None,
     )  # fmt: skip
 
 

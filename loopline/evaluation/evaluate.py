@@ -20,6 +20,17 @@ Two measures of what a model should not do or misses, where the data allows:
   0.15, greedy) per bin of equivalent diameter ``2 sqrt(area / pi)`` px: < 8, 8-14, 14-24,
   24-40, >= 40 (``metrics.LOOP_SIZE_EDGES``); ``loops_by_size`` holds how many loops each bin
   has (a bin without loops has recall None).
+
+Box F1 (``box_f1_dislocation``, ``box_f1_loop``): detections at ``conf`` matched to the
+labelled boxes of their class at box IoU >= 0.5 (greedy, as loop F1), counts summed over
+frames.
+
+A dataset with box-only labels (``Dataset.box_only`` > 0: rectangles and boxes from the
+importers of box formats) has no outlines to measure masks, skeletons or diameters on. It is
+scored by box metrics only (box mAP, box F1, loop F1, N_re, lines per frame); the mask
+metrics, LAR, the tolerance metrics, D_re, F_re, spacing, slip-trace confusion and the loop
+recall by size are None, ``box_only_labels`` says how many labels are boxes, and the table
+and JSON carry ``BOX_ONLY_NOTE``.
 """
 
 from __future__ import annotations
@@ -35,20 +46,35 @@ from typing import Any
 import numpy as np
 
 from ..engines.base import Detections
+from ..synth.render import CLASSES
 from . import metrics as M
 from .data import Dataset, Frame
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["METRIC_KEYS", "SIZE_KEYS", "EvalResult", "FramePanel", "evaluate", "make_engine"]
+__all__ = [
+    "BOX_ONLY_NOTE",
+    "METRIC_KEYS",
+    "SIZE_KEYS",
+    "EvalResult",
+    "FramePanel",
+    "evaluate",
+    "make_engine",
+]
 
 #: Keys of the JSON report, in order; a value is None where the metric does not apply.
 METRIC_KEYS: tuple[str, ...] = (
-    "box_map50", "mask_map50", "mask_map50_95", "lar", "lar_tol", "line_f1_tol",
-    "loop_f1", "n_re", "d_re", "f_re", "spacing_re", "spacing_px", "spacing_gt_px",
-    "lines_per_frame", "lines_per_frame_gt", "slip_trace_confusion", "loop_recall_by_size",
-    "loops_by_size", "images",
+    "box_map50", "box_f1_dislocation", "box_f1_loop", "mask_map50", "mask_map50_95", "lar",
+    "lar_tol", "line_f1_tol", "loop_f1", "n_re", "d_re", "f_re", "spacing_re", "spacing_px",
+    "spacing_gt_px", "lines_per_frame", "lines_per_frame_gt", "slip_trace_confusion",
+    "loop_recall_by_size", "loops_by_size", "box_only_labels", "images",
 )  # fmt: skip
+
+#: Said by the table and the JSON of a dataset with box-only labels.
+BOX_ONLY_NOTE = "box-only labels: mask metrics, LAR and line F1 not computed"
+
+#: Box IoU at which a detection matches a label for box F1.
+BOX_F1_IOU = 0.5
 
 #: Keys of METRIC_KEYS whose value is a dict over ``metrics.size_bin_names()``.
 SIZE_KEYS: tuple[str, ...] = ("loop_recall_by_size", "loops_by_size")
@@ -86,6 +112,7 @@ class _Pool:
     ap_box: list[list[np.ndarray]] = field(default_factory=lambda: [[] for _ in range(2)])
     ap_mask: list[list[np.ndarray]] = field(default_factory=lambda: [[] for _ in range(2)])
     n_gt: list[int] = field(default_factory=lambda: [0, 0])
+    box_f1: list[M.F1Counts] = field(default_factory=lambda: [M.F1Counts(0, 0, 0)] * 2)
     lar: list[np.ndarray] = field(default_factory=list)
     lar_tol: list[np.ndarray] = field(default_factory=list)
     line_f1: list[M.LineF1] = field(default_factory=list)
@@ -131,9 +158,9 @@ def _check(det: Detections, fr: Frame) -> Detections:
     return det
 
 
-def _ap_update(pool: _Pool, fr: Frame, det: Detections) -> None:
+def _ap_update(pool: _Pool, fr: Frame, det: Detections, *, masks: bool = True) -> None:
     biou = M.box_iou(fr.boxes, det.boxes)
-    miou = M.mask_iou(fr.masks, det.masks)
+    miou = M.mask_iou(fr.masks, det.masks) if masks else None
     for c in range(N_CLASSES):
         g = fr.classes == c
         d = det.classes == c
@@ -143,7 +170,20 @@ def _ap_update(pool: _Pool, fr: Frame, det: Detections) -> None:
         s = det.scores[d].astype(float)
         pool.ap_scores[c].append(s)
         pool.ap_box[c].append(M.match_detections(biou[np.ix_(g, d)], s))
-        pool.ap_mask[c].append(M.match_detections(miou[np.ix_(g, d)], s))
+        if miou is not None:
+            pool.ap_mask[c].append(M.match_detections(miou[np.ix_(g, d)], s))
+
+
+def _box_f1_update(pool: _Pool, fr: Frame, det: Detections, keep: np.ndarray) -> list[float]:
+    """Add box F1 counts per class; return the frame's F1 of each class it has or predicts."""
+    out = []
+    for c in range(N_CLASSES):
+        g, d = fr.classes == c, keep & (det.classes == c)
+        counts = M.loop_f1(fr.boxes[g], det.boxes[d], BOX_F1_IOU)
+        pool.box_f1[c] = pool.box_f1[c] + counts
+        if g.any() or d.any():
+            out.append(counts.f1)
+    return out
 
 
 def _gt_polylines(fr: Frame, idx: np.ndarray) -> list[np.ndarray]:
@@ -198,10 +238,20 @@ def _frame_update(
     lar_iou: float,
     loop_iou: float,
     distractor_tol: float,
+    box_only: bool = False,
 ) -> float:
-    """Add one frame to the pool; return its score for the best/worst figure (NaN if none)."""
-    _ap_update(pool, fr, det)
+    """Add one frame to the pool; return its score for the best/worst figure (NaN if none).
+
+    ``box_only``: the dataset has box-only labels; only box metrics are measured and the
+    frame's score is the mean of its box F1 per class.
+    """
+    _ap_update(pool, fr, det, masks=not box_only)
     keep = det.scores >= conf
+    box_parts = _box_f1_update(pool, fr, det, keep)
+    if box_only:
+        _box_only_update(pool, fr, det, keep, loop_iou)
+        parts = [p for p in box_parts if not math.isnan(p)]
+        return float(np.mean(parts)) if parts else float("nan")
     parts = []
 
     idx0 = np.flatnonzero(fr.classes == 0)
@@ -248,6 +298,17 @@ def _frame_update(
     return float(np.mean(parts)) if parts else float("nan")
 
 
+def _box_only_update(
+    pool: _Pool, fr: Frame, det: Detections, keep: np.ndarray, loop_iou: float
+) -> None:
+    """What a frame of box-only labels adds besides mAP and box F1: counts and loop F1."""
+    pool.lines_pred += int((keep & (det.classes == 0)).sum())
+    sel1, p1 = fr.classes == 1, keep & (det.classes == 1)
+    pool.loop = pool.loop + M.loop_f1(fr.boxes[sel1], det.boxes[p1], loop_iou)
+    pool.loop_n_gt += int(sel1.sum())
+    pool.loop_n_pred += int(p1.sum())
+
+
 def _nan_none(x: float | None) -> float | None:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return None
@@ -260,7 +321,10 @@ def _mean(arrays: list[np.ndarray]) -> float:
     return float(a.mean()) if a.size else float("nan")
 
 
-def _summarise(pool: _Pool, images: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def _summarise(
+    pool: _Pool, images: int, box_only: int = 0
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    shapes = not box_only  # outlines to measure masks, skeletons and diameters on
     ap_box, ap_mask = [], []
     per_class = {}
     for c in range(N_CLASSES):
@@ -271,11 +335,13 @@ def _summarise(pool: _Pool, images: int) -> tuple[dict[str, Any], dict[str, Any]
         tb = np.concatenate(pool.ap_box[c]) if pool.ap_box[c] else np.zeros((0, nt), bool)
         tm = np.concatenate(pool.ap_mask[c]) if pool.ap_mask[c] else np.zeros((0, nt), bool)
         b = M.average_precision(tb, s, pool.n_gt[c])
-        m = M.average_precision(tm, s, pool.n_gt[c])
         ap_box.append(b)
-        ap_mask.append(m)
-        per_class[c] = {"box_ap50": b[0], "box_ap50_95": b.mean(), "mask_ap50": m[0],
-                        "mask_ap50_95": m.mean(), "instances": pool.n_gt[c]}  # fmt: skip
+        per_class[c] = {"box_ap50": b[0], "box_ap50_95": b.mean(), "mask_ap50": None,
+                        "mask_ap50_95": None, "instances": pool.n_gt[c]}  # fmt: skip
+        if shapes:
+            m = M.average_precision(tm, s, pool.n_gt[c])
+            ap_mask.append(m)
+            per_class[c].update(mask_ap50=m[0], mask_ap50_95=m.mean())
     has_lines = pool.n_gt[0] > 0
     has_loops = pool.loop_n_gt > 0
     lf = M.LineF1.pool(pool.line_f1)
@@ -290,26 +356,29 @@ def _summarise(pool: _Pool, images: int) -> tuple[dict[str, Any], dict[str, Any]
     has_st = pool.st_frames > 0
     metrics = {
         "box_map50": float(np.mean([b[0] for b in ap_box])) if ap_box else None,
+        "box_f1_dislocation": pool.box_f1[0].f1 if has_lines else None,
+        "box_f1_loop": pool.box_f1[1].f1 if has_loops else None,
         "mask_map50": float(np.mean([m[0] for m in ap_mask])) if ap_mask else None,
         "mask_map50_95": float(np.mean([m.mean() for m in ap_mask])) if ap_mask else None,
-        "lar": _mean(pool.lar) if has_lines else None,
-        "lar_tol": _mean(pool.lar_tol) if has_lines else None,
-        "line_f1_tol": lf.f1 if has_lines else None,
+        "lar": _mean(pool.lar) if has_lines and shapes else None,
+        "lar_tol": _mean(pool.lar_tol) if has_lines and shapes else None,
+        "line_f1_tol": lf.f1 if has_lines and shapes else None,
         "loop_f1": pool.loop.f1 if has_loops else None,
         "n_re": M.relative_error(pool.loop_n_pred, pool.loop_n_gt) if has_loops else None,
-        "d_re": M.relative_error(d_pred, d_gt) if has_loops else None,
-        "f_re": M.relative_error(pool.fg_pred, pool.fg_gt) if has_loops else None,
+        "d_re": M.relative_error(d_pred, d_gt) if has_loops and shapes else None,
+        "f_re": M.relative_error(pool.fg_pred, pool.fg_gt) if has_loops and shapes else None,
         "spacing_re": M.relative_error(s_pred, s_gt) if pool.spacing else None,
         "spacing_px": s_pred / n_sp if n_sp else None,
         "spacing_gt_px": s_gt / n_sp if n_sp else None,
         "lines_per_frame": pool.lines_pred / images if images else None,
         "lines_per_frame_gt": pool.n_gt[0] / images if images else None,
         "slip_trace_confusion": pool.st_pred.share if has_st else None,
-        "loop_recall_by_size": size_recall if has_loops else None,
-        "loops_by_size": size_total if has_loops else None,
+        "loop_recall_by_size": size_recall if has_loops and shapes else None,
+        "loops_by_size": size_total if has_loops and shapes else None,
+        "box_only_labels": box_only,
         "images": images,
     }
-    metrics = {k: (v if k == "images" or k in SIZE_KEYS else _nan_none(v))
+    metrics = {k: (v if k in ("images", "box_only_labels") or k in SIZE_KEYS else _nan_none(v))
                for k, v in metrics.items()}  # fmt: skip
     details = {
         "box_map50_95": float(np.mean([b.mean() for b in ap_box])) if ap_box else None,
@@ -330,8 +399,19 @@ def _summarise(pool: _Pool, images: int) -> tuple[dict[str, Any], dict[str, Any]
         "inference_ms_per_frame": 1000.0 * pool.infer_s / max(images, 1),
         "lines_pred": pool.lines_pred,
         "loops_found_by_size": (
-            {b: int(f) for b, f in zip(bins, pool.loop_found, strict=True)} if has_loops else None
+            {b: int(f) for b, f in zip(bins, pool.loop_found, strict=True)}
+            if has_loops and shapes
+            else None
         ),
+        "box_f1": {
+            CLASSES[c]: {
+                "precision": _nan_none(f.precision),
+                "recall": _nan_none(f.recall),
+                "labelled": f.tp + f.fn,
+            }
+            for c, f in enumerate(pool.box_f1)
+        },
+        "box_only_note": BOX_ONLY_NOTE if box_only else None,
         "slip_trace_frames": pool.st_frames,
         "slip_trace_pixels": pool.st_pred.total,
         "slip_trace_confusion_labels": _nan_none(pool.st_gt.share) if has_st else None,
@@ -351,6 +431,7 @@ def make_engine(
     tile_overlap: int | None = None,
     line_dedupe: float | None = None,
     tile_max: int | None = None,
+    line_snap: float | None = None,
 ):
     """The engine ``loopline eval`` runs for ``model`` (a file, a shipped name or ``ridge``).
 
@@ -361,6 +442,8 @@ def make_engine(
     than ``imgsz`` are fed to the network; None: the engine's default (tiles, 64 px).
     ``line_dedupe`` (px): duplicate-line suppression (``loopline.engines.duplicates``); None:
     the shipped model's operating point, off for other models.
+    ``line_snap`` (px): how far a dislocation's centre line may move onto its valley in the
+    full-resolution frame (``loopline.engines.snap``); None: as ``line_dedupe``.
     ``tile_max`` (px): the largest tile side where the runtime takes any input size; None:
     the engine's default (1.25 ``imgsz``).
 
@@ -385,6 +468,8 @@ def make_engine(
         opts["inference"] = inference
     if line_dedupe is not None:
         opts["line_dedupe"] = line_dedupe
+    if line_snap is not None:
+        opts["line_snap"] = line_snap
     if tile_overlap is not None:
         if tile_overlap < 0:
             raise ValueError(f"--tile-overlap must be >= 0, got {tile_overlap}")
@@ -440,6 +525,8 @@ def evaluate(
         raise ValueError(f"batch must be >= 1, got {batch}")
     if distractor_tol < 0:
         raise ValueError(f"distractor_tol must be >= 0 px, got {distractor_tol}")
+    if ds.box_only:
+        logger.debug("%s: %d box-only labels; %s", ds.root, ds.box_only, BOX_ONLY_NOTE)
     pool = _Pool()
     scores: list[tuple[str, float]] = []
     best: FramePanel | None = None
@@ -458,7 +545,8 @@ def evaluate(
             for fr, det in zip(frames, dets, strict=True):
                 det = _check(det, fr)
                 s = _frame_update(pool, fr, det, conf=conf, tol=tol, lar_iou=lar_iou,
-                                  loop_iou=loop_iou, distractor_tol=distractor_tol)  # fmt: skip
+                                  loop_iou=loop_iou, distractor_tol=distractor_tol,
+                                  box_only=ds.box_only > 0)  # fmt: skip
                 scores.append((fr.stem, s))
                 logger.debug("%s: frame score %.3f, %d detections", fr.stem, s, len(det))
                 if _better(s, best, 1.0):
@@ -470,7 +558,7 @@ def evaluate(
     finally:
         if bar is not None:
             bar.stop()
-    metrics, details = _summarise(pool, len(ds))
+    metrics, details = _summarise(pool, len(ds), ds.box_only)
     return EvalResult(metrics=metrics, details=details, frame_scores=scores, best=best,
                       worst=worst)  # fmt: skip
 

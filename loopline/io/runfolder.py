@@ -56,6 +56,7 @@ __all__ = [
     "RunTables",
     "finish_parquet",
     "json_safe",
+    "model_id",
     "parquet_parts",
     "recover_parquet",
     "write_summary",
@@ -188,6 +189,36 @@ SERIES_COLUMNS = tuple(c for c, _, _ in _SERIES)
 TRACK_COLUMNS = tuple(c for c, _, _ in _TRACKS)
 PAIR_COLUMNS = tuple(c for c, _, _ in _PAIRS)
 TRACK_SUMMARY_COLUMNS = tuple(c for c, _, _ in _TRACK_SUMMARY)
+
+
+def model_id(model: str | Path | None, *, name: str | None = None) -> str:
+    """How the run folder names a model: its file name and the first 8 hex digits of the
+    SHA-256 of its bytes (``defects.onnx@f24c9d6d``); a folder (an OpenVINO IR) hashes its
+    files in name order. A model with no file (``ridge``, a stand-in engine) is ``name``.
+
+    The hash tells apart two files of one name (a retrained ``defects.onnx``), so that a table
+    says which weights analysed each frame.
+
+    Raises
+    ------
+    OSError
+        The file cannot be read.
+    """
+    import hashlib
+
+    if model is None:
+        return name or "none"
+    p = Path(model)
+    if not p.exists():
+        return name or str(model)
+    h = hashlib.sha256()
+    for f in sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p]:
+        if p.is_dir():
+            h.update(f.relative_to(p).as_posix().encode() + b"\0")
+        with f.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    return f"{p.name}@{h.hexdigest()[:8]}"
 
 
 def _cell(v: Any) -> str:

@@ -9,8 +9,12 @@ model card: the exact command, seed, data and metrics of every shipped model.
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["MODEL_DIR", "SETTINGS", "SHIPPED", "resolve_model", "shipped_settings"]
 
@@ -24,23 +28,39 @@ SHIPPED: dict[str, str] = {"defects": "defects", "dislocations": "defects", "loo
 #: (``mask_threshold``: one value per class, dislocation then loop; ``model_nm_per_px``: the
 #: pixel size, nm, of the frames it was trained on, to which frames of a known pixel size are
 #: resampled; None: its synthetic training frames have no one scale, frames are used as they are)
+_OPERATING_KEYS = ("mask_threshold", "model_nm_per_px", "line_snap", "line_dedupe")
+
 SETTINGS: dict[str, dict[str, Any]] = {
     "defects": {"mask_threshold": (0.4, 0.4), "model_nm_per_px": None},
 }
 
 
 def shipped_settings(model: str | Path) -> dict[str, Any]:
-    """Operating-point options of a shipped model, by name or by its file in MODEL_DIR ({} for
-    any other model)."""
+    """Operating-point options of a shipped model, by name or by its file in MODEL_DIR, or of
+    a model made by ``loopline adapt`` (its ``adapt.json`` beside it records the operating
+    point it inherited); {} for any other model."""
     stem = SHIPPED.get(str(model))
     if stem is None:
         p = Path(model).resolve()
         if p.parent.name.endswith("_openvino_model"):  # an .xml inside an exported IR folder
             p = p.parent
         if p.parent != MODEL_DIR:
-            return {}
+            return _adapted_settings(p.parent / "adapt.json")
         stem = Path(p.name.removesuffix("_openvino_model")).stem
     return dict(SETTINGS.get(stem, {}))
+
+
+def _adapted_settings(record: Path) -> dict[str, Any]:
+    if not record.is_file():
+        return {}
+    try:
+        op = json.loads(record.read_text("utf-8")).get("operating_point") or {}
+    except (OSError, ValueError, AttributeError) as e:
+        logger.warning("%s: cannot read the adapted model's operating point (%s)", record, e)
+        return {}
+    if "mask_threshold" in op and isinstance(op["mask_threshold"], list):
+        op["mask_threshold"] = tuple(op["mask_threshold"])
+    return {k: v for k, v in op.items() if k in _OPERATING_KEYS}
 
 
 def resolve_model(name_or_path: str | Path, *, suffix: str = ".onnx") -> Path:

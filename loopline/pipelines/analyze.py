@@ -35,6 +35,8 @@ class AnalyzeOptions:
     engine: str | None = None
     inference: str = "tiles"
     tile_overlap: int = 64
+    line_snap: float | None = None
+    line_dedupe: float | None = None
     sequence: int = 0
     search_range_px: float = 8.0
     memory: int = 3
@@ -95,8 +97,10 @@ def _make_detector(opt: AnalyzeOptions, nm_per_px: float | None = None):
             f"cannot run model {opt.model!r}: loopline.engines.create_engine is not available "
             f"in this installation ({e}); use --model truth on a labelled dataset"
         ) from e
+    point = {k: v for k, v in (("line_snap", opt.line_snap), ("line_dedupe", opt.line_dedupe))
+             if v is not None}  # None: the model's own operating point
     engine = create_engine(opt.model, engine=opt.engine, inference=opt.inference,
-                           tile_overlap=opt.tile_overlap)  # fmt: skip
+                           tile_overlap=opt.tile_overlap, **point)  # fmt: skip
     # resampled to the model's pixel size only where the model card gives one
     px = nm_per_px if getattr(engine, "model_nm_per_px", None) else None
 

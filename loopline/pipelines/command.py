@@ -34,6 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "merged across seams (default), or the whole frame shrunk")  # fmt: skip
     p.add_argument("--tile-overlap", type=int, default=64, metavar="PX",
                    help="least overlap of neighbouring tiles, px (default 64)")  # fmt: skip
+    p.add_argument("--line-snap", type=float, default=None, metavar="PX",
+                   help="how far a dislocation's centre line may move onto its valley in the "
+                        "full-resolution frame, px (0 = off; default: the model's own)")
+    p.add_argument("--line-dedupe", type=float, default=None, metavar="PX",
+                   help="drop a dislocation retracing a better-scored one within PX (0 = off; "
+                        "default: the model's own)")
     p.add_argument("--calibration", type=Path, help="calibration profile (TOML)")
     p.add_argument("--nm-per-px", type=float, help="pixel size, nm/px (overrides the profile)")
     p.add_argument("--fps", type=float, help="frame rate, frames/s (overrides the profile)")
@@ -81,6 +87,7 @@ def run(a: argparse.Namespace) -> int:
             cal = (cal or Calibration(source="command line")).replace(**changes)
         opt = AnalyzeOptions(
             model=a.model, engine=a.engine, inference=a.inference, tile_overlap=a.tile_overlap,
+            line_snap=a.line_snap, line_dedupe=a.line_dedupe,
             sequence=a.sequence, search_range_px=a.search_range,
             memory=a.memory, drift="none" if a.no_drift else "phase", window=a.window,
             max_frames=a.max_frames, measure=MeasureOptions(impl=a.impl),

@@ -172,12 +172,12 @@ def detections_from_masks(
 def truth_detections(label_file: Path | None, shape: tuple[int, int]):
     """Detections from a frame's YOLO-seg label file (all scores 1); empty without a file."""
     from ..engines.base import Detections
-    from ..synth.writers import read_yolo_labels
+    from ..synth.writers import read_labels
 
     h, w = shape
     if label_file is None:
         return Detections.empty(shape)
-    pairs = read_yolo_labels(Path(label_file), w, h)
+    pairs, _ = read_labels(Path(label_file), w, h)
     if not pairs:
         return Detections.empty(shape)
     masks = np.zeros((len(pairs), h, w), bool)

@@ -32,8 +32,19 @@ Formats (``fmt``):
 ``labelme``
     ``SOURCE`` is a labelme JSON file or a folder of them. ``polygon`` shapes become instances
     (class from the label name as for COCO, or ``cls``); ``linestrip`` and ``line`` shapes
-    become dislocations buffered to ``label_width``; ``circle`` shapes become loops. Frames
-    come from ``images``, ``imagePath`` or the embedded ``imageData``.
+    become dislocations buffered to ``label_width``; ``circle`` shapes (centre, a point on the
+    rim) become loops; ``rectangle`` shapes become box-only instances (class from the label).
+    A line or circle whose label names a class takes that class. Frames come from
+    ``images``, ``imagePath`` or the embedded ``imageData``.
+``cvat``, ``napari``, ``yolo-det``, ``voc``, ``keras-yolo3``
+    In ``importers_formats``: CVAT for images 1.1 XML, napari Shapes CSV / Labels ``.npy``,
+    and three box-only formats (YOLO detection, Pascal VOC XML, keras-yolo3 lines).
+
+Box-only instances (rectangles, boxes) carry no outline. Their line in ``labels/<stem>.txt``
+is a YOLO detection line, ``class cx cy w h`` (5 fields, normalised: ``yolo_box_line``),
+after the frame's polygon lines; their COCO annotation has ``"box_only": true`` and an empty
+``segmentation``. ``read_labels`` reads both kinds; ``loopline eval`` scores a dataset with
+box-only labels by box metrics only.
 """
 
 from __future__ import annotations
@@ -53,18 +64,27 @@ import numpy as np
 from ..io.frames import IMAGE_SUFFIXES
 from .render import CLASSES, line_polygon
 from .writers import (
+    BOX_FIELDS,
     CocoBuilder,
+    box_polygon,
     dump_json,
+    read_labels,
     write_data_yaml,
     write_image,
-    write_yolo_labels,
+    yolo_box_line,
+    yolo_line,
 )
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FORMATS", "ImportResult", "import_dataset"]
+__all__ = [
+    "BOX_FIELDS", "FORMATS", "ImportResult", "box_polygon", "default_label_width", "import_dataset",
+    "read_labels", "yolo_box_line",
+]  # fmt: skip
 
-FORMATS: tuple[str, ...] = ("tanaka", "masks", "coco", "labelme")
+FORMATS: tuple[str, ...] = (
+    "tanaka", "masks", "coco", "labelme", "cvat", "napari", "yolo-det", "voc", "keras-yolo3",
+)  # fmt: skip
 
 _EIGHT = np.ones((3, 3), np.uint8)
 
@@ -79,6 +99,7 @@ class ImportResult:
     skipped: int = 0
     per_class: dict[str, int] = field(default_factory=dict)
     distractors: int = 0
+    box_only: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,6 +131,20 @@ def _class_from_name(name: str, where: str) -> int:
         f"{where}: cannot tell the class of label {name!r} (expected a name containing "
         f"'dislocation' or 'loop'); pass --class to give every instance one class"
     )
+
+
+def _shape_class(label: Any, where: str, *, cls: int | None, default: int | None = None) -> int:
+    """Class of a drawn shape: ``cls`` if given, else the one its label names.
+
+    ``default`` is the class of a shape whose kind tells it (a line: dislocation; a circle or
+    ellipse: loop) where the label names none; without it such a label is an error.
+    """
+    if cls is not None:
+        return cls
+    name = "" if label is None else str(label)
+    if default is not None and "loop" not in name.lower() and "disloc" not in name.lower():
+        return default
+    return _class_from_name(name, where)
 
 
 def _find(folder: Path, stem: str) -> Path | None:
@@ -185,16 +220,64 @@ def skeleton_polygon(mask: np.ndarray, width: float) -> np.ndarray:
     return line_polygon(path, width)
 
 
+def ellipse_outline(centre: np.ndarray, u: np.ndarray, v: np.ndarray, n: int = 48) -> np.ndarray:
+    """Outline (n, 2) px of the ellipse ``centre + cos(t) u + sin(t) v`` (semi-axis vectors px)."""
+    t = np.linspace(0.0, 2 * np.pi, n, endpoint=False)[:, None]
+    return np.asarray(centre, float) + np.cos(t) * np.asarray(u, float) + np.sin(t) * v
+
+
+def rotated_ellipse(cx: float, cy: float, rx: float, ry: float, angle: float) -> np.ndarray:
+    """Outline of an ellipse of semi-axes ``rx``, ``ry`` px turned by ``angle`` degrees (x to y)."""
+    a = np.deg2rad(angle)
+    u, v = rx * np.array([np.cos(a), np.sin(a)]), ry * np.array([-np.sin(a), np.cos(a)])
+    return ellipse_outline(np.array([cx, cy]), u, v)
+
+
+def make_box(x0: float, y0: float, x1: float, y1: float, where: str) -> np.ndarray:
+    """A box ``x0, y0, x1, y1`` px, checked to be finite with x0 < x1 and y0 < y1."""
+    b = np.array([x0, y0, x1, y1], float)
+    if not np.isfinite(b).all() or b[2] <= b[0] or b[3] <= b[1]:
+        raise ValueError(f"{where}: expected a box with x0 < x1 and y0 < y1 (px), got "
+                         f"{np.round(b, 2).tolist()}")  # fmt: skip
+    return b
+
+
+def make_line(pts: np.ndarray, width: float, where: str) -> np.ndarray:
+    """Label polygon of a drawn polyline (K, 2) px: the line buffered to ``width`` px."""
+    pts = np.asarray(pts, float).reshape(-1, 2)
+    if len(pts) < 2 or not np.isfinite(pts).all():
+        raise ValueError(f"{where}: a line needs at least 2 finite points, got {len(pts)}")
+    if not np.hypot(*np.diff(pts, axis=0).T).sum() > 0:
+        raise ValueError(f"{where}: a line needs a length > 0; all its points are the same")
+    return line_polygon(pts, width)
+
+
 def _instances_from_mask(
     mask: np.ndarray, cls: int, label_width: float | None
 ) -> tuple[list[tuple[int, np.ndarray]], np.ndarray]:
     """One instance per component: (class, polygon) pairs and the uint16 instance map."""
-    lab, n = components(mask)
+    lab, _ = components(mask)
+    return instances_from_labels(lab, cls, label_width)
+
+
+def instances_from_labels(
+    lab: np.ndarray, cls: int, label_width: float | None
+) -> tuple[list[tuple[int, np.ndarray]], np.ndarray]:
+    """One instance per non-zero id of a label image (H, W) int.
+
+    Returns (class, polygon) pairs and the uint16 instance map, the ids renumbered 1..N in
+    increasing order (the order of the pairs).
+    """
+    ids = np.unique(lab)
+    ids = ids[ids != 0]
+    n = len(ids)
     if n > 65535:
         raise ValueError(f"too many components ({n}) for a 16-bit instance map")
     out = []
-    for k in range(1, n + 1):
-        comp = lab == k
+    imap = np.zeros(lab.shape, np.uint16)
+    for k, i in enumerate(ids, 1):
+        comp = lab == i
+        imap[comp] = k
         ys, xs = np.nonzero(comp)
         y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
         crop = comp[max(y0 - 1, 0) : y1 + 1, max(x0 - 1, 0) : x1 + 1]
@@ -204,7 +287,7 @@ def _instances_from_mask(
         else:
             poly = mask_polygon(crop) + off
         out.append((cls, poly))
-    return out, lab.astype(np.uint16)
+    return out, imap
 
 
 class _Writer:
@@ -227,6 +310,7 @@ class _Writer:
         self.instances = 0
         self.skipped = 0
         self.distractors = 0
+        self.box_only = 0
         self.per_class = dict.fromkeys(CLASSES, 0)
 
     def add(
@@ -236,18 +320,38 @@ class _Writer:
         instances: list[tuple[int, np.ndarray]],
         instance_map: np.ndarray | None = None,
         distractor: np.ndarray | None = None,
+        *,
+        boxes: list[tuple[int, np.ndarray]] | None = None,
     ) -> None:
+        """Write one frame: polygon ``instances``, box-only ``boxes`` (class, ``x0, y0, x1, y1``
+        px); value ``k`` of ``instance_map`` marks the ``k``-th of ``instances``."""
         if stem in self.stems:
             raise ValueError(f"two frames share the name {stem!r}; frame names must be unique")
         self.stems.add(stem)
         h, w = image.shape[:2]
+        kept = []
+        for c, b in boxes or []:
+            x0, x1 = np.clip([b[0], b[2]], 0.0, w)
+            y0, y1 = np.clip([b[1], b[3]], 0.0, h)
+            if x1 > x0 and y1 > y0:
+                kept.append((c, np.array([x0, y0, x1, y1])))
+            else:
+                logger.warning("%s: a box %s lies outside the %dx%d frame; skipped", stem,
+                               np.round(b, 1).tolist(), w, h)  # fmt: skip
+                self.skipped += 1
         name = f"images/{stem}.png"
         write_image(self.out / name, image)
-        write_yolo_labels(self.out / "labels" / f"{stem}.txt", instances, w, h)
+        lines = [yolo_line(c, p, w, h) for c, p in instances]
+        lines += [yolo_box_line(c, b, w, h) for c, b in kept]
+        (self.out / "labels" / f"{stem}.txt").write_text("".join(s + "\n" for s in lines), "utf-8")
         image_id = self.coco.add_image(name, w, h)
         for c, poly in instances:
             self.coco.add(image_id, c, poly, w, h)
             self.per_class[CLASSES[c]] += 1
+        for c, b in kept:
+            self.coco.add(image_id, c, box_polygon(b), w, h, segmentation=[], box_only=True)
+            self.per_class[CLASSES[c]] += 1
+        self.box_only += len(kept)
         if instance_map is not None:
             (self.out / "masks").mkdir(exist_ok=True)
             write_image(self.out / "masks" / f"{stem}.png", instance_map.astype(np.uint16))
@@ -257,7 +361,7 @@ class _Writer:
                         np.where(distractor, 255, 0).astype(np.uint8))  # fmt: skip
             self.distractors += 1
         self.images += 1
-        self.instances += len(instances)
+        self.instances += len(instances) + len(kept)
 
     def finish(self, meta: dict[str, Any]) -> ImportResult:
         if self.images == 0:
@@ -266,13 +370,13 @@ class _Writer:
         write_data_yaml(self.out)
         meta = dict(meta, images=self.images, instances=self.instances, skipped=self.skipped,
                     per_class=self.per_class, classes=list(CLASSES),
-                    distractors=self.distractors)  # fmt: skip
+                    distractors=self.distractors, box_only=self.box_only)  # fmt: skip
         dump_json(meta, self.out / "import.json", indent=1)
         logger.debug("imported %d frames, %d instances into %s", self.images, self.instances,
                      self.out)  # fmt: skip
         return ImportResult(out=self.out, images=self.images, instances=self.instances,
                             skipped=self.skipped, per_class=dict(self.per_class),
-                            distractors=self.distractors)  # fmt: skip
+                            distractors=self.distractors, box_only=self.box_only)  # fmt: skip
 
 
 def _check_shape(image: np.ndarray, mask: np.ndarray, ipath: Path, mpath: Path) -> None:
@@ -353,6 +457,8 @@ def _polygon(coords: list[float], where: str) -> np.ndarray:
         raise ValueError(
             f"{where}: a polygon needs an even number (>= 6) of coordinates, got {p.size}"
         )
+    if not np.isfinite(p).all():
+        raise ValueError(f"{where}: polygon coordinates must be finite numbers")
     return p.reshape(-1, 2)
 
 
@@ -441,7 +547,7 @@ def _import_labelme(src: Path, w: _Writer, images: Path | None, cls: int | None,
         raise ValueError(
             f"labelme format expects a labelme JSON file or a folder of them, got {src}"
         )
-    width = label_width if label_width is not None else _default_label_width()
+    width = label_width if label_width is not None else default_label_width()
     for path in files:
         try:
             doc = json.loads(path.read_text("utf-8"))
@@ -449,31 +555,51 @@ def _import_labelme(src: Path, w: _Writer, images: Path | None, cls: int | None,
             raise ValueError(f"{path} is not valid JSON: {e}") from None
         if not isinstance(doc, dict) or "shapes" not in doc:
             raise ValueError(f"{path}: expected a labelme JSON with 'shapes', got no 'shapes' key")
+        if not isinstance(doc.get("shapes"), list):
+            raise ValueError(f"{path}: 'shapes' must be a list of shapes, got "
+                             f"{type(doc['shapes']).__name__}")  # fmt: skip
         stem, image = _labelme_image(path, doc, images)
-        inst = []
+        inst, boxes = [], []
         for k, s in enumerate(doc["shapes"]):
             where = f"{path} shape {k}"
+            if not isinstance(s, dict):
+                raise ValueError(f"{where}: expected a shape object, got {type(s).__name__}")
             kind = s.get("shape_type") or "polygon"
-            pts = np.asarray(s.get("points", []), float).reshape(-1, 2)
+            try:
+                pts = np.asarray(s.get("points", []), float).reshape(-1, 2)
+            except (TypeError, ValueError):
+                raise ValueError(f"{where}: 'points' must be a list of [x, y] pairs, got "
+                                 f"{s.get('points')!r:.60}") from None  # fmt: skip
+            label = s.get("label")
             if kind == "polygon":
-                c = cls if cls is not None else _class_from_name(str(s.get("label", "")), where)
+                c = _shape_class(label, where, cls=cls)
                 inst.append((c, _polygon(pts.ravel().tolist(), where)))
             elif kind in ("linestrip", "line"):
-                if len(pts) < 2:
-                    raise ValueError(f"{where}: a {kind} needs at least 2 points, got {len(pts)}")
-                inst.append((0 if cls is None else cls, line_polygon(pts, width)))
-            elif kind == "circle" and len(pts) == 2:
+                c = _shape_class(label, where, cls=cls, default=0)
+                inst.append((c, make_line(pts, width, where)))
+            elif kind == "circle":
+                if len(pts) != 2 or not np.isfinite(pts).all():
+                    raise ValueError(f"{where}: a circle needs 2 points (centre, a point on the "
+                                     f"rim), got {len(pts)}")  # fmt: skip
                 r = float(np.hypot(*(pts[1] - pts[0])))
-                th = np.linspace(0.0, 2 * np.pi, 48, endpoint=False)
-                circle = pts[0] + r * np.stack([np.cos(th), np.sin(th)], axis=1)
-                inst.append((1 if cls is None else cls, circle))
+                if r <= 0:
+                    raise ValueError(f"{where}: a circle needs a radius > 0, got 0")
+                c = _shape_class(label, where, cls=cls, default=1)
+                inst.append((c, ellipse_outline(pts[0], (r, 0.0), (0.0, r))))
+            elif kind == "rectangle":
+                if len(pts) != 2:
+                    raise ValueError(f"{where}: a rectangle needs 2 points (opposite corners), "
+                                     f"got {len(pts)}")  # fmt: skip
+                (x0, y0), (x1, y1) = pts.min(axis=0), pts.max(axis=0)
+                boxes.append((_shape_class(label, where, cls=cls),
+                              make_box(x0, y0, x1, y1, where)))  # fmt: skip
             else:
                 logger.warning("%s: skipping a %r shape (not an instance outline)", where, kind)
                 w.skipped += 1
-        w.add(stem, image, inst)
+        w.add(stem, image, inst, boxes=boxes)
 
 
-def _default_label_width() -> float:
+def default_label_width() -> float:
     from .params import load_preset
 
     return float(load_preset("M2").fixed("label_width"))
@@ -485,6 +611,15 @@ _IMPORTERS = {
     "coco": _import_coco,
     "labelme": _import_labelme,
 }
+
+
+def _importer(fmt: str):
+    """The reader of ``fmt``; the formats of ``importers_formats`` are imported on demand."""
+    if fmt in _IMPORTERS:
+        return _IMPORTERS[fmt]
+    from .importers_formats import IMPORTERS
+
+    return IMPORTERS[fmt]
 
 
 def import_dataset(
@@ -505,16 +640,18 @@ def import_dataset(
         Folder or file of labels; what is expected depends on ``fmt`` (module docstring).
     out : Path
         Dataset folder to write.
-    fmt : {"tanaka", "masks", "coco", "labelme"}
+    fmt : {"tanaka", "masks", "coco", "labelme", "cvat", "napari", "yolo-det", "voc", \
+"keras-yolo3"}
     images : Path, optional
         Folder of frames (required for ``masks``).
     cls : {"dislocation", "loop", 0, 1}, optional
-        Class of every instance (required for ``masks``; default dislocation for ``tanaka``,
-        by label name for ``coco`` and ``labelme``).
+        Class of every instance (required for ``masks`` and napari Labels layers; default
+        dislocation for ``tanaka``, by label name for ``coco``, ``labelme``, ``cvat``,
+        ``voc`` and the class names of ``yolo-det`` and ``keras-yolo3``).
     label_width : float, optional
         Width (px) at which line labels are redrawn from their skeletons (``tanaka``,
-        ``masks`` of dislocations) or buffered (labelme lines; default: the synthetic
-        generator's ``label_width``).
+        ``masks`` of dislocations) or buffered (labelme, CVAT and napari lines; default:
+        the synthetic generator's ``label_width``).
     overwrite : bool
         Replace a dataset already in ``out``.
 
@@ -530,7 +667,7 @@ def import_dataset(
     FileExistsError
         If ``out`` holds a dataset and ``overwrite`` is false.
     """
-    if fmt not in _IMPORTERS:
+    if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     source = Path(source)
     if not source.exists():
@@ -541,7 +678,7 @@ def import_dataset(
     if fmt == "tanaka" and c is None:
         c = 0
     w = _Writer(Path(out), overwrite=overwrite)
-    _IMPORTERS[fmt](source, w, Path(images) if images is not None else None, c, label_width)
+    _importer(fmt)(source, w, Path(images) if images is not None else None, c, label_width)
     meta = {
         "format": fmt, "source": str(source),
         "images_from": None if images is None else str(images),

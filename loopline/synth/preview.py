@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .writers import read_yolo_labels
+from .writers import read_labels
 
 __all__ = ["contact_sheet"]
 
@@ -48,7 +48,7 @@ def contact_sheet(
         over = raw.copy()
         lab = root / "labels" / f"{p.stem}.txt"
         if lab.exists():
-            for cls, poly in read_yolo_labels(lab, w, h):
+            for cls, poly in read_labels(lab, w, h)[0]:
                 pts = np.round(poly).astype(np.int32).reshape(-1, 1, 2)
                 cv2.polylines(over, [pts], True, _COLOURS[cls % 2], 1, cv2.LINE_AA)
         for t in (raw, over):

@@ -20,7 +20,7 @@ from scipy.spatial import cKDTree
 
 from .background import render_background
 from .distractors import draw_distractors, draw_overlays, strip_rect
-from .scene import Line, Loop, drift_at, lines_at, loops_at, trace_segments
+from .scene import Line, Loop, band_polygons, drift_at, lines_at, loops_at, trace_segments
 
 __all__ = ["CLASSES", "Instance", "Rendered", "render_frame", "resample_polyline"]
 
@@ -145,7 +145,20 @@ def _draw_traces(shape: tuple[int, int], scene: dict[str, Any], t: int) -> np.nd
         thick = max(round(width), 1)
         cv2.polylines(tmp, [_fixed(seg)], False, 255, thick, cv2.LINE_AA, _SHIFT)
         signed += cv2.GaussianBlur(tmp.astype(np.float32) * (contrast / 255.0), (0, 0), 0.8)
+    for quad, contrast in band_polygons(scene, t):
+        tmp[:] = 0
+        cv2.fillPoly(tmp, [_fixed(quad)], 255, cv2.LINE_AA, _SHIFT)
+        signed += cv2.GaussianBlur(tmp.astype(np.float32) * (contrast / 255.0), (0, 0), 1.0)
     return signed
+
+
+def _vignette(img: np.ndarray, vignette: list[float]) -> None:
+    """Darken towards the corners: 1 - strength * (r / r_max)^2 around an off-centre point."""
+    strength, cx, cy = vignette
+    h, w = img.shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    r2 = (xx - cx) ** 2 + (yy - cy) ** 2
+    img *= 1.0 - strength * r2 / r2.max()
 
 
 class BackgroundCache:
@@ -197,6 +210,8 @@ def render_frame(
     if bright:
         np.clip(img, 0.0, 1.0, out=img)
         img += light * (1.0 - img)
+    if scene.get("vignette"):
+        _vignette(img, scene["vignette"])
     if scene.get("image_blur", 0.0) > 0:
         img = cv2.GaussianBlur(img, (0, 0), scene["image_blur"])
     rng = np.random.default_rng(np.random.SeedSequence([scene["noise_seed"], t]))

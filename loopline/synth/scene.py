@@ -107,7 +107,38 @@ def sample_scene(
     rng2 = np.random.default_rng(np.random.SeedSequence([seed, index, 1]))
     scene["loops"] = _sample_loops(preset, rng, next_id, w, h, frames, rng2)
     _randomise(scene, preset, rng2)
+    # Kinked lines, shaded slip bands and vignetting: a third stream, so that scenes drawn
+    # before these keys existed keep every byte.
+    _texture(scene, preset, np.random.default_rng(np.random.SeedSequence([seed, index, 2])))
     return scene
+
+
+def _texture(scene: dict[str, Any], preset: Preset, rng: np.random.Generator) -> None:
+    """Waviness of each line, shading of each slip band and vignetting (keys only when on)."""
+    wiggle_hi = preset.sample("line_wiggle", rng)
+    p_band = preset.sample("band_prob", rng)
+    for pu in scene["pileups"]:
+        offs = sorted(d["offset"] for d in pu["dislocations"])
+        gap = min(np.diff(offs)) if len(offs) > 1 else np.inf
+        if wiggle_hi > 0:
+            # Lines of a pile-up do not cross: the waviness stays below a fifth of the spacing.
+            cap = min(wiggle_hi, 0.2 * gap)
+            for d in pu["dislocations"]:
+                amp = rng.uniform(0.0, cap)
+                d["wiggle"] = [
+                    [_r(amp * rng.uniform(0.3, 1.0)), _r(preset.sample("wiggle_wavelength", rng)),
+                     _r(rng.uniform(0, 2 * np.pi))]
+                    for _ in range(3)
+                ]  # fmt: skip
+        if p_band > 0 and pu["traces_visible"] and rng.uniform() < p_band:
+            sign = 1.0 if rng.uniform() < 0.5 else -1.0
+            pu["band_contrast"] = _r(sign * preset.sample("band_contrast", rng))
+    vignette = preset.sample("vignette", rng)
+    if vignette > 0:
+        scene["vignette"] = [
+            _r(vignette), _r(rng.uniform(0.3, 0.7) * scene["width"]),
+            _r(rng.uniform(0.3, 0.7) * scene["height"]),
+        ]  # fmt: skip
 
 
 def _randomise(scene: dict[str, Any], preset: Preset, rng: np.random.Generator) -> None:
@@ -350,6 +381,8 @@ def lines_at(scene: dict[str, Any], t: int = 0) -> list[Line]:
         u_pos, vel = pileup_frame(pu, t, frames)
         for d, uk, vk in zip(pu["dislocations"], u_pos, vel, strict=True):
             s = CubicSpline(v_sup, np.array(d["support_u"]), bc_type="natural")(v)
+            for amp, lam, phase in d.get("wiggle", ()):
+                s = s + amp * np.sin(2 * np.pi * v / lam + phase)
             pts = c + np.outer(uk + s, tdir) + np.outer(v, ndir)
             piece = _visible_piece(pts, w, h)
             if piece is None:
@@ -390,6 +423,25 @@ def loops_at(scene: dict[str, Any], t: int = 0) -> list[Loop]:
                 blur=lp["blur"],
             )
         )  # fmt: skip
+    return out
+
+
+def band_polygons(scene: dict[str, Any], t: int = 0) -> list[tuple[np.ndarray, float]]:
+    """Shaded slip bands at frame ``t``: (4x2 corners, signed grey change)."""
+    ddx, ddy = drift_at(scene, t)
+    span = 2.0 * (scene["width"] + scene["height"])
+    out = []
+    for pu in scene["pileups"]:
+        if not pu.get("band_contrast"):
+            continue
+        a = np.deg2rad(pu["slip_angle"])
+        tdir = np.array([np.cos(a), np.sin(a)])
+        ndir = np.array([-np.sin(a), np.cos(a)])
+        c = np.array(pu["center"]) + np.array([ddx, ddy])
+        half = 0.5 * pu["slip_width"] * ndir
+        quad = np.stack([c - half - span * tdir, c - half + span * tdir,
+                         c + half + span * tdir, c + half - span * tdir])  # fmt: skip
+        out.append((quad, pu["band_contrast"]))
     return out
 
 

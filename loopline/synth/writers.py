@@ -17,11 +17,15 @@ import numpy as np
 from .render import CLASSES
 
 __all__ = [
+    "BOX_FIELDS",
     "CocoBuilder",
+    "box_polygon",
     "dump_json",
+    "read_labels",
     "read_yolo_labels",
     "write_data_yaml",
     "write_yolo_labels",
+    "yolo_box_line",
 ]
 
 
@@ -143,3 +147,76 @@ class CocoBuilder:
 def write_image(path: Path, image: np.ndarray) -> None:
     if not cv2.imwrite(str(path), image):
         raise OSError(f"could not write image {path}")
+
+
+#: Fields of a box-only label line: ``class cx cy w h`` (normalised).
+BOX_FIELDS = 5
+
+
+def box_polygon(box: np.ndarray) -> np.ndarray:
+    """Corners (4, 2) px of a box ``x0, y0, x1, y1`` px."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
+
+
+def yolo_box_line(cls: int, box: np.ndarray, w: int, h: int) -> str:
+    """One box-only label line, ``class cx cy w h`` normalised, of a box ``x0, y0, x1, y1`` px."""
+    x0, x1 = np.clip([box[0], box[2]], 0.0, w) / w
+    y0, y1 = np.clip([box[1], box[3]], 0.0, h) / h
+    return f"{cls} {(x0 + x1) / 2:.6f} {(y0 + y1) / 2:.6f} {x1 - x0:.6f} {y1 - y0:.6f}"
+
+
+def read_labels(path: Path, w: int, h: int) -> tuple[list[tuple[int, np.ndarray]], np.ndarray]:
+    """Read a label file of polygon lines (YOLO-seg) and box-only lines (``yolo_box_line``).
+
+    Parameters
+    ----------
+    path : Path
+        ``labels/<stem>.txt`` of a dataset.
+    w, h : int
+        Frame width and height (px).
+
+    Returns
+    -------
+    pairs : list of (int, (K, 2) float64)
+        Class and polygon (px) of each line; a box-only line's polygon is its box's corners.
+    box_only : (N,) bool
+        Which lines are box-only.
+
+    Raises
+    ------
+    ValueError
+        Naming the file and line when a line is neither ``class x1 y1 x2 y2 x3 y3 ...`` nor
+        ``class cx cy w h``, or its coordinates are not normalised to [0, 1].
+    """
+    rows = path.read_text("utf-8").splitlines()
+    if not any(len(r.split()) == BOX_FIELDS for r in rows):
+        pairs = read_yolo_labels(path, w, h)
+        return pairs, np.zeros(len(pairs), bool)
+    pairs, box_only = [], []
+    for no, raw in enumerate(rows, 1):
+        parts = raw.split()
+        if not parts:
+            continue
+        try:
+            cls = int(parts[0])
+            vals = np.array([float(v) for v in parts[1:]])
+        except ValueError:
+            raise ValueError(f"{path}:{no}: expected 'class x1 y1 x2 y2 ...' or 'class cx cy w "
+                             f"h', got {raw!r}") from None  # fmt: skip
+        is_box = vals.size == BOX_FIELDS - 1
+        if not is_box and (vals.size < 6 or vals.size % 2):
+            raise ValueError(f"{path}:{no}: a polygon needs an even number (>= 6) of "
+                             f"coordinates, a box 4 (cx cy w h), got {vals.size}")  # fmt: skip
+        if not (np.isfinite(vals).all() and vals.min() >= -1e-6 and vals.max() <= 1 + 1e-6):
+            raise ValueError(f"{path}:{no}: coordinates must be normalised to [0, 1]")
+        if is_box:
+            cx, cy, bw, bh = vals
+            if bw <= 0 or bh <= 0:
+                raise ValueError(f"{path}:{no}: a box needs width and height > 0, got {bw}, {bh}")
+            box = np.array([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2]) * (w, h, w, h)
+            pairs.append((cls, box_polygon(box)))
+        else:
+            pairs.append((cls, vals.reshape(-1, 2) * (w, h)))
+        box_only.append(is_box)
+    return pairs, np.array(box_only, bool)

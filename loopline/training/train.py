@@ -18,6 +18,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,10 +115,12 @@ def _epoch_printer():
     return on_fit_epoch_end
 
 
-def train(cfg: TrainConfig) -> Path:
+def train(cfg: TrainConfig, *, callbacks: dict[str, Callable] | None = None) -> Path:
     """Train (or resume) and return the path of the best weights.
 
     The run folder is ``cfg.out / cfg.name``; ``--resume`` continues from its ``last.pt``.
+    ``callbacks``: more ultralytics callbacks, event name -> function of the trainer (e.g.
+    ``loopline adapt``'s progress bar), added after the epoch printer.
     """
     cfg.validate()
     configure_offline(cfg.threads)
@@ -131,11 +134,11 @@ def train(cfg: TrainConfig) -> Path:
         if not last.exists():
             raise FileNotFoundError(f"nothing to resume: {last} does not exist")
         model = YOLO(str(last))
-        model.add_callback("on_fit_epoch_end", _epoch_printer())
+        _add_callbacks(model, callbacks)
         model.train(resume=True, trainer=_trainer())
     else:
         model = _initial_model(cfg, run_dir)
-        model.add_callback("on_fit_epoch_end", _epoch_printer())
+        _add_callbacks(model, callbacks)
         args: dict[str, Any] = {
             "data": str(_data_yaml(cfg.data)),
             "epochs": cfg.epochs,
@@ -175,6 +178,12 @@ def train(cfg: TrainConfig) -> Path:
     (run_dir / "loopline_run.json").write_text(json.dumps(record, indent=1), "utf-8")
     logger.info("training finished in %.0f s; best weights %s", wall, best)
     return best
+
+
+def _add_callbacks(model, callbacks: dict[str, Callable] | None) -> None:
+    model.add_callback("on_fit_epoch_end", _epoch_printer())
+    for event, fn in (callbacks or {}).items():
+        model.add_callback(event, fn)
 
 
 def architecture_yaml(arch: str) -> str:
