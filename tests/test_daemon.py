@@ -109,6 +109,7 @@ def csv_rows(path: Path) -> int:
 def check_accounting(c: dict, n: int) -> None:
     assert c["received"] == n
     assert c["analysed"] + c["skipped"] == n, c
+    assert 0 <= c["late_after_successor"] <= c["analysed"], c  # measured, not tracked
     assert c["recorded"] == n, c
 
 

@@ -95,3 +95,19 @@ def test_engines_apply_it_when_asked():
     assert len(_Fixed()([frame])[0]) == 2
     out = _Fixed(line_dedupe=2.0)([frame, frame])
     assert [d.scores.tolist() for d in out] == [pytest.approx([0.9])] * 2
+
+
+def test_a_mask_merging_two_lines_keeps_the_part_on_its_own_line():
+    # B runs on A's line for 70 px, then on a line of its own for 60 px: the network merged
+    # two dislocations into one mask. Dropping it would lose the second line.
+    a = _line(40)
+    b = np.zeros(SHAPE, np.uint8)
+    cv2.polylines(b, [np.array([[10, 40], [80, 40], [110, 92]], np.int32)], False, 1, 5)
+    det = _det([a, b.astype(bool)], [0.9, 0.5], [0, 0])
+    assert len(suppress_duplicate_lines(det, tol=2.0, keep_rest=0)) == 1
+    out = suppress_duplicate_lines(det, tol=2.0)  # keep_rest 40 px by default
+    assert len(out) == 2
+    rest = out.masks[1]
+    ys, _ = np.nonzero(rest)
+    assert ys.min() > 42 and rest.sum() > 150  # only the part off A's line
+    assert out.boxes[1][1] >= 42 and (out.masks[0] == a).all()

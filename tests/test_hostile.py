@@ -173,6 +173,8 @@ def check_counters(s: dict, frames_sent: int | None, *, restarts: int = 0) -> di
             + c["dropped_source"] == frames_sent, c
     assert c["recorded"] + sum(c[k] for k in NOT_RECORDED) == c["received"], c
     assert c["analysed"] + c["skipped"] == c["received"], c
+    # frames back from an engine after their successors: analysed (measured), not tracked
+    assert 0 <= c["late_after_successor"] <= c["analysed"], c
     not_analysed = ("skipped_backpressure", "skipped_lost", "skipped_duplicate",
                     "rejected_oversize", "dropped_no_slot", "receiver_errors", *REJECT_COUNTERS)
     assert c["skipped"] == sum(c[k] for k in not_analysed), c  # fmt: skip

@@ -159,3 +159,76 @@ def test_zero_shot_eval_imports_the_real_sets(tmp_path: Path):
     assert len(list((second / "images").iterdir())) == 56 - 28
     assert len(list((second / "distractors").iterdir())) == 28
     assert not (second / "masks").exists()  # no dislocation labels in this set
+
+
+# --- import_graph.py --------------------------------------------------------------------------
+
+
+_TYPING_IMPORT = "from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from .a import b\n"
+
+
+def _fake_package(root: Path, *, clean: bool) -> Path:
+    """A tiny package: low < mid (a, b) < high (high, sub); unless clean, low imports high
+    lazily (up a layer, and a cycle with high) and b imports a for typing (a cycle in mid)."""
+    pkg = root / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    files = {
+        "__init__.py": '"""pkg.high is named in this docstring only."""\n',
+        "low.py": "def f():\n    from .high import h\n\n    return h\n" if not clean else "X = 1\n",
+        "a.py": "from . import b\n",
+        "b.py": "Y = 2\n" if clean else _TYPING_IMPORT,
+        "high.py": 'import logging\n\nimport pkg.low\n\nlogger = logging.getLogger("pkg.nothere")\n'
+        'TABLE = {"m": "pkg.sub.mod:thing"}\nh = 1\n',
+        "sub/__init__.py": "",
+        "sub/mod.py": "from .. import a\nthing = 3\n",
+    }
+    for name, text in files.items():
+        (pkg / name).write_text(text)
+    return pkg
+
+
+_FAKE_LAYERS = (("low", ("__init__", "low")), ("mid", ("a", "b")), ("high", ("high", "sub")))
+
+
+def test_import_graph_finds_upward_imports_and_cycles(tmp_path: Path, capsys):
+    g = _load("import_graph")
+    pkg = _fake_package(tmp_path, clean=False)
+    report = g.check(pkg, _FAKE_LAYERS)
+    assert set(report.edges) == {("pkg.a", "pkg.b"), ("pkg.b", "pkg.a"), ("pkg.high", "pkg.low"),
+                                 ("pkg.high", "pkg.sub"), ("pkg.low", "pkg.high"),
+                                 ("pkg.sub", "pkg.a")}  # fmt: skip
+    assert report.upward == [("pkg.low", "pkg.high")]
+    assert report.cycles == [["pkg.a", "pkg.b"], ["pkg.high", "pkg.low"]]
+    (up,) = report.edges["pkg.low", "pkg.high"]
+    assert (up.where(), up.kind, up.what()) == ("pkg/low.py:2", "lazy", "h from pkg.high (lazy)")
+    assert report.edges["pkg.b", "pkg.a"][0].kind == "typing"
+    assert report.edges["pkg.high", "pkg.sub"][0].what() == "thing from pkg.sub.mod (by name)"
+    assert g.main(["--root", str(pkg)], layers=_FAKE_LAYERS) == 1
+    out = capsys.readouterr().out
+    assert "upward imports: 1 edge(s)" in out and "pkg/low.py:2  h from pkg.high (lazy)" in out
+    assert "pkg.a <-> pkg.b (within layer mid)" in out
+    assert "pkg.high <-> pkg.low (across layers)" in out and out.rstrip().endswith("FAILED")
+    assert g.main(["--root", str(pkg), "--dot"], layers=_FAKE_LAYERS) == 1
+    dot = capsys.readouterr().out
+    assert dot.startswith('digraph "pkg"')
+    assert '"pkg.low" -> "pkg.high" [label="1", color=red' in dot
+    # A package the table does not place fails too.
+    (pkg / "stray.py").write_text("")
+    assert g.check(pkg, _FAKE_LAYERS).unlayered == ["pkg.stray"]
+
+
+def test_import_graph_passes_a_clean_package(tmp_path: Path, capsys):
+    g = _load("import_graph")
+    pkg = _fake_package(tmp_path, clean=True)
+    assert g.main(["--root", str(pkg)], layers=_FAKE_LAYERS) == 0
+    out = capsys.readouterr().out
+    assert "upward imports: 0 edge(s)" in out and "cycles: 0" in out
+    assert out.rstrip().endswith("OK")
+
+
+def test_import_graph_of_loopline_has_no_upward_import_and_no_cycle(capsys):
+    g = _load("import_graph")
+    code = g.main([])
+    out = capsys.readouterr().out
+    assert "loopline.engines ->" in out  # it did scan the real package
+    assert code == 0, out

@@ -61,6 +61,16 @@ def test_loops_and_low_scores_are_left_alone():
     assert (out.boxes[0] != det.boxes[0]).any()  # the moved line's box follows it
 
 
+def test_branched_masks_are_left_as_they_are():
+    # Two lines crossing in one mask: its centre line is one of them only in part.
+    frame = _frame([40])
+    m = _line(44)
+    cv2.line(m.view(np.uint8), (64, 10), (64, 90), 1, 5)
+    det = _det([m], [0.9], [0])
+    out = snap_lines(frame, det, search=5.0)
+    assert (out.masks[0] == det.masks[0]).all()
+
+
 def test_a_line_moves_no_further_than_search():
     frame = _frame([30])
     det = _det([_line(42)], [0.9], [0])

@@ -51,6 +51,9 @@ COUNTERS: tuple[str, ...] = (
     # model swaps (loopline model use, engine.watch) done and refused; control requests that
     # were not one (loopline.daemon.control)
     "model_swaps", "models_refused", "control_errors",
+    # analysed frames that came back from their engine after later frames were tracked:
+    # measured, not tracked (frames.csv fate analysed_untracked; workers.MeasureWorker)
+    "late_after_successor",
 )  # fmt: skip
 
 QUEUES = ("queue_batcher", "queue_engine", "queue_output", "slots_in_use")

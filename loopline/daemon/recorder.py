@@ -330,7 +330,7 @@ class Recorder:
             self._tif.write(image, contiguous=False,
                             description=json.dumps({"series": hdr["series"],
                                                     "index": hdr["index"]}))  # fmt: skip
-        result = hdr.get("result") if fate == "analysed" else None
+        result = hdr.get("result") if fate.startswith("analysed") else None
         model = (result or {}).get("model") or ""
         self.frames.append({"series": hdr["series"], "index": hdr["index"], "seq": hdr["seq"],
                             "timestamp": hdr["ts"], "fate": fate, "model": model})  # fmt: skip

@@ -46,7 +46,7 @@ STAT_NAMES: tuple[str, ...] = (
     "recorded", "dropped_no_slot", "dropped_source", "rejected_oversize", "published",
     "published_jpeg",
     "slots_reclaimed", "series_started", "series_ended", "series_aborted", "restarts",
-    "batches", "late_results", "analysis_seq", "analysis_done",
+    "batches", "late_results", "analysis_seq", "analysis_done", "late_after_successor",
     # frames that made no sense (loopline.daemon.validate) and errors that cost one frame
     "rejected_undersize", "rejected_timestamp", "rejected_pixel_size", "rejected_index",
     "rejected_pixels", "rejected_interleaved", "skipped_duplicate", "segments_restarted",

@@ -26,7 +26,7 @@ def _centre_line(mask: np.ndarray) -> np.ndarray:
 
 
 def suppress_duplicate_lines(det, *, tol: float = 2.0, cover: float = 0.5, cls: int = 0,
-                             merge: bool = False):  # fmt: skip
+                             merge: bool = False, keep_rest: float = 40.0):  # fmt: skip
     """``det`` (``loopline.engines.base.Detections``) without the class-``cls`` instances that
     retrace a better-scored one.
 
@@ -40,6 +40,10 @@ def suppress_duplicate_lines(det, *, tol: float = 2.0, cover: float = 0.5, cls: 
     merge : bool
         Add a dropped instance's mask (and box) to the kept instance it retraces most, so the
         part of the line that only the duplicate covered is not lost.
+    keep_rest : float
+        An instance that retraces kept lines over ``cover`` of its centre line but runs
+        ``keep_rest`` px or more beyond them (the network merged two lines into one mask) is
+        not dropped: it keeps the part of its mask away from the kept lines (0 = drop it whole).
     """
     if not tol > 0:
         raise ValueError(f"tol must be > 0 px, got {tol}")
@@ -55,6 +59,7 @@ def suppress_duplicate_lines(det, *, tol: float = 2.0, cover: float = 0.5, cls: 
     near = np.zeros((h, w), np.int32)  # 1 + index of the kept instance whose widened line is here
     drop = np.zeros(len(det), bool)
     masks, boxes = det.masks, det.boxes
+    copied = merge
     if merge:
         masks, boxes = masks.copy(), boxes.copy()
     for i in order:
@@ -69,7 +74,23 @@ def suppress_duplicate_lines(det, *, tol: float = 2.0, cover: float = 0.5, cls: 
             continue
         owners = near[ya:yb, xa:xb][sk]
         owners = owners[owners > 0]
-        if owners.size >= cover * n:
+        rest = None
+        if owners.size >= cover * n and keep_rest > 0 and n - owners.size >= keep_rest:
+            grown_near = cv2.dilate((near[ya:yb, xa:xb] > 0).astype(np.uint8), disk).astype(bool)
+            rest = det.masks[i, ya:yb, xa:xb] & ~grown_near
+            if not rest.any():
+                rest = None
+        if rest is not None:
+            # A mask that runs on a kept line for part of its length and on its own line for
+            # the rest (two lines merged by the network): keep the rest, drop the retrace.
+            if not copied:
+                masks, boxes, copied = masks.copy(), boxes.copy(), True
+            masks[i] = False
+            masks[i, ya:yb, xa:xb] = rest
+            ry, rx = np.nonzero(rest)
+            boxes[i] = (xa + rx.min(), ya + ry.min(), xa + rx.max() + 1, ya + ry.max() + 1)
+            sk = sk & ~grown_near
+        elif owners.size >= cover * n:
             drop[i] = True
             if merge:
                 k = int(np.bincount(owners).argmax()) - 1
@@ -86,7 +107,7 @@ def suppress_duplicate_lines(det, *, tol: float = 2.0, cover: float = 0.5, cls: 
         sy1, sx1 = min(gy0 + grown.shape[0], h), min(gx0 + grown.shape[1], w)
         np.maximum(near[sy0:sy1, sx0:sx1], grown[sy0 - gy0:sy1 - gy0, sx0 - gx0:sx1 - gx0],
                    out=near[sy0:sy1, sx0:sx1])  # fmt: skip
-    if not drop.any():
+    if not drop.any() and not copied:
         return det
     keep = ~drop
     return type(det)(masks=masks[keep], boxes=boxes[keep], scores=det.scores[keep],

@@ -47,14 +47,24 @@ def centre_path(mask: np.ndarray) -> np.ndarray:
     farthest from any start is one end, the pixel farthest from it the other; the path between
     them is kept (side branches, spurs and smaller pieces are dropped).
     """
+    return _centre_path(mask)[0]
+
+
+def _centre_path(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """:func:`centre_path` and the number of skeleton pixels it was chosen from."""
     from skimage.morphology import skeletonize
 
-    sk = skeletonize(mask) if mask.any() else mask
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return np.zeros((0, 2)), 0
+    y0, x0 = ys.min(), xs.min()
+    sk = skeletonize(mask[y0:ys.max() + 1, x0:xs.max() + 1])
     ys, xs = np.nonzero(sk)
+    ys, xs = ys + y0, xs + x0
     n = ys.size
     if n < 2:
-        return np.stack([xs, ys], 1).astype(np.float64)
-    index = np.full(sk.shape, -1, np.int64)
+        return np.stack([xs, ys], 1).astype(np.float64), n
+    index = np.full((ys.max() + 1, xs.max() + 1), -1, np.int64)
     index[ys, xs] = np.arange(n)
     pad = np.pad(index, 1, constant_values=-1)
     rows, cols = [], []
@@ -67,7 +77,7 @@ def centre_path(mask: np.ndarray) -> np.ndarray:
     graph = coo_matrix((np.ones(r.size), (r, c)), shape=(n, n)).tocsr()
     _, comp = connected_components(graph, directed=False)
     path = _longest(graph, int(np.flatnonzero(comp == np.bincount(comp).argmax())[0]))
-    return np.stack([xs[path], ys[path]], 1).astype(np.float64)
+    return np.stack([xs[path], ys[path]], 1).astype(np.float64), n
 
 
 def _longest(graph, start: int) -> np.ndarray:
@@ -165,6 +175,7 @@ def snap_lines(
     smooth: float = 1.0,
     prior: float = 0.02,
     min_score: float = 0.25,
+    min_path_share: float = 0.85,
     cls: int = 0,
 ):
     """``det`` (``loopline.engines.base.Detections`` of ``frame``) with the masks of its
@@ -187,6 +198,10 @@ def snap_lines(
         normalised to [0, 1]).
     prior : float
         Cost per px of distance from the network's centre line.
+    min_path_share : float
+        An instance is moved only if its centre line holds this share of its skeleton pixels:
+        a mask whose skeleton branches or breaks (two lines crossing, a line in pieces) is one
+        line only in part, and is left as it is.
     """
     if not search > 0:
         raise ValueError(f"search must be > 0 px, got {search}")
@@ -202,9 +217,9 @@ def snap_lines(
     canvas = np.zeros((h, w), np.uint8)
     ring = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (11, 11))
     for i in idx:
-        path = centre_path(det.masks[i])
-        if len(path) < 3:
-            continue
+        path, n_skel = _centre_path(det.masks[i])
+        if len(path) < 3 or len(path) < min_path_share * n_skel:
+            continue  # branched or broken: two lines crossing, or pieces; left as it is
         skel_len = float(np.hypot(*np.diff(path, axis=0).T).sum())
         width_px = det.masks[i].sum() / max(skel_len, 1.0)
         p = _resample(_smooth_extend(path, det.masks[i], SMOOTH_HALF, 3.0), step)

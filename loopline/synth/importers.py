@@ -211,7 +211,7 @@ def mask_polygon(mask: np.ndarray) -> np.ndarray:
 
 def skeleton_polygon(mask: np.ndarray, width: float) -> np.ndarray:
     """Label polygon of a line mask: its skeleton's longest path buffered to ``width`` px."""
-    from ..evaluation.metrics import skeleton_polyline
+    from ..geometry import skeleton_polyline
 
     path = skeleton_polyline(mask)
     if len(path) < 2:

@@ -63,6 +63,12 @@ def read_yolo_labels(path: Path, w: int, h: int) -> list[tuple[int, np.ndarray]]
         Naming the file and line when a line is not ``class x y x y ...`` with at least three
         points and coordinates in [0, 1].
     """
+    return [(cls, poly) for cls, poly, _ in _parse_labels(path, w, h, boxes=False)]
+
+
+def _parse_labels(path: Path, w: int, h: int, *, boxes: bool):
+    """(class, polygon px, box-only) of each line of a label file; ``boxes`` allows box lines
+    (``class cx cy w h``, their polygon the box's corners)."""
     out = []
     for no, raw in enumerate(path.read_text("utf-8").splitlines(), 1):
         parts = raw.split()
@@ -72,16 +78,24 @@ def read_yolo_labels(path: Path, w: int, h: int) -> list[tuple[int, np.ndarray]]
             cls = int(parts[0])
             vals = np.array([float(v) for v in parts[1:]])
         except ValueError:
-            msg = f"{path}:{no}: expected 'class x1 y1 x2 y2 ...', got {raw!r}"
-            raise ValueError(msg) from None
-        if vals.size < 6 or vals.size % 2:
-            raise ValueError(
-                f"{path}:{no}: a polygon needs an even number (>= 6) of coordinates, "
-                f"got {vals.size}"
-            )
-        if vals.min() < -1e-6 or vals.max() > 1 + 1e-6:
+            alt = " or 'class cx cy w h'" if boxes else ""
+            raise ValueError(f"{path}:{no}: expected 'class x1 y1 x2 y2 ...'{alt}, "
+                             f"got {raw!r}") from None  # fmt: skip
+        is_box = boxes and vals.size == BOX_FIELDS - 1
+        if not is_box and (vals.size < 6 or vals.size % 2):
+            alt = ", a box 4 (cx cy w h)" if boxes else ""
+            raise ValueError(f"{path}:{no}: a polygon needs an even number (>= 6) of "
+                             f"coordinates{alt}, got {vals.size}")  # fmt: skip
+        if not (np.isfinite(vals).all() and vals.min() >= -1e-6 and vals.max() <= 1 + 1e-6):
             raise ValueError(f"{path}:{no}: coordinates must be normalised to [0, 1]")
-        out.append((cls, vals.reshape(-1, 2) * (w, h)))
+        if is_box:
+            cx, cy, bw, bh = vals
+            if bw <= 0 or bh <= 0:
+                raise ValueError(f"{path}:{no}: a box needs width and height > 0, got {bw}, {bh}")
+            box = np.array([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2]) * (w, h, w, h)
+            out.append((cls, box_polygon(box), True))
+        else:
+            out.append((cls, vals.reshape(-1, 2) * (w, h), False))
     return out
 
 
@@ -189,34 +203,5 @@ def read_labels(path: Path, w: int, h: int) -> tuple[list[tuple[int, np.ndarray]
         Naming the file and line when a line is neither ``class x1 y1 x2 y2 x3 y3 ...`` nor
         ``class cx cy w h``, or its coordinates are not normalised to [0, 1].
     """
-    rows = path.read_text("utf-8").splitlines()
-    if not any(len(r.split()) == BOX_FIELDS for r in rows):
-        pairs = read_yolo_labels(path, w, h)
-        return pairs, np.zeros(len(pairs), bool)
-    pairs, box_only = [], []
-    for no, raw in enumerate(rows, 1):
-        parts = raw.split()
-        if not parts:
-            continue
-        try:
-            cls = int(parts[0])
-            vals = np.array([float(v) for v in parts[1:]])
-        except ValueError:
-            raise ValueError(f"{path}:{no}: expected 'class x1 y1 x2 y2 ...' or 'class cx cy w "
-                             f"h', got {raw!r}") from None  # fmt: skip
-        is_box = vals.size == BOX_FIELDS - 1
-        if not is_box and (vals.size < 6 or vals.size % 2):
-            raise ValueError(f"{path}:{no}: a polygon needs an even number (>= 6) of "
-                             f"coordinates, a box 4 (cx cy w h), got {vals.size}")  # fmt: skip
-        if not (np.isfinite(vals).all() and vals.min() >= -1e-6 and vals.max() <= 1 + 1e-6):
-            raise ValueError(f"{path}:{no}: coordinates must be normalised to [0, 1]")
-        if is_box:
-            cx, cy, bw, bh = vals
-            if bw <= 0 or bh <= 0:
-                raise ValueError(f"{path}:{no}: a box needs width and height > 0, got {bw}, {bh}")
-            box = np.array([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2]) * (w, h, w, h)
-            pairs.append((cls, box_polygon(box)))
-        else:
-            pairs.append((cls, vals.reshape(-1, 2) * (w, h)))
-        box_only.append(is_box)
-    return pairs, np.array(box_only, bool)
+    rows = _parse_labels(path, w, h, boxes=True)
+    return [(c, p) for c, p, _ in rows], np.array([b for _, _, b in rows], bool)

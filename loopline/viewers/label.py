@@ -29,7 +29,6 @@ import re
 import threading
 import time
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,7 @@ from .label_store import (
     display_png,
 )
 from .label_store import parse_labels as _parse
-from .web import _Server, host_allowed
+from .web import BaseHandler, _Server, host_allowed
 
 logger = logging.getLogger(__name__)
 
@@ -262,24 +261,25 @@ class LabelServer:
                 "files": [f"labels/{frame.stem}.txt", f"polylines/{frame.stem}.json"]}  # fmt: skip
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(BaseHandler):
     app: LabelServer
     server_version = "loopline-label"
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("http %s " + format, self.address_string(), *args)
-
-    def _send(self, code: int, body: bytes, ctype: str) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
 
     def _json(self, obj: Any, code: int = 200) -> None:
         self._send(code, json.dumps(obj).encode(), "application/json")
+
+    def _failed(self, e: Exception) -> None:
+        """Answer a request that raised: 409, 400 or 404 for what a client got wrong, 500 (and
+        the traceback in the log) for anything else."""
+        if isinstance(e, FrameConflict):
+            self._error(HTTPStatus.CONFLICT, str(e))
+        elif isinstance(e, LabelError):
+            self._error(HTTPStatus.BAD_REQUEST, str(e))
+        elif isinstance(e, UnknownFrame):
+            self._error(HTTPStatus.NOT_FOUND, f"no frame named {e.args[0]!r} in this session")
+        else:
+            logger.error("%s %s failed", self.command, self.path[:200], exc_info=e)
+            self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(e).__name__}: {e}")
 
     def _error(self, code: int, msg: str) -> None:
         self._json({"error": msg.splitlines()[0] if msg else HTTPStatus(code).phrase}, code)
@@ -325,15 +325,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._error(HTTPStatus.NOT_FOUND, f"no such page {route[:80]!r}")
         except (BrokenPipeError, ConnectionResetError):
             pass
-        except FrameConflict as e:
-            self._error(HTTPStatus.CONFLICT, str(e))
-        except LabelError as e:
-            self._error(HTTPStatus.BAD_REQUEST, str(e))
-        except UnknownFrame as e:
-            self._error(HTTPStatus.NOT_FOUND, f"no frame named {e.args[0]!r} in this session")
         except Exception as e:
-            logger.exception("GET %s failed", self.path[:200])
-            self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(e).__name__}: {e}")
+            self._failed(e)
 
     def do_POST(self) -> None:
         if not self._host_ok():
@@ -372,15 +365,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(self.app.save(fr, body))
         except (BrokenPipeError, ConnectionResetError):
             pass
-        except FrameConflict as e:
-            self._error(HTTPStatus.CONFLICT, str(e))
-        except LabelError as e:
-            self._error(HTTPStatus.BAD_REQUEST, str(e))
-        except UnknownFrame as e:
-            self._error(HTTPStatus.NOT_FOUND, f"no frame named {e.args[0]!r} in this session")
         except Exception as e:
-            logger.exception("POST %s failed", self.path[:200])
-            self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(e).__name__}: {e}")
+            self._failed(e)
 
 
 def run_label(server: LabelServer, *, duration_s: float = 0.0, open_browser: bool = False,

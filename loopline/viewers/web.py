@@ -234,9 +234,10 @@ class _Server(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    viewer: ViewerServer
-    server_version = "loopline-view"
+class BaseHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1, requests logged at DEBUG, every answer uncached (the viewer's and the
+    labelling page's handlers)."""
+
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -249,6 +250,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
         self.wfile.write(body)
+
+
+class _Handler(BaseHandler):
+    viewer: ViewerServer
+    server_version = "loopline-view"
 
     def do_GET(self) -> None:
         host = self.headers.get("Host")
