@@ -227,6 +227,10 @@ $L train --data "$B/defects.yaml" --out "$W/runs" --name defects-bowing --arch y
   --weights "${FROM:-loopline/models/defects.pt}" --set mask_ratio=2 --set overlap_mask=False \
   --set warmup_epochs=1 \
   --imgsz 512 --batch 16 --seed 17 --hours "${HOURS:-1.6}" --epochs 60 --workers 2
+# The shipped weights (run 8): best epoch, optimizer stripped, exported to ONNX at 512.
+cp "$W/runs/defects-bowing/weights/best.pt" loopline/models/defects.pt
+$PY -c "from ultralytics.utils.torch_utils import strip_optimizer as s; s('loopline/models/defects.pt')"
+$L export --model loopline/models/defects.pt --format onnx --imgsz 512
 exit 0
 fi
 

@@ -17,7 +17,7 @@ empty frame) and gets one JSON object back:
 - ``{"t": "use_model", "path": "/abs/new.onnx"}``: every engine worker loads and checks the
   model beside the one it runs (:mod:`.workers`, ``EngineWorker``), then the batcher switches
   all of them between two batches; the reply comes when that is decided:
-  ``{"ok": true, "model": "new.onnx@1a2b3c4d", "previous": "defects.onnx@f24c9d6d",
+  ``{"ok": true, "model": "new.onnx@1a2b3c4d", "previous": "defects.onnx@9c3e3b90",
   "message": ...}`` or ``{"ok": false, "error": "one line"}`` (the old model keeps running).
 - ``{"t": "status"}``: ``{"ok": true, "pid": ..., "workers": {label: pid}, "model": the model
   that analyses new frames, "models": {"engine0": {"model": ..., "runtime": ..., "path":

@@ -74,7 +74,7 @@ JPEGs are off. Header (``schema = "loopline.frame/1"``)::
          "spacing_px": 21.5, "spacing_nm": 43.0}, ...],
       "row": {...},                # this frame's series.csv row (README: Run folder)
       "timings_ms": {...},         # per-stage times of this frame (engine, measure, track, ...)
-      "model": "defects.onnx@f24c9d6d",  # the model that analysed this frame: file name @
+      "model": "defects.onnx@9c3e3b90",  # the model that analysed this frame: file name @
                                    # SHA-256[:8] (frames.csv's model; it changes when
                                    # `loopline model use` swaps models)
       "counters": {"received": n, "analysed": n, "skipped": n, "malformed": n, "recorded": n}

@@ -214,15 +214,20 @@ def snap_lines(
     grey = cv2.GaussianBlur(ops.to_uint8(frame).astype(np.float32), (0, 0), blur)
     offs = np.arange(-search, search + 1e-9, offset_step)
     masks, boxes = det.masks.copy(), det.boxes.copy()
-    canvas = np.zeros((h, w), np.uint8)
     ring = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (11, 11))
+    pad = int(np.ceil(search)) + 12  # room for the move, the redrawn width and the ring
     for i in idx:
-        path, n_skel = _centre_path(det.masks[i])
+        # Work in the instance's box (plus a margin): full-frame arrays cost more than the rest.
+        bx0, by0, bx1, by1 = det.boxes[i]
+        x0, y0 = max(int(np.floor(bx0)) - pad, 0), max(int(np.floor(by0)) - pad, 0)
+        x1, y1 = min(int(np.ceil(bx1)) + pad, w), min(int(np.ceil(by1)) + pad, h)
+        sub = det.masks[i, y0:y1, x0:x1]
+        path, n_skel = _centre_path(sub)
         if len(path) < 3 or len(path) < min_path_share * n_skel:
             continue  # branched or broken: two lines crossing, or pieces; left as it is
         skel_len = float(np.hypot(*np.diff(path, axis=0).T).sum())
-        width_px = det.masks[i].sum() / max(skel_len, 1.0)
-        p = _resample(_smooth_extend(path, det.masks[i], SMOOTH_HALF, 3.0), step)
+        width_px = sub.sum() / max(skel_len, 1.0)
+        p = _resample(_smooth_extend(path, sub, SMOOTH_HALF, 3.0), step) + np.array([x0, y0])
         if len(p) < 3:
             continue
         t = np.gradient(p, axis=0)
@@ -234,20 +239,21 @@ def snap_lines(
         prof = ndi.uniform_filter1d(prof, along, axis=0, mode="nearest")
         mean = prof.mean(0)
         med = float(np.median(mean))
-        bright = mean.max() - med > med - mean.min() and not _dark(grey, det.masks[i], ring)
+        bright = mean.max() - med > med - mean.min() and not _dark(grey[y0:y1, x0:x1], sub, ring)
         cost = -prof if bright else prof  # a dark line sits at the minimum
         lo = cost.min(1, keepdims=True)
         cost = (cost - lo) / (cost.max(1, keepdims=True) - lo + 1e-6)
         cost += prior * np.abs(offs)[None, :]
         moved = p + offs[_best_offsets(cost, smooth)][:, None] * normal
         width = int(np.clip(round(width_px), 2, 8))
-        canvas[:] = 0
-        pts = np.round(moved * 16).astype(np.int32).reshape(-1, 1, 2)
+        canvas = np.zeros(sub.shape, np.uint8)
+        pts = np.round((moved - (x0, y0)) * 16).astype(np.int32).reshape(-1, 1, 2)
         cv2.polylines(canvas, [pts], False, 1, width, cv2.LINE_8, 4)
         ys, xs = np.nonzero(canvas)
         if ys.size == 0:
             continue
-        masks[i] = canvas.astype(bool)
-        boxes[i] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+        masks[i] = False
+        masks[i, y0:y1, x0:x1] = canvas.astype(bool)
+        boxes[i] = (x0 + xs.min(), y0 + ys.min(), x0 + xs.max() + 1, y0 + ys.max() + 1)
     return type(det)(masks=masks, boxes=boxes, scores=det.scores, classes=det.classes,
                      timings_ms=dict(det.timings_ms))  # fmt: skip

@@ -193,7 +193,7 @@ TRACK_SUMMARY_COLUMNS = tuple(c for c, _, _ in _TRACK_SUMMARY)
 
 def model_id(model: str | Path | None, *, name: str | None = None) -> str:
     """How the run folder names a model: its file name and the first 8 hex digits of the
-    SHA-256 of its bytes (``defects.onnx@f24c9d6d``); a folder (an OpenVINO IR) hashes its
+    SHA-256 of its bytes (``defects.onnx@9c3e3b90``); a folder (an OpenVINO IR) hashes its
     files in name order. A model with no file (``ridge``, a stand-in engine) is ``name``.
 
     The hash tells apart two files of one name (a retrained ``defects.onnx``), so that a table
