@@ -70,16 +70,11 @@ def _summary(res) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    import yaml
 
     from .adapt import AdaptConfig, adapt
+    from .command import parse_sets
 
-    extra = {}
-    for kv in a.extra:
-        k, sep, v = kv.partition("=")
-        if not sep:
-            raise CliError(f"--set expects KEY=VALUE, got {kv!r}")
-        extra[k] = yaml.safe_load(v)
+    extra = parse_sets(a.extra)
     cfg = AdaptConfig(
         data=a.data, source=a.source, minutes=a.minutes, out=a.out, name=a.name,
         holdout=a.holdout, test=a.test, seed=a.seed, imgsz=a.imgsz, batch=a.batch,

@@ -34,18 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    import yaml
 
     from .train import TrainConfig, train
 
     if a.data is None and not a.resume:
         raise CliError("--data is required (unless --resume)")
-    extra = {}
-    for kv in a.extra:
-        k, sep, v = kv.partition("=")
-        if not sep:
-            raise CliError(f"--set expects KEY=VALUE, got {kv!r}")
-        extra[k] = yaml.safe_load(v)
+    extra = parse_sets(a.extra)
     cfg = TrainConfig(
         data=a.data or Path("."), out=a.out, name=a.name, arch=a.arch, weights=a.weights,
         epochs=a.epochs, hours=a.hours, imgsz=a.imgsz, batch=a.batch, seed=a.seed,
@@ -57,3 +51,16 @@ def run(a: argparse.Namespace) -> int:
         raise CliError(str(e)) from None
     print(f"best weights: {best}")
     return 0
+
+
+def parse_sets(pairs: list[str]) -> dict:
+    """``--set KEY=VALUE`` options as a dict, each value read as YAML (numbers, booleans)."""
+    import yaml
+
+    extra = {}
+    for kv in pairs:
+        k, sep, v = kv.partition("=")
+        if not sep:
+            raise CliError(f"--set expects KEY=VALUE, got {kv!r}")
+        extra[k] = yaml.safe_load(v)
+    return extra
