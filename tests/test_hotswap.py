@@ -92,6 +92,10 @@ def test_swap_mid_series_every_frame_recorded(tmp_path, sim, daemons, capsys, ca
         assert any("x.onnx refused" in r.getMessage() for r in caplog.records)
         assert main(["model", "use", str(models / "none.onnx"), "--run", run]) == 1
         assert "no model file" in capsys.readouterr().err
+        # a torch checkpoint is a pickle: never loaded by a swap, whatever it holds
+        (models / "net.pt").write_bytes(b"not looked at")
+        assert main(["model", "use", str(models / "net.pt"), "--run", run]) == 1
+        assert "is a pickle" in capsys.readouterr().err
         refused_at = analysed()
         # a model file moved into engine.watch is loaded as by `loopline model use`
         _wait_for(lambda: analysed() >= refused_at + 10, 60, "10 more frames analysed")
@@ -105,7 +109,7 @@ def test_swap_mid_series_every_frame_recorded(tmp_path, sim, daemons, capsys, ca
     s = d.summary()
     c = s["counters"]
     assert (c["received"], c["analysed"], c["recorded"], c["skipped"]) == (N, N, N, 0), c
-    assert (c["restarts"], c["model_swaps"], c["models_refused"]) == (0, 2, 2), c
+    assert (c["restarts"], c["model_swaps"], c["models_refused"]) == (0, 2, 3), c
     rows = _frames_csv(d.run_dir)
     assert len(rows) == N and [int(r["seq"]) for r in rows] == list(range(N))
     assert [int(r["index"]) for r in rows] == list(range(N))

@@ -8,8 +8,8 @@ that runs the daemon can connect), named in the run folder's ``.loopline-daemon.
 (:data:`~loopline.daemon.hygiene.STATE_FILE`), where ``loopline model ... --run RUN_DIR`` finds
 it. A ZeroMQ URL (``tcp://127.0.0.1:5557``) serves other users or machines, with CURVE
 (``control.curve_secret_key``, ``control.curve_clients``) as the publisher has it;
-``"none"`` binds nothing. Whoever may send ``use_model`` chooses what the engine workers load:
-a ``.pt`` file is a pickle, so that is the right to run code as the daemon's user.
+``"none"`` binds nothing. Whoever may send ``use_model`` chooses what the engine workers load,
+so a swap never loads a pickle: a ``.pt`` checkpoint is refused (export it to ONNX first).
 
 A client sends one JSON object (a REQ socket: ``[b"", request]``; a DEALER may leave out the
 empty frame) and gets one JSON object back:

@@ -27,8 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     use = sub.add_parser("use", help="load a model in the running daemon",
                          description="load a model in the running daemon (exit 1: refused, "
                                      "the old model runs on)")  # fmt: skip
-    use.add_argument("path", metavar="PATH", help="model file (.onnx, .pt, .xml, .engine), "
-                                                  "a shipped name, or ridge")  # fmt: skip
+    use.add_argument("path", metavar="PATH",
+                     help="model file (.onnx, .xml, .engine; a .pt pickle is refused: export "
+                          "it), a shipped name, or ridge")  # fmt: skip
     show = sub.add_parser("show", help="print the models the daemon runs")
     for q in (use, show):
         q.add_argument("--run", metavar="RUN_DIR", default=None,

@@ -60,6 +60,10 @@ _ANALYSIS_STAGES = ("batcher", "engine", "measure")
 #: how long a model swap may take before its caller is told it failed (s): the batcher's own
 #: limit (workers._SWAP_TIMEOUT_S) and a margin
 _SWAP_TIMEOUT_S = 330.0
+#: model files that are pickles (torch checkpoints): a swap, asked for over the control socket
+#: or by a file in ``engine.watch``, never loads one (loading a pickle runs its code)
+PICKLED = frozenset({".pt", ".pth"})
+
 #: how often ``engine.watch`` is looked at (s); a file is taken once it is unchanged that long
 _WATCH_EVERY_S = 1.0
 
@@ -297,6 +301,9 @@ class Supervisor:
             error = "the daemon is stopping"
         elif self._swap is not None:
             error = f"a model swap to {self._swap['path']} is in progress; try again after it"
+        elif Path(path).suffix.lower() in PICKLED:
+            error = (f"refused {path}: a {Path(path).suffix} file is a pickle and a swap never "
+                     "unpickles; export it first (loopline export --model X.pt --format onnx)")
         elif path != "ridge" and path not in SHIPPED and not Path(path).exists():
             error = f"FileNotFoundError: no model file {path} (on the daemon's machine)"
         self._swaps += 1
@@ -358,7 +365,8 @@ class Supervisor:
         try:
             files = {}
             for p in Path(folder).iterdir():
-                if p.suffix.lower() in SUFFIXES and p.is_file():
+                if p.suffix.lower() in SUFFIXES and p.suffix.lower() not in PICKLED and (
+                        p.is_file()):
                     st = p.stat()
                     files[p] = (st.st_size, st.st_mtime_ns)
         except OSError as e:
