@@ -34,6 +34,7 @@ import numpy as np
 import pytest
 import zmq
 from test_daemon import Daemon as DaemonBase
+from test_daemon import mp4_frames
 
 from loopline.daemon import protocol
 from loopline.daemon.config import ConfigError, load_config
@@ -146,15 +147,6 @@ def send_oversize(send, parts: list, probe: list, arrived, *, timeout: float = 3
         t_probe = time.monotonic() + 1.0
         while not arrived() and time.monotonic() < t_probe:
             time.sleep(0.05)
-    return n
-
-
-def mp4_frames(path: Path) -> int:
-    cap = cv2.VideoCapture(str(path))
-    n = 0
-    while cap.read()[0]:
-        n += 1
-    cap.release()
     return n
 
 

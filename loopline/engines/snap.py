@@ -213,7 +213,7 @@ def snap_lines(
     h, w = det.shape
     grey = cv2.GaussianBlur(ops.to_uint8(frame).astype(np.float32), (0, 0), blur)
     offs = np.arange(-search, search + 1e-9, offset_step)
-    masks, boxes = det.masks.copy(), det.boxes.copy()
+    masks = boxes = None  # copied at the first instance moved: most frames move few or none
     ring = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (11, 11))
     pad = int(np.ceil(search)) + 12  # room for the move, the redrawn width and the ring
     for i in idx:
@@ -252,8 +252,12 @@ def snap_lines(
         ys, xs = np.nonzero(canvas)
         if ys.size == 0:
             continue
+        if masks is None:
+            masks, boxes = det.masks.copy(), det.boxes.copy()
         masks[i] = False
         masks[i, y0:y1, x0:x1] = canvas.astype(bool)
         boxes[i] = (x0 + xs.min(), y0 + ys.min(), x0 + xs.max() + 1, y0 + ys.max() + 1)
+    if masks is None:
+        return det
     return type(det)(masks=masks, boxes=boxes, scores=det.scores, classes=det.classes,
                      timings_ms=dict(det.timings_ms))  # fmt: skip
