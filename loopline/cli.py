@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from . import __version__
+from ._version import __version__
 from .errors import CliError
 
 logger = logging.getLogger("loopline")

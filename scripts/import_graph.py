@@ -43,7 +43,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # No loopline imports at all: the version, the exception types, switching the ML
     # libraries' network fetches off, "is this pid still the writer?", a line mask's skeleton
     # and centre line (geometry).
-    ("base", ("__init__", "errors", "_offline", "_procs", "geometry")),
+    ("base", ("_version", "errors", "_offline", "_procs", "geometry", "cli_args")),
     # Shared by every stage: reading frames and the run folder's tables (io), pixel size and
     # frame times (calibration), the shipped models and their operating points (models).
     # calibration imports io (within the layer, one way).
@@ -66,8 +66,11 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("live", ("daemon",)),
     # Tools that consume the whole product: they may import anything below.
     ("consumers", ("evaluation", "training", "reports", "viewers")),
-    # The command line: looks every subcommand up by name.
-    ("entry", ("cli", "__main__")),
+    # The front doors: the Python API (api: analyse, open a run, engines, the live stream;
+    # export: napari layer data and HyperSpy files of a run, built on api's Run), the package
+    # itself (loopline/__init__.py re-exports the API, imported on first use) and the command
+    # line, which looks every subcommand up by name.
+    ("entry", ("api", "export", "__init__", "cli", "__main__")),
 )
 
 # A string constant naming a module (optionally ``:attribute``): imported by ``importlib``.

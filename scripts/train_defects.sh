@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces the shipped model loopline/models/defects.{pt,onnx} (see loopline/models/README.md).
-# Usage: scripts/train_defects.sh [WORK_DIR] [stage1|...|stage6|wild|wild-ft|wild-r3|bowing]   (default: /work
+# Usage: scripts/train_defects.sh [WORK_DIR] [stage1|...|stage6|wild|wild2|wild-ft|wild-r3|bowing]   (default: /work
 #        stage2; needs `make test`'s .venv). Run the stages in order; stage 3 writes the shipped
 #        weights. stage4, p2, stage5 and stage6 (each after stage 3) are the experiments of the
 #        model card that were not shipped.
@@ -19,6 +19,7 @@
 #   defects-n512f  stage6: run 4 with one mask per instance (overlap_mask=False) (not shipped).
 #   defects-wild   wild: issue 15's zero-shot model, from scratch on domain-randomised frames
 #                  only (no frame of tanaka-twip-2um or creme-loops-512), 320 px crops.
+#   defects-wild2  wild2: defects-wild continued (fresh schedule) with bowing frames added.
 #   defects-wild-ft wild-ft: defects-wild continued with the real first halves.
 #   defects-wild-r3 wild-r3: run 3 continued on 512 px domain-randomised frames and the real
 #                  first halves (shipped as run 7).
@@ -146,6 +147,26 @@ fi
 $L train --data "$Z/defects.yaml" --out "$W/runs" --name defects-wild --arch yolov8n-seg \
   --set mask_ratio=2 --set overlap_mask=False --imgsz 320 --batch 16 --seed 11 \
   --hours "${HOURS:-1.75}" --epochs 100 --workers 2
+exit 0
+fi
+
+if [ "$STAGE" = wild2 ]; then
+# Issue 15, zero-shot run `defects-wild2`: defects-wild (stopped after 8 epochs) continued with a
+# fresh learning-rate schedule on its own data plus 300 320x320 `bowing` frames (seed 531).
+# Still no frame of tanaka-twip-2um or creme-loops-512: both stay zero-shot test sets.
+Z=$W/datawild
+BG="--backgrounds $REAL/tanaka-twip-086um/original"
+S="--set width=320 --set height=320 --jobs 2"
+if [ ! -f "$Z/defects2.yaml" ]; then
+  # shellcheck disable=SC2086
+  $L synth --preset bowing --count 300 --seed 531 --out "$Z/train_bowing" $BG $S
+  sed 's#train_loops/images\]#train_loops/images, train_bowing/images]#' "$Z/defects.yaml" \
+    > "$Z/defects2.yaml"
+fi
+$L train --data "$Z/defects2.yaml" --out "$W/runs" --name defects-wild2 --arch yolov8n-seg \
+  --weights "${FROM:-$W/runs/defects-wild/weights/last.pt}" --set mask_ratio=2 \
+  --set overlap_mask=False --set warmup_epochs=1 --imgsz 320 --batch 16 --seed 31 \
+  --hours "${HOURS:-2.0}" --epochs 100 --workers 2
 exit 0
 fi
 

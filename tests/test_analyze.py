@@ -50,7 +50,8 @@ def test_analyze_image_folder_with_labels_and_calibration(video, tmp_path):
     cal = tmp_path / "cal.toml"
     cal.write_text("nm_per_px = 0.5\nfps = 10.0\nvisibility_factor = 1.75\n")
     run = tmp_path / "run"
-    assert main(["analyze", str(ds), "--out", str(run), "--calibration", str(cal)]) == 0
+    assert main(["analyze", str(ds), "--out", str(run), "--calibration", str(cal),
+                 "--model", "truth"]) == 0  # fmt: skip
     s = json.loads((run / "summary.json").read_text())
     assert s["frames"] == 12 and s["calibration"]["nm_per_px"] == 0.5
     assert "length_re" not in s  # no truth.json: no errors to report
@@ -90,8 +91,9 @@ def test_analyze_user_errors(tmp_path, video, capsys):
     import tifffile
 
     tifffile.imwrite(stack, np.zeros((2, 16, 16), np.uint8))
-    assert main(["analyze", str(stack), "--out", str(tmp_path / "r2")]) == 2
+    assert main(["analyze", str(stack), "--out", str(tmp_path / "r2"), "--model", "truth"]) == 2
     assert "needs a label file" in capsys.readouterr().err
+    assert not (tmp_path / "r2").exists()  # a failed run leaves no empty tables behind
     bad = tmp_path / "bad.toml"
     bad.write_text("pixel = 3\n")
     args = ["analyze", str(video), "--out", str(tmp_path / "r3"), "--calibration", str(bad)]
@@ -100,3 +102,97 @@ def test_analyze_user_errors(tmp_path, video, capsys):
     (tmp_path / "x.xyz").write_text("")
     assert main(["analyze", str(tmp_path / "x.xyz"), "--out", str(tmp_path / "r4")]) == 2
     assert "unsupported input" in capsys.readouterr().err
+
+
+# ------------------------------------------------- issue 20: a scientist's first hour
+
+
+@pytest.fixture(scope="module")
+def unlabelled(video, tmp_path_factory):
+    """The synthetic video's frames alone: no labels, no truth.json, no pixel size."""
+    d = tmp_path_factory.mktemp("frames")
+    for i, f in enumerate(sorted((video / "images").iterdir())[:4]):
+        shutil.copyfile(f, d / f"img_{3 * i + i * i:04d}.png")  # irregular: 0, 4, 10, 18
+    return d
+
+
+def test_analyze_defaults_to_the_shipped_model(unlabelled, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["analyze", str(unlabelled), "--out", str(run), "--conf", "0.3",
+                 "--imgsz", "256", "--device", "cpu"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "loops on average" in out  # the per-frame counts, said at the end
+    s = json.loads((run / "summary.json").read_text())
+    assert s["model"] == "defects" and s["frames"] == 4
+    import pandas as pd
+
+    t = pd.read_csv(run / "series.csv")
+    assert {"n_dislocations", "n_loops"} <= set(t.columns) and len(t) == 4
+    # a word outside its range: one line naming what was expected and what came
+    with pytest.raises(SystemExit):
+        main(["analyze", str(unlabelled), "--out", str(tmp_path / "x"), "--imgsz", "100"])
+    assert "expected a multiple of 32 px (>= 32), got 100" in capsys.readouterr().err
+
+
+def test_analyze_passes_imgsz_conf_device_to_the_engine(monkeypatch):
+    import loopline.engines as engines
+    from loopline.pipelines.analyze import AnalyzeOptions, _make_detector
+
+    seen = {}
+    real = engines.create_engine
+
+    def fake(model, **kw):
+        seen.update(kw, model=model)
+        return real("ridge")
+
+    monkeypatch.setattr(engines, "create_engine", fake)
+    _make_detector(AnalyzeOptions(imgsz=640, conf=0.4, device="cuda:0"))
+    assert seen["model"] == "defects"
+    assert (seen["imgsz"], seen["conf"], seen["device"]) == (640, 0.4, "cuda:0")
+    seen.clear()
+    _make_detector(AnalyzeOptions())
+    assert not {"imgsz", "conf", "device"} & set(seen)  # None: the model's own
+
+
+def test_analyze_times_from_names(unlabelled, tmp_path, capsys):
+    import pandas as pd
+
+    run = tmp_path / "run"
+    assert main(["analyze", str(unlabelled), "--out", str(run), "--model", "ridge",
+                 "--times-from-names", "--fps", "2"]) == 0  # fmt: skip
+    t = pd.read_csv(run / "series.csv")
+    assert t["time_s"].tolist() == pytest.approx([0.0, 2.0, 5.0, 9.0])  # 0, 4, 10, 18 / 2
+    # a time in ms in the name, by a pattern with a group named ms
+    ms = tmp_path / "ms"
+    ms.mkdir()
+    for k, f in enumerate(sorted(unlabelled.iterdir())[:3]):
+        shutil.copyfile(f, ms / f"scan_t{[0, 150, 400][k]}ms.png")
+    run2 = tmp_path / "run2"
+    assert main(["analyze", str(ms), "--out", str(run2), "--model", "ridge",
+                 "--times-from-names", r"_t(?P<ms>\d+)ms"]) == 0  # fmt: skip
+    assert pd.read_csv(run2 / "series.csv")["time_s"].tolist() == pytest.approx([0, 0.15, 0.4])
+    capsys.readouterr()
+    # frame numbers without a frame rate: one line saying what is missing, no run folder
+    assert main(["analyze", str(unlabelled), "--out", str(tmp_path / "r3"), "--model", "ridge",
+                 "--times-from-names"]) == 2  # fmt: skip
+    assert "give --fps" in capsys.readouterr().err
+    assert not (tmp_path / "r3").exists()
+
+
+def test_analyze_leaks_no_runtime_warning(tmp_path):
+    """Float frames with NaN pixels (dead pixels of a DM/float TIFF) through the shipped model:
+    numpy warned "invalid value encountered in cast" on every frame."""
+    import tifffile
+
+    from loopline.pipelines.analyze import AnalyzeOptions, analyze
+
+    a = np.random.default_rng(0).random((3, 96, 96)).astype(np.float32)
+    a[:, :4, :4] = np.nan
+    tif = tmp_path / "nan.tif"
+    tifffile.imwrite(tif, a, photometric="minisblack")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = analyze(tif, tmp_path / "run", options=AnalyzeOptions(imgsz=128))
+    assert s["frames"] == 3

@@ -77,3 +77,32 @@ def test_parser_builds_without_heavy_imports():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     assert build_parser().prog == "loopline"
+
+
+def _option_help(command: str) -> dict[str, tuple[str | None, str]]:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    return {s: (a.metavar, a.help) for a in sub._actions for s in a.option_strings}
+
+
+def test_model_commands_share_one_vocabulary():
+    """analyze, eval and serve take --model --imgsz --conf --device (and analyze, serve
+    --nm-per-px --fps) with one meaning: the help text of loopline/cli_args.py."""
+    from loopline.cli_args import CALIBRATION_ARGS, MODEL_ARGS
+
+    for command in ("analyze", "eval", "serve"):
+        opts = _option_help(command)
+        words = {**MODEL_ARGS, **(CALIBRATION_ARGS if command != "eval" else {})}
+        for flag, kw in words.items():
+            metavar, text = opts[flag]
+            assert metavar == kw["metavar"], (command, flag)
+            assert text.startswith(kw["help"]), (command, flag, text)
+
+
+def test_serve_help_reads_well(capsys):
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    assert "OPT_" not in out and "--model NAME|PATH" in out and "--nm-per-px NM" in out
+    assert "does not\narm" in out or "does not arm" in out
+    assert "examples:" in out and out.count("loopline serve --") >= 3

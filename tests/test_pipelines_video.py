@@ -10,7 +10,7 @@ import pytest
 
 from loopline.calibration import Calibration, CalibrationError
 from loopline.pipelines import OnlineTracker, measure_frame
-from loopline.pipelines.analyze import analyze
+from loopline.pipelines.analyze import AnalyzeOptions, analyze
 from loopline.pipelines.evaluate import evaluate_against_truth
 from loopline.pipelines.sources import open_source, truth_detections
 from loopline.synth.generate import generate
@@ -71,7 +71,7 @@ def test_drift_loops_and_analyze_summary(mixed, tmp_path):
     src, results = _run(mixed)
     true_drift = np.array(src.sequence["frames"][-1]["drift_px"])
     np.testing.assert_allclose(results[-1].drift_px, true_drift, atol=1.0)
-    summary = analyze(mixed, tmp_path / "run")
+    summary = analyze(mixed, tmp_path / "run", options=AnalyzeOptions(model="truth"))
     for key in ("length_re", "spacing_re", "velocity_re", "loop_axis_re", "id_switches"):
         assert key in summary
     assert summary["length_re"] < 0.02

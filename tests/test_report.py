@@ -164,3 +164,51 @@ def test_report_on_a_daemon_run_folder(tmp_path: Path, capsys: pytest.CaptureFix
         assert (tmp_path / "report" / f"{name}.png").exists(), name
     table = pd.read_csv(tmp_path / "report" / "summary.csv")
     assert "line velocity range (nm/s)" in set(table["quantity"])  # the daemon's velocities
+
+
+def test_report_without_pixel_size(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A daemon run with no pixel size: spacings and loop axes in px (from pairs.csv and
+    tracks.csv), not "no pile-up spacings"; the summary says the pixel size is unknown."""
+    from loopline.daemon.analysis import Analyzer
+    from loopline.daemon.config import load_config
+    from loopline.daemon.recorder import Recorder
+
+    an = Analyzer(nm_per_px=0.0)
+    rec = Recorder(tmp_path, load_config().output)
+    an.new_series("s1")
+    for i in range(6):
+        row, _inst, _ms, _pairs, tables = an.process(_lines_and_loop(i), index=i,
+                                                     time_s=an.time_of(i, 0.1 * i))  # fmt: skip
+        rec.append_result({"series": "s1", "index": i, "row": row, "tables": tables},
+                          latency_ms=12.0)  # fmt: skip
+    rec.analysis(an.finish())
+    rec.close({"received": 6}, latency={}, ingest_latency={}, metrics={})
+    assert pd.read_csv(tmp_path / "pairs.csv")["spacing_nm"].isna().all()
+    assert main(["report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "no pile-up spacings" not in out and "spacings in px" in out
+    assert (tmp_path / "report" / "spacing_vs_time.png").exists()
+    assert (tmp_path / "report" / "loop_size_vs_time.png").exists()
+    table = dict(pd.read_csv(tmp_path / "report" / "summary.csv").values.tolist())
+    assert table["pixel size (nm/px)"] == "unknown: lengths in px"
+    assert float(table["mean spacing, pile-up 0 (px)"]) == pytest.approx(13.75, abs=3)
+
+
+def test_summary_md_escapes_pipes_and_sorts_pileups_by_number(tmp_path: Path) -> None:
+    from loopline.reports import figures as F
+
+    run = F.RunData(tmp_path, pd.DataFrame({"series": ["a|b"], "frame": [0], "time_s": [0.0],
+                                            "nm_per_px": [None]}),
+                    pd.DataFrame(), pd.DataFrame(columns=["spacing_px"]),
+                    pd.DataFrame(columns=["kind"]),
+                    {"analysis": {"a|b": {"frames": 1, "mean_spacing_nm_by_pileup": {
+                        "10": 5.0, "2": 4.0, "1": None}}}},
+                    "a|b", ["x|y"])  # fmt: skip
+    rep = F.Report(tmp_path)
+    F.summary_table(run, rep)
+    names = [k for k, _ in rep.table if k.startswith("mean spacing")]
+    assert names == ["mean spacing, pile-up 2 (nm)", "mean spacing, pile-up 10 (nm)"]
+    md = (tmp_path / "summary.md").read_text().splitlines()
+    row = next(ln for ln in md if ln.startswith("| series reported"))
+    assert row == r"| series reported | a\|b (of 2; the longest) |"
+    assert all(ln.count("|") - ln.count(r"\|") == 3 for ln in md)

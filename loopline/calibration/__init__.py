@@ -7,6 +7,7 @@ from .profile import (
     calibration_from_truth,
     check_frame_times,
     frame_time_s,
+    frame_times_from_names,
     load_calibration,
     pixel_size_from_file,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "calibration_from_truth",
     "check_frame_times",
     "frame_time_s",
+    "frame_times_from_names",
     "load_calibration",
     "pixel_size_from_file",
 ]

@@ -45,6 +45,7 @@ __all__ = [
     "calibration_from_truth",
     "check_frame_times",
     "frame_time_s",
+    "frame_times_from_names",
     "load_calibration",
     "pixel_size_from_file",
 ]
@@ -206,6 +207,64 @@ def frame_time_s(calibration: Calibration | None, index: int,
                                     or calibration.fps is not None):  # fmt: skip
         return calibration.time_of(index)
     return None if source_time_s is None else float(source_time_s)
+
+
+#: The pattern of ``--times-from-names`` given alone: the last number of a file's stem.
+NAME_NUMBER = r"(\d+)\D*$"
+_NAME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
+
+
+def frame_times_from_names(names: Any, pattern: str = "", *,
+                           fps: float | None = None) -> tuple[float, ...]:  # fmt: skip
+    """Frame times (s) from a number in each file name, for irregularly sampled frames.
+
+    ``pattern`` is a regular expression searched in each name's stem ("" or None:
+    :data:`NAME_NUMBER`, its last number). Its group named ``s``, ``ms`` or ``us`` is a time in
+    that unit; else its first group (or the whole match) is a frame number, at number / ``fps``
+    s. ``img_0012.tif`` at 25 frames/s is at 0.48 s; with ``r"_t(?P<ms>[0-9.]+)ms"``,
+    ``scan_t1250.5ms.tif`` is at 1.2505 s.
+
+    >>> frame_times_from_names(["a_0000.tif", "a_0002.tif", "a_0007.tif"], fps=10.0)
+    (0.0, 0.2, 0.7)
+
+    Raises
+    ------
+    CalibrationError
+        A name without the number (naming it and the pattern), a frame number without ``fps``,
+        or times that do not increase with the names' order (naming both files).
+    """
+    import re
+
+    pat = pattern or NAME_NUMBER
+    try:
+        rx = re.compile(pat)
+    except re.error as e:
+        raise CalibrationError(f"--times-from-names: {pat!r} is not a regular expression: "
+                               f"{e}") from None  # fmt: skip
+    unit = next((u for u in _NAME_UNITS if u in rx.groupindex), None)
+    if unit is None and not fps:
+        raise CalibrationError("--times-from-names: the names hold frame numbers; give --fps "
+                               "(or fps in the calibration profile) to make them times, or a "
+                               "pattern with a group named s, ms or us")  # fmt: skip
+    out: list[float] = []
+    names = [Path(str(n)).name for n in names]
+    for name in names:
+        m = rx.search(Path(name).stem)
+        text = (m.group(unit) if unit else (m.group(1) if rx.groups else m.group(0))) if m else None
+        try:
+            v = float(text) if text is not None else math.nan
+        except ValueError:
+            v = math.nan
+        if not math.isfinite(v):
+            raise CalibrationError(f"--times-from-names: no number in {name!r} for the pattern "
+                                   f"{pat!r} (expected e.g. img_0012.tif)")  # fmt: skip
+        out.append(v * _NAME_UNITS[unit] if unit else v / float(fps))  # type: ignore[arg-type]
+    for i in range(1, len(out)):
+        if not out[i] > out[i - 1]:
+            raise CalibrationError(f"--times-from-names: {names[i]} ({out[i]:g} s) is not later "
+                                   f"than {names[i - 1]} ({out[i - 1]:g} s); frames are read "
+                                   "in name order")  # fmt: skip
+    return tuple(out)
 
 
 _KEYS = {f.name for f in dataclasses.fields(Calibration)} - {"source"}

@@ -70,10 +70,14 @@ class Analyzer:
         Pixel size used when a frame brings none (0 = unknown, nm values are None).
     calibration_profile : str
         Path of a calibration file for ``loopline.calibration.load_calibration`` ("" = none).
+    fps : float
+        Frame rate where the profile gives no time axis (0 = the source's frame times).
     """
 
-    def __init__(self, *, nm_per_px: float = 0.0, calibration_profile: str = "") -> None:
+    def __init__(self, *, nm_per_px: float = 0.0, calibration_profile: str = "",
+                 fps: float = 0.0) -> None:  # fmt: skip
         self.nm_per_px = nm_per_px
+        self.fps = fps
         self.profile = calibration_profile
         self._calibration: Any = None
         self._tracker: OnlineTracker | None = None
@@ -88,6 +92,8 @@ class Analyzer:
         px = px_nm or self.nm_per_px or None
         if px and cal.nm_per_px is None:
             cal = cal.replace(nm_per_px=px)
+        if self.fps and cal.fps is None and cal.frame_times_s is None:
+            cal = cal.replace(fps=self.fps)
         return cal
 
     def new_series(self, series: str, px_nm: float = 0.0) -> dict[str, Any] | None:

@@ -81,6 +81,7 @@ class BatchConfig:
 class CalibrationConfig:
     profile: str
     nm_per_px: float = field(metadata=_rng(0.0, 1e6))
+    fps: float = field(metadata=_rng(0.0, 1e6))
 
 
 @dataclass(frozen=True)

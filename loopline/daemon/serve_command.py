@@ -11,9 +11,37 @@ import logging
 import sys
 from typing import Any
 
+from ..cli_args import argument_kwargs
 from ..errors import CliError
 
 HELP = "run the live analysis daemon (ZeroMQ in, results, recording and metrics out)"
+
+DESCRIPTION = f"""{HELP}.
+
+loopline receives the frames a detector or camera sends (DECTRIS SIMPLON stream, a loopline
+sender, or a file replayed with --from), analyses each and writes the run folder. It does not
+arm, configure or trigger the detector: arm it from the detector's own control software (for a
+DECTRIS detector, SIMPLON's `arm`/`trigger` or the vendor's GUI); loopline only receives the
+stream (start it before arming, so that it sees the series start).
+
+Every key of the configuration (`--print-config` lists them) can be set in a TOML file
+(--config) or with --set SECTION.KEY=VALUE; the flags below set the most used ones."""
+
+EPILOG = """examples:
+  # a DECTRIS detector's stream (arm it from its own software), results to runs/today
+  loopline serve --protocol dectris2 --endpoint tcp://dcu:9999 --nm-per-px 0.37 --out runs/today
+
+  # replay a recorded folder of frames, as live, with a model on the GPU
+  loopline serve --from frames/ --model defects --device cuda:0 --conf 0.3 --out runs/replay
+
+  # a loopline sender (loopline simulate) and the browser viewer beside it
+  loopline serve --endpoint tcp://127.0.0.1:5555 --publish tcp://127.0.0.1:5556 --out runs/live
+"""
+
+
+def _shared(flag: str, suffix: str) -> dict[str, Any]:
+    """A word shared with analyze and eval (loopline/cli_args.py), with serve's note."""
+    return argument_kwargs(flag, help_suffix=suffix)
 
 logger = logging.getLogger(__name__)
 
@@ -28,13 +56,24 @@ _FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
                                        "on the file's own time axis, as `loopline analyze`; "
                                        "--set source.pace=true paces it like a camera"}),
     "--out": ("output.dir", {"metavar": "RUN_DIR", "help": "run folder"}),
-    "--model": ("engine.model", {"help": "model name or path (defects, ridge, *.onnx, ...)"}),
-    "--engine": ("engine.engine", {"help": "runtime (torch, onnx, openvino, tensorrt)"}),
-    "--imgsz": ("engine.imgsz", {"type": int, "help": "network input size (px)"}),
+    "--model": ("engine.model", _shared("--model", "engine.model")),
+    "--imgsz": ("engine.imgsz", _shared("--imgsz", "engine.imgsz")),
+    "--conf": ("engine.conf", _shared("--conf", "engine.conf")),
+    "--device": ("engine.device", _shared("--device", "engine.device")),
+    "--engine": ("engine.engine", {"metavar": "RUNTIME",
+                                   "help": "runtime (torch, onnx, openvino, tensorrt; default: "
+                                           "by the model file's suffix)"}),
     "--batch": ("batch.size", {"type": int, "metavar": "N", "help": "frames per engine call"}),
-    "--deadline-ms": ("batch.deadline_ms", {"type": float, "help": "batch latency deadline"}),
-    "--workers": ("engine.workers", {"type": int, "help": "engine worker processes"}),
-    "--nm-per-px": ("calibration.nm_per_px", {"type": float, "help": "pixel size (nm)"}),
+    "--deadline-ms": ("batch.deadline_ms", {"type": float, "metavar": "MS",
+                                            "help": "batch latency deadline, ms"}),
+    "--workers": ("engine.workers", {"type": int, "metavar": "N",
+                                     "help": "engine worker processes"}),
+    "--nm-per-px": ("calibration.nm_per_px", _shared(
+        "--nm-per-px", "given, it is used where the profile and the frame headers state none "
+                       "(calibration.nm_per_px)")),
+    "--fps": ("calibration.fps", _shared(
+        "--fps", "given, it wins over the file's axis and the camera clock, not over the "
+                 "profile (calibration.fps)")),
     "--calibration": ("calibration.profile", {"metavar": "FILE", "help": "calibration profile"}),
     "--publish": ("publish.endpoint", {"metavar": "URL", "help": "PUB endpoint for viewers"}),
     "--prometheus-port": ("metrics.prometheus_port", {"type": int, "metavar": "PORT",
@@ -45,6 +84,9 @@ _FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = DESCRIPTION
+    p.epilog = EPILOG
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--config", metavar="FILE", help="TOML file overriding defaults.toml")
     for flag, (key, kw) in _FLAGS.items():
         dest = "opt_" + key.replace(".", "__")

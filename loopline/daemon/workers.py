@@ -1378,7 +1378,8 @@ class MeasureWorker(_Stage):
         from .analysis import Analyzer
 
         c = self.cfg.calibration
-        self.analyzer = Analyzer(nm_per_px=c.nm_per_px, calibration_profile=c.profile)
+        self.analyzer = Analyzer(nm_per_px=c.nm_per_px, calibration_profile=c.profile,
+                                 fps=c.fps)  # fmt: skip
         self.analyzer.warmup()  # compile the kernels before frames arrive, not on frame 1
         self.pull = self.sock(zmq.PULL, bind=self.eps.det, rcvhwm=100_000)
         self.to_out = self.sock(zmq.PUSH, connect=self.eps.out, sndhwm=1_000_000)
@@ -1476,7 +1477,7 @@ class MeasureWorker(_Stage):
         from .analysis import Analyzer
 
         c = self.cfg.calibration
-        one = Analyzer(nm_per_px=c.nm_per_px, calibration_profile=c.profile)
+        one = Analyzer(nm_per_px=c.nm_per_px, calibration_profile=c.profile, fps=c.fps)
         one.new_series(h["series"], h.get("px_nm") or 0.0)
         t = one.time_of(h["index"], h["time_s"])
         row, instances, timings, pairs, _ = one.process(det, index=h["index"], time_s=t,

@@ -104,7 +104,8 @@ def to_uint8(frame: np.ndarray) -> np.ndarray:
     """An (H, W) grey frame as uint8.
 
     uint8 is returned as is; uint16 is scaled by 1/257 (full 16-bit range to 0..255): a camera
-    that uses fewer bits should be contrast-stretched upstream. Floats are taken as [0, 1].
+    that uses fewer bits should be contrast-stretched upstream. Floats are taken as [0, 1];
+    a pixel that is not a number (NaN: a dead or masked pixel of a float image) becomes 0.
     """
     if frame.ndim != 2:
         raise ValueError(f"frame must be a (H, W) grey array, got shape {frame.shape}")
@@ -113,7 +114,9 @@ def to_uint8(frame: np.ndarray) -> np.ndarray:
     if frame.dtype == np.uint16:
         return (frame.astype(np.float32) * (1.0 / 257.0) + 0.5).astype(np.uint8)
     if np.issubdtype(frame.dtype, np.floating):
-        return (np.clip(frame, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        # NaN survives clip and has no uint8 value (numpy warns "invalid value in cast")
+        f = np.clip(np.nan_to_num(frame, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+        return (f * 255.0 + 0.5).astype(np.uint8)
     raise ValueError(f"frame must be uint8, uint16 or float, got {frame.dtype}")
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..cli_args import DEFAULT_MODEL, add_model_arguments
 from ..errors import CliError
 
 HELP = "evaluate a model on a dataset (mAP, LAR, line F1@tol, loop F1, relative errors)"
@@ -19,9 +20,10 @@ _SHAPE_ROWS = {"mask mAP50", "mask mAP50-95", "LAR", "LAR@tol", "line F1@tol", "
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model", required=True, metavar="NAME|PATH",
-        help="shipped model (dislocations, loops), engine name (ridge) or model file",
+    add_model_arguments(
+        p, defaults={"--model": DEFAULT_MODEL, "--conf": 0.25},
+        help_suffix={"--conf": "here also the threshold of LAR, F1 and the relative errors "
+                               "(mAP ranks every detection down to --map-conf)"},
     )  # fmt: skip
     p.add_argument("--data", type=Path, required=True, metavar="DIR",
                    help="dataset folder from loopline synth or loopline import")  # fmt: skip
@@ -29,11 +31,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--figure", type=Path, metavar="PNG",
                    help="figure of the worst and best frames (default: beside --json, or "
                         "eval-<DIR name>.png)")  # fmt: skip
-    p.add_argument("--imgsz", type=int, default=None, help="network input size (px)")
-    p.add_argument(
-        "--conf", type=float, default=0.25,
-        help="score threshold of LAR, F1 and relative errors (default 0.25)",
-    )  # fmt: skip
     p.add_argument("--map-conf", type=float, default=0.001,
                    help="engine score floor for mAP (default 0.001, as ultralytics)")  # fmt: skip
     p.add_argument("--mask-threshold", type=float, default=None, metavar="P",
@@ -58,7 +55,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the shipped model's operating point, off for other models)")  # fmt: skip
     p.add_argument("--tol", type=float, default=3.0, help="tolerance of LAR@tol, F1@tol (px)")
     p.add_argument("--batch", type=int, default=8, help="frames per engine call")
-    p.add_argument("--device", default=None, help="engine device (cpu, cuda:0)")
 
 
 def _fmt(v: Any, pct: bool = False) -> str:

@@ -7,9 +7,11 @@ the same run folder (:mod:`loopline.io.runfolder`): ``loopline analyze X`` and
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,10 +31,22 @@ __all__ = ["AnalyzeOptions", "analyze", "resolve_calibration"]
 
 @dataclass(frozen=True)
 class AnalyzeOptions:
-    """Options of :func:`analyze` (see ``loopline analyze --help``)."""
+    """Options of :func:`analyze` (see ``loopline analyze --help``).
 
-    model: str = "truth"
+    ``model``: the shipped ``defects`` by default, ``ridge``, a model file, or ``truth`` (the
+    label masks of a labelled dataset). ``imgsz``, ``conf``, ``device``: the engine's network
+    input size (px), score threshold and device; None: the model's own (512 px, 0.25, cpu).
+    ``times_from_names``: an image folder's frame times from its file names (see
+    :func:`loopline.calibration.frame_times_from_names`; "" = the last number of each name as
+    the frame number, with the calibration's ``fps``); None: off.
+    """
+
+    model: str = "defects"
     engine: str | None = None
+    imgsz: int | None = None
+    conf: float | None = None
+    device: str | None = None
+    times_from_names: str | None = None
     inference: str = "tiles"
     tile_overlap: int = 64
     line_snap: float | None = None
@@ -71,8 +85,10 @@ def _frame_time(fr: Frame, cal: Calibration | None, warned: list[bool]) -> float
     return float(t)
 
 
-def _make_detector(opt: AnalyzeOptions, nm_per_px: float | None = None):
-    """A callable list[Frame] -> list[Detections] (frames of ``nm_per_px`` nm, if known)."""
+def _make_detector(opt: AnalyzeOptions, nm_per_px: float | None = None, *,
+                   threads: int | None = None):
+    """A callable list[Frame] -> list[Detections] (frames of ``nm_per_px`` nm, if known);
+    ``threads``: the engine's threads where its runtime takes a number (default every core)."""
     if opt.model == "truth":
 
         def detect(frames: list[Frame]):
@@ -81,7 +97,8 @@ def _make_detector(opt: AnalyzeOptions, nm_per_px: float | None = None):
                 if fr.labels is None:
                     raise FileNotFoundError(
                         f"--model truth needs a label file for every frame; {fr.name} has "
-                        "none (expected labels/<stem>.txt beside images/)"
+                        "none (expected labels/<stem>.txt beside images/); without --model the "
+                        "shipped model (defects) measures unlabelled frames"
                     )
                 t0 = time.perf_counter()
                 det = truth_detections(fr.labels, fr.image.shape[:2])
@@ -97,10 +114,13 @@ def _make_detector(opt: AnalyzeOptions, nm_per_px: float | None = None):
             f"cannot run model {opt.model!r}: loopline.engines.create_engine is not available "
             f"in this installation ({e}); use --model truth on a labelled dataset"
         ) from e
-    point = {k: v for k, v in (("line_snap", opt.line_snap), ("line_dedupe", opt.line_dedupe))
+    point = {k: v for k, v in (("line_snap", opt.line_snap), ("line_dedupe", opt.line_dedupe),
+                               ("imgsz", opt.imgsz), ("conf", opt.conf), ("device", opt.device))
              if v is not None}  # None: the model's own operating point
     engine = create_engine(opt.model, engine=opt.engine, inference=opt.inference,
                            tile_overlap=opt.tile_overlap, **point)  # fmt: skip
+    if threads is not None and hasattr(engine, "threads"):  # read when it loads, lazily
+        engine.threads = int(threads)
     # resampled to the model's pixel size only where the model card gives one
     px = nm_per_px if getattr(engine, "model_nm_per_px", None) else None
 
@@ -113,6 +133,40 @@ def _make_detector(opt: AnalyzeOptions, nm_per_px: float | None = None):
         return dets
 
     return detect
+
+
+def _times_from_names(source: FrameSource, opt: AnalyzeOptions,
+                      cal: Calibration) -> tuple[float, ...]:  # fmt: skip
+    """An image folder's frame times from its file names (``--times-from-names``)."""
+    from ..calibration import frame_times_from_names
+    from ..io.frames import open_frames
+
+    if source.kind != "folder":
+        raise ValueError(f"--times-from-names needs a folder of image files, got {source.kind} "
+                         f"input {source.path.name}")  # fmt: skip
+    files = open_frames(source.path).files
+    times = frame_times_from_names(files, opt.times_from_names or "", fps=cal.fps)
+    logger.info("frame times from %d file names: %s = %.4g s ... %s = %.4g s", len(files),
+                files[0].name, times[0], files[-1].name, times[-1])  # fmt: skip
+    return times
+
+
+@contextlib.contextmanager
+def _nothing_left_on_failure(out: Path) -> Iterator[dict[str, Callable[[], int]]]:
+    """On an error before a frame was written, remove the files the run made (and its folder,
+    if it made it): no empty tables are left behind looking like a run."""
+    before = {p.name for p in out.iterdir()} if out.is_dir() else None
+    guard: dict[str, Callable[[], int]] = {"frames": lambda: 0}
+    try:
+        yield guard
+    except BaseException:
+        if guard["frames"]() == 0 and out.is_dir():
+            for p in out.iterdir():
+                if (before is None or p.name not in before) and p.is_file():
+                    p.unlink(missing_ok=True)
+            if before is None and not any(out.iterdir()):
+                out.rmdir()
+        raise
 
 
 def analyze(
@@ -144,6 +198,8 @@ def analyze(
         check_frame_times(cal.frame_times_s)
     # the time axis: a calibration given here (or a synthetic dataset's), else the file's own
     timing = calibration if calibration is not None else (cal if source.truth else None)
+    if opt.times_from_names is not None:  # irregular sampling: times from the file names
+        cal = timing = cal.replace(frame_times_s=_times_from_names(source, opt, cal))
     detect = _make_detector(opt, cal.nm_per_px)
     tracker = OnlineTracker(cal, search_range_px=opt.search_range_px, memory=opt.memory,
                             drift=opt.drift)  # fmt: skip
@@ -151,8 +207,10 @@ def analyze(
     warned = [False]
     t_start = time.perf_counter()
     parquet = importlib.util.find_spec("pyarrow") is not None
-    with SeriesWriter(out, cal, series=series_id(source.path), window=opt.window,
-                      flush_every=0, parquet=parquet) as writer:  # fmt: skip
+    with _nothing_left_on_failure(Path(out)) as guard, SeriesWriter(
+            out, cal, series=series_id(source.path), window=opt.window, flush_every=0,
+            parquet=parquet) as writer:  # fmt: skip
+        guard["frames"] = lambda: writer.acc.frames
         batch: list[Frame] = []
 
         def run_batch() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..cli_args import DEFAULT_MODEL, add_calibration_arguments, add_model_arguments
 from ..errors import CliError
 
 HELP = "measure lines, loops and tracks in a video offline"
@@ -14,7 +15,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "input",
         type=Path,
-        help="video (MP4/AVI...), TIFF stack, DM3/DM4, image folder or synth dataset",
+        nargs="+",
+        help="video (MP4/AVI...), TIFF stack, DM3/DM4, image folder or synth dataset (several "
+        "with --cluster: one run folder each under --out, named by the input's stem)",
     )
     p.add_argument(
         "--out",
@@ -23,11 +26,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="run folder: series.csv, tracks.csv, pairs.csv, track_summary.csv, summary.json "
         "(the layout of `loopline serve`; see the README's Run folder)",
     )
-    p.add_argument(
-        "--model",
-        default="truth",
-        help="model name or file, 'ridge', or 'truth' (measure the label masks; default)",
-    )
+    add_model_arguments(
+        p, defaults={"--model": DEFAULT_MODEL},
+        help_suffix={"--model": "'truth' measures the label masks of a labelled dataset "
+                                "(labels/<stem>.txt beside images/) instead"},
+    )  # fmt: skip
     p.add_argument("--engine", default=None, help="engine runtime (default: from the model)")
     p.add_argument("--inference", choices=("tiles", "letterbox"), default="tiles",
                    help="frames larger than the network input: native-scale overlapping tiles "
@@ -41,8 +44,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="drop a dislocation retracing a better-scored one within PX (0 = off; "
                         "default: the model's own)")
     p.add_argument("--calibration", type=Path, help="calibration profile (TOML)")
-    p.add_argument("--nm-per-px", type=float, help="pixel size, nm/px (overrides the profile)")
-    p.add_argument("--fps", type=float, help="frame rate, frames/s (overrides the profile)")
+    add_calibration_arguments(p, help_suffix={"--nm-per-px": "given, it wins over both",
+                                              "--fps": "given, it wins over both"})
+    p.add_argument("--times-from-names", nargs="?", const="", default=None, metavar="REGEX",
+                   help="image folders: take each frame's time from a number in its file name "
+                        "(irregular sampling). Alone: the last number of the name is the frame "
+                        "number, at number / --fps s (img_0012.tif at 12 / FPS s); REGEX: its "
+                        "first group is the number, a group named s, ms or us a time in that "
+                        "unit, e.g. '_t(?P<ms>[0-9.]+)ms'")  # fmt: skip
     p.add_argument(
         "--sequence",
         type=int,
@@ -68,6 +77,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     p.add_argument("--impl", choices=("numba", "python"), default="numba",
                    help="kernel implementation (default numba)")  # fmt: skip
+    # --cluster: the same analysis on dask.distributed (pipelines/cluster.py, docs/cluster.md)
+    p.add_argument("--cluster", default=None, metavar="ADDRESS|local:N",
+                   help="analyse on a Dask cluster: a scheduler address (tcp://host:8786), or "
+                        "local:N worker processes on this machine; same run folder as without "
+                        "(needs pip install 'loopline[cluster]')")  # fmt: skip
+    p.add_argument("--chunk", type=int, default=32, metavar="FRAMES",
+                   help="--cluster: frames per chunk a worker analyses (default 32)")
+    p.add_argument("--scatter", action="store_true",
+                   help="--cluster: read the frames here and send them to the workers (no "
+                        "shared storage; default: workers open the inputs by path)")  # fmt: skip
 
 
 def run(a: argparse.Namespace) -> int:
@@ -86,16 +105,30 @@ def run(a: argparse.Namespace) -> int:
         if changes:
             cal = (cal or Calibration(source="command line")).replace(**changes)
         opt = AnalyzeOptions(
-            model=a.model, engine=a.engine, inference=a.inference, tile_overlap=a.tile_overlap,
+            model=a.model, engine=a.engine, imgsz=a.imgsz, conf=a.conf, device=a.device,
+            times_from_names=a.times_from_names,
+            inference=a.inference, tile_overlap=a.tile_overlap,
             line_snap=a.line_snap, line_dedupe=a.line_dedupe,
             sequence=a.sequence, search_range_px=a.search_range,
             memory=a.memory, drift="none" if a.no_drift else "phase", window=a.window,
             max_frames=a.max_frames, measure=MeasureOptions(impl=a.impl),
         )  # fmt: skip
-        summary = analyze(a.input, a.out, calibration=cal, options=opt)
+        if a.cluster:  # loopline analyze --cluster (pipelines/cluster.py)
+            from .cluster import run_command
+
+            return run_command(a, opt, cal)
+        if len(a.input) > 1:
+            raise CliError(f"{len(a.input)} inputs given; several inputs need --cluster (one "
+                           "run folder each under --out)")  # fmt: skip
+        summary = analyze(a.input[0], a.out, calibration=cal, options=opt)
     except (CalibrationError, ValueError, FileNotFoundError, OSError, RuntimeError) as e:
         raise CliError(str(e)) from None
     keys = ("length_re", "spacing_re", "velocity_re", "loop_axis_re", "id_switches")
     truth = ", ".join(f"{k} {summary[k]}" for k in keys if k in summary)
     print(f"analysed {summary['frames']} frames -> {a.out}" + (f" ({truth})" if truth else ""))
+    counts = next(iter((summary.get("analysis") or {}).values()), {})
+    if counts.get("mean_line_count") is not None:  # per frame: series.csv n_dislocations, n_loops
+        print(f"per frame: {counts['mean_line_count']:.1f} dislocations, "
+              f"{counts['mean_loop_count']:.1f} loops on average (series.csv: n_dislocations, "
+              "n_loops)")  # fmt: skip
     return 0

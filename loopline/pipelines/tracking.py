@@ -25,7 +25,7 @@ from .container import FrameResult
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OnlineTracker", "object_mask", "phase_drift"]
+__all__ = ["OnlineTracker", "frame_shift", "object_mask", "phase_drift"]
 
 _STRENGTH = {"calibration": 2, "spacing": 1, "convention": 0, "normal": 0}
 
@@ -87,6 +87,21 @@ def phase_drift(
     win = cv2.createHanningWindow((a.shape[1], a.shape[0]), cv2.CV_32F)
     (dx, dy), resp = cv2.phaseCorrelate(a - a.mean(), b - b.mean(), win)
     return float(dx), float(dy), float(resp)
+
+
+def frame_shift(
+    previous: np.ndarray, previous_result: FrameResult, current: np.ndarray, result: FrameResult
+) -> tuple[float, float, float] | None:
+    """The shift (dx, dy, response) of ``current`` relative to ``previous`` as
+    :meth:`OnlineTracker.update` measures it (the objects of both frames left out); None
+    where the frames differ in shape. Lets the images stay where they were measured (a Dask
+    worker, :mod:`loopline.pipelines.cluster`): pass the result as ``update(shift=...)``.
+    """
+    a = np.asarray(previous, np.float32)
+    b = np.asarray(current, np.float32)
+    if a.shape != b.shape:
+        return None
+    return phase_drift(a, b, exclude=object_mask(result) | object_mask(previous_result))
 
 
 class _Linker:
@@ -201,6 +216,7 @@ class OnlineTracker:
         frame: np.ndarray | None = None,
         *,
         drift_px: tuple[float, float] | np.ndarray | None = None,
+        shift: tuple[float, float, float] | None = None,
     ) -> FrameResult:
         """Link one frame's result.
 
@@ -212,6 +228,10 @@ class OnlineTracker:
             The grey frame itself, for drift by phase correlation.
         drift_px : (2,) float, optional
             Cumulative drift (x, y) px known from elsewhere (overrides the measurement).
+        shift : (dx, dy, response), optional
+            This frame's shift relative to the previous one, measured elsewhere by
+            :func:`frame_shift` (instead of ``frame``); accepted or passed over, and
+            accumulated, as a measured one. None with no ``frame``: no drift step.
 
         Returns
         -------
@@ -231,18 +251,23 @@ class OnlineTracker:
             if not np.isfinite(d).all():
                 raise ValueError(f"drift_px must be finite, got {drift_px!r}")
             self._drift = d.copy()
-        elif frame is not None and self.drift == "phase":
-            f = np.asarray(frame, np.float32)
-            excl = object_mask(result)
-            if self._prev_frame is not None and self._prev_frame.shape == f.shape:
-                both = excl | self._prev_excl
-                dx, dy, resp = phase_drift(self._prev_frame, f, exclude=both)
-                if resp >= self.min_response and math.hypot(dx, dy) < 0.25 * min(f.shape):
+        elif self.drift == "phase" and (frame is not None or shift is not None):
+            size = min(result.shape)
+            if shift is None:
+                f = np.asarray(frame, np.float32)
+                size = min(f.shape)
+                excl = object_mask(result)
+                if self._prev_frame is not None and self._prev_frame.shape == f.shape:
+                    both = excl | self._prev_excl
+                    shift = phase_drift(self._prev_frame, f, exclude=both)
+                self._prev_frame = f
+                self._prev_excl = excl
+            if shift is not None:
+                dx, dy, resp = (float(v) for v in shift)
+                if resp >= self.min_response and math.hypot(dx, dy) < 0.25 * size:
                     self._drift = self._drift + np.array([dx, dy])
                 else:
                     logger.debug("frame %d: drift peak %.3f too weak, kept", result.index, resp)
-            self._prev_frame = f
-            self._prev_excl = excl
         t1 = time.perf_counter()
 
         lvl = self._level

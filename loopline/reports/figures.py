@@ -118,6 +118,29 @@ def load_run(folder: Path) -> RunData:
                    [str(s) for s in counts.index if str(s) != sid])  # fmt: skip
 
 
+def _length_column(df: pd.DataFrame, base: str) -> tuple[str, str]:
+    """``(base_nm, "nm")`` where the table has lengths in nm, else ``(base_px, "px")`` (a run
+    without a pixel size keeps its lengths in px only)."""
+    nm = f"{base}_nm"
+    if nm in df.columns and df[nm].notna().any():
+        return nm, "nm"
+    px = f"{base}_px"
+    return (px, "px") if px in df.columns else (nm, "nm")
+
+
+def _pileup_key(pid: Any) -> tuple[int, float, str]:
+    """Sort key of a pile-up id as read from JSON (a string): by its number, then its text."""
+    try:
+        return 0, float(pid), ""
+    except (TypeError, ValueError):
+        return 1, 0.0, str(pid)
+
+
+def _md_cell(text: Any) -> str:
+    """A Markdown table cell: pipes escaped, line breaks as spaces."""
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
 def _time(df: pd.DataFrame) -> tuple[pd.Series, str]:
     if "time_s" in df.columns and df["time_s"].notna().any():
         return df["time_s"], "time (s)"
@@ -138,14 +161,17 @@ def fig_spacing(run: RunData, rep: Report) -> None:
     """Spacing vs time per pile-up: every neighbour pair (by place from the leader) and mean."""
     import matplotlib.pyplot as plt
 
-    pairs = run.pairs[run.pairs["spacing_nm"].notna()] if len(run.pairs) else run.pairs
+    col, unit = _length_column(run.pairs, "spacing")
+    pairs = run.pairs[run.pairs[col].notna()] if len(run.pairs) else run.pairs
     if pairs.empty:
         rep.skipped["spacing_vs_time"] = "no pile-up spacings in pairs.csv"
         return
+    if unit == "px":
+        rep.notes.append("spacing_vs_time: no pixel size in the run: spacings in px")
     # each pile-up's mean spacing per frame: the mean over its pairs (as series.csv's
     # mean_spacing_nm is over all pairs of the frame)
     pu = pairs.groupby(["pileup_id", "frame"], as_index=False).agg(
-        time_s=("time_s", "first"), mean_spacing_nm=("spacing_nm", "mean"))
+        time_s=("time_s", "first"), mean_spacing_nm=(col, "mean"))
     # a lone dislocation has no spacing: only pile-ups with at least one pair get a panel, and
     # at most MAX_PILEUPS of them, those seen in the most frames
     seen = pu["pileup_id"].value_counts()
@@ -162,12 +188,12 @@ def fig_spacing(run: RunData, rep: Report) -> None:
         for r in ranks:
             q = p[p["rank"] == r].sort_values("frame")
             t, _ = _time(q)
-            ax.plot(t, q["spacing_nm"], lw=0.9, color=cmap(r / max(len(ranks), 1)),
+            ax.plot(t, q[col], lw=0.9, color=cmap(r / max(len(ranks), 1)),
                     label=f"pair {int(r)}–{int(r) + 1}")  # fmt: skip
         m = pu[pu["pileup_id"] == pid].sort_values("frame")
         t, xlabel = _time(m)
         ax.plot(t, m["mean_spacing_nm"], color="k", lw=2.0, label="mean")
-        ax.set_ylabel("spacing (nm)")
+        ax.set_ylabel(f"spacing ({unit})")
         ax.set_title(f"pile-up {int(pid)} (pairs numbered from the leading dislocation, 0)",
                      fontsize=9)  # fmt: skip
         ax.grid(alpha=0.3)
@@ -184,7 +210,11 @@ def fig_dislocations(run: RunData, rep: Report) -> None:
 
     ln = run.kind("line")
     if ln.empty or ln["position_nm"].notna().sum() == 0:
-        rep.skipped["dislocation_kinematics"] = "no line positions in tracks.csv"
+        why = "no line positions in tracks.csv"
+        if not ln.empty and "length_px" in ln.columns and ln["length_px"].notna().any():
+            why = ("line positions are in nm only and the run has no pixel size (give "
+                   "--nm-per-px or a calibration profile)")  # fmt: skip
+        rep.skipped["dislocation_kinematics"] = why
         return
     ln = ln[(ln["track_id"] >= 0) & ln["position_nm"].notna()]
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(7.5, 6.4), sharex=True)
@@ -221,14 +251,17 @@ def fig_loops(run: RunData, rep: Report) -> None:
     import matplotlib.pyplot as plt
 
     lp = run.kind("loop")
-    if lp.empty or lp["major_nm"].notna().sum() == 0:
+    col, unit = _length_column(lp, "major")
+    if lp.empty or lp[col].notna().sum() == 0:
         rep.skipped["loop_size_vs_time"] = "no loops in tracks.csv"
         return
+    if unit == "px":
+        rep.notes.append("loop_size_vs_time: no pixel size in the run: loop axes in px")
     g = lp.groupby("frame")
     q = pd.DataFrame({
         "t": g["time_s"].first(),
-        "q1": g["major_nm"].quantile(0.25), "med": g["major_nm"].median(),
-        "q3": g["major_nm"].quantile(0.75), "n": g["major_nm"].count(),
+        "q1": g[col].quantile(0.25), "med": g[col].median(),
+        "q3": g[col].quantile(0.75), "n": g[col].count(),
     }).sort_index()  # fmt: skip
     xlabel = "time (s)"
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(7.5, 5.6), sharex=True,
@@ -237,7 +270,7 @@ def fig_loops(run: RunData, rep: Report) -> None:
     a1.plot(q["t"], q["med"], color="tab:blue", lw=2, label="median")
     a1.plot(q["t"], q["q1"], color="tab:blue", lw=0.8, ls="--")
     a1.plot(q["t"], q["q3"], color="tab:blue", lw=0.8, ls="--")
-    a1.set_ylabel("loop major axis (nm)")
+    a1.set_ylabel(f"loop major axis ({unit})")
     a1.legend(fontsize=8)
     a1.grid(alpha=0.3)
     a2.step(q["t"], q["n"], where="mid", color="k", lw=1)
@@ -411,13 +444,22 @@ def summary_table(run: RunData, rep: Report) -> None:
     times = run.series["time_s"].dropna()
     if len(times):
         add("duration (s)", float(times.max() - times.min()))
-    add("pixel size (nm/px)", _pixel_size(run))
+    nm = _pixel_size(run)
+    add("pixel size (nm/px)", nm if nm is not None else "unknown: lengths in px")
     add("line tracks", a.get("line_tracks"))
     add("loop tracks", a.get("loop_tracks"))
     add("mean dislocations per frame", a.get("mean_line_count"))
     add("mean loops per frame", a.get("mean_loop_count"))
-    for pid, v in (a.get("mean_spacing_nm_by_pileup") or {}).items():
-        add(f"mean spacing, pile-up {pid} (nm)", None if v is None else float(v))
+    by_pileup = {str(k): v for k, v in (a.get("mean_spacing_nm_by_pileup") or {}).items()
+                 if v is not None and math.isfinite(float(v))}
+    unit = "nm"
+    if not by_pileup and len(run.pairs) and run.pairs["spacing_px"].notna().any():
+        # no pixel size (or a series not yet ended): the pairs' spacings, px
+        col, unit = _length_column(run.pairs, "spacing")
+        by_pileup = {str(int(k)): float(v) for k, v in
+                     run.pairs.groupby("pileup_id")[col].mean().dropna().items()}  # fmt: skip
+    for pid in sorted(by_pileup, key=_pileup_key):
+        add(f"mean spacing, pile-up {pid} ({unit})", float(by_pileup[pid]))
     add("mean |line velocity| (nm/s)", a.get("mean_abs_line_velocity_nm_per_s"))
     for k in ("length_re", "spacing_re", "velocity_re", "loop_axis_re"):
         if k in s:
@@ -434,7 +476,8 @@ def summary_table(run: RunData, rep: Report) -> None:
         add("line velocity range (nm/s)", f"{v.min():.3g} … {v.max():.3g}")
     rep.table = t
     pd.DataFrame(t, columns=["quantity", "value"]).to_csv(rep.out / "summary.csv", index=False)
-    md = ["| quantity | value |", "|---|---|", *(f"| {a} | {b} |" for a, b in t)]
+    md = ["| quantity | value |", "|---|---|",
+          *(f"| {_md_cell(a)} | {_md_cell(b)} |" for a, b in t)]
     (rep.out / "summary.md").write_text("\n".join(md) + "\n", "utf-8")
     rep.written += [rep.out / "summary.csv", rep.out / "summary.md"]
 

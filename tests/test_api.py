@@ -1,0 +1,201 @@
+"""The Python API (``loopline/api.py``): the README's examples run as a notebook would."""
+
+from __future__ import annotations
+
+import doctest
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+import loopline
+import loopline.api
+from loopline.api import Run
+from loopline.synth.generate import generate
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def make_video(root: Path, *, size: int = 192, frames: int = 12) -> Path:
+    """The README's ``loopline synth --preset mixed --video`` dataset, smaller."""
+    out = root / "data" / "pileup-video"
+    generate(out, preset="mixed", count=1, seed=7, video=True, frames=frames,
+             overrides={"width": size, "height": size, "loops": [2, 4], "pileups": 1,
+                        "lead_pinned_prob": 0.0, "stage_drift": 0.0},
+             progress=False, jobs=1)  # fmt: skip
+    return out
+
+
+def readme_blocks() -> list[str]:
+    """The Python code blocks of the README's *Python API* section, but those that need a
+    daemon, napari or HyperSpy (their first line says ``# needs ...``)."""
+    text = README.read_text("utf-8")
+    start = text.index("\n## Python API")
+    end = text.index("\n## ", start + 1)
+    blocks = re.findall(r"```python\n(.*?)```", text[start:end], flags=re.S)
+    return [b for b in blocks if not b.lstrip().startswith("# needs")]
+
+
+def test_readme_python_api_examples_run(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    make_video(tmp_path)
+    blocks = readme_blocks()
+    assert len(blocks) >= 6
+    ns: dict = {}
+    for i, code in enumerate(blocks):
+        exec(compile(code, f"README.md Python API block {i}", "exec"), ns)
+    run = ns["run"]
+    assert isinstance(run, Run) and run.path == Path("runs/pileup-video")
+    assert run.summary["frames"] == 12 and run.nm_per_px == 2.0
+    assert list(run.series["frame"]) == list(range(12))
+    assert ns["frame"].image.shape == (192, 192) and ns["frame"].index == 0
+    assert ns["result"].n_dislocations == len(ns["result"].line_length_nm)
+    names = [kw["name"] for _, kw, _ in ns["layers"]]
+    assert names[:2] == ["frames", "centre lines"] and "line tracks" in names
+    assert [a["units"] for a in ns["signal"]["axes"]] == ["s", "nm", "nm"]
+    assert len(ns["signal"]["metadata"]["loopline"]["series"]["mean_spacing_nm"]) == 12
+
+
+def test_api_docstring_examples() -> None:
+    res = doctest.testmod(loopline.api, extraglobs={"loopline": loopline}, verbose=False,
+                          optionflags=doctest.ELLIPSIS)  # fmt: skip
+    assert res.attempted >= 5 and res.failed == 0
+
+
+def test_import_loopline_stays_light() -> None:
+    code = ("import sys, loopline; heavy = [m for m in ('loopline.api', 'pandas', 'cv2', "
+            "'zmq', 'torch') if m in sys.modules]; assert not heavy, heavy; "
+            "assert callable(loopline.analyze) and 'loopline.api' in sys.modules; "
+            "assert 'open_run' in dir(loopline)")  # fmt: skip
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        loopline.nope  # noqa: B018
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> Path:
+    return make_video(tmp_path_factory.mktemp("api"), size=128, frames=6)
+
+
+def test_analyze_out_options_and_calibration(video: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    a = loopline.analyze(video, model="truth", max_frames=3)
+    b = loopline.analyze(video, model="truth", max_frames=2, min_score=0.5, nm_per_px=0.5)
+    assert a.path == Path("runs/pileup-video") and b.path == Path("runs/pileup-video-2")
+    assert len(a.series) == 3 and len(b.series) == 2
+    assert b.nm_per_px == 0.5 and b.summary["calibration"]["nm_per_px"] == 0.5
+    assert b.series["mean_length_nm"].iloc[0] == pytest.approx(
+        b.series["mean_length_px"].iloc[0] * 0.5)  # fmt: skip
+    import inspect
+
+    assert inspect.signature(loopline.analyze).parameters["model"].default == "defects"
+    with pytest.raises(TypeError, match=r"unknown option.*bogus; expected one of"):
+        loopline.analyze(video, tmp_path / "x", model="truth", bogus=1)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        loopline.analyze(tmp_path / "missing.mp4")
+    with pytest.raises(FileNotFoundError, match="expected a run folder"):
+        loopline.open_run(tmp_path)
+
+
+def test_run_tables_geometry_and_frames(video: Path, tmp_path: Path) -> None:
+    run = loopline.analyze(video, tmp_path / "run", model="truth")
+    assert run.series_ids == ["pileup-video"]
+    assert set(run.tracks["kind"]) == {"line", "loop"}
+    assert run.tracks["series"].map(type).eq(str).all() and run.pairs["spacing_nm"].notna().all()
+    lines = run.lines(frame=2)
+    assert len(lines) == run.series.set_index("frame").loc[2, "n_dislocations"]
+    # a straight segment of the line's length through its centre, across the glide direction
+    mid_x, mid_y = (lines.x0_px + lines.x1_px) / 2, (lines.y0_px + lines.y1_px) / 2
+    np.testing.assert_allclose(mid_x, lines.x_px)
+    np.testing.assert_allclose(mid_y, lines.y_px)
+    dx, dy = lines.x1_px - lines.x0_px, lines.y1_px - lines.y0_px
+    np.testing.assert_allclose(np.hypot(dx, dy), lines.length_px)
+    np.testing.assert_allclose(dx * lines.glide_x + dy * lines.glide_y, 0, atol=1e-9)
+    # against the measured centre lines: the segment's ends lie near the line's ends
+    from loopline.calibration import Calibration
+    from loopline.pipelines.sources import open_source, truth_detections
+
+    fr = next(f for f in open_source(video) if f.index == 2)
+    res = loopline.measure_frame(truth_detections(fr.labels, fr.image.shape),
+                                 calibration=Calibration(nm_per_px=2.0))  # fmt: skip
+    ends = res.line_points_px[:, [0, -1]]  # (N, 2, 2) x, y
+    for r in lines.itertuples():
+        seg = np.array([[r.x0_px, r.y0_px], [r.x1_px, r.y1_px]])
+        err = min(min(np.abs(seg - e).max(), np.abs(seg[::-1] - e).max()) for e in ends)
+        assert err < 0.1 * r.length_px + 3, (r.track_id, err)
+    loops = run.loops(frame=2)
+    assert len(loops) == run.series.set_index("frame").loc[2, "n_loops"] > 0
+    frames = list(run.frames())
+    assert [f.index for f in frames] == list(range(6)) and frames[0].image.shape == (128, 128)
+    assert run.frame_stack().shape == (6, 128, 128)
+    assert "Run(" in repr(run)
+
+
+def test_engine_one_frame_or_a_batch() -> None:
+    eng = loopline.Engine("ridge")
+    img = np.zeros((48, 64), np.uint8)
+    img[20:23, 5:60] = 200
+    one = eng(img)
+    assert one.masks.shape[1:] == (48, 64)
+    batch = eng(np.stack([img, img]))
+    assert isinstance(batch, list) and len(batch) == 2
+    with pytest.raises(ValueError, match=r"expected grey frames \(H, W\), got shape"):
+        eng([np.zeros((4, 5, 3))])
+    r = loopline.measure_frame(one, index=3, time_s=0.1, nm_per_px=2.0)
+    assert r.index == 3 and r.nm_per_px == 2.0
+
+
+def _frame_msg(seq: int) -> list[bytes]:
+    h = {"schema": "loopline.frame/1", "seq": seq, "series": "s", "index": seq,
+         "time_s": seq / 25, "shape": [64, 64], "px_nm": 2.0,
+         "instances": [{"id": 4, "cls": 0, "class": "dislocation", "score": 0.9,
+                        "centroid": [30, 20], "box": [10, 18, 50, 22], "length_px": 40.0,
+                        "skeleton": [[10, 20], [30, 20], [50, 20]], "pileup": 0, "rank": 0}]}
+    return [b"frame", json.dumps(h).encode()]
+
+
+def test_live_iterates_over_published_frames() -> None:
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind("tcp://127.0.0.1:*")
+    ep = pub.getsockopt_string(zmq.LAST_ENDPOINT)
+    stop = threading.Event()
+
+    def send() -> None:
+        seq = 0
+        while not stop.is_set():
+            pub.send_multipart(_frame_msg(seq))
+            seq += 1
+            time.sleep(0.05)
+
+    th = threading.Thread(target=send, daemon=True)
+    th.start()
+    try:
+        got = list(loopline.live(ep, timeout=5, max_frames=3))
+    finally:
+        stop.set()
+        th.join(2)
+        pub.close(0)
+        ctx.term()
+    assert len(got) == 3
+    idx = [m.view.frame for m in got]
+    assert idx == sorted(idx) and len(set(idx)) == 3
+    v = got[0].view
+    assert v.nm_per_px == 2.0 and len(v.lines) == 1 and v.lines[0].length_nm == 80.0
+    assert got[0].header["instances"][0]["skeleton"][1] == [30, 20]
+
+
+def test_live_ends_when_nothing_comes() -> None:
+    t0 = time.monotonic()
+    assert list(loopline.live("tcp://127.0.0.1:1", timeout=0.3)) == []
+    assert time.monotonic() - t0 < 5
