@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint bench clean system-test-deps
+.PHONY: demo test lint bench clean system-test-deps dist
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -58,5 +58,15 @@ bench: $(VENV)/.test-installed
 	$(BIN)/python benchmarks/pipelines.py
 	$(BIN)/python benchmarks/engines.py --quick
 
+# The wheel and sdist into dist/ (what the README's systemd section installs), built with
+# the venv's setuptools (no download where it has one >= 77, as the test set does).
+dist: | $(BIN)/python
+	@$(BIN)/python -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 77)' \
+	  2>/dev/null || $(PIP) install -q 'setuptools>=77'
+	rm -rf build dist/loopline-*
+	$(PIP) wheel -q --no-deps --no-build-isolation -w dist .
+	$(BIN)/python -c 'from setuptools import build_meta as b; b.build_sdist("dist")' >/dev/null
+	@ls -l dist/loopline-*
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache build dist *.egg-info

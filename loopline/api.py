@@ -526,7 +526,8 @@ def live(endpoint: str = "tcp://127.0.0.1:5556", timeout: float = 10.0, *,
     :mod:`loopline.daemon.publisher`: instances with centre lines ``skeleton`` and outlines
     ``contour``, pairs, the ``series.csv`` row), ``view`` (the decoded
     :class:`~loopline.viewers.schema.FrameView`: ``lines``, ``loops``, ``pileups``, nm
-    values) and ``jpeg`` (the annotated frame, or None). Latest wins, as in the viewers: a
+    values) and ``jpeg`` (the bare frame, or None; the overlay is drawn by
+    :func:`loopline.viewers.overlay.draw_overlay`). Latest wins, as in the viewers: a
     loop body slower than the daemon sees the newest frame, not every frame (gaps in
     ``header["seq"]``); the run folder has every frame.
 

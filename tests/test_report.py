@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -212,3 +213,41 @@ def test_summary_md_escapes_pipes_and_sorts_pileups_by_number(tmp_path: Path) ->
     row = next(ln for ln in md if ln.startswith("| series reported"))
     assert row == r"| series reported | a\|b (of 2; the longest) |"
     assert all(ln.count("|") - ln.count(r"\|") == 3 for ln in md)
+
+
+def test_figures_fit_their_data_have_legends_and_draw_centre_lines(
+        run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Issue 20: y limits fitted to the data (no empty band, never below 0 for spacings and
+    counts), a legend on every multi-curve panel, and the contact sheet draws each line as
+    recorded (a bar across the glide direction) and each loop's ellipse, not dots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Ellipse
+
+    from loopline.reports import figures as F
+
+    run = F.load_run(run_dir)
+    rep = F.Report(tmp_path)
+    figs: dict[str, object] = {}
+    monkeypatch.setattr(F, "_save", lambda fig, rep_, name: figs.__setitem__(name, fig))
+    try:
+        for fn in F.FIGURES.values():
+            fn(run, rep)
+        for ax in figs["spacing_vs_time"].axes:
+            lo, hi = ax.get_ylim()
+            data = np.concatenate([ln.get_ydata() for ln in ax.get_lines()]).astype(float)
+            data = data[np.isfinite(data)]
+            assert lo >= 0 and ax.get_legend() is not None
+            assert data.max() >= hi - 0.15 * (hi - lo), "empty space above the curves"
+            assert data.min() <= lo + 0.15 * (hi - lo) or lo == 0
+        assert figs["dislocation_kinematics"].axes[0].get_legend() is not None
+        for ax in figs["density_vs_time"].axes:
+            assert ax.get_ylim()[0] >= 0
+        sheet = figs["contact_sheet"].axes[0]
+        bars = [ln for ln in sheet.get_lines() if len(ln.get_xdata()) == 2]
+        assert len(bars) >= 3, "lines drawn as dots"
+        assert any(isinstance(p, Ellipse) for p in sheet.patches)
+    finally:
+        plt.close("all")

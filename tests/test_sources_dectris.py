@@ -72,16 +72,16 @@ def test_stream_v1_from_libertem_dectris_mock_decodes_exact_pixels(ctx):
 
 # --------------------------------------------------------------- v2: tickit-devices' messages
 
-# The canned Stream v2 messages tickit-devices ships (captured from an EIGER2 16M); sent here
-# byte for byte. (Its EigerStream2 class cannot re-encode them under cbor2 >= 6, which
-# decodes maps as immutable frozendicts.)
+# The canned Stream v2 messages tickit-devices ships (captured from an EIGER2 16M), vendored
+# byte for byte under tests/data/dectris_stream2 (Apache-2.0, see its README); sent here as
+# they are. (Its EigerStream2 class cannot re-encode them under cbor2 >= 6, which decodes
+# maps as immutable frozendicts.)
 TICKIT_SHA256 = "cf12323dbcdb88976a6e32f27a352d8a55b8561fc43409d87dab725dc98c0387"
+STREAM2_DATA = Path(__file__).parent / "data" / "dectris_stream2"
 
 
 def _tickit_messages() -> dict[str, bytes]:
-    tickit_devices = pytest.importorskip("tickit_devices")
-    d = Path(tickit_devices.__file__).parent / "eiger" / "data" / "stream2"
-    return {n: (d / f"{n}.cbor").read_bytes() for n in ("start", "image", "end")}
+    return {n: (STREAM2_DATA / f"{n}.cbor").read_bytes() for n in ("start", "image", "end")}
 
 
 def _reference_pixels(image_msg: bytes) -> np.ndarray:
@@ -119,21 +119,34 @@ def test_stream_v2_canned_messages_from_tickit_decode_exact_pixels(ctx, version)
     assert start.meta["detector_description"] == "Dectris EIGER2 Si 16M"
     assert isinstance(frame, Frame) and frame.index == 0 and frame.series == "15614"
     assert frame.image.shape == (4362, 4148) and frame.image.dtype == np.uint16
-    np.testing.assert_array_equal(frame.image, _reference_pixels(msgs["image"]))
-    assert hashlib.sha256(frame.image.tobytes()).hexdigest() == TICKIT_SHA256
+    ref = _reference_pixels(msgs["image"])
+    assert hashlib.sha256(ref.tobytes()).hexdigest() == TICKIT_SHA256
+    # the EIGER2's module gaps (266 rows, 36 columns) carry 0xFFFF: set to the frame median
+    gaps = ref == 0xFFFF
+    assert gaps.all(axis=1).sum() == 266 and gaps.all(axis=0).sum() == 36
+    np.testing.assert_array_equal(frame.image[~gaps], ref[~gaps])
+    assert (frame.image[gaps] == np.median(ref[~gaps])).all()
+    assert frame.meta["masked_px"] == gaps.sum()
     assert frame.meta["real_time"] == [215873, 50000000]
     assert isinstance(end, SeriesEnd) and not end.aborted
     assert counters["malformed"] == 0
 
 
-def test_bslz4_without_bitshuffle_falls_back_to_dectris_compression(monkeypatch):
-    pytest.importorskip("dectris.compression")
+def test_bslz4_decodes_with_lz4_alone(monkeypatch):
+    """One codec library: neither bitshuffle nor dectris-compression is imported."""
     import sys
 
     msgs = _tickit_messages()
-    monkeypatch.setitem(sys.modules, "bitshuffle", None)  # import bitshuffle -> ImportError
+    for mod in ("bitshuffle", "dectris", "dectris.compression"):
+        monkeypatch.setitem(sys.modules, mod, None)  # import -> ImportError
+    import cbor2
+
+    (h, w), typed = cbor2.loads(msgs["image"])["data"]["threshold_1"].value
+    _algorithm, _elem_size, blob = typed.value.value
+    raw = comp.bslz4_decode(blob, (h, w), np.dtype("<u2"))
+    assert hashlib.sha256(raw.tobytes()).hexdigest() == TICKIT_SHA256
     (ev,) = dx.Dectris2Decoder().feed([msgs["image"]])
-    assert hashlib.sha256(ev.image.tobytes()).hexdigest() == TICKIT_SHA256
+    np.testing.assert_array_equal(ev.image[raw != 0xFFFF], raw[raw != 0xFFFF])
 
 
 # --------------------------------------------------------------- our encoders, round trip
@@ -301,3 +314,131 @@ def test_v1_header_with_config_in_a_separate_message_and_detail_none():
     (start,) = dx.Dectris1Decoder().feed([b'{"htype": "dheader-1.0", "series": 6, '
                                           b'"header_detail": "none"}'])  # fmt: skip
     assert start.series == "6" and start.shape is None
+
+
+# --------------------------------------------------------------- pixel mask of the series start
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_pixel_mask_of_the_series_start_sets_gap_rows_to_the_median(version):
+    """Rows the start message masks (dead: 0, a dark 'line') and the 0xFFFF marker of a gap
+    column become the frame median, so the dark-line stand-in engine finds nothing there."""
+    from loopline.daemon.standins import ThresholdEngine
+
+    rng = np.random.default_rng(12)
+    img = rng.normal(1000, 30, (64, 96)).astype(np.uint16)
+    mask = np.zeros(img.shape, np.uint32)
+    mask[20:23] = 1  # a module-gap band, bit 0
+    img[20:23] = 0  # ... its pixels read 0: a dark line across the frame
+    img[:, 50] = 0xFFFF  # the detector's marker of a masked pixel, not in our mask
+    if version == 1:
+        msgs = [dx.encode_v1_header(4, shape=img.shape, dtype="uint16", nimages=1,
+                                    pixel_mask=mask),
+                dx.encode_v1_frame(4, 0, img), dx.encode_v1_end(4)]  # fmt: skip
+    else:
+        msgs = [dx.encode_v2_start(4, shape=img.shape, nimages=1, pixel_mask=mask),
+                dx.encode_v2_frame(4, 0, img), dx.encode_v2_end(4)]  # fmt: skip
+    src = MemorySource(msgs, protocol=f"dectris{version}")
+    start, frame, _end = list(src)
+    assert src.counters["malformed"] == 0
+    if version == 2:
+        assert start.meta["pixel_mask_px"] == 3 * 96
+    masked = (mask != 0) | (img == 0xFFFF)
+    med = np.median(img[~masked])
+    assert frame.meta["masked_px"] == masked.sum()
+    assert (frame.image[masked] == np.uint16(med)).all()
+    np.testing.assert_array_equal(frame.image[~masked], img[~masked])
+    engine = ThresholdEngine(k=2.0)
+    unmasked = img.copy()
+    unmasked[:, 50] = 1000
+    assert len(engine.forward([unmasked])[0].boxes) >= 1  # the dead rows: a "line"
+    assert len(engine.forward([frame.image])[0].boxes) == 0
+
+
+# --------------------------------------------------------------- frame pool sized from the start
+
+
+def test_slot_pool_grows_a_segment_for_a_larger_series_within_the_cap():
+    from loopline.daemon.shm import ANALYSIS, RECORD, PoolTooSmall, SlotPool
+
+    pool = SlotPool.create(4, 64, 64, 2)
+    other = SlotPool.attach(pool.spec)  # another process's view: finds the segment by itself
+    try:
+        cap = pool.total_bytes + 8 * (300 * 200 * 4 + 2 * (300 * 200 // 8)) + 4096
+        assert pool.acquire((300, 200)) is None and not pool.fits((300, 200), np.uint16)
+        assert pool.grow((300, 200), slots=128, cap_bytes=cap)
+        assert not pool.grow((300, 200), slots=128, cap_bytes=cap)  # fits already
+        assert pool.total_slots == 4 + 8  # as many as the cap holds, not the 128 asked
+        slot, gen = pool.acquire((300, 200))
+        assert slot >= 4
+        img = np.arange(300 * 200, dtype=np.uint16).reshape(300, 200)
+        pool.write_image(slot, img)
+        np.testing.assert_array_equal(other.read_image(slot, gen, (300, 200), "uint16"), img)
+        masks = np.zeros((2, 300, 200), bool)
+        masks[1, 100:110] = True
+        assert other.write_masks(slot, gen, masks) == 2
+        np.testing.assert_array_equal(pool.read_masks(slot, gen, 2, (300, 200)), masks)
+        small = pool.acquire((64, 64))
+        assert small is not None and small[0] < 4  # small frames stay in the primary pool
+        assert pool.in_use() == 2 and other.in_use() == 2
+        assert other.release(slot, gen, RECORD) and pool.release(slot, gen, ANALYSIS)
+        with pytest.raises(PoolTooSmall) as info:
+            pool.grow((4362, 4148), slots=128, cap_bytes=cap)
+        msg = str(info.value)
+        assert "\n" not in msg and "4362 x 4148" in msg and "pool.max_memory_mb" in msg
+    finally:
+        other.close()
+        pool.close()
+        pool.unlink()
+    from multiprocessing import shared_memory
+
+    with pytest.raises(FileNotFoundError):  # the segment went with the pool
+        shared_memory.SharedMemory(name=f"{pool.spec.name}_s1")
+
+
+@pytest.mark.slow
+def test_daemon_with_a_sender_that_started_first_and_frames_larger_than_its_pool(tmp_path,
+                                                                                 daemons, ctx):
+    """libertem-dectris's simulator sends first; its series start goes to a receiver that
+    went away (the daemon misses it), its 512² frames are larger than the 256² pool: the
+    series is started from the first image header (series_resynced), the pool grows a
+    segment from that shape, and --until-series-end ends the run at the series end."""
+    libertem_dectris = pytest.importorskip("libertem_dectris")
+    from test_daemon import Daemon
+
+    n = 5
+    sim = libertem_dectris.DectrisSim.new_mocked(LOOPBACK, n, random_port=True)
+    uri = sim.get_uri()  # (the simulator is busy sending, below: ask now)
+    early = ctx.socket(zmq.PULL)
+    early.setsockopt(zmq.LINGER, 0)
+    early.connect(uri)
+    sim.send_headers()  # dheader + config: received by a receiver that then goes away
+    assert b"dheader" in early.recv() and early.poll(5000)
+    early.recv()
+    early.close()
+    time.sleep(0.5)  # the simulator sees it go: its frames wait for the next receiver
+    errors: list[BaseException] = []
+
+    def send():
+        try:
+            sim.send_frames()  # blocks until the daemon's receiver connects
+            sim.send_footer()
+        except BaseException as e:  # re-raised below
+            errors.append(e)
+
+    t = threading.Thread(target=send, daemon=True)
+    t.start()
+    d = Daemon(tmp_path, uri, **{"source.protocol": "dectris1", "pool.max_height": 256,
+                                 "pool.max_width": 256, "pool.slots": 16,
+                                 "pool.max_memory_mb": 256.0})  # fmt: skip
+    daemons.append(d)
+    d.thread.start()  # no wait for "ready": the sender is already waiting
+    assert d.wait(120) == 0, d.sup.error
+    t.join(10)
+    assert not errors
+    s = d.summary()
+    c = s["counters"]
+    assert c["received"] == n and c["recorded"] == n and c["rejected_oversize"] == 0
+    assert c["series_resynced"] == 1 and c["series_started"] == 1 and c["series_ended"] == 1
+    start = next(e for e in s["series"] if e["event"] == "start")
+    assert start["synthesized"] and start["shape"] == [512, 512] and start["series"] == "34"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -44,15 +45,17 @@ def read_all(path: Path) -> list[np.ndarray]:
     return out
 
 
-def record(run: Path, n: int, *, part: int = 0, kill: bool) -> None:
-    """Record n frames in a child process, which SIGKILLs itself (kill) or closes the run."""
+def record(run: Path, n: int, *, part: int = 0, kill: bool, codec: str = "mp4v") -> None:
+    """Record n frames in a child process, which SIGKILLs itself (kill) or closes the run.
+    ``codec``: the video's (mp4v: the one that needs recovering after a kill)."""
     code = f"""
-        import os, signal, sys
+        import dataclasses, os, signal, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_video_recovery import picture
         from loopline.daemon.config import load_config
         from loopline.daemon.recorder import Recorder
-        rec = Recorder({str(run)!r}, load_config().output, part={part})
+        out = dataclasses.replace(load_config().output, video_codec={codec!r})
+        rec = Recorder({str(run)!r}, out, part={part})
         for i in range({n}):
             hdr = {{"series": "s", "index": i, "seq": i, "ts": float(i)}}
             rec.write_frame(picture(i)[..., 0], hdr, picture(i), "analysed")
@@ -82,6 +85,33 @@ def test_killed_recorder_leaves_a_marked_unreadable_video_that_is_recovered(tmp_
     assert not Path(f"{video}{SIDECAR}").exists()
     assert not list(tmp_path.glob("*recovering*"))  # no scratch files left
     assert recover_video(video) is None  # finalised now: nothing to do
+
+
+def test_killed_h264_recorder_leaves_a_playable_video_with_nothing_to_recover(tmp_path):
+    """H.264 in fragmented MP4 (the default where PyAV is installed): every fragment is whole
+    on disk when the next one starts, so a killed writer's video plays as it is."""
+    pytest.importorskip("av")
+    record(tmp_path, N, kill=True, codec="h264")
+    video = tmp_path / "annotated.mp4"
+    assert not Path(f"{video}{SIDECAR}").exists()
+    got = read_all(video)
+    # one fragment per frame, flushed as it is written: at most the last frame is lost
+    assert N - 2 <= len(got) <= N, len(got)
+    assert [bar_at(f) for f in got] == [bar_at(picture(i)) for i in range(len(got))]
+    assert recover_run(tmp_path) == {}
+
+
+def test_h264_video_is_smaller_than_mp4v_and_keeps_the_pictures(tmp_path):
+    pytest.importorskip("av")
+    record(tmp_path / "h264", N, kill=False, codec="h264")
+    record(tmp_path / "mp4v", N, kill=False, codec="mp4v")
+    h264, mp4v = (tmp_path / c / "annotated.mp4" for c in ("h264", "mp4v"))
+    got = read_all(h264)
+    assert len(got) == N
+    assert [bar_at(f) for f in got] == [bar_at(picture(i)) for i in range(N)]
+    # uniform noise is the worst case for either codec; on TEM frames H.264 is ~10x smaller
+    # (benchmarks/video.py)
+    assert h264.stat().st_size < mp4v.stat().st_size
 
 
 def test_closed_recorder_leaves_no_sidecar_and_nothing_to_recover(tmp_path):
@@ -160,8 +190,9 @@ def test_raw_frames_of_a_later_part_never_overwrite(tmp_path):
 
 
 def test_a_video_still_being_written_is_left_alone(tmp_path):
-    """`loopline recover` on the folder of a running daemon must not replace its live video."""
-    rec = Recorder(tmp_path, load_config().output)
+    """`loopline recover` on the folder of a running daemon must not replace its live video
+    (mp4v: the codec whose videos are recovered)."""
+    rec = Recorder(tmp_path, dataclasses.replace(load_config().output, video_codec="mp4v"))
     for i in range(N):
         rec.write_frame(picture(i)[..., 0], {"series": "s", "index": i, "seq": i, "ts": 0.0},
                         picture(i), "analysed")  # fmt: skip

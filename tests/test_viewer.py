@@ -239,3 +239,41 @@ def test_web_server_api_frame_and_page_fetch_nothing_outside(synth_video: Path) 
         later = json.loads(get(f"api/next?after={snap['seq']}&timeout=8"))
         assert later["view"]["frame"] > snap["view"]["frame"]
         assert later["plots"] and later["tracks"]
+
+
+def test_series_id_and_time_shown_as_read():
+    """Issue 20: an epoch series id reads as a date-time; the curves' time is the frame's
+    time_s, never the camera's epoch clock (which only fills in where time_s is missing)."""
+    from loopline.viewers.schema import series_label
+    from loopline.viewers.state import ViewState
+
+    assert series_label("1716400000") == "2024-05-22 17:46:40 UTC"
+    assert series_label("1716400000123").startswith("2024-05-22 17:46:40")
+    assert series_label("0000000042") == "0000000042" and series_label("s0001") == "s0001"
+    v = to_view({"index": 3, "series": "1716400000", "time_s": 0.3, "timestamp": 1716400000.3})
+    assert v.series_label.startswith("2024-05-22") and v.time_s == 0.3
+    st = ViewState()
+    st.update(v)
+    assert st.time_of(v) == 0.3
+    a = to_view({"index": 0, "series": "x", "timestamp": 1716400000.0})
+    b = to_view({"index": 1, "series": "x", "timestamp": 1716400000.5})
+    assert a.time_s is None
+    st = ViewState()
+    st.update(a)
+    st.update(b)
+    assert list(st.count_time_s) == [0.0, 0.5]
+
+
+def test_overlay_drawn_for_image_players():
+    import cv2
+
+    from loopline.viewers.overlay import draw_overlay, nice_bar
+
+    assert nice_bar(512, 2.0) == (100.0, "200 nm")
+    assert nice_bar(500, None)[1] == "100 px"
+    v = to_view({"index": 0, "px_nm": 1.0, "shape": [64, 64], "instances": [
+        {"id": 1, "cls": 1, "centroid": [30, 30], "contour": [[20, 20], [40, 20], [40, 40]]}]})
+    img = np.full((64, 64, 3), 128, np.uint8)
+    out = draw_overlay(img, v)
+    assert (img == 128).all() and (out != 128).any()
+    assert cv2.cvtColor(out, cv2.COLOR_BGR2HSV)[..., 1].max() > 100  # coloured outline

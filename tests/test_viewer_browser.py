@@ -99,6 +99,7 @@ def test_overlay_page_shows_live_frames_with_overlay(browser, tmp_path_factory, 
             assert coloured > 200, f"only {coloured} coloured pixels: no overlay drawn"
             drops = browser.find_element("id", "drops").text
             assert drops.isdigit()
+            _check_charts(browser)
             assert browser.execute_script("return window.loopline.drawn") >= 2
             # switching the layers off leaves the bare frame (no coloured pixels but the bar)
             for layer in ("masks", "skeleton", "loops", "ids"):
@@ -119,3 +120,42 @@ def test_overlay_page_shows_live_frames_with_overlay(browser, tmp_path_factory, 
                 pass
         finally:
             stop(viewer)
+
+
+def _check_charts(browser) -> None:
+    """Issue 20: 1-2-5 ticks with units and a legend; no spacing or count below 0; the
+    curves end at the frame's own time (the header's t); the series id readable."""
+    import json
+    import re
+
+    from viewer_support import wait_for
+
+    counts = browser.find_element("id", "plot-counts")
+    wait_for(lambda: int(counts.get_attribute("data-points") or 0) >= 4, 20, "count curves")
+    for cid, nonneg in (("plot-counts", True), ("plot-spacing", True), ("plot-velocity", False)):
+        c = browser.find_element("id", cid)
+        if int(c.get_attribute("data-points") or 0) == 0:
+            continue  # no pile-up with a spacing in this stream
+        yt = json.loads(c.get_attribute("data-yticks"))
+        xt = json.loads(c.get_attribute("data-xticks"))
+        assert len(yt) >= 3 and len(xt) >= 2, (cid, yt, xt)
+        for t in (yt, xt):  # equal steps of 1, 2 or 5 times a power of ten
+            step = t[1] - t[0]
+            mant = step / 10 ** __import__("math").floor(__import__("math").log10(step))
+            assert any(abs(mant - m) < 1e-6 for m in (1, 2, 5, 10)), (cid, t)
+        if nonneg:
+            assert min(yt) >= 0, (cid, yt)
+        assert c.get_attribute("data-legend"), cid
+    # the charts' time is the frame's time (series.csv's time_s, not the arrival clock)
+    browser.find_element("id", "pause").click()
+    try:
+        t_head = float(browser.find_element("id", "time").text)
+        t_now = float(counts.get_attribute("data-tnow"))
+        assert abs(t_head - t_now) < 0.006, (t_head, t_now)
+        snap = browser.execute_script("return window.loopline.snap")
+        assert abs(t_now - snap["view"]["time_s"]) < 1e-6
+        assert max(snap["counts"]["t"]) <= t_now + 1e-6
+    finally:
+        browser.find_element("id", "pause").click()
+    series = browser.find_element("id", "series").text
+    assert series and not re.fullmatch(r"\d{10}", series), series

@@ -5,8 +5,9 @@
 run folder with). What leaves here is plain JSON-able data:
 
 - ``row``: this frame's ``series.csv`` row (see :mod:`loopline.io.runfolder`);
-- ``tables``: its ``tracks.csv``, ``pairs.csv`` and ``track_summary.csv`` rows, which the
-  recorder writes as they are, so that ``serve`` and ``analyze`` write the same tables;
+- ``tables``: its ``tracks.csv``, ``pairs.csv``, ``track_summary.csv`` and ``alarms.csv``
+  rows (the last: the frame rules' raise/clear events), which the recorder writes as they
+  are, so that ``serve`` and ``analyze`` write the same tables;
 - ``instances``: one dict per instance (``id``, ``cls``, ``score``, ``centroid`` [x, y] px,
   ``length_px``, ``length_nm``, ``contour`` [[x, y], ...] px, ``skeleton`` [[x, y], ...] px;
   dislocations also ``pileup``, ``rank``, their pile-up's unit ``glide_dir`` [x, y], and the
@@ -34,6 +35,7 @@ from ..calibration import CalibrationError, frame_time_s
 from ..engines.base import Detections
 from ..io.runfolder import json_safe
 from ..pipelines import OnlineTracker, SeriesAccumulator, measure_frame
+from ..pipelines.alarms import AlarmConfig
 from ..pipelines.measure import BoxOnly
 
 logger = logging.getLogger(__name__)
@@ -41,7 +43,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["Analyzer", "contour_of"]
 
 _MAX_CONTOUR_POINTS = 200
-_NO_KINEMATICS = {"position_nm": None, "velocity_nm_s": None, "velocity_px_per_frame": None}
+_NO_KINEMATICS = {"position_nm": None, "velocity_nm_s": None, "velocity_px_per_frame": None,
+                  "velocity_nm_s_se": None}
 
 
 def contour_of(mask: np.ndarray) -> list[list[float]]:
@@ -72,11 +75,15 @@ class Analyzer:
         Path of a calibration file for ``loopline.calibration.load_calibration`` ("" = none).
     fps : float
         Frame rate where the profile gives no time axis (0 = the source's frame times).
+    alarms : AlarmConfig, optional
+        The frame rules (:mod:`loopline.pipelines.alarms`); their events are the ``alarms``
+        rows of ``tables``. None: no alarms.
     """
 
     def __init__(self, *, nm_per_px: float = 0.0, calibration_profile: str = "",
-                 fps: float = 0.0) -> None:  # fmt: skip
+                 fps: float = 0.0, alarms: AlarmConfig | None = None) -> None:  # fmt: skip
         self.nm_per_px = nm_per_px
+        self.alarms = alarms
         self.fps = fps
         self.profile = calibration_profile
         self._calibration: Any = None
@@ -102,7 +109,7 @@ class Analyzer:
         self.series = series
         self._calibration = self._calib(px_nm)
         self._tracker = OnlineTracker(self._calibration)
-        self._series = SeriesAccumulator(self._calibration, series=series)
+        self._series = SeriesAccumulator(self._calibration, series=series, alarms=self.alarms)
         return ended
 
     def finish(self) -> dict[str, Any] | None:
@@ -200,7 +207,9 @@ class Analyzer:
                 **(_NO_KINEMATICS if k is None else {
                     "position_nm": _rounded(k["position_nm"]),
                     "velocity_nm_s": _rounded(k["velocity_nm_per_s"]),
-                    "velocity_px_per_frame": _rounded(k["velocity_px_per_frame"], 4)}),
+                    "velocity_px_per_frame": _rounded(k["velocity_px_per_frame"], 4),
+                    "velocity_nm_s_se": _rounded(k.get("velocity_nm_per_s_se"))}),
+                "length_nm_se": _rounded(k.get("length_nm_se")) if k else None,
                 "contour": contour, "skeleton": np.round(pts, 2).tolist(),
             })  # fmt: skip
         for i in range(res.n_loops):
@@ -218,6 +227,7 @@ class Analyzer:
                 "minor_px": _finite(res.loop_minor_px[i]),
                 "angle_deg": _finite(res.loop_angle_deg[i]),
                 "from_box": bool(res.loop_from_box[i]),
+                "length_nm_se": _finite(res.loop_major_se_px[i] * nm),
                 "contour": poly.astype(float).tolist(), "skeleton": [],
             })  # fmt: skip
         pairs = []
@@ -228,10 +238,11 @@ class Analyzer:
                 "pileup": int(res.pileup_id[res.pair_pileup[q]]), "rank": int(res.pair_rank[q]),
                 "spacing_px": _finite(res.pair_spacing_px[q]),
                 "spacing_nm": _finite(res.pair_spacing_px[q] * nm),
+                "spacing_nm_se": _rounded(rows["pairs"][q].get("spacing_nm_se")),
             })  # fmt: skip
         timings = {k: float(v) for k, v in res.timings_ms.items()}
         timings["measure_track"] = (t1 - t0) * 1e3
-        tables = {k: rows[k] for k in ("tracks", "pairs", "track_summary")}
+        tables = {k: rows[k] for k in ("tracks", "pairs", "track_summary", "alarms")}
         return rows["series"], instances, timings, pairs, tables
 
 

@@ -62,6 +62,8 @@ class EngineConfig:
     tile_overlap: int = field(metadata=_rng(0, 2048))
     line_snap: float = field(metadata=_rng(-1.0, 20.0))
     line_dedupe: float = field(metadata=_rng(-1.0, 20.0))
+    mask_annotations: bool
+    ignore_regions: str
     device: str
     threads: int = field(metadata=_rng(0, 256))
     workers: int = field(metadata=_rng(1, 16))
@@ -91,6 +93,7 @@ class PoolConfig:
     max_width: int = field(metadata=_rng(16, 16384))
     max_instances: int = field(metadata=_rng(1, 1024))
     slot_timeout_s: float = field(metadata=_rng(1.0, 3600.0))
+    max_memory_mb: float = field(metadata=_rng(64.0, 1048576.0))
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,8 @@ class OutputConfig:
     dir: str
     mp4: bool
     video_fps: float = field(metadata=_rng(0.0, 10000.0))
+    video_codec: str = field(metadata=_choice("auto", "h264", "mp4v"))
+    video_crf: int = field(metadata=_rng(0, 51))
     raw: str = field(metadata=_choice("none", "npy", "tiff"))
     csv: bool
     parquet: bool
@@ -140,6 +145,33 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class AlarmsConfig:
+    """``[alarms]``: the thresholds of :class:`loopline.pipelines.alarms.AlarmConfig` (same
+    names; 0 turns a rule off)."""
+
+    enabled: bool
+    hold_frames: int = field(metadata=_rng(0, 1_000_000))
+    spacing_below_nm: float = field(metadata=_rng(0.0, 1e9))
+    spacing_clear_nm: float = field(metadata=_rng(0.0, 1e9))
+    lead_velocity_above_nm_per_s: float = field(metadata=_rng(0.0, 1e12))
+    lead_velocity_clear_nm_per_s: float = field(metadata=_rng(0.0, 1e12))
+    avalanche_k: float = field(metadata=_rng(0.0, 1e6))
+    avalanche_clear_k: float = field(metadata=_rng(0.0, 1e6))
+    avalanche_min_lines: int = field(metadata=_rng(1, 10_000))
+    avalanche_baseline_frames: int = field(metadata=_rng(2, 1_000_000))
+    avalanche_min_baseline: int = field(metadata=_rng(2, 1_000_000))
+    avalanche_floor_px_per_frame: float = field(metadata=_rng(0.0, 1e6))
+    loop_stall_window_frames: int = field(metadata=_rng(0, 1_000_000))
+    loop_stall_fraction: float = field(metadata=_rng(0.0, 1.0))
+    loop_stall_clear_fraction: float = field(metadata=_rng(0.0, 1.0))
+    behind_latency_ms: float = field(metadata=_rng(0.0, 1e9))
+    behind_clear_ms: float = field(metadata=_rng(0.0, 1e9))
+    disk_free_below_gb: float = field(metadata=_rng(0.0, 1e9))
+    disk_clear_gb: float = field(metadata=_rng(0.0, 1e9))
+    disk_check_s: float = field(metadata=_rng(0.1, 86400.0))
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     source: SourceConfig
     engine: EngineConfig
@@ -151,6 +183,7 @@ class DaemonConfig:
     metrics: MetricsConfig
     control: ControlConfig
     run: RunConfig
+    alarms: AlarmsConfig
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -179,7 +212,7 @@ _SECTIONS: dict[str, type] = {
     "source": SourceConfig, "engine": EngineConfig, "batch": BatchConfig,
     "calibration": CalibrationConfig, "pool": PoolConfig, "output": OutputConfig,
     "publish": PublishConfig, "metrics": MetricsConfig, "control": ControlConfig,
-    "run": RunConfig,
+    "run": RunConfig, "alarms": AlarmsConfig,
 }  # fmt: skip
 
 
@@ -230,6 +263,13 @@ def _build(tree: dict[str, dict[str, Any]]) -> DaemonConfig:
     if cfg.engine.tile_overlap > cfg.engine.imgsz // 2:
         raise ConfigError(f"engine.tile_overlap must lie in [0, {cfg.engine.imgsz // 2}] px "
                           f"(engine.imgsz / 2), got {cfg.engine.tile_overlap}")  # fmt: skip
+    if cfg.engine.ignore_regions:
+        from ..engines.burnt_in import check_regions
+
+        try:
+            check_regions(cfg.engine.ignore_regions)
+        except ValueError as e:
+            raise ConfigError(f"engine.{e}") from None
     if cfg.engine.factory and ":" not in cfg.engine.factory:
         raise ConfigError(f"engine.factory must read 'module:callable', got {cfg.engine.factory!r}")
     if cfg.source.protocol == "file" and not cfg.source.path:
@@ -247,6 +287,17 @@ def _build(tree: dict[str, dict[str, Any]]) -> DaemonConfig:
         raise ConfigError("control.curve_secret_key and control.curve_clients need a tcp:// "
                           f"control.endpoint, got {ctl.endpoint!r} (the default socket is "
                           "this user's only)")  # fmt: skip
+    a = cfg.alarms
+    for clear, at, above in (("spacing_clear_nm", "spacing_below_nm", False),
+                             ("lead_velocity_clear_nm_per_s", "lead_velocity_above_nm_per_s", True),
+                             ("avalanche_clear_k", "avalanche_k", True),
+                             ("loop_stall_clear_fraction", "loop_stall_fraction", False),
+                             ("behind_clear_ms", "behind_latency_ms", True),
+                             ("disk_clear_gb", "disk_free_below_gb", False)):  # fmt: skip
+        c, v = getattr(a, clear), getattr(a, at)
+        if v and c and (c > v if above else c < v):
+            raise ConfigError(f"alarms.{clear} must lie {'below' if above else 'above'} "
+                              f"alarms.{at} ({v}), got {c}")  # fmt: skip
     return cfg
 
 

@@ -53,7 +53,7 @@ ORPHAN_GRACE_S = 60.0
 #: how long a new daemon waits for orphaned workers of a killed one to go (s)
 ORPHAN_WAIT_S = 15.0
 
-_SHM_NAME = re.compile(r"loopline-\d+-[0-9a-f]{8}")
+_SHM_NAME = re.compile(r"loopline-\d+-[0-9a-f]{8}(?:_s\d)?")  # _sK: segments (shm.grow)
 _IPC_FILES = {"ctl", "batch", "work", "det", "out", "control", "receiver.json", "receiver.json.tmp"}
 _PR_SET_PDEATHSIG = 1
 
@@ -272,6 +272,11 @@ def clean_stale(run_dir: str | Path, *, wait_s: float = ORPHAN_WAIT_S) -> dict[s
                          "none (stop them, then start again)")  # fmt: skip
     size = _unlink_shm(state.get("shm"))
     if size is not None:
+        for k in range(1, 9):  # the segments grown on it for larger frames (shm.segment_name)
+            more = _unlink_shm(f"{state['shm']}_s{k}")
+            if more is None:
+                break
+            size += more
         done.update(shm=state["shm"], shm_bytes=size)
     if _remove_ipc(state.get("ipc")):
         done["ipc"] = state["ipc"]

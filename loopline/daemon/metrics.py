@@ -7,7 +7,9 @@ block (one writer per cell); this module turns them into
   ``metrics`` message (see :mod:`loopline.daemon.publisher`) and written into summary.json;
 - a Prometheus endpoint (:func:`start_prometheus`, prometheus-client), served by the
   supervisor: ``loopline_frames_total{counter=...}``, ``loopline_stage_fps{stage=...}``,
-  ``loopline_queue_depth{queue=...}``, ``loopline_latency_ms{quantile=...}`` and more.
+  ``loopline_queue_depth{queue=...}``, ``loopline_latency_ms{quantile=...}``,
+  ``loopline_alarm_active{rule=...}`` (1 while raised), ``loopline_alarms_raised_total{rule=...}``
+  and more (alert rules: ``docs/alarms.md``).
 
 Latency is measured from the camera's timestamp to the moment the result is published
 (``latency_ms``); when the camera clock is off by more than a day the receive time is used
@@ -23,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ..io.runfolder import ALARM_RULES
 from .shm import STAGES, Stats
 
 __all__ = ["COUNTERS", "LatencyWindow", "MetricsView", "start_prometheus"]
@@ -33,6 +36,9 @@ COUNTERS: tuple[str, ...] = (
     "skipped_backpressure", "skipped_lost", "dropped_no_slot", "dropped_source",
     "rejected_oversize", "published", "published_jpeg", "slots_reclaimed", "late_results",
     "series_started", "series_ended", "series_aborted", "restarts", "batches",
+    # series whose start message was missed (the sender started first), started from their
+    # first frame's header (sources.base.SeriesTracker)
+    "series_resynced",
     # loopline.daemon.validate: frames that decode but make no sense, each counted once
     "rejected_undersize", "rejected_timestamp", "rejected_pixel_size", "rejected_index",
     "rejected_pixels", "rejected_interleaved", "skipped_duplicate", "segments_restarted",
@@ -170,6 +176,15 @@ class _Collector:
         lat.add_metric(["0.5"], snap["latency_p50_ms"])
         lat.add_metric(["0.99"], snap["latency_p99_ms"])
         yield lat
+        active = GaugeMetricFamily("loopline_alarm_active", "1 while the alarm rule is raised "
+                                   "(loopline.pipelines.alarms)", labels=["rule"])  # fmt: skip
+        raised = CounterMetricFamily("loopline_alarms_raised", "Times each alarm rule was "
+                                     "raised", labels=["rule"])  # fmt: skip
+        for r in ALARM_RULES:
+            active.add_metric([r], snap[f"alarm_active_{r}"])
+            raised.add_metric([r], snap[f"alarms_raised_{r}"])
+        yield active
+        yield raised
 
 
 def start_prometheus(stats: Stats, *, port: int, host: str = "127.0.0.1"):

@@ -42,8 +42,9 @@ JPEGs are off. Header (``schema = "loopline.frame/1"``)::
       "shape": [512, 512],         # frame (H, W) px; all coordinates below are frame px
       "px_nm": 2.0,                # pixel size in nm: the camera's, else the calibration's
                                    # (null if neither gives one)
-      "jpeg": {"width": 512, "height": 512, "scale": 1.0} | null,
-                                   # overlay JPEG size; jpeg px = frame px * scale
+      "jpeg": {"width": 512, "height": 512, "scale": 1.0, "overlay": false} | null,
+                                   # the JPEG's size; jpeg px = frame px * scale; overlay:
+                                   # false = the bare frame (viewers draw the overlay)
       "instances": [               # one per detected object
         {"id": 12,                 # track id, stable across frames within a series
          "cls": 0, "class": "dislocation",    # 0 dislocation, 1 loop
@@ -77,11 +78,22 @@ JPEGs are off. Header (``schema = "loopline.frame/1"``)::
       "model": "defects.onnx@9c3e3b90",  # the model that analysed this frame: file name @
                                    # SHA-256[:8] (frames.csv's model; it changes when
                                    # `loopline model use` swaps models)
-      "counters": {"received": n, "analysed": n, "skipped": n, "malformed": n, "recorded": n}
+      "counters": {"received": n, "analysed": n, "skipped": n, "malformed": n, "recorded": n},
+      "alarms_active": ["avalanche"]   # alarm rules raised now (see the alarm topic)
     }
 
-The JPEG (third part) is the annotated frame: masks, skeletons, track ids and a scale bar,
-downscaled so its longer side is at most ``publish.jpeg_max_side``.
+Uncertainties (issue 22): dislocations carry ``velocity_nm_s_se`` (standard error of
+``velocity_nm_s``) and ``length_nm_se``; loops ``length_nm_se`` (of the major axis); pairs
+``spacing_nm_se``; ``row`` carries the ``series.csv`` columns ``mean_spacing_nm_se``,
+``spacing_sd_nm``, ``n_loops_lo``/``n_loops_hi`` and the loop densities' ``*_lo``/``*_hi``
+(null where not measured). An error bar is the value ± its ``*_se``; a band is
+``[*_lo, *_hi]``.
+
+The JPEG (third part) is the frame itself, display-stretched as in ``annotated.mp4`` and
+downscaled so its longer side is at most ``publish.jpeg_max_side``, with no overlay burnt in:
+the viewers draw masks, centre lines, loops, track ids and the scale bar from the header
+(each layer switchable; ``loopline.viewers.overlay.draw_overlay`` draws them into a copy), so
+nothing is drawn twice. ``annotated.mp4`` keeps its burnt-in overlay.
 
 ``b"metrics"`` — once per ``metrics.interval_s``: ``[b"metrics", header]`` with
 ``schema = "loopline.metrics/1"``: ``counters`` (received, analysed, skipped, malformed,
@@ -92,6 +104,14 @@ queue_output, slots_in_use), ``latency_ms`` {p50, p99, max}, ``ingest_latency_ms
 ``stage_ms_per_frame``, ``uptime_s``, ``source`` {``protocol``, ``endpoint``} (a path for file
 replay) and ``engine`` (model and runtime, e.g. ``"defects/openvino"``; null until the first
 frame is analysed). summary.json carries the same ``source`` and ``engine``.
+
+``b"alarm"`` — an alarm raised or cleared (:mod:`loopline.pipelines.alarms`):
+``[b"alarm", header]`` with ``schema = "loopline.alarm/1"``, ``seq`` (alarm messages sent),
+``timestamp`` (when it was sent, s since the epoch) and the ``alarms.csv`` row: ``series``,
+``frame``, ``time_s``, ``rule`` (``spacing_low``, ``lead_velocity_high``, ``avalanche``,
+``loop_growth_stalled``, ``behind``, ``disk_low``), ``state`` ("raise" | "clear"), ``value``,
+``threshold``, ``unit`` and ``message`` (one line to show). A viewer that joins late finds the
+rules raised now in every frame message's ``alarms_active`` (a list of rule names).
 
 ``b"series"`` — a series starts or ends: ``[b"series", header]`` with
 ``schema = "loopline.series/1"``, ``event`` ("start" | "end"), ``series``, ``timestamp``,
@@ -119,8 +139,10 @@ from .wire import clean_json, socket
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FRAME_SCHEMA", "METRICS_SCHEMA", "SERIES_SCHEMA", "Publisher", "decode"]
+__all__ = ["ALARM_SCHEMA", "FRAME_SCHEMA", "METRICS_SCHEMA", "SERIES_SCHEMA", "Publisher",
+           "decode"]
 
+ALARM_SCHEMA = "loopline.alarm/1"
 FRAME_SCHEMA = "loopline.frame/1"
 METRICS_SCHEMA = "loopline.metrics/1"
 SERIES_SCHEMA = "loopline.series/1"
@@ -155,6 +177,7 @@ class Publisher:
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.sent = 0
         self.sent_jpeg = 0
+        self.sent_alarms = 0
 
     def close(self) -> None:
         """Close the socket and stop the allow-list's ZAP thread (before the context ends)."""
@@ -169,21 +192,27 @@ class Publisher:
         except zmq.Again:  # PUB does not block; kept for safety
             pass
 
-    def frame(self, msg: dict[str, Any], annotated: np.ndarray | None, *,
+    def frame(self, msg: dict[str, Any], image: np.ndarray | None, *,
               latency_ms: float | None, counters: dict[str, int]) -> None:  # fmt: skip
+        """Publish one analysed frame; ``image`` is the frame itself (grey of any dtype,
+        stretched as the recorder shows it), sent as the JPEG without any overlay."""
         jpeg = None
         info = None
-        if self.cfg.jpeg and annotated is not None:
-            h, w = annotated.shape[:2]
+        if self.cfg.jpeg and image is not None:
+            from .recorder import to_display
+
+            shown = to_display(image) if image.ndim == 2 else image
+            h, w = shown.shape[:2]
             scale = min(1.0, self.cfg.jpeg_max_side / max(h, w))
-            img = annotated
+            img = shown
             if scale < 1.0:
-                img = cv2.resize(annotated, (round(w * scale), round(h * scale)),
+                img = cv2.resize(shown, (round(w * scale), round(h * scale)),
                                  interpolation=cv2.INTER_AREA)  # fmt: skip
             ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, self.cfg.jpeg_quality])
             if ok:
                 jpeg = buf.tobytes()
-                info = {"width": img.shape[1], "height": img.shape[0], "scale": round(scale, 6)}
+                info = {"width": img.shape[1], "height": img.shape[0], "scale": round(scale, 6),
+                        "overlay": False}  # fmt: skip
         header = {
             "schema": FRAME_SCHEMA, "seq": self.sent, "series": msg["series"],
             "index": msg["index"], "time_s": msg["time_s"], "timestamp": msg["ts"],
@@ -191,7 +220,7 @@ class Publisher:
             "shape": msg.get("shape"), "px_nm": msg.get("px_nm"), "jpeg": info,
             "instances": msg["instances"], "pairs": msg.get("pairs", []), "row": msg["row"],
             "timings_ms": msg["timings_ms"], "model": msg.get("model"),
-            "counters": counters,
+            "counters": counters, "alarms_active": msg.get("alarms_active", []),
         }  # fmt: skip
         parts = [b"frame", _dumps(header)]
         if jpeg is not None:
@@ -202,6 +231,13 @@ class Publisher:
 
     def metrics(self, snap: dict[str, Any]) -> None:
         self._send([b"metrics", _dumps({**snap, "schema": METRICS_SCHEMA})])
+
+    def alarm(self, event: dict[str, Any]) -> None:
+        """One alarm raised or cleared (an ``alarms.csv`` row): ``[b"alarm", header]``."""
+        body = {**event, "schema": ALARM_SCHEMA, "seq": self.sent_alarms,
+                "timestamp": time.time()}  # fmt: skip
+        self._send([b"alarm", _dumps(body)])
+        self.sent_alarms += 1
 
     def series(self, msg: dict[str, Any]) -> None:
         body = {k: v for k, v in msg.items() if k not in ("t", "ts")}

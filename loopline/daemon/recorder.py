@@ -5,7 +5,9 @@ Layout of ``RUN_DIR`` (``output.dir``):
 - ``annotated.mp4`` — one video frame per received frame, in arrival order: analysed frames
   with their overlay (masks, skeletons, track ids, scale bar), frames that were not analysed
   marked ``SKIPPED`` (latest-wins backpressure) or ``NOT ANALYSED`` (lost with a crashed
-  worker or too late), in grey.
+  worker or too late), in grey. H.264 in fragmented MP4 by default, playable after a kill
+  (:mod:`loopline.io.video`, ``output.video_codec``); mp4v videos of a killed writer are
+  recovered (below).
 - ``frames.csv`` — one row per recorded frame: series, index, seq, timestamp, fate
   (analysed | skipped | lost), model (the model that analysed it, ``name@sha256[:8]`` as
   :func:`loopline.io.runfolder.model_id` writes it; empty for a frame not analysed); it and
@@ -17,6 +19,8 @@ Layout of ``RUN_DIR`` (``output.dir``):
   measure worker made (see the README's *Run folder*): one row per analysed frame, per object
   and frame, per neighbour pair and frame, per ended track. Flushed every
   ``output.flush_rows`` frames, so a crash loses at most that many.
+- ``alarms.csv`` — one row per alarm raised or cleared: the measure worker's frame rules
+  (as ``loopline analyze``) and the output worker's own (``behind``, ``disk_low``).
 - ``raw/`` — optional raw frames (``output.raw``): ``frames.tif`` (BigTIFF, appended) or
   ``{series}_{index:06d}.npy`` (``.N.npy`` in part N where an earlier run took the name).
 - ``summary.json`` — ``schema_version`` of the tables, ``analysis`` (per series: frames,
@@ -55,6 +59,7 @@ import numpy as np
 
 from ..io.runfolder import RunTables, finish_parquet, parquet_parts, write_summary
 from ..io.sanitize import csv_cell, inside, safe_filename
+from ..io.video import VideoWriter
 from .config import OutputConfig
 from .validate import NOT_RECORDED, REJECT_COUNTERS
 from .video_recovery import recover_videos, sidecar, write_sidecar
@@ -107,6 +112,18 @@ def _scale_bar(img: np.ndarray, px_nm: float | None) -> None:
                 cv2.LINE_AA)  # fmt: skip
 
 
+def _boxed_text(img: np.ndarray, text: str, org: tuple[int, int], scale: float,
+                color: tuple[int, int, int], thick: int) -> None:  # fmt: skip
+    """Text on a dark translucent box: readable on bright and dark frames alike."""
+    (tw, th), base = cv2.getTextSize(text, _FONT, scale, thick)
+    x, y = org
+    y0, y1 = max(y - th - 3, 0), min(y + base + 2, img.shape[0])
+    x0, x1 = max(x - 3, 0), min(x + tw + 3, img.shape[1])
+    if y1 > y0 and x1 > x0:
+        img[y0:y1, x0:x1] = (img[y0:y1, x0:x1] * 0.3).astype(img.dtype)
+    cv2.putText(img, text, org, _FONT, scale, color, thick, cv2.LINE_AA)
+
+
 def annotate(image: np.ndarray, result: dict[str, Any] | None, *, px_nm: float | None = None,
              mark: str | None = None, title: str = "") -> np.ndarray:  # fmt: skip
     """The overlay frame (BGR uint8): instance fills and outlines, skeletons, ids, scale bar.
@@ -141,8 +158,10 @@ def annotate(image: np.ndarray, result: dict[str, Any] | None, *, px_nm: float |
                 ys = np.clip(sk[:, 1], 0, h - 1)
                 bgr[ys, xs] = (255, 255, 255)
             x, y = inst["centroid"]
-            cv2.putText(bgr, str(inst.get("id", "")), (int(x) + 4, int(y) - 4), _FONT, 0.4,
-                        (255, 255, 255), 1, cv2.LINE_AA)  # fmt: skip
+            org = (int(x) + 4, int(y) - 4)  # outlined: readable on bright and dark frames
+            cv2.putText(bgr, str(inst.get("id", "")), org, _FONT, 0.4, (0, 0, 0), 3, cv2.LINE_AA)
+            cv2.putText(bgr, str(inst.get("id", "")), org, _FONT, 0.4, (255, 255, 255), 1,
+                        cv2.LINE_AA)  # fmt: skip
         row = result.get("row") or {}
         n_l = row.get("n_dislocations", sum(1 for i in insts if i["cls"] == 0))
         n_o = row.get("n_loops", sum(1 for i in insts if i["cls"] == 1))
@@ -150,9 +169,9 @@ def annotate(image: np.ndarray, result: dict[str, Any] | None, *, px_nm: float |
         if row.get("instances_without_mask"):
             title += f" ({row['instances_without_mask']} without mask)"
     if title:
-        cv2.putText(bgr, title, (6, 14), _FONT, 0.4, (0, 255, 0), 1, cv2.LINE_AA)
+        _boxed_text(bgr, title, (6, 14), 0.4, (0, 255, 0), 1)
     if mark:
-        cv2.putText(bgr, mark, (6, 32), _FONT, 0.55, _SKIP_COLOR, 2, cv2.LINE_AA)
+        _boxed_text(bgr, mark, (6, 34), 0.55, _SKIP_COLOR, 2)
     _scale_bar(bgr, px_nm)
     return bgr
 
@@ -238,8 +257,7 @@ class Recorder:
         self.part = part
         sfx = f".{part}" if part else ""
         self.mp4_path = self.dir / _part_name(part) if cfg.mp4 else None
-        self._video: cv2.VideoWriter | None = None
-        self._size: tuple[int, int] | None = None
+        self._video: VideoWriter | None = None
         # the tables of loopline analyze, appended to across parts (pyarrow is imported now,
         # not in the middle of a run: a stall of a second or more)
         self.tables = RunTables(self.dir, parquet=f"series{sfx}.parquet" if cfg.parquet else None,
@@ -290,18 +308,16 @@ class Recorder:
     def _video_write(self, bgr: np.ndarray, input_fps: float | None = None) -> None:
         if self.mp4_path is None:
             return
-        h, w = bgr.shape[:2]
         if self._video is None:
-            self._size = (w, h)
             # the configured rate, else the input's own (a replayed file keeps its rate)
             fps = self.cfg.video_fps or input_fps or DEFAULT_VIDEO_FPS
-            fourcc = cv2.VideoWriter_fourcc(*"mp4v")
-            self._video = cv2.VideoWriter(str(self.mp4_path), fourcc, fps, (w, h))
-            if not self._video.isOpened():
-                raise OSError(f"cannot open {self.mp4_path} for writing (OpenCV mp4v)")
-            write_sidecar(self.mp4_path, w, h, fps)
-        if (w, h) != self._size:
-            bgr = cv2.resize(bgr, self._size, interpolation=cv2.INTER_AREA)
+            self._video = VideoWriter(self.mp4_path, fps, codec=self.cfg.video_codec,
+                                      crf=self.cfg.video_crf)  # fmt: skip
+            self._video.write(bgr)
+            if not self._video.crash_safe:  # mp4v: marked for recovery until closed
+                h, w = bgr.shape[:2]
+                write_sidecar(self.mp4_path, w, h, fps)
+            return
         self._video.write(bgr)
 
     def write_frame(self, image: np.ndarray, hdr: dict[str, Any], annotated: np.ndarray | None,
@@ -361,7 +377,12 @@ class Recorder:
         tables = msg.get("tables") or {}
         self.tables.append(series=row, tracks=tables.get("tracks", ()),
                            pairs=tables.get("pairs", ()),
-                           track_summary=tables.get("track_summary", ()))  # fmt: skip
+                           track_summary=tables.get("track_summary", ()),
+                           alarms=tables.get("alarms") or ())  # fmt: skip
+
+    def alarms(self, rows: list[dict[str, Any]]) -> None:
+        """The daemon's own alarm events (``behind``, ``disk_low``) to ``alarms.csv``."""
+        self.tables.append(alarms=rows)
 
     def analysis(self, msg: dict[str, Any]) -> None:
         """A series ended in the measure worker: its summary and its tracks' summary rows."""
@@ -384,7 +405,7 @@ class Recorder:
         self.tables.close()
         self.frames.close()
         if self._video is not None:
-            self._video.release()
+            self._video.close()
             self._video = None
             sidecar(self.mp4_path).unlink(missing_ok=True)
         if self._tif is not None:
@@ -401,8 +422,9 @@ class Recorder:
             warnings.append(f"{counters['dropped_source']} frames were dropped by the source's "
                             "queue before they reached the daemon")  # fmt: skip
         if counters["rejected_oversize"]:
-            warnings.append(f"{counters['rejected_oversize']} frames were larger than "
-                            "pool.max_height x pool.max_width and were rejected")  # fmt: skip
+            warnings.append(f"{counters['rejected_oversize']} frames were larger than the "
+                            "frame pool can hold within pool.max_memory_mb and were "
+                            "rejected")  # fmt: skip
         if self._recovery is not None and self._recovery.is_alive():
             warnings.append("the video of a killed output worker is still being recovered: "
                             f"run `loopline recover {self.dir}`")  # fmt: skip

@@ -17,17 +17,52 @@ reused can never be confused with the frame it held before.
 
 The same block holds :class:`Stats`, float64 counters and gauges with one writer each, so
 counts survive a worker's restart and every process can read them.
+
+Larger frames (a detector larger than ``pool.max_height`` x ``pool.max_width``, e.g. an
+EIGER2 16M at 4148 x 4362): the receiver adds a *segment* sized from the series start's
+shape (:meth:`SlotPool.grow`), a second shared-memory block named ``<pool>_s1`` (``_s2``...)
+whose slots continue the numbering; its slot count is cut so that the pool stays within
+``pool.max_memory_mb``, and a shape that does not fit 4 slots there is refused in one line
+(:class:`PoolTooSmall`). The other processes attach a segment when a header first names one
+of its slots, so headers and call sites are unchanged.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing import shared_memory
 
 import numpy as np
 
-__all__ = ["ANALYSIS", "RECORD", "STAT_NAMES", "PoolSpec", "SlotPool", "Stats"]
+from ..io.runfolder import ALARM_RULES
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ANALYSIS", "MIN_GROWN_SLOTS", "RECORD", "STAT_NAMES", "PoolSpec", "PoolTooSmall",
+           "SlotPool", "Stats", "largest_frame_px", "segment_name"]  # fmt: skip
+
+#: a segment grown for larger frames has at least this many slots, or it is not made
+MIN_GROWN_SLOTS = 4
+_MAX_SEGMENTS = 8
+_SEG_HDR = 4 * 8  # int64 slots, height, width, instances at the start of a grown segment
+
+
+class PoolTooSmall(ValueError):
+    """A frame shape whose slots do not fit the memory cap (``pool.max_memory_mb``)."""
+
+
+def segment_name(pool: str, k: int) -> str:
+    """The shared-memory name of segment ``k`` (1, 2...) of pool ``pool``."""
+    return f"{pool}_s{k}"
+
+
+def largest_frame_px(cap_bytes: int, primary_bytes: int, max_instances: int) -> int:
+    """The largest frame (pixel count) whose :data:`MIN_GROWN_SLOTS` slots fit in what the
+    cap leaves beside the primary pool (4-byte pixels and ``max_instances`` bit masks)."""
+    per_px = 4 + max_instances / 8
+    return max(0, int((cap_bytes - primary_bytes) / MIN_GROWN_SLOTS / per_px))
 
 RECORD = 0
 ANALYSIS = 1
@@ -56,7 +91,13 @@ STAT_NAMES: tuple[str, ...] = (
     "instances_without_mask",
     # model swaps (loopline model use) done and refused; control requests that made no sense
     "model_swaps", "models_refused", "control_errors",
+    # series whose start message was missed (a sender that started first): started from
+    # their first frame's header
+    "series_resynced",
+    # alarms raised, per rule (loopline.pipelines.alarms; the output worker counts them)
+    *(f"alarms_raised_{r}" for r in ALARM_RULES),
     # gauges
+    *(f"alarm_active_{r}" for r in ALARM_RULES),
     "queue_batcher", "queue_engine", "queue_output", "slots_in_use",
     "latency_p50_ms", "latency_p99_ms", "latency_max_ms", "latency_count",
     "ingest_latency_p50_ms", "ingest_latency_p99_ms",
@@ -146,6 +187,82 @@ class SlotPool:
         self.stats = Stats(np.ndarray((len(STAT_NAMES),), np.float64, buf, spec.ctl_bytes))
         self._base = spec.ctl_bytes + spec.stats_bytes
         self._cursor = 0
+        # grown segments: (first global slot, spec, shm, ctl, base offset, cursor)
+        self._segs: list[list] = []
+
+    # -- segments (frames larger than the primary pool's)
+    @property
+    def total_slots(self) -> int:
+        return self.spec.slots + sum(g[1].slots for g in self._segs)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.spec.total_bytes + sum(g[2].size for g in self._segs)
+
+    def _add(self, shm: shared_memory.SharedMemory) -> list:
+        hdr = np.ndarray((4,), np.int64, shm.buf, 0)
+        slots, h, w, inst = (int(v) for v in hdr)
+        spec = PoolSpec(shm.name, slots, h, w, inst)
+        ctl = np.ndarray((slots, _CTL_COLS), np.int64, shm.buf, _SEG_HDR)
+        seg = [self.total_slots, spec, shm, ctl, _SEG_HDR + spec.ctl_bytes, 0]
+        self._segs.append(seg)
+        return seg
+
+    def _discover(self) -> None:
+        """Attach the segments another process grew since we last looked."""
+        while len(self._segs) < _MAX_SEGMENTS:
+            try:
+                shm = shared_memory.SharedMemory(name=segment_name(self.spec.name,
+                                                                   len(self._segs) + 1))
+            except FileNotFoundError:
+                return
+            self._add(shm)
+
+    def _where(self, slot: int):
+        """(ctl, base offset, spec, local slot, shm) of a global slot number."""
+        if 0 <= slot < self.spec.slots:
+            return self._ctl, self._base, self.spec, slot, self._shm
+        if slot >= self.total_slots:
+            self._discover()
+        for first, spec, shm, ctl, base, _ in self._segs:
+            if first <= slot < first + spec.slots:
+                return ctl, base, spec, slot - first, shm
+        raise IndexError(f"slot {slot}: expected 0 to {self.total_slots - 1}")
+
+    def grow(self, shape: tuple[int, int], *, slots: int, cap_bytes: int) -> bool:
+        """Room for frames of ``shape`` (H, W): a segment sized from it, with up to ``slots``
+        slots within ``cap_bytes`` for the whole pool. False if one fits already; raises
+        :class:`PoolTooSmall` (one line: the shape and the cap) if not even
+        :data:`MIN_GROWN_SLOTS` fit. Only the receiver calls this."""
+        self._discover()
+        if self._fits_shape(shape):
+            return False
+        h, w = (int(v) for v in shape)
+        spec0 = PoolSpec("", 1, h, w, self.spec.max_instances)
+        left = cap_bytes - self.total_bytes
+        n = min(slots, max(0, (left - _SEG_HDR) // (spec0.slot_bytes + _CTL_COLS * 8)))
+        if n < MIN_GROWN_SLOTS or len(self._segs) >= _MAX_SEGMENTS:
+            need = (MIN_GROWN_SLOTS * spec0.slot_bytes + self.total_bytes) / 2**20
+            raise PoolTooSmall(
+                f"frames of {h} x {w} px need {need:.0f} MB of frame slots "
+                f"({MIN_GROWN_SLOTS} slots of {spec0.slot_bytes / 2**20:.0f} MB beside the "
+                f"{self.total_bytes / 2**20:.0f} MB in use); pool.max_memory_mb is "
+                f"{cap_bytes / 2**20:.0f}")  # fmt: skip
+        spec = replace(spec0, slots=n)
+        size = _SEG_HDR + spec.ctl_bytes + n * spec.slot_bytes
+        shm = shared_memory.SharedMemory(create=True, size=size,
+                                         name=segment_name(self.spec.name, len(self._segs) + 1))
+        np.ndarray((4,), np.int64, shm.buf, 0)[:] = (n, h, w, spec.max_instances)
+        np.ndarray((n, _CTL_COLS), np.int64, shm.buf, _SEG_HDR)[:] = 0
+        self._add(shm)
+        logger.info("frame pool: %d slots of %d x %d px added (%.0f MB; %.0f MB in all, "
+                    "pool.max_memory_mb %.0f)", n, h, w, size / 2**20, self.total_bytes / 2**20,
+                    cap_bytes / 2**20)  # fmt: skip
+        return True
+
+    def _fits_shape(self, shape: tuple[int, ...]) -> bool:
+        return any(len(shape) == 2 and shape[0] <= sp.max_height and shape[1] <= sp.max_width
+                   for sp in [self.spec, *(g[1] for g in self._segs)])  # fmt: skip
 
     # -- life cycle
     @classmethod
@@ -171,79 +288,113 @@ class SlotPool:
         # Views into the buffer must go before the mapping can close.
         self._ctl = None  # type: ignore[assignment]
         self.stats._a = None  # type: ignore[assignment]
-        try:
-            self._shm.close()
-        except BufferError:  # a caller still holds a view; the OS unmaps at exit
-            pass
+        segs, self._segs = self._segs, []
+        for g in segs:
+            g[3] = None
+        for shm in [self._shm, *(g[2] for g in segs)]:
+            try:
+                shm.close()
+            except BufferError:  # a caller still holds a view; the OS unmaps at exit
+                pass
 
     def unlink(self) -> None:
+        """Remove the pool's block and every segment grown on it (the creator, once)."""
         if self._owner:
             try:
                 self._shm.unlink()
             except FileNotFoundError:
                 pass
+            for k in range(1, _MAX_SEGMENTS + 1):
+                try:
+                    seg = shared_memory.SharedMemory(name=segment_name(self.spec.name, k))
+                except FileNotFoundError:
+                    break
+                seg.close()
+                seg.unlink()
 
     # -- slots
     def _slot_offset(self, slot: int) -> int:
-        return self._base + slot * self.spec.slot_bytes
+        _, base, spec, i, _ = self._where(slot)
+        return base + i * spec.slot_bytes
 
     def fits(self, shape: tuple[int, ...], dtype: np.dtype) -> bool:
-        s = self.spec
-        return (
-            len(shape) == 2 and shape[0] <= s.max_height and shape[1] <= s.max_width
-            and np.dtype(dtype).name in _DTYPES
-        )  # fmt: skip
+        return self._fits_shape(shape) and np.dtype(dtype).name in _DTYPES
 
-    def acquire(self) -> tuple[int, int] | None:
+    def acquire(self, shape: tuple[int, ...] | None = None) -> tuple[int, int] | None:
         """A free slot ``(slot, gen)`` held by both holders, or None when all are in use.
 
-        Only the receiver calls this (single writer of the holder flags' 0 → 1 transition).
+        ``shape``: a slot of the smallest part of the pool that holds it (the primary pool
+        unless the frame is larger). Only the receiver calls this (single writer of the
+        holder flags' 0 → 1 transition).
         """
-        n = self.spec.slots
-        ctl = self._ctl
+        seg = None
+        if shape is not None and not (shape[0] <= self.spec.max_height
+                                      and shape[1] <= self.spec.max_width):  # fmt: skip
+            fit = [g for g in self._segs
+                   if shape[0] <= g[1].max_height and shape[1] <= g[1].max_width]  # fmt: skip
+            if not fit:
+                return None
+            seg = min(fit, key=lambda g: g[1].slot_bytes)
+        first, n, ctl, cursor = ((0, self.spec.slots, self._ctl, self._cursor) if seg is None
+                                 else (seg[0], seg[1].slots, seg[3], seg[5]))  # fmt: skip
         for k in range(n):
-            i = (self._cursor + k) % n
+            i = (cursor + k) % n
             if ctl[i, _H0] == 0 and ctl[i, _H1] == 0:
                 ctl[i, _GEN] += 1
                 ctl[i, _ACQ_NS] = time.monotonic_ns()
                 ctl[i, _H0] = 1
                 ctl[i, _H1] = 1
-                self._cursor = (i + 1) % n
-                return i, int(ctl[i, _GEN])
+                if seg is None:
+                    self._cursor = (i + 1) % n
+                else:
+                    seg[5] = (i + 1) % n
+                return first + i, int(ctl[i, _GEN])
         return None
 
     def gen(self, slot: int) -> int:
-        return int(self._ctl[slot, _GEN])
+        ctl, _, _, i, _ = self._where(slot)
+        return int(ctl[i, _GEN])
 
     def valid(self, slot: int, gen: int) -> bool:
-        return 0 <= slot < self.spec.slots and int(self._ctl[slot, _GEN]) == gen
+        try:
+            ctl, _, _, i, _ = self._where(slot)
+        except IndexError:
+            return False
+        return int(ctl[i, _GEN]) == gen
 
     def release(self, slot: int, gen: int, holder: int) -> bool:
         """Give up ``holder``'s claim on ``slot``; False (and nothing done) if it is stale."""
         if not self.valid(slot, gen):
             return False
-        self._ctl[slot, _H0 + holder] = 0
+        ctl, _, _, i, _ = self._where(slot)
+        ctl[i, _H0 + holder] = 0
         return True
 
+    def _ctls(self) -> list[np.ndarray]:
+        self._discover()
+        return [self._ctl, *(g[3] for g in self._segs)]
+
     def in_use(self) -> int:
-        return int(((self._ctl[:, _H0] != 0) | (self._ctl[:, _H1] != 0)).sum())
+        return sum(int(((c[:, _H0] != 0) | (c[:, _H1] != 0)).sum()) for c in self._ctls())
 
     def reclaim(self, *, older_than_s: float, holder: int | None = None) -> int:
         """Clear claims held longer than ``older_than_s`` (crashed holders); returns the count."""
         limit = time.monotonic_ns() - int(older_than_s * 1e9)
         cols = [_H0 + holder] if holder is not None else [_H0, _H1]
         n = 0
-        for c in cols:
-            stale = (self._ctl[:, c] != 0) & (self._ctl[:, _ACQ_NS] < limit)
-            n += int(stale.sum())
-            self._ctl[stale, c] = 0
+        for ctl in self._ctls():
+            for c in cols:
+                stale = (ctl[:, c] != 0) & (ctl[:, _ACQ_NS] < limit)
+                n += int(stale.sum())
+                ctl[stale, c] = 0
         return n
 
     # -- pixels
     def image_view(self, slot: int, shape: tuple[int, int], dtype: str | np.dtype) -> np.ndarray:
         """Zero-copy (H, W) view of the slot's image area."""
         dt = np.dtype(dtype)
-        return np.ndarray(shape, dt, self._shm.buf, self._slot_offset(slot))
+        _, base, spec, i, shm = self._where(slot)
+        return np.ndarray(shape, dt, shm.buf, base + i * spec.slot_bytes)
 
     def write_image(self, slot: int, image: np.ndarray) -> None:
         self.image_view(slot, image.shape, image.dtype)[...] = image
@@ -262,14 +413,15 @@ class SlotPool:
         """Store up to ``max_instances`` (N, H, W) bool masks bit-packed; returns how many."""
         if not self.valid(slot, gen):
             return 0
-        n = min(int(masks.shape[0]), self.spec.max_instances)
+        _, base, spec, i, shm = self._where(slot)
+        n = min(int(masks.shape[0]), spec.max_instances)
         if n == 0:
             return 0
         h, w = masks.shape[1:]
         packed = np.packbits(masks[:n].reshape(n, h * w), axis=1)
         per = packed.shape[1]
-        off = self._slot_offset(slot) + self.spec.image_bytes
-        dst = np.ndarray((n, self.spec.mask_bytes), np.uint8, self._shm.buf, off)
+        off = base + i * spec.slot_bytes + spec.image_bytes
+        dst = np.ndarray((n, spec.mask_bytes), np.uint8, shm.buf, off)
         dst[:, :per] = packed
         return n
 
@@ -282,8 +434,9 @@ class SlotPool:
         h, w = shape
         if n == 0:
             return np.zeros((0, h, w), bool)
-        off = self._slot_offset(slot) + self.spec.image_bytes
+        _, base, spec, i, shm = self._where(slot)
+        off = base + i * spec.slot_bytes + spec.image_bytes
         per = -(-h * w // 8)
-        src = np.ndarray((n, self.spec.mask_bytes), np.uint8, self._shm.buf, off)
+        src = np.ndarray((n, spec.mask_bytes), np.uint8, shm.buf, off)
         masks = np.unpackbits(src[:, :per], axis=1, count=h * w).reshape(n, h, w).astype(bool)
         return masks if self.valid(slot, gen) else None

@@ -42,6 +42,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import signal
 import threading
 import time
@@ -56,7 +57,7 @@ import zmq
 from ..io.sanitize import install_log_escaping
 from .config import DaemonConfig
 from .hygiene import watch_parent
-from .shm import ANALYSIS, RECORD, PoolSpec, SlotPool
+from .shm import ANALYSIS, RECORD, PoolSpec, PoolTooSmall, SlotPool, largest_frame_px
 from .validate import (
     PIXEL_SIZE_RANGE_NM,
     FrameValidator,
@@ -82,7 +83,8 @@ _RECONCILE_WAIT_S = 5.0
 _STATE_SERIES = 64
 _SOURCE_COUNTERS = {"malformed": "malformed", "dropped_source": "dropped",
                     "rejected_interleaved": "interleaved", "source_disconnects": "disconnects",
-                    "source_handshake_failures": "handshake_failures"}
+                    "source_handshake_failures": "handshake_failures",
+                    "series_resynced": "resynced"}
 
 
 class _Stage:
@@ -146,16 +148,26 @@ def open_source(cfg: DaemonConfig):
         return _open(s.path, "file", fps=(s.rate or None) if s.pace else math.inf)
     kw: dict[str, Any] = {"socket": s.socket, "bind": s.bind, "rcvhwm": s.rcvhwm,
                           "max_queued_frames": 256}  # fmt: skip
-    # nothing larger than the slot pool's largest frame is read into memory (ZMQ_MAXMSGSIZE),
-    # nor decompressed (DECTRIS)
-    kw["max_message_bytes"] = max_message_bytes(cfg.pool.max_height, cfg.pool.max_width)
+    # nothing larger than the largest frame the pool can grow to (pool.max_memory_mb) is read
+    # into memory (ZMQ_MAXMSGSIZE), nor decompressed (DECTRIS)
+    budget = max_frame_px(cfg)
+    kw["max_message_bytes"] = max_message_bytes(1, budget)
     if s.protocol.startswith("dectris"):
-        kw["max_shape"] = (cfg.pool.max_height, cfg.pool.max_width)
+        kw["max_shape"] = budget
     if s.curve_server_key or s.curve_client_secret or s.curve_clients:
         kw["curve_server_key"] = s.curve_server_key
         kw["curve_client_secret"] = s.curve_client_secret
         kw["curve_clients"] = s.curve_clients
     return _open(s.endpoint, s.protocol, **kw)
+
+
+def max_frame_px(cfg: DaemonConfig) -> int:
+    """The largest frame (pixels) the slot pool takes: its own size, or a segment it grows
+    within ``pool.max_memory_mb`` (:meth:`SlotPool.grow`)."""
+    p = cfg.pool
+    primary = PoolSpec("", p.slots, p.max_height, p.max_width, p.max_instances).total_bytes
+    return max(p.max_height * p.max_width,
+               largest_frame_px(int(p.max_memory_mb * 2**20), primary, p.max_instances))
 
 
 class Receiver(_Stage):
@@ -195,6 +207,7 @@ class Receiver(_Stage):
         self._progress = (self._done0, time.monotonic())
         self._fps: dict[str, float | None] = {}
         self._warned_time = False
+        self._too_large: dict[tuple[int, ...], str] = {}  # shapes the pool cannot take
         self._load_state()
 
     def close(self) -> None:
@@ -203,9 +216,9 @@ class Receiver(_Stage):
             src.close()
         super().close()
 
-    def _housekeeping(self) -> None:
+    def _housekeeping(self, *, force: bool = False) -> None:
         now = time.monotonic()
-        if now - self._last_house < 0.25:
+        if now - self._last_house < 0.25 and not force:
             return
         self._last_house = now
         c = self.src.counters
@@ -219,8 +232,27 @@ class Receiver(_Stage):
                            self.cfg.pool.slot_timeout_s)  # fmt: skip
         self.beat()
 
+    def _room_for(self, shape: tuple[int, ...]) -> str:
+        """'' if the pool holds frames of ``shape`` (grown from it if need be), else why not."""
+        shape = tuple(int(v) for v in shape)
+        if shape in self._too_large:
+            return self._too_large[shape]
+        if len(shape) != 2 or self.pool.fits(shape, np.uint8):
+            return ""
+        try:
+            self.pool.grow(shape, slots=self.cfg.pool.slots,
+                           cap_bytes=int(self.cfg.pool.max_memory_mb * 2**20))  # fmt: skip
+        except (PoolTooSmall, OSError) as e:  # OSError: /dev/shm itself is full
+            self._too_large[shape] = str(e)
+            logger.error("frame pool: %s; frames of that size are rejected (rejected_oversize)",
+                         e)  # fmt: skip
+            return str(e)
+        return ""
+
     def _series(self, ev: Any, kind: str) -> None:
         msg = {"t": "series", "event": kind, "series": ev.series, "ts": ev.timestamp_s}
+        if kind == "start" and ev.shape:
+            self._room_for(ev.shape)  # a larger detector: slots sized from its shape
         if kind == "start":
             # an announced start begins the series' clock afresh; one the source made up
             # (after a restart of this receiver, or a start message missed) keeps it
@@ -257,22 +289,21 @@ class Receiver(_Stage):
         (the caller adds it last: see :meth:`_reconcile`)."""
         t_recv = time.time()
         img = ev.image
-        if not self.pool.fits(img.shape, img.dtype):
+        if self._room_for(img.shape) or not self.pool.fits(img.shape, img.dtype):
             self.stats.add("rejected_oversize")
             self.stats.add("skipped")
-            logger.error("frame %s/%d %s %s does not fit the slot pool (%dx%d max); rejected",
-                         ev.series, ev.index, img.shape, img.dtype, self.cfg.pool.max_height,
-                         self.cfg.pool.max_width)  # fmt: skip
+            logger.debug("frame %s/%d %s %s does not fit the slot pool; rejected", ev.series,
+                         ev.index, img.shape, img.dtype)  # fmt: skip
             return
         bad = self.validator.values(int(ev.index), ev.timestamp_s, ev.pixel_size_nm, img)
         if bad is not None:
             self._reject(ev, bad)
             return
-        got = self.pool.acquire()
+        got = self.pool.acquire(img.shape)
         while got is None and self.waits and not (self.terminate or self.stats["stopping"]):
             time.sleep(0.005)  # a file waits for a free slot
             self._housekeeping()
-            got = self.pool.acquire()
+            got = self.pool.acquire(img.shape)
         if got is None:
             self.stats.add("dropped_no_slot")
             self.stats.add("skipped")
@@ -514,9 +545,8 @@ class Receiver(_Stage):
                     break
         if self.terminate:
             return
-        self._housekeeping()
         self.src.close()
-        self._housekeeping()
+        self._housekeeping(force=True)  # the source's last counts, before the recorder's summary
         logger.info("receiver: %s; draining", done_reason)
         eos = {"t": "eos", "reason": done_reason, "frames": self._seq}
         send_json(self.to_batch, eos, block=True)
@@ -788,7 +818,9 @@ def _loads(data: bytes) -> dict[str, Any] | None:
 def make_engine(cfg: DaemonConfig):
     """The configured :class:`~loopline.engines.base.Engine`, loaded."""
     e = cfg.engine
-    kw: dict[str, Any] = {"imgsz": e.imgsz, "conf": e.conf, "iou": e.iou}
+    kw: dict[str, Any] = {"imgsz": e.imgsz, "conf": e.conf, "iou": e.iou,
+                          "mask_annotations": e.mask_annotations,
+                          "ignore_regions": e.ignore_regions}  # fmt: skip
     if e.factory:
         mod, _, fn = e.factory.partition(":")
         engine = getattr(importlib.import_module(mod), fn)(e.model or None, **kw)
@@ -1217,6 +1249,17 @@ class EngineWorker(_Stage):
 # ----------------------------------------------------------------------------- measure
 
 
+def alarm_config(cfg: DaemonConfig):
+    """The ``[alarms]`` section as :class:`loopline.pipelines.alarms.AlarmConfig`."""
+    import dataclasses
+
+    from ..pipelines.alarms import AlarmConfig
+
+    values = dataclasses.asdict(cfg.alarms)
+    values.pop("disk_check_s")
+    return AlarmConfig.from_mapping(values)
+
+
 def detections_of(msg: dict[str, Any], masks: np.ndarray):
     """A ``det`` message and its ``n`` masks → (Detections, BoxOnly or None).
 
@@ -1379,7 +1422,7 @@ class MeasureWorker(_Stage):
 
         c = self.cfg.calibration
         self.analyzer = Analyzer(nm_per_px=c.nm_per_px, calibration_profile=c.profile,
-                                 fps=c.fps)  # fmt: skip
+                                 fps=c.fps, alarms=alarm_config(self.cfg))  # fmt: skip
         self.analyzer.warmup()  # compile the kernels before frames arrive, not on frame 1
         self.pull = self.sock(zmq.PULL, bind=self.eps.det, rcvhwm=100_000)
         self.to_out = self.sock(zmq.PUSH, connect=self.eps.out, sndhwm=1_000_000)
@@ -1601,6 +1644,12 @@ class OutputWorker(_Stage):
         self.last_progress = time.monotonic()
         # names for viewers and summary.json; the engine's comes with the first result
         self.names: dict[str, Any] = {"source": source_label(self.cfg), "engine": None}
+        from ..pipelines.alarms import DaemonAlarms
+
+        # alarms: the daemon's own rules here; the frame rules' events come with the results
+        self.daemon_alarms = DaemonAlarms(alarm_config(self.cfg))
+        self.alarms_active: dict[str, dict[str, Any]] = {}  # rule -> its raise event
+        self.next_disk_check = 0.0
 
     # -- messages
     def _on(self, msg: dict[str, Any]) -> None:
@@ -1696,12 +1745,43 @@ class OutputWorker(_Stage):
             annotated = self.recorder.annotate(image, msg)
             e["annotated"] = annotated
         self.recorder.append_result(msg, latency_ms=lat if ok_clock else None)
+        self._alarms(msg, (now - msg["recv"]) * 1e3)
         if self.publisher is not None:
-            self.publisher.frame(msg, annotated, latency_ms=lat if ok_clock else None,
+            msg["alarms_active"] = sorted(self.alarms_active)
+            # the frame without overlay: the viewers draw it, each layer switchable
+            self.publisher.frame(msg, image, latency_ms=lat if ok_clock else None,
                                  counters=self.metrics.counters())  # fmt: skip
             self.stats["published"] = self.publisher.sent
             self.stats["published_jpeg"] = self.publisher.sent_jpeg
         self.beat(0, time.perf_counter() - t0)
+
+    def _alarms(self, msg: dict[str, Any], ingest_ms: float) -> None:
+        """The frame rules' events of this result, and the daemon's own rules (latency, and
+        every ``alarms.disk_check_s`` the free disk): recorded (alarms.csv), published
+        (``alarm`` messages), counted (Prometheus)."""
+        disk = math.nan
+        now = time.monotonic()
+        if now >= self.next_disk_check:
+            self.next_disk_check = now + self.cfg.alarms.disk_check_s
+            try:
+                disk = shutil.disk_usage(self.run_dir).free / 1e9
+            except OSError as e:
+                logger.debug("alarms: free disk of %s unknown: %s", self.run_dir, e)
+        own = self.daemon_alarms.update(series=msg["series"], frame=msg["index"],
+                                        time_s=msg["time_s"], latency_ms=ingest_ms,
+                                        disk_free_gb=disk)  # fmt: skip
+        if own:
+            self.recorder.alarms(own)
+        for ev in [*((msg.get("tables") or {}).get("alarms") or ()), *own]:
+            rule = ev["rule"]
+            if ev["state"] == "raise":
+                self.alarms_active[rule] = ev
+                self.stats.add(f"alarms_raised_{rule}")
+            else:
+                self.alarms_active.pop(rule, None)
+            self.stats[f"alarm_active_{rule}"] = float(rule in self.alarms_active)
+            if self.publisher is not None:
+                self.publisher.alarm(ev)
 
     # -- recording in arrival order
     def _write_ready(self, *, force: bool = False) -> None:

@@ -6,7 +6,7 @@ call                       writes (next to the model, or ``out``)  needs
 ``export_onnx``            ``<stem>.onnx`` (opset 17, dynamic)     ``loopline[train]``
 ``quantize_onnx``          ``<stem>.int8.onnx`` (QDQ, static)      core (onnxruntime)
 ``export_openvino``        ``<stem>_openvino_model/``              ``loopline[openvino]``
-``export_openvino(int8)``  ``<stem>_int8_openvino_model/`` (NNCF)  ``loopline[openvino]``
+``export_openvino(int8)``  ``<stem>_int8_openvino_model/`` (NNCF)  ``loopline[int8]``
 ``export_engine``          ``<stem>.engine`` (FP16 / INT8)         ``loopline[gpu]`` + GPU
 =========================  =====================================  ==========================
 
@@ -117,16 +117,18 @@ def export_openvino(
         import openvino as ov
     except ImportError as e:
         raise ImportError("OpenVINO export needs: pip install 'loopline[openvino]'") from e
+    if int8:  # before the conversion: a missing extra is said at once
+        try:
+            import nncf
+        except ImportError as e:
+            raise ImportError("INT8 OpenVINO export (--int8) needs nncf, which is not installed: "
+                              "pip install 'loopline[int8]'") from e
     ov_model = ov.convert_model(str(model))
     tag = "_int8" if int8 else ""
     folder = _dest(model, f"{model.stem}{tag}_openvino_model", out if out else None)
     if out is not None and Path(out).suffix:  # a file name was given: use its folder
         folder = Path(out).with_suffix("")
     if int8:
-        try:
-            import nncf
-        except ImportError as e:
-            raise ImportError("INT8 OpenVINO export needs: pip install 'loopline[openvino]'") from e
         nncf.set_log_level(logging.WARNING)
         ops_ = ov_model.get_ordered_ops()
         names = [o.get_friendly_name() for o in ops_]

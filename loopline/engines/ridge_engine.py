@@ -200,7 +200,8 @@ class RidgeEngine(Engine):
     def __init__(self, model=None, *, conf: float = 0.0, **kwargs) -> None:
         base = {k: kwargs.pop(k) for k in ("imgsz", "iou", "max_det", "device", "inference",
                                            "tile_overlap", "tile_max", "max_det_frame",
-                                           "model_nm_per_px", "line_dedupe", "line_snap")
+                                           "model_nm_per_px", "line_dedupe", "line_snap",
+                                           "mask_annotations", "ignore_regions")
                 if k in kwargs}
         super().__init__(None, conf=conf, **base)
         allowed = set(inspect.signature(ridge_instances).parameters) - {"frame"}

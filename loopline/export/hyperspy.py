@@ -179,8 +179,8 @@ def to_hspy(run: Run | str | Path, path: str | Path, *, series: str | None = Non
     need = ("rsciio", "h5py") if suffix == ".hspy" else ("rsciio",)
     missing = [m for m in need if importlib.util.find_spec(m) is None]
     if missing:
-        raise ImportError(f"writing {suffix} needs {' and '.join(missing)} (pip install "
-                          "rosettasciio h5py)")  # fmt: skip
+        raise ImportError(f"writing {suffix} needs {' and '.join(missing)}, not installed: "
+                          "pip install 'loopline[hyperspy]'")  # fmt: skip
     if suffix == ".zspy" and importlib.util.find_spec("zarr") is None:
         raise ImportError("writing .zspy needs the zarr package (pip install zarr); "
                           "write .hspy instead")  # fmt: skip

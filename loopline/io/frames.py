@@ -214,8 +214,8 @@ def _dm_signal(path: Path) -> dict[str, Any]:
     try:
         from rsciio.digitalmicrograph import file_reader
     except ImportError:
-        raise ImportError("reading DM3/DM4 needs RosettaSciIO; install the daemon extra: "
-                          "pip install 'loopline[daemon]'") from None  # fmt: skip
+        raise ImportError("reading DM3/DM4 needs RosettaSciIO, which is not installed: "
+                          "pip install 'loopline[hyperspy]'") from None  # fmt: skip
     signals = [s for s in file_reader(str(path), lazy=True) if np.ndim(s["data"]) >= 2]
     if not signals:
         raise ValueError(f"no image data in {path}")

@@ -14,6 +14,7 @@ file                   one row per
 ``pairs.csv``          pair of neighbouring dislocations of a pile-up and analysed frame
 ``track_summary.csv``  track, once it has ended (unseen for ``forget_after`` frames, or at
                        the end of its series)
+``alarms.csv``         alarm raised or cleared (:data:`EVENT_TABLES`)
 =====================  ====================================================================
 
 Every table starts with ``series`` (the series id: a file's stem, or the camera's id) and,
@@ -30,6 +31,7 @@ This module imports no analysis code, so the daemon's output worker stays light.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import logging
 import math
@@ -45,6 +47,9 @@ from .sanitize import csv_cell
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ALARM_COLUMNS",
+    "ALARM_RULES",
+    "EVENT_TABLES",
     "PAIR_COLUMNS",
     "PARTS_SUFFIX",
     "SCHEMA_VERSION",
@@ -104,6 +109,17 @@ _SERIES: tuple[tuple[str, str, str], ...] = (
                                       "`pool.max_instances`; 0 in `analyze`): loops measured "
                                       "from their box (`tracks.csv` `from_box`), dislocations "
                                       "counted in `n_dislocations`, not traced"),
+    ("spacing_sd_nm", "float", "standard deviation of the neighbour spacings over the frame's "
+                               "pairs (their spread), nm"),
+    ("mean_spacing_nm_se", "float", "standard error of `mean_spacing_nm` over the pairs "
+                                    "(`spacing_sd_nm` / √pairs), nm"),
+    ("n_loops_lo", "float", "Garwood 68 % interval of the loop count (Poisson), low end"),
+    ("n_loops_hi", "float", "the same, high end"),
+    ("loop_areal_density_per_um2_lo", "float", "`loop_areal_density_per_um2` at `n_loops_lo`, "
+                                               "µm⁻²"),
+    ("loop_areal_density_per_um2_hi", "float", "the same at `n_loops_hi`, µm⁻²"),
+    ("loop_density_per_m3_lo", "float", "`loop_density_per_m3` at `n_loops_lo`, m⁻³"),
+    ("loop_density_per_m3_hi", "float", "the same at `n_loops_hi`, m⁻³"),
 )  # fmt: skip
 
 _TRACKS: tuple[tuple[str, str, str], ...] = (
@@ -140,6 +156,15 @@ _TRACKS: tuple[tuple[str, str, str], ...] = (
     ("from_box", "int", "loop: 1 = it had no mask (`serve`, beyond `pool.max_instances`): the "
                         "ellipse inscribed in its detection box, axes along x and y; 0 = "
                         "fitted to its mask"),
+    ("velocity_nm_per_s_se", "float", "line: standard error of `velocity_nm_per_s` (of its "
+                                      "fit, corrected for autocorrelated residuals), nm/s"),
+    ("velocity_window", "int", "line: samples in that fit (up to `window`, 7)"),
+    ("length_nm_se", "float", "line: standard error of `length_nm` from the skeleton's "
+                              "discretisation, nm"),
+    ("position_px", "float", "line: `position_nm` in px"),
+    ("major_nm_se", "float", "loop: standard error of `major_nm` from the ellipse fit's "
+                             "residuals, nm (empty for `from_box`)"),
+    ("growth_nm_per_s_se", "float", "loop: standard error of `growth_nm_per_s`, nm/s"),
 )  # fmt: skip
 
 _PAIRS: tuple[tuple[str, str, str], ...] = (
@@ -152,6 +177,8 @@ _PAIRS: tuple[tuple[str, str, str], ...] = (
     ("partner_id", "int", "track id of the other line"),
     ("spacing_px", "float", "mean closest distance between the two lines, px"),
     ("spacing_nm", "float", "the same, nm"),
+    ("spacing_nm_se", "float", "standard error of `spacing_nm`: the pair's scatter about a "
+                               "straight line through its last `window` (7) spacings, nm"),
 )  # fmt: skip
 
 _TRACK_SUMMARY: tuple[tuple[str, str, str], ...] = (
@@ -177,6 +204,28 @@ _TRACK_SUMMARY: tuple[tuple[str, str, str], ...] = (
     ("last_major_nm", "float", "loop: major axis in its last frame, nm"),
     ("growth_nm_per_s", "float", "loop: growth rate of the major axis over the whole track, "
                                  "nm/s"),
+    ("velocity_nm_per_s_se", "float", "line: standard error of `velocity_nm_per_s` "
+                                      "(independent residuals), nm/s"),
+    ("growth_nm_per_s_se", "float", "loop: standard error of `growth_nm_per_s` (independent "
+                                    "residuals), nm/s"),
+)  # fmt: skip
+
+#: The alarm rules (``alarms.csv`` ``rule``; :mod:`loopline.pipelines.alarms`): four on the
+#: measured numbers (``analyze`` and ``serve``), two on the daemon itself (``serve`` only).
+ALARM_RULES = ("spacing_low", "lead_velocity_high", "avalanche", "loop_growth_stalled",
+               "behind", "disk_low")  # fmt: skip
+
+_ALARMS: tuple[tuple[str, str, str], ...] = (
+    ("series", "str", "series id"),
+    ("frame", "int", "frame index at which the alarm was raised or cleared"),
+    ("time_s", "float", "frame time, s"),
+    ("rule", "str", "the rule: `spacing_low`, `lead_velocity_high`, `avalanche`, "
+                    "`loop_growth_stalled`, `behind` or `disk_low`"),
+    ("state", "str", "`raise` or `clear`"),
+    ("value", "float", "the rule's value at that frame, in `unit`"),
+    ("threshold", "float", "the threshold it crossed (raise, or the lower clear one), in `unit`"),
+    ("unit", "str", "unit of `value` and `threshold` (`nm`, `nm/s`, `z`, `of peak`, `ms`, `GB`)"),
+    ("message", "str", "one line saying what happened"),
 )  # fmt: skip
 
 #: file name -> ((column, type, meaning), ...): the whole schema, in column order.
@@ -185,6 +234,11 @@ TABLES: dict[str, tuple[tuple[str, str, str], ...]] = {
     "track_summary.csv": _TRACK_SUMMARY,
 }  # fmt: skip
 
+#: Event tables (not one row per frame; not compared between ``analyze`` and ``serve``, whose
+#: daemon adds rules of its own): file name -> spec.
+EVENT_TABLES: dict[str, tuple[tuple[str, str, str], ...]] = {"alarms.csv": _ALARMS}
+
+ALARM_COLUMNS = tuple(c for c, _, _ in _ALARMS)
 SERIES_COLUMNS = tuple(c for c, _, _ in _SERIES)
 TRACK_COLUMNS = tuple(c for c, _, _ in _TRACKS)
 PAIR_COLUMNS = tuple(c for c, _, _ in _PAIRS)
@@ -462,16 +516,20 @@ class RunTables:
         self.flush_rows = int(flush_rows)
         self._tables: dict[str, _Csv] = {}
         try:
-            for name, spec in TABLES.items() if csv else ():
+            for name, spec in {**TABLES, **EVENT_TABLES}.items() if csv else ():
                 self._tables[name] = _Csv(self.folder / name, tuple(c for c, _, _ in spec),
                                           append=append)  # fmt: skip
         except BaseException:
             for t in self._tables.values():
                 t.close()
             raise
+        if parquet and importlib.util.find_spec("pyarrow") is None:  # an optional extra
+            logger.warning("%s not written: it needs pyarrow (pip install 'loopline[parquet]'); "
+                           "series.csv has the same rows", parquet)  # fmt: skip
+            parquet = None
         self._parquet = _Parquet(self.folder / parquet, _SERIES) if parquet else None
         self._pending: list[Mapping[str, Any]] = []  # series rows not yet in the Parquet file
-        self._counts = dict.fromkeys(TABLES, 0)
+        self._counts = dict.fromkeys({**TABLES, **EVENT_TABLES}, 0)
         self.closed = False
 
     @property
@@ -481,11 +539,13 @@ class RunTables:
 
     def append(self, *, series: Mapping[str, Any] | None = None,
                tracks: Iterable[Mapping[str, Any]] = (), pairs: Iterable[Mapping[str, Any]] = (),
-               track_summary: Iterable[Mapping[str, Any]] = ()) -> None:  # fmt: skip
+               track_summary: Iterable[Mapping[str, Any]] = (),
+               alarms: Iterable[Mapping[str, Any]] = ()) -> None:  # fmt: skip
         """Append one frame's rows (any table may be left out)."""
         for name, rows in (("series.csv", [] if series is None else [series]),
                            ("tracks.csv", tracks), ("pairs.csv", pairs),
-                           ("track_summary.csv", track_summary)):  # fmt: skip
+                           ("track_summary.csv", track_summary),
+                           ("alarms.csv", alarms)):  # fmt: skip
             rows = list(rows)
             self._counts[name] += len(rows)
             if name in self._tables:

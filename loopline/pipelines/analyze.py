@@ -18,6 +18,7 @@ from typing import Any
 
 from ..calibration import Calibration, calibration_from_truth, check_frame_times, frame_time_s
 from ..io.frames import series_id
+from .alarms import AlarmConfig
 from .evaluate import evaluate_against_truth
 from .measure import MeasureOptions, measure_frame
 from .series import SeriesWriter
@@ -38,7 +39,8 @@ class AnalyzeOptions:
     input size (px), score threshold and device; None: the model's own (512 px, 0.25, cpu).
     ``times_from_names``: an image folder's frame times from its file names (see
     :func:`loopline.calibration.frame_times_from_names`; "" = the last number of each name as
-    the frame number, with the calibration's ``fps``); None: off.
+    the frame number, with the calibration's ``fps``); None: off. ``alarms``: the alarm
+    rules whose events go to ``alarms.csv`` (:mod:`loopline.pipelines.alarms`; None: none).
     """
 
     model: str = "defects"
@@ -59,6 +61,7 @@ class AnalyzeOptions:
     batch: int = 1
     max_frames: int | None = None
     measure: MeasureOptions = field(default_factory=MeasureOptions)
+    alarms: AlarmConfig | None = field(default_factory=AlarmConfig)
 
 
 def resolve_calibration(source: FrameSource, calibration: Calibration | None) -> Calibration:
@@ -209,7 +212,7 @@ def analyze(
     parquet = importlib.util.find_spec("pyarrow") is not None
     with _nothing_left_on_failure(Path(out)) as guard, SeriesWriter(
             out, cal, series=series_id(source.path), window=opt.window, flush_every=0,
-            parquet=parquet) as writer:  # fmt: skip
+            parquet=parquet, alarms=opt.alarms) as writer:  # fmt: skip
         guard["frames"] = lambda: writer.acc.frames
         batch: list[Frame] = []
 

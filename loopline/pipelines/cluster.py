@@ -480,7 +480,8 @@ def analyze_cluster(
                     (run.out / "summary.json").unlink(missing_ok=True)
                     run.writer = SeriesWriter(run.out, run.cal, window=opt.window,
                                               series=series_id(run.source.path),
-                                              flush_every=0, parquet=parquet)  # fmt: skip
+                                              flush_every=0, parquet=parquet,
+                                              alarms=opt.alarms)  # fmt: skip
                 if cr.counted_times and not run.counted_warned:
                     logger.warning("%s: no frame rate or frame times: time_s counts frames (1 "
                                    "frame = 1 s); give --fps or a calibration file",

@@ -45,6 +45,7 @@ _ARRAYS: dict[str, tuple[type, tuple, str]] = {
     "loop_angle_deg": (np.float64, (), "M"),
     "loop_area_px2": (np.float64, (), "M"),
     "loop_from_box": (np.bool_, (), "M"),
+    "loop_major_se_px": (np.float64, (), "M"),
 }
 
 
@@ -123,6 +124,9 @@ class FrameResult:
         True where the loop had no mask and is the ellipse inscribed in its detection box
         (:func:`~loopline.pipelines.loops.box_loop`; the daemon keeps ``pool.max_instances``
         masks a frame). None: all False.
+    loop_major_se_px : (M,) float64
+        Standard error of ``loop_major_px`` from the ellipse fit's residuals (NaN: not
+        known, a loop from its box). None: all NaN.
     lines_without_mask : int
         Dislocations found without a mask: counted (:attr:`n_dislocations`), not traced, so
         in none of the ``line_*`` arrays.
@@ -169,11 +173,14 @@ class FrameResult:
     timings_ms: Mapping[str, float] = field(default_factory=dict)
     loop_from_box: np.ndarray | None = None
     lines_without_mask: int = 0
+    loop_major_se_px: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         put = object.__setattr__
         if self.loop_from_box is None:
             put(self, "loop_from_box", np.zeros(np.shape(self.loop_major_px)[:1], bool))
+        if self.loop_major_se_px is None:
+            put(self, "loop_major_se_px", np.full(np.shape(self.loop_major_px)[:1], np.nan))
         u = self.lines_without_mask
         if isinstance(u, bool) or not isinstance(u, int | np.integer) or u < 0:
             raise ValueError(f"lines_without_mask must be an int >= 0, got {u!r}")

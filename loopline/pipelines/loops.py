@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .uncertainty import ellipse_axis_se_px
+
 __all__ = ["LoopFit", "box_loop", "fit_loop"]
 
 
@@ -41,6 +43,10 @@ class LoopFit:
     pixels : int
         Foreground pixels of the fitted piece (0: no mask, the ellipse of its box,
         :func:`box_loop`).
+    major_se_px : float
+        Standard error of ``major_px`` from the contour's residuals about the ellipse
+        (:func:`~loopline.pipelines.uncertainty.ellipse_axis_se_px`); NaN where nothing was
+        fitted (a box, a piece of fewer than 5 contour points).
     """
 
     center: np.ndarray
@@ -49,6 +55,7 @@ class LoopFit:
     angle_deg: float
     area_px2: float
     pixels: int
+    major_se_px: float = math.nan
 
 
 def fit_loop(
@@ -109,6 +116,7 @@ def fit_loop(
     inner = (pts[:, 0] > 0) & (pts[:, 0] < w - 1) & (pts[:, 1] > 0) & (pts[:, 1] < h - 1)
     if not inner.all() and inner.sum() >= 8:
         cnt = cnt[inner]
+    se = math.nan
     if len(cnt) >= 5:
         (cx, cy), (a, b), ang = cv2.fitEllipse(cnt)
         if not (math.isfinite(a) and math.isfinite(b)) or min(a, b) <= 0:
@@ -117,6 +125,7 @@ def fit_loop(
             a, b, ang = b, a, ang + 90.0
         major, minor = a + edge_correction_px, b + edge_correction_px
         angle = float(ang % 180.0)
+        se = ellipse_axis_se_px(cnt.reshape(-1, 2), np.array([cx, cy]), a, b, angle)
     else:
         ys, xs = np.nonzero(piece)
         cx, cy = float(xs.mean()), float(ys.mean())
@@ -127,7 +136,8 @@ def fit_loop(
     center = np.array([cx + x0, cy + y0], np.float64)
     area = math.pi / 4.0 * major * minor
     return LoopFit(center=center, major_px=float(major), minor_px=float(minor),
-                   angle_deg=angle, area_px2=float(area), pixels=pixels)  # fmt: skip
+                   angle_deg=angle, area_px2=float(area), pixels=pixels,
+                   major_se_px=float(se))  # fmt: skip
 
 
 def box_loop(box: np.ndarray) -> LoopFit | None:

@@ -268,6 +268,7 @@ def measure_frame(
                                   lines_without_mask=untraced),
         dose_dpa=calibration.dose_at(index, float(time_s)),
         timings_ms=timings, loop_from_box=from_box, lines_without_mask=untraced,
+        loop_major_se_px=np.array([f.major_se_px for f in fits], np.float64),
     )  # fmt: skip
     logger.debug("frame %d: %d lines, %d loops, %d pile-ups in %.2f ms", index, n, len(fits),
                  result.n_pileups, timings["measure"])  # fmt: skip

@@ -46,8 +46,17 @@ from ..io.runfolder import (
     json_safe,
     write_summary,
 )
+from .alarms import AlarmConfig, AlarmEvaluator
 from .container import FrameResult
 from .lines import glide_displacement
+from .uncertainty import (
+    combine_se,
+    line_length_se_px,
+    poisson_interval,
+    residual_sd,
+    slope_se,
+    t68,
+)
 
 __all__ = [
     "PAIR_COLUMNS",
@@ -61,6 +70,7 @@ __all__ = [
 ]
 
 _P95_FRAMES = 1000  # the p95 of a stage's time is taken over this many recent frames
+_DEFAULT_ALARMS = AlarmConfig()
 
 
 def _slope(x: np.ndarray, y: np.ndarray) -> float:
@@ -75,13 +85,14 @@ def _slope(x: np.ndarray, y: np.ndarray) -> float:
 class _Fit:
     """Running least-squares slopes of several y against one x (Welford's co-moments)."""
 
-    __slots__ = ("c", "mx", "my", "n", "sxx")
+    __slots__ = ("c", "mx", "my", "n", "sxx", "syy")
 
     def __init__(self, k: int) -> None:
         self.n = 0
         self.mx = self.sxx = 0.0
         self.my = [0.0] * k
         self.c = [0.0] * k
+        self.syy = [0.0] * k
 
     def add(self, x: float, ys: tuple[float, ...]) -> None:
         self.n += 1
@@ -89,11 +100,21 @@ class _Fit:
         self.mx += dx / self.n
         self.sxx += dx * (x - self.mx)
         for j, y in enumerate(ys):
-            self.my[j] += (y - self.my[j]) / self.n
+            dy = y - self.my[j]
+            self.my[j] += dy / self.n
             self.c[j] += dx * (y - self.my[j])
+            self.syy[j] += dy * (y - self.my[j])
 
     def slope(self, j: int) -> float:
         return self.c[j] / self.sxx if self.n >= 2 and self.sxx > 0 else math.nan
+
+    def slope_se(self, j: int) -> float:
+        """Standard error of :meth:`slope` for independent residuals (n - 2 degrees of
+        freedom); NaN for fewer than 3 samples."""
+        if self.n < 3 or not self.sxx > 0:
+            return math.nan
+        rss = max(self.syy[j] - self.c[j] ** 2 / self.sxx, 0.0)
+        return math.sqrt(rss / (self.n - 2) / self.sxx)
 
     def mean(self, j: int) -> float:
         return self.my[j] if self.n else math.nan
@@ -103,7 +124,8 @@ class _Track:
     """What one track needs: its last sample, recent samples, running sums."""
 
     __slots__ = ("ffit", "first", "first_size", "last", "last_pts", "last_size", "last_xy",
-                 "meta", "pos", "recent", "step_dt", "step_sq", "steps", "tfit")  # fmt: skip
+                 "meta", "pos", "recent", "step_dt", "step_sq", "steps", "tfit",
+                 "wins")  # fmt: skip
 
     def __init__(self, window: int) -> None:
         self.first: tuple[int, float] | None = None  # (frame, time)
@@ -118,6 +140,20 @@ class _Track:
         self.step_sq = self.step_dt = 0.0
         self.tfit = _Fit(4)  # against time: x, y (px), position (px), size (px)
         self.ffit = _Fit(1)  # against frame index: position (px)
+        self.wins = [0, 0.0, 0.0]  # full windows' slopes (px/s or px/s): n, sum, sum of squares
+
+    def between_sd(self, slope: float, j: int, full: bool) -> float:
+        """Add a full window's ``slope``; the rms deviation of the windows' slopes so far from
+        the whole track's slope of y ``j`` against time (NaN before 4 windows)."""
+        w = self.wins
+        if full and math.isfinite(slope):
+            w[0] += 1
+            w[1] += slope
+            w[2] += slope * slope
+        if w[0] < 4:
+            return math.nan
+        b = self.tfit.slope(j)
+        return math.sqrt(max(w[2] / w[0] - 2 * b * w[1] / w[0] + b * b, 0.0))
 
     def add(self, frame: int, t: float, xy: tuple[float, float], pos: float, size: float) -> None:
         if self.last_xy is not None and self.last is not None:
@@ -143,11 +179,13 @@ class FrameRows:
     tracks: list[dict[str, Any]] = field(default_factory=list)
     pairs: list[dict[str, Any]] = field(default_factory=list)
     track_summary: list[dict[str, Any]] = field(default_factory=list)
+    alarms: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-safe (NaN → None): what the daemon's measure worker sends to its recorder."""
         return json_safe({"series": self.series, "tracks": self.tracks, "pairs": self.pairs,
-                          "track_summary": self.track_summary})  # fmt: skip
+                          "track_summary": self.track_summary,
+                          "alarms": self.alarms})  # fmt: skip
 
 
 class _Stat:
@@ -190,10 +228,15 @@ class SeriesAccumulator:
         Samples in the causal velocity / growth fit (>= 2).
     forget_after : int
         A track unseen for more than this many frames has ended.
+    alarms : AlarmConfig, optional
+        The rules evaluated on every frame's rows (:mod:`loopline.pipelines.alarms`); their
+        raise/clear events are the frame's ``alarms`` rows (``alarms.csv``). Default: the
+        default rules; None: none.
     """
 
     def __init__(self, calibration: Calibration, *, series: str = "series", window: int = 7,
-                 forget_after: int = 300) -> None:  # fmt: skip
+                 forget_after: int = 300,
+                 alarms: AlarmConfig | None = _DEFAULT_ALARMS) -> None:  # fmt: skip
         if window < 2:
             raise ValueError(f"window must be >= 2, got {window}")
         if forget_after < 1:
@@ -213,6 +256,10 @@ class SeriesAccumulator:
         self.pileup_spacing: dict[int, list[float]] = {}  # id -> [sum nm, n]
         self._ended_speed = [0.0, 0]  # sum of |velocity| of ended line tracks (>= 3 frames), n
         self.without_mask = 0  # instances measured without a mask (loops from boxes, untraced)
+        # (track id, partner id) -> (last frame, recent (time, spacing px), fit over all):
+        # a pair's scatter
+        self.pair_recent: dict[tuple[int, int], tuple[int, deque, _Fit]] = {}
+        self.alarms = None if alarms is None else AlarmEvaluator(alarms, series=self.series)
 
     def _track(self, kind: str, tid: int) -> _Track:
         tracks = self.lines if kind == "line" else self.loops
@@ -244,6 +291,7 @@ class SeriesAccumulator:
         nm = r.nm_per_px
         key = {"series": self.series, "frame": r.index, "time_s": r.time_s}
         tracks: list[dict[str, Any]] = []
+        len_se = line_length_se_px(r.line_length_px)
         cent = r.line_centroid_px
         corr = cent - r.drift_px
         for i in range(r.n_lines):
@@ -251,7 +299,8 @@ class SeriesAccumulator:
             p = int(r.line_pileup[i])
             g = r.pileup_glide_dir[p]
             pos_px = float(corr[i] @ g)
-            vel_s = vel_f = math.nan
+            vel_s = vel_f = vel_se = math.nan
+            n_win = 0
             if tid >= 0:
                 tr = self._track("line", tid)
                 pts = r.line_points_px[i] - r.drift_px
@@ -262,9 +311,12 @@ class SeriesAccumulator:
                        float(r.line_length_px[i]))  # fmt: skip
                 tr.meta.update(pileup_id=int(r.pileup_id[p]), rank=int(r.line_rank[i]))
                 tr.recent.append((r.index, r.time_s, pos_px))
-                if len(tr.recent) >= 2:
+                n_win = len(tr.recent)
+                if n_win >= 2:
                     a = np.array(tr.recent)
-                    vel_s = _slope(a[:, 1], a[:, 2]) * nm
+                    v, se = slope_se(a[:, 1], a[:, 2])
+                    se = combine_se(se, tr.between_sd(v, 2, n_win == self.window))
+                    vel_s, vel_se = v * nm, se * nm
                     vel_f = _slope(a[:, 0], a[:, 2])
             tracks.append(dict(
                 key, kind="line", track_id=tid, score=float(r.line_score[i]),
@@ -276,11 +328,13 @@ class SeriesAccumulator:
                 glide_x=float(g[0]), glide_y=float(g[1]),
                 glide_source=r.pileup_glide_source[p],
                 position_nm=pos_px * nm, velocity_nm_per_s=vel_s, velocity_px_per_frame=vel_f,
+                velocity_nm_per_s_se=vel_se, velocity_window=n_win,
+                length_nm_se=float(len_se[i]) * nm, position_px=pos_px,
             ))  # fmt: skip
         lcorr = r.loop_center_px - r.drift_px
         for j in range(r.n_loops):
             tid = int(r.loop_track_id[j])
-            growth = math.nan
+            growth = growth_se = math.nan
             major = float(r.loop_major_px[j])
             if tid >= 0:
                 tr = self._track("loop", tid)
@@ -288,7 +342,9 @@ class SeriesAccumulator:
                 tr.recent.append((r.time_s, major))
                 if len(tr.recent) >= 2:
                     a = np.array(tr.recent)
-                    growth = _slope(a[:, 0], a[:, 1]) * nm
+                    g, se = slope_se(a[:, 0], a[:, 1])
+                    se = combine_se(se, tr.between_sd(g, 3, len(tr.recent) == self.window))
+                    growth, growth_se = g * nm, se * nm
             tracks.append(dict(
                 key, kind="loop", track_id=tid, score=float(r.loop_score[j]),
                 x_px=float(r.loop_center_px[j, 0]), y_px=float(r.loop_center_px[j, 1]),
@@ -296,15 +352,17 @@ class SeriesAccumulator:
                 minor_nm=float(r.loop_minor_px[j]) * nm, angle_deg=float(r.loop_angle_deg[j]),
                 area_nm2=float(r.loop_area_px2[j]) * nm**2, growth_nm_per_s=growth,
                 from_box=int(r.loop_from_box[j]),
+                major_nm_se=float(r.loop_major_se_px[j]) * nm, growth_nm_per_s_se=growth_se,
             ))  # fmt: skip
         pairs = []
         for q in range(r.pair_lines.shape[0]):
             a, b = (int(v) for v in r.pair_lines[q])
             sp = float(r.pair_spacing_px[q])
+            ta, tb = int(r.line_track_id[a]), int(r.line_track_id[b])
             pairs.append(dict(
                 key, pileup_id=int(r.pileup_id[int(r.pair_pileup[q])]), rank=int(r.pair_rank[q]),
-                track_id=int(r.line_track_id[a]), partner_id=int(r.line_track_id[b]),
-                spacing_px=sp, spacing_nm=sp * nm,
+                track_id=ta, partner_id=tb, spacing_px=sp, spacing_nm=sp * nm,
+                spacing_nm_se=self._pair_se(ta, tb, r.index, r.time_s, sp) * nm,
             ))  # fmt: skip
         mean_sp = r.pileup_mean_spacing_px
         for p in range(r.n_pileups):
@@ -313,7 +371,26 @@ class SeriesAccumulator:
                 acc[0] += float(mean_sp[p]) * nm
                 acc[1] += 1
         series = self._series_row(r, key, timings_ms or {})
-        return FrameRows(series, tracks, pairs, self._forget(r.index))
+        alarms = self.alarms.update(series, tracks, pairs) if self.alarms is not None else []
+        return FrameRows(series, tracks, pairs, self._forget(r.index), alarms)
+
+    def _pair_se(self, ta: int, tb: int, index: int, t: float, sp: float) -> float:
+        """Standard error (px) of one spacing of a tracked pair: its scatter about a straight
+        line through the pair's last ``window`` spacings (NaN before 4 of them)."""
+        if ta < 0 or tb < 0:
+            return math.nan
+        hit = self.pair_recent.get((ta, tb))
+        recent, fit = (hit[1], hit[2]) if hit is not None else (deque(maxlen=self.window),
+                                                                _Fit(1))  # fmt: skip
+        recent.append((t, sp))
+        fit.add(t, (sp,))
+        self.pair_recent[(ta, tb)] = (index, recent, fit)
+        a = np.array(recent)
+        # the scatter in the window, or about the pair's whole history where that is larger
+        # (errors smooth over a window, quantisation beats, show only over a longer one)
+        pooled = fit.slope_se(0) * math.sqrt(fit.sxx) * t68(fit.n - 2) if fit.n >= 4 else math.nan
+        win = residual_sd(a[:, 0], a[:, 1])
+        return max(win, pooled) if math.isfinite(pooled) else win
 
     def _series_row(self, r: FrameResult, key: dict[str, Any],
                     extra_ms: dict[str, float]) -> dict[str, Any]:  # fmt: skip
@@ -326,7 +403,9 @@ class SeriesAccumulator:
                 self.counts[k][1] += 1
         lengths = r.line_length_px
         mean_len = float(lengths.mean()) if lengths.size else math.nan
-        mean_sp = float(r.pair_spacing_px.mean()) if r.pair_spacing_px.size else math.nan
+        sp = r.pair_spacing_px
+        mean_sp = float(sp.mean()) if sp.size else math.nan
+        sd_sp = float(sp.std(ddof=1)) if sp.size >= 2 else math.nan
         row: dict[str, Any] = dict(
             key, n_dislocations=r.n_dislocations, n_loops=r.n_loops, n_pileups=r.n_pileups,
             mean_length_px=mean_len, mean_length_nm=mean_len * nm, mean_spacing_px=mean_sp,
@@ -334,11 +413,25 @@ class SeriesAccumulator:
             mean_loop_major_nm=float(r.loop_major_px.mean()) * nm if r.n_loops else math.nan,
             drift_x_px=float(r.drift_px[0]), drift_y_px=float(r.drift_px[1]),
             dose_dpa=r.dose_dpa, nm_per_px=nm, instances_without_mask=r.instances_without_mask,
+            spacing_sd_nm=sd_sp * nm,
+            mean_spacing_nm_se=sd_sp / math.sqrt(sp.size) * nm if sp.size >= 2 else math.nan,
         )  # fmt: skip
         self.without_mask += r.instances_without_mask
         for k in ("field_area_um2", "line_length_density_per_um", "line_density_per_m2",
                   "loop_areal_density_per_um2", "loop_density_per_m3"):  # fmt: skip
             row[k] = dens.get(k, math.nan)
+        # Garwood 68 % interval of the loop count, and so of the loop densities (per loop:
+        # the visibility factor over the field's area, or over its foil volume)
+        lo, hi = (float(v) for v in poisson_interval(r.n_loops))
+        row.update(n_loops_lo=lo, n_loops_hi=hi)
+        area = dens.get("field_area_um2", math.nan)
+        vis = self.calibration.visibility_factor
+        th = self.calibration.foil_thickness_nm
+        per = {"loop_areal_density_per_um2": vis / area if area else math.nan,
+               "loop_density_per_m3": vis / (area * 1e-12 * th * 1e-9) if area and th
+               else math.nan}  # fmt: skip
+        for k, f in per.items():
+            row[f"{k}_lo"], row[f"{k}_hi"] = lo * f, hi * f
         times = {**r.timings_ms, **extra_ms}
         for s in STAGES:
             if s in times:
@@ -350,6 +443,9 @@ class SeriesAccumulator:
     def _forget(self, index: int) -> list[dict[str, Any]]:
         """End the tracks unseen for more than ``forget_after`` frames: their summary rows."""
         out = []
+        for k in [k for k, (last, *_) in self.pair_recent.items()
+                  if index - last > self.forget_after]:  # fmt: skip
+            del self.pair_recent[k]
         for kind, tracks in (("line", self.lines), ("loop", self.loops)):
             for tid in [t for t, tr in tracks.items()
                         if tr.last is not None and index - tr.last[0] > self.forget_after]:
@@ -388,11 +484,13 @@ class SeriesAccumulator:
             row["mean_length_nm"] = f.mean(3) * nm
             row["velocity_nm_per_s"] = f.slope(2) * nm
             row["velocity_px_per_frame"] = tr.ffit.slope(0)
+            row["velocity_nm_per_s_se"] = f.slope_se(2) * nm
         else:
             row["mean_major_nm"] = f.mean(3) * nm
             row["first_major_nm"] = tr.first_size * nm
             row["last_major_nm"] = tr.last_size * nm
             row["growth_nm_per_s"] = f.slope(3) * nm
+            row["growth_nm_per_s_se"] = f.slope_se(3) * nm
         return row
 
     def open_track_rows(self) -> list[dict[str, Any]]:
@@ -453,15 +551,19 @@ class SeriesWriter:
         Continue the tables already in ``out`` (same layout) instead of replacing them.
     parquet : bool
         Also ``series.parquet`` (needs pyarrow).
+    alarms : AlarmConfig, optional
+        The alarm rules whose events go to ``alarms.csv`` (default: the default rules; None:
+        none).
 
     Use as a context manager, or call :meth:`close`.
     """
 
     def __init__(self, out: str | Path, calibration: Calibration, *, series: str = "series",
                  window: int = 7, flush_every: int = 50, append: bool = False,
-                 parquet: bool = False) -> None:  # fmt: skip
+                 parquet: bool = False,
+                 alarms: AlarmConfig | None = _DEFAULT_ALARMS) -> None:  # fmt: skip
         self.out = Path(out)
-        self.acc = SeriesAccumulator(calibration, series=series, window=window)
+        self.acc = SeriesAccumulator(calibration, series=series, window=window, alarms=alarms)
         self.tables = RunTables(self.out, parquet="series.parquet" if parquet else None,
                                 append=append)  # fmt: skip
         self.flush_every = int(flush_every)
@@ -473,7 +575,7 @@ class SeriesWriter:
         """Add one tracked frame: its rows go to the tables at once (and are returned)."""
         rows = self.acc.add(result, timings_ms=timings_ms)
         self.tables.append(series=rows.series, tracks=rows.tracks, pairs=rows.pairs,
-                           track_summary=rows.track_summary)  # fmt: skip
+                           track_summary=rows.track_summary, alarms=rows.alarms)  # fmt: skip
         if self.flush_every and self.acc.frames % self.flush_every == 0:
             self.flush()
         return rows

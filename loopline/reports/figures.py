@@ -57,6 +57,7 @@ class RunData:
 
 
 MAX_PILEUPS = 6  # panels of the spacing figure
+MAX_PAIR_CURVES = 6  # pairs drawn one by one in a panel; more: their range as a band
 MAX_TRACKS = 24  # curves of the kinematics figure
 
 
@@ -147,6 +148,20 @@ def _time(df: pd.DataFrame) -> tuple[pd.Series, str]:
     return df["frame"], "frame"
 
 
+def _fit_ylim(ax: Any, values: Any, *, floor: float | None = 0.0) -> None:
+    """Y limits fitted to the finite ``values`` (5 % margin), never below ``floor``."""
+    v = np.asarray([x for x in values if x is not None], dtype=float)
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return
+    lo, hi = float(v.min()), float(v.max())
+    pad = 0.05 * (hi - lo) if hi > lo else max(abs(hi) * 0.1, 1.0)
+    lo, hi = lo - pad, hi + pad
+    if floor is not None:
+        lo = max(lo, floor)
+    ax.set_ylim(lo, hi)
+
+
 def _save(fig: Any, rep: Report, name: str) -> None:
     for ext in ("png", "pdf"):
         p = rep.out / f"{name}.{ext}"
@@ -179,28 +194,46 @@ def fig_spacing(run: RunData, rep: Report) -> None:
     if len(seen) > MAX_PILEUPS:
         rep.notes.append(f"spacing_vs_time: {len(seen) - MAX_PILEUPS} pile-ups seen in fewer "
                          "frames are not drawn")  # fmt: skip
-    fig, axes = plt.subplots(len(ids), 1, figsize=(7.5, 2.6 * len(ids) + 0.6), squeeze=False,
+    fig, axes = plt.subplots(len(ids), 1, figsize=(8.5, 2.4 * len(ids) + 0.4), squeeze=False,
                              sharex=True)  # fmt: skip
+    xlabel = "time (s)"
     for ax, pid in zip(axes[:, 0], ids, strict=True):
         p = pairs[pairs["pileup_id"] == pid]
-        cmap = plt.get_cmap("viridis")
         ranks = sorted(p["rank"].dropna().unique()) if not p.empty else []
-        for r in ranks:
-            q = p[p["rank"] == r].sort_values("frame")
-            t, _ = _time(q)
-            ax.plot(t, q[col], lw=0.9, color=cmap(r / max(len(ranks), 1)),
-                    label=f"pair {int(r)}–{int(r) + 1}")  # fmt: skip
+        shown: list[float] = []
+        if len(ranks) <= MAX_PAIR_CURVES:
+            cmap = plt.get_cmap("viridis")
+            for r in ranks:
+                q = p[p["rank"] == r].sort_values("frame")
+                t, _ = _time(q)
+                ax.plot(t, q[col], lw=0.9, color=cmap(r / max(len(ranks), 1)),
+                        label=f"pair {int(r)}–{int(r) + 1}")  # fmt: skip
+                shown += list(q[col])
+        else:  # many pairs: their range as a band, the leader's pair as a line
+            g = p.groupby("frame")
+            band = pd.DataFrame({"t": g["time_s"].first(), "lo": g[col].min(),
+                                 "hi": g[col].max()}).sort_index()  # fmt: skip
+            t = band["t"] if band["t"].notna().any() else band.index.to_series()
+            ax.fill_between(t, band["lo"], band["hi"], color="tab:blue", alpha=0.2,
+                            label=f"all {len(ranks)} pairs: range")  # fmt: skip
+            q = p[p["rank"] == ranks[0]].sort_values("frame")
+            tq, _ = _time(q)
+            ax.plot(tq, q[col], lw=1.0, color="tab:blue",
+                    label=f"pair {int(ranks[0])}–{int(ranks[0]) + 1} (at the leader)")  # fmt: skip
+            shown += list(band["lo"]) + list(band["hi"])
         m = pu[pu["pileup_id"] == pid].sort_values("frame")
         t, xlabel = _time(m)
         ax.plot(t, m["mean_spacing_nm"], color="k", lw=2.0, label="mean")
+        shown += list(m["mean_spacing_nm"])
+        _fit_ylim(ax, shown)
         ax.set_ylabel(f"spacing ({unit})")
-        ax.set_title(f"pile-up {int(pid)} (pairs numbered from the leading dislocation, 0)",
-                     fontsize=9)  # fmt: skip
+        ax.set_title(f"pile-up {int(pid)}: neighbour pairs numbered from the leading "
+                     "dislocation (0)", fontsize=9, loc="left")  # fmt: skip
         ax.grid(alpha=0.3)
-        if len(ranks) <= 8:
-            ax.legend(fontsize=7, ncol=3, loc="best")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     axes[-1, 0].set_xlabel(xlabel)
-    fig.suptitle("Dislocation spacing vs time per pile-up", y=1.02)
+    fig.suptitle("Dislocation spacing vs time per pile-up")
+    fig.tight_layout()
     _save(fig, rep, "spacing_vs_time")
 
 
@@ -240,9 +273,10 @@ def fig_dislocations(run: RunData, rep: Report) -> None:
     a2.axhline(0, color="0.5", lw=0.6)
     for a in (a1, a2):
         a.grid(alpha=0.3)
-    if len(tracks) <= 20:
-        a1.legend(fontsize=6, ncol=4, title="track", title_fontsize=7)
+    a1.legend(fontsize=6, ncol=1 + len(tracks) // 13, title="track (pile-up)",
+              title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.suptitle("Dislocation position and velocity (drift-corrected, + toward the leader)")
+    fig.tight_layout()
     _save(fig, rep, "dislocation_kinematics")
 
 
@@ -271,6 +305,8 @@ def fig_loops(run: RunData, rep: Report) -> None:
     a1.plot(q["t"], q["q1"], color="tab:blue", lw=0.8, ls="--")
     a1.plot(q["t"], q["q3"], color="tab:blue", lw=0.8, ls="--")
     a1.set_ylabel(f"loop major axis ({unit})")
+    _fit_ylim(a1, list(q["q1"]) + list(q["q3"]) + list(q["med"]))
+    a2.set_ylim(bottom=0)
     a1.legend(fontsize=8)
     a1.grid(alpha=0.3)
     a2.step(q["t"], q["n"], where="mid", color="k", lw=1)
@@ -307,6 +343,7 @@ def fig_density(run: RunData, rep: Report) -> None:
     t, xlabel = _time(fr)
     for ax, (c, lab) in zip(axes[:, 0], panels, strict=True):
         ax.plot(t, fr[c], lw=1.3)
+        _fit_ylim(ax, fr[c])  # densities and counts are never negative
         ax.set_ylabel(lab, fontsize=8)
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel(xlabel)
@@ -364,7 +401,6 @@ def _frame_images(run: RunData, n: int) -> list[tuple[int, np.ndarray]]:
 def fig_contact_sheet(run: RunData, rep: Report, *, n: int = 8) -> None:
     """Frames evenly spread over the run, with the measured objects drawn on them."""
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Ellipse
 
     imgs = _frame_images(run, n)
     if not imgs:
@@ -384,16 +420,9 @@ def fig_contact_sheet(run: RunData, rep: Report, *, n: int = 8) -> None:
         t = rows_f["time_s"].iloc[0] if len(rows_f) else None
         ax.set_title(f"frame {f}" + (f"  t = {t:.2f} s" if t is not None else ""), fontsize=8)
         if not annotated_mp4:
-            objs = run.tracks[run.tracks["frame"] == f]
-            for _, r in objs[objs["kind"] == "line"].iterrows():
-                c = cmap(int(r["track_id"]) % 20)
-                ax.plot(r["x_px"], r["y_px"], "o", ms=3, color=c)
-                ax.text(r["x_px"] + 3, r["y_px"] - 3, str(int(r["track_id"])), color=c,
-                        fontsize=6, weight="bold")  # fmt: skip
-            for _, r in objs[objs["kind"] == "loop"].iterrows():
-                c = cmap(int(r["track_id"]) % 20)
-                ax.add_patch(Ellipse((r["x_px"], r["y_px"]), r["major_px"], r["minor_px"],
-                                     angle=r["angle_deg"], fill=False, color=c, lw=0.8))
+            _draw_objects(ax, run.tracks[run.tracks["frame"] == f], cmap)
+            ax.set_xlim(-0.5, img.shape[1] - 0.5)  # the frame, not what a bar overshoots
+            ax.set_ylim(img.shape[0] - 0.5, -0.5)
         if nm:
             h, w = img.shape[:2]
             bar_nm = _nice(w * nm * 0.25)
@@ -401,11 +430,40 @@ def fig_contact_sheet(run: RunData, rep: Report, *, n: int = 8) -> None:
             ax.plot([w - px - 8, w - 8], [h - 10, h - 10], color="w", lw=3)
             ax.text(w - 8 - px / 2, h - 16, f"{bar_nm:g} nm", color="w", fontsize=7,
                     ha="center")  # fmt: skip
-    what = "annotated frames (annotated.mp4)" if annotated_mp4 else (
-        "frames with measured line centroids, track ids and loop ellipses")  # fmt: skip
-    fig.suptitle(f"Contact sheet: {what}", fontsize=10)
+    what = "annotated frames (annotated.mp4: masks, centre lines, track ids)" if annotated_mp4 \
+        else ("lines: a straight bar of the measured centre-line length through its centroid, "
+              "across its pile-up's glide direction (the tables keep no line shape); "
+              "loops: the fitted ellipse; numbers: track ids")  # fmt: skip
+    fig.suptitle("Contact sheet", fontsize=10)
+    fig.text(0.5, 0.005, what, ha="center", va="bottom", fontsize=7, wrap=True)
     fig.tight_layout()
     _save(fig, rep, "contact_sheet")
+
+
+def _draw_objects(ax: Any, objs: pd.DataFrame, cmap: Any) -> None:
+    """What tracks.csv records of one frame's objects, drawn as it is recorded: a line as a
+    bar of its centre-line length through its centroid, across its pile-up's glide direction
+    (a line lies across the direction it glides in; a dot where the glide direction came from
+    the calibration, which says nothing of the line), a loop as its fitted ellipse."""
+    from matplotlib.patches import Ellipse
+
+    for _, r in objs[objs["kind"] == "line"].iterrows():
+        c = cmap(int(r["track_id"]) % 20)
+        x, y, n = r["x_px"], r["y_px"], r.get("length_px")
+        gx, gy = r.get("glide_x"), r.get("glide_y")
+        known = r.get("glide_source") in ("normal", "convention", "spacing")
+        if known and all(v is not None and np.isfinite(v) for v in (gx, gy, n)):
+            dx, dy = -gy * n / 2, gx * n / 2  # the line: across the glide direction
+            ax.plot([x - dx, x + dx], [y - dy, y + dy], "-", lw=1.6, color=c,
+                    solid_capstyle="round")  # fmt: skip
+        else:
+            ax.plot(x, y, "o", ms=3, color=c)
+        ax.text(x + 3, y - 3, str(int(r["track_id"])), color=c, fontsize=6, weight="bold")
+    for _, r in objs[objs["kind"] == "loop"].iterrows():
+        c = cmap(int(r["track_id"]) % 20)
+        ax.add_patch(Ellipse((r["x_px"], r["y_px"]), r["major_px"], r["minor_px"],
+                             angle=r["angle_deg"], fill=False, color=c, lw=1.0,
+                             ls="--" if r.get("from_box") == 1 else "-"))  # fmt: skip
 
 
 def _nice(x: float) -> float:

@@ -64,6 +64,8 @@ def sequence_truth(scene: dict[str, Any]) -> dict[str, Any]:
                 "velocity_px_per_frame": [round(float(v), 6) for v in vel],
             }
         )
+        if pu.get("avalanche"):  # the burst on top of the glide (scene.pileup_frame)
+            pileups[-1]["avalanche"] = dict(pu["avalanche"])
     return {"pileups": pileups}
 
 

@@ -112,17 +112,22 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "loop_drift": (0.0, 100.0),
     "loop_birth_prob": (0.0, 1.0),
     "stage_drift": (0.0, 100.0),
+    "avalanche_frame": (-1, 100000),
+    "avalanche_frames": (1, 100000),
+    "avalanche_speed": (-100.0, 100.0),
 }
 
 INT_PARAMS = frozenset(
     {
         "width", "height", "bit_depth", "pileups", "dislocations", "support_points", "loops",
         "frames", "stacking_faults", "straight_traces", "bend_contours", "boundaries", "texts",
+        "avalanche_frame", "avalanche_frames",
     }
 )
 # Parameters that must be a single value, never a range.
 _SCALAR_ONLY = frozenset(
-    {"width", "height", "bit_depth", "frames", "fps", "nm_per_px", "jitter_spacing_frac"}
+    {"width", "height", "bit_depth", "frames", "fps", "nm_per_px", "jitter_spacing_frac",
+     "avalanche_frame", "avalanche_frames", "avalanche_speed"}
 )
 
 

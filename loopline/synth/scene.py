@@ -11,7 +11,10 @@ the glide direction) and v (across, from -slip_width/2 to +slip_width/2), disloc
 cubic spline u = u_k(t) + s_k(v) through its support points; u_0 is the leading dislocation and
 the others follow at cumulative spacings S_k behind it. Over a video the leader moves at
 ``lead_velocity`` px/frame and every spacing is scaled by (1 + spacing_rate * t / (F - 1)), so
-each dislocation glides at a constant, known velocity.
+each dislocation glides at a constant, known velocity; a scripted avalanche (``avalanche_frame``
+>= 0) adds ``avalanche_speed`` px/frame to every line of the first pile-up over the frames
+``avalanche_frame`` .. ``avalanche_frame + avalanche_frames - 1`` (the velocity of a frame is
+its displacement since the previous frame).
 """
 
 from __future__ import annotations
@@ -101,6 +104,7 @@ def sample_scene(
     for p in range(n_pileups):
         pu, next_id = _sample_pileup(preset, rng, p, next_id, w, h, frames)
         pileups.append(pu)
+    _avalanche(pileups, preset, frames)
     scene["pileups"] = pileups
     # Domain randomisation (issue 15) draws from a stream of its own, so the presets without it
     # keep their scenes, and their bytes, exactly; its keys are written only when it is on.
@@ -226,6 +230,20 @@ def _sample_pileup(
         "dislocations": dislocations,
     }
     return pileup, next_id
+
+
+def _avalanche(pileups: list[dict[str, Any]], preset: Preset, frames: int) -> None:
+    """Script a burst of the first pile-up (``avalanche_frame`` >= 0; no random draw, so the
+    rest of the scene is the same with or without it)."""
+    f0 = int(preset.fixed("avalanche_frame"))
+    if f0 < 0 or frames < 2 or not pileups or f0 >= frames:
+        return
+    d = int(preset.fixed("avalanche_frames"))
+    speed = float(preset.fixed("avalanche_speed"))
+    pu = pileups[0]
+    pu["avalanche"] = {"frame": f0, "frames": d, "speed_px_per_frame": _r(speed)}
+    # keep the pile-up in view: start it back by half the burst's travel
+    pu["u_lead0"] = _r(pu["u_lead0"] - speed * min(d, frames - f0) / 2.0)
 
 
 def _chains(rng: np.random.Generator, w: int, h: int) -> list[np.ndarray]:
@@ -362,6 +380,12 @@ def pileup_frame(pu: dict[str, Any], t: int, frames: int) -> tuple[np.ndarray, n
     scale = 1.0 + pu["spacing_rate"] * _frac(t, frames)
     u = pu["u_lead0"] + pu["lead_velocity"] * t - offs * scale
     vel = pu["lead_velocity"] - offs * pu["spacing_rate"] / max(frames - 1, 1)
+    av = pu.get("avalanche")
+    if av:  # every line jumps by speed px from frame f0 - 1 to f0, ..., to f0 + frames - 1
+        speed, f0, d = av["speed_px_per_frame"], av["frame"], av["frames"]
+        u = u + speed * min(max(t - f0 + 1, 0), d)
+        if f0 <= t < f0 + d:
+            vel = vel + speed
     return u, vel
 
 

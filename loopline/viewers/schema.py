@@ -13,6 +13,7 @@ nm/s, times in s, latencies in ms.
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import math
 from collections.abc import Iterable, Mapping
@@ -101,6 +102,9 @@ class FrameView:
     n_loops: int = 0
     has_jpeg: bool = False
     jpeg_scale: float = 1.0  # published JPEG px per frame px (the daemon may downscale)
+    jpeg_overlay: bool = False  # the JPEG has the overlay burnt in (else: draw it)
+    timestamp: float | None = None  # camera clock, s since the epoch
+    series_label: str = ""  # the series id as shown: a date-time for an epoch-like id
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -384,6 +388,27 @@ def _columnar_pileups(result: Mapping[str, Any], line_rows: list[dict[str, Any]]
     return out
 
 
+def series_label(series: str, *, source: str = "") -> str:
+    """The series id as a person reads it: an id of 10 digits (or 13, ms) that is a plausible
+    UNIX time (2001-2286) is shown as its UTC date-time, followed by the source's name when
+    known; any other id as it is.
+
+    >>> series_label("1716400000")
+    '2024-05-22 17:46:40 UTC'
+    >>> series_label("s0001")
+    's0001'
+    """
+    text = str(series)
+    digits = text.isdigit() and len(text) in (10, 13)
+    if not digits:
+        return text
+    t = int(text) / (1000.0 if len(text) == 13 else 1.0)
+    if not 1e9 <= t < 1e10:
+        return text
+    when = _dt.datetime.fromtimestamp(t, _dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"{when} · {source}" if source else when
+
+
 def to_view(header: Mapping[str, Any], *, jpeg: bytes | None = None,
             metrics: Mapping[str, Any] | None = None,
             series_info: Mapping[str, Any] | None = None) -> FrameView:  # fmt: skip
@@ -471,15 +496,18 @@ def to_view(header: Mapping[str, Any], *, jpeg: bytes | None = None,
     n_loops = _int(_first(row, "n_loops")) if row else None
     n_loops = n_loops if n_loops is not None else _int(_first(result, "n_loops"))
     timings = _first(header, "timings_ms") or _first(result, "timings_ms") or {}
+    series = _text(_first(header, "series", "series_id", default=""))
+    source = _text(_first(header, "source", default="") or _first(metrics, "source")
+                   or _source_from_series(series_info))  # fmt: skip
     return FrameView(
         frame=frame,
-        series=_text(_first(header, "series", "series_id", default="")),
-        time_s=_num(_first(header, "time_s", "t", "timestamp", "time")),
+        series=series,
+        # the frame's own time (never the camera's epoch clock: see ViewState for that)
+        time_s=_num(_first(header, "time_s", "t", "time")),
         width=width,
         height=height,
         nm_per_px=nm,
-        source=_text(_first(header, "source", default="") or _first(metrics, "source")
-                     or _source_from_series(series_info)),
+        source=source,
         engine=_text(_first(header, "engine", default="") or _first(metrics, "engine")),
         fps=_fps(metrics),
         stage_ms=_num_map(timings),
@@ -494,6 +522,9 @@ def to_view(header: Mapping[str, Any], *, jpeg: bytes | None = None,
         n_loops=n_loops if n_loops is not None else len(loops),
         has_jpeg=jpeg is not None,
         jpeg_scale=scale or 1.0,
+        jpeg_overlay=isinstance(jpeg_info, Mapping) and jpeg_info.get("overlay") is True,
+        timestamp=_num(_first(header, "timestamp")),
+        series_label=series_label(series),
     )
 
 

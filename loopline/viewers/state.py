@@ -113,6 +113,8 @@ class ViewState:
         self.series_changes = 0
         self.n_dislocations: deque[float] = deque(maxlen=history)
         self.n_loops: deque[float] = deque(maxlen=history)
+        self.count_time_s: deque[float] = deque(maxlen=history)  # times of the two above
+        self._t0: float | None = None  # camera clock of the series' first frame
         self._alarms: list[str] = []
 
     def reset(self) -> None:
@@ -120,6 +122,19 @@ class ViewState:
         self.tracks.clear()
         self.n_dislocations.clear()
         self.n_loops.clear()
+        self.count_time_s.clear()
+        self._t0 = None
+
+    def time_of(self, view: FrameView) -> float:
+        """A frame's time (s) on the curves: the frame's own ``time_s`` (as in series.csv),
+        else its camera clock since the series' first frame seen, else its index."""
+        if view.time_s is not None:
+            return view.time_s
+        if view.timestamp is not None:
+            if self._t0 is None:
+                self._t0 = view.timestamp
+            return view.timestamp - self._t0
+        return float(view.frame)
 
     def update(self, view: FrameView) -> None:
         prev = self.latest
@@ -129,7 +144,8 @@ class ViewState:
             self.reset()
         self.latest = view
         self.frames_drawn += 1
-        t = view.time_s if view.time_s is not None else float(view.frame)
+        t = self.time_of(view)
+        self.count_time_s.append(t)
         self.n_dislocations.append(view.n_dislocations)
         self.n_loops.append(view.n_loops)
         for ln in view.lines:

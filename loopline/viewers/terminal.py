@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .config import ViewConfig
+from .schema import FrameView
 from .state import ViewState, sparkline
 from .stream import ResultSubscriber, StreamStats
 
@@ -138,7 +139,8 @@ class _Preview:
             yield Segment("\n")
 
 
-def _preview_renderable(jpeg: bytes | None, mode: str, *, cols: int = 48, rows: int = 16) -> Any:
+def _preview_renderable(jpeg: bytes | None, mode: str, *, cols: int = 48, rows: int = 16,
+                        view: FrameView | None = None) -> Any:  # fmt: skip
     from rich.text import Text
 
     if mode == "off":
@@ -151,6 +153,10 @@ def _preview_renderable(jpeg: bytes | None, mode: str, *, cols: int = 48, rows: 
     img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         return Text("preview: undecodable JPEG", style="dim")
+    if view is not None and not view.jpeg_overlay:  # the daemon sends the bare frame
+        from .overlay import draw_overlay
+
+        img = draw_overlay(img, view)
     if mode == "kitty":
         return _Preview(kitty_image(img[..., ::-1], cols=cols, rows=rows), rows)
     # sixel: about 10 × 20 px per cell in common terminals
@@ -289,7 +295,7 @@ def run_dashboard(cfg: ViewConfig, *, preview: str = "auto", duration_s: float =
             if now - last_draw < period:
                 continue
             if mode != "off" and now - last_preview >= preview_period and jpeg is not None:
-                prev = _preview_renderable(jpeg, mode)
+                prev = _preview_renderable(jpeg, mode, view=state.latest)
                 last_preview = now
             elif prev is None:
                 prev = _preview_renderable(None if mode != "off" else b"", mode)

@@ -8,11 +8,15 @@ itself:
 - ``GET /api/next?after=SEQ`` waits (up to ``timeout`` s) for a message newer than ``SEQ`` and
   returns its normalised view, the stream counters and the recent spacing/velocity history;
 - ``GET /frame/SEQ.jpg`` is the JPEG of that message (the newest if it has gone already);
-- ``GET /stream.mjpg`` is the same JPEGs as an MJPEG stream (latest wins) for other players.
+- ``GET /stream.mjpg`` is the same frames as an MJPEG stream (latest wins) for other players,
+  with the overlay drawn in (:func:`loopline.viewers.overlay.draw_overlay`).
 
-The page draws the JPEG and, over it on the same canvas, the masks (contours), skeleton lines,
-loop ellipses, track ids and a scale bar from the message's numbers, so every layer can be
-switched off in the browser. Nothing on the page is fetched from anywhere but this server.
+The daemon publishes the bare frame; the page draws the JPEG and, over it on the same canvas,
+the masks (contours), skeleton lines, loop ellipses, track ids and one scale bar from the
+message's numbers, so every layer can be switched off in the browser (a JPEG with a burnt-in
+overlay, ``jpeg.overlay`` true, gets no second scale bar). The curves are on the frames' own
+time axis (``time_s``, as in series.csv), with 1-2-5 ticks, units and a legend. Nothing on
+the page is fetched from anywhere but this server.
 
 Every request's ``Host`` header must name this machine's loopback (``localhost``, ``127.x``,
 ``::1``), the address served on (``view.host``), or a name in ``view.allowed_hosts``; any
@@ -177,8 +181,12 @@ class ViewerServer:
              "velocity_nm_s": r.velocity_nm_s, "age_frames": r.age_frames}
             for r in st.track_rows(self.cfg.track_rows)
         ]  # fmt: skip
-        return {"seq": m.seq, "view": m.view.to_json(), "plots": plots, "tracks": tracks,
-                "alarms": st.alarms(), "has_jpeg": m.jpeg is not None}  # fmt: skip
+        counts = {"t": _nan_to_none(st.count_time_s),
+                  "n_dislocations": _nan_to_none(st.n_dislocations),
+                  "n_loops": _nan_to_none(st.n_loops)}  # fmt: skip
+        return {"seq": m.seq, "view": m.view.to_json(), "plots": plots, "counts": counts,
+                "t_now": st.time_of(m.view), "tracks": tracks, "alarms": st.alarms(),
+                "has_jpeg": m.jpeg is not None}  # fmt: skip
 
     # -- used by the handler -----------------------------------------------------------------
     def next_snapshot(self, after: int, timeout: float) -> dict[str, Any] | None:
@@ -208,14 +216,14 @@ class ViewerServer:
                 m = next(reversed(self._msgs.values()))
             return None if m is None else m.jpeg
 
-    def wait_jpeg(self, after: int, timeout: float) -> tuple[int, bytes | None] | None:
+    def wait_jpeg(self, after: int, timeout: float) -> Message | None:
         deadline = time.monotonic() + timeout
         with self._cond:
             while not self._stop.is_set():
                 if self._msgs:
                     seq = next(reversed(self._msgs))
                     if seq > after:
-                        return seq, self._msgs[seq].jpeg
+                        return self._msgs[seq]
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return None
@@ -305,12 +313,29 @@ class _Handler(BaseHandler):
             got = self.viewer.wait_jpeg(seq, timeout=1.0)
             if got is None:
                 continue
-            seq, jpeg = got
+            seq, jpeg = got.seq, _with_overlay(got)
             if jpeg is None:
                 continue
             self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
                              + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
             self.wfile.flush()
+
+
+def _with_overlay(m: Message) -> bytes | None:
+    """The message's JPEG with its overlay drawn in (for MJPEG players, which cannot draw it),
+    unless the daemon burnt one in already."""
+    if m.jpeg is None or m.view.jpeg_overlay:
+        return m.jpeg
+    import cv2
+    import numpy as np
+
+    from .overlay import draw_overlay
+
+    img = cv2.imdecode(np.frombuffer(m.jpeg, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        return m.jpeg
+    ok, buf = cv2.imencode(".jpg", draw_overlay(img, m.view), [cv2.IMWRITE_JPEG_QUALITY, 85])
+    return buf.tobytes() if ok else m.jpeg
 
 
 def run_web(cfg: ViewConfig, *, duration_s: float = 0.0, open_browser: bool = False) -> int:

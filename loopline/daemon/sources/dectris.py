@@ -23,6 +23,12 @@ whose declared shape is larger is rejected as malformed *before* it is decompres
 small compressed message cannot expand into gigabytes; ``max_message_bytes`` bounds the
 compressed message itself (``ZMQ_MAXMSGSIZE``, see :mod:`._zmq`).
 
+Masked pixels: the series start's pixel mask (v2 ``pixel_mask`` map, one 2-D uint32 array per
+channel; v1 ``dpixelmask-1.0`` part with ``header_detail: all``; any bit set = gap, dead, hot
+...) and the detector's own marker of a masked pixel (the type's largest value, 0xFFFF for
+uint16, which module-gap rows carry) are set to the frame's median before the frame is handed
+on, so they are never detected as lines; ``meta["masked_px"]`` counts them per frame.
+
 Frames come out as uint8/uint16 (uint32 is converted to float32, exact below 2**24).
 ``timestamp_s`` is the receive time: the detector's stamps are relative to the series; they
 are kept in ``meta`` (``start_time``, ``stop_time``, ``real_time``; v2 as [numerator,
@@ -87,11 +93,44 @@ def _native(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32)
 
 
-def _check_fits(hw: tuple[int, int], max_shape: tuple[int, int] | None, what: str) -> None:
-    """Reject a declared image shape (H, W) larger than ``max_shape`` before decoding it."""
-    if max_shape is not None and (hw[0] > max_shape[0] or hw[1] > max_shape[1]):
+def _check_fits(hw: tuple[int, int], max_shape: tuple[int, int] | int | None,
+                what: str) -> None:  # fmt: skip
+    """Reject a declared image shape (H, W) larger than ``max_shape`` before decoding it.
+
+    ``max_shape``: (H, W), or an int: the largest pixel count (H x W), whatever the aspect.
+    """
+    if max_shape is None:
+        return
+    if isinstance(max_shape, int):
+        if hw[0] * hw[1] > max_shape:
+            raise MalformedMessage(f"{what}: expected at most {max_shape} px (H x W), got "
+                                   f"{hw[0]} x {hw[1]} = {hw[0] * hw[1]}")  # fmt: skip
+    elif hw[0] > max_shape[0] or hw[1] > max_shape[1]:
         raise MalformedMessage(f"{what}: expected at most {max_shape[0]} x {max_shape[1]} px "
                                f"(H x W), got {hw[0]} x {hw[1]}")  # fmt: skip
+
+
+_MEDIAN_SAMPLE = 250_000  # pixels sampled for the median of a large frame
+
+
+def _apply_mask(image: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, int]:
+    """``image`` with its masked pixels set to the median of the others; and their count.
+
+    Masked: ``mask`` (bool, the image's shape) and, for integer images, the type's largest
+    value (DECTRIS marks gap and defective pixels so when the mask is applied on the DCU).
+    """
+    bad = image == np.iinfo(image.dtype).max if image.dtype.kind == "u" else None
+    if mask is not None and mask.shape == image.shape:
+        bad = mask if bad is None else bad | mask
+    n = int(np.count_nonzero(bad)) if bad is not None else 0
+    if not n:
+        return image, 0
+    step = max(1, image.size // _MEDIAN_SAMPLE)
+    vals = image.reshape(-1)[::step][~bad.reshape(-1)[::step]]
+    med = np.median(vals) if vals.size else 0
+    out = np.array(image)  # a writable copy (the decoded buffer may be read-only)
+    out[bad] = np.asarray(med).astype(image.dtype)
+    return out, n
 
 
 def _shape2(value: Any, what: str) -> tuple[int, int]:
@@ -167,9 +206,34 @@ class Dectris1Decoder:
     ``max_shape`` (H, W): larger images are rejected before they are decompressed.
     """
 
-    def __init__(self, max_shape: tuple[int, int] | None = None) -> None:
+    def __init__(self, max_shape: tuple[int, int] | int | None = None) -> None:
         self.max_shape = max_shape
         self._pending: tuple[str, dict[str, Any]] | None = None  # dheader awaiting config
+        self._mask: tuple[str, np.ndarray | None] = ("", None)  # (series, its pixel mask)
+
+    def _pixel_mask(self, parts: Sequence[Any]) -> np.ndarray | None:
+        """The ``dpixelmask-1.0`` part of a ``header_detail: all`` header, as bool (H, W)."""
+        for i in range(2, len(parts) - 1, 2):
+            try:
+                h = _json(parts[i], "detail header")
+            except MalformedMessage:
+                continue
+            if not str(h.get("htype", "")).startswith("dpixelmask"):
+                continue
+            x, y = _shape2(h.get("shape"), "dpixelmask shape")
+            _check_fits((y, x), self.max_shape, "dpixelmask shape")
+            tname = h.get("type", "uint32")
+            if tname not in _V1_TYPES:
+                raise MalformedMessage(f"dpixelmask type: expected one of {sorted(_V1_TYPES)}, "
+                                       f"got {tname!r:.40}")  # fmt: skip
+            buf = memoryview(getattr(parts[i + 1], "buffer", parts[i + 1])).cast("B")
+            dt = np.dtype(_V1_TYPES[tname]).newbyteorder("<")
+            want = x * y * dt.itemsize
+            if buf.nbytes != want:
+                raise MalformedMessage(f"dpixelmask: expected {want} bytes for [x, y] = "
+                                       f"[{x}, {y}] {tname}, got {buf.nbytes}")  # fmt: skip
+            return np.frombuffer(buf, dt).reshape(y, x) != 0
+        return None
 
     def _start(self, series: str, header: Mapping, config: Mapping | None) -> SeriesStart:
         meta: dict[str, Any] = {"detector": "dectris", "stream": 1,
@@ -203,6 +267,7 @@ class Dectris1Decoder:
         kind = htype.split("-", 1)[0]
         if kind == "dheader":
             series = _series_id(first)
+            self._mask = (series, self._pixel_mask(parts))
             if len(parts) >= 2:
                 out.append(self._start(series, first, _json(parts[1], "detector config")))
             elif first.get("header_detail", "basic") == "none":
@@ -222,8 +287,10 @@ class Dectris1Decoder:
             if not str(dd.get("htype", "")).startswith("dimage_d"):
                 raise MalformedMessage(f"part 2: expected htype dimage_d-1.0, "
                                        f"got {dd.get('htype')!r:.40}")  # fmt: skip
-            image = _native(_decode_v1_pixels(parts[2], dd, self.max_shape))
-            meta: dict[str, Any] = {"detector": "dectris", "stream": 1}
+            raw = _decode_v1_pixels(parts[2], dd, self.max_shape)
+            raw, masked = _apply_mask(raw, self._mask[1] if self._mask[0] == series else None)
+            image = _native(raw)
+            meta: dict[str, Any] = {"detector": "dectris", "stream": 1, "masked_px": masked}
             if "hash" in first:
                 meta["hash"] = first["hash"]
             if len(parts) == 4:
@@ -239,15 +306,27 @@ class Dectris1Decoder:
 
 
 def encode_v1_header(series: int, *, shape: tuple[int, int], dtype: str, nimages: int,
-                     frame_time: float = 0.04) -> list[bytes]:  # fmt: skip
-    """``[dheader-1.0, config]`` as a detector sends it with ``header_detail: basic``."""
+                     frame_time: float = 0.04, pixel_mask: np.ndarray | None = None
+                     ) -> list[bytes]:  # fmt: skip
+    """``[dheader-1.0, config]`` as a detector sends it with ``header_detail: basic``; with
+    ``pixel_mask`` (H, W; nonzero = masked) the ``all`` detail's flat-field, pixel-mask and
+    count-rate parts follow."""
     h, w = shape
-    header = {"htype": "dheader-1.0", "series": int(series), "header_detail": "basic"}
+    detail = "basic" if pixel_mask is None else "all"
+    header = {"htype": "dheader-1.0", "series": int(series), "header_detail": detail}
     config = {"x_pixels_in_detector": w, "y_pixels_in_detector": h, "nimages": 1,
               "ntrigger": int(nimages), "frame_time": frame_time, "count_time": frame_time,
               "bit_depth_image": 8 * np.dtype(dtype).itemsize, "compression": "bslz4",
               "description": "loopline simulator", "trigger_mode": "ints"}  # fmt: skip
-    return [json.dumps(header).encode(), json.dumps(config).encode()]
+    parts = [json.dumps(header).encode(), json.dumps(config).encode()]
+    if pixel_mask is not None:
+        flat = {"htype": "dflatfield-1.0", "shape": [w, h], "type": "float32"}
+        mask = {"htype": "dpixelmask-1.0", "shape": [w, h], "type": "uint32"}
+        rate = {"htype": "dcountrate_table-1.0", "shape": [2, 1], "type": "float32"}
+        parts += [json.dumps(flat).encode(), np.ones((h, w), "<f4").tobytes(),
+                  json.dumps(mask).encode(), np.asarray(pixel_mask, "<u4").tobytes(),
+                  json.dumps(rate).encode(), np.zeros(2, "<f4").tobytes()]  # fmt: skip
+    return parts
 
 
 def encode_v1_frame(series: int, index: int, image: np.ndarray, *, encoding: str = "bslz4",
@@ -339,7 +418,7 @@ def _v2_pixels(typed: _Typed, shape: tuple[int, ...]) -> np.ndarray:
     return np.frombuffer(p, dtype=dt).reshape(shape)
 
 
-def _tag_hook(a: Any, b: Any, max_shape: tuple[int, int] | None = None) -> Any:
+def _tag_hook(a: Any, b: Any, max_shape: tuple[int, int] | int | None = None) -> Any:
     """cbor2 tag hook; cbor2 < 6 calls ``(decoder, tag)``, cbor2 >= 6 ``(tag, immutable)``.
 
     ``max_shape`` (H, W): a larger array is rejected before it is decompressed.
@@ -400,9 +479,21 @@ class Dectris2Decoder:
         Largest image (H, W) accepted; larger ones are rejected before decompression.
     """
 
-    def __init__(self, channel: str | None = None, max_shape: tuple[int, int] | None = None):
+    def __init__(self, channel: str | None = None,
+                 max_shape: tuple[int, int] | int | None = None):  # fmt: skip
         self.channel = channel
         self.max_shape = max_shape
+        self._mask: tuple[str, np.ndarray | None] = ("", None)  # (series, its pixel mask)
+
+    def _pixel_mask(self, msg: Mapping) -> np.ndarray | None:
+        """The start message's ``pixel_mask`` of our channel as bool (H, W); None if absent
+        or not a 2-D array (some senders put a placeholder there)."""
+        pm = msg.get("pixel_mask")
+        if not isinstance(pm, Mapping) or not pm:
+            return None
+        name = self.channel if self.channel in pm else next(iter(pm))
+        m = pm[name]
+        return m != 0 if isinstance(m, np.ndarray) and m.ndim == 2 else None
 
     def feed(self, parts: Sequence[Any]) -> list[Event]:
         import cbor2
@@ -442,7 +533,10 @@ class Dectris2Decoder:
                 got = "a 1-D typed array" if isinstance(image, _Typed) else type(image).__name__
                 raise MalformedMessage(f"image channel {name}: expected a 2-D array (tag 40), "
                                        f"got {got}")  # fmt: skip
-            meta: dict[str, Any] = {"detector": "dectris", "stream": 2, "channel": name}
+            mask = self._mask[1] if self._mask[0] == series else None
+            image, masked = _apply_mask(image, mask)
+            meta: dict[str, Any] = {"detector": "dectris", "stream": 2, "channel": name,
+                                    "masked_px": masked}  # fmt: skip
             for k in ("start_time", "stop_time", "real_time"):
                 r = _rational(msg.get(k))
                 if r is not None:
@@ -451,6 +545,9 @@ class Dectris2Decoder:
         if kind == "start":
             series = _series_id(msg, "series_id")
             meta = {"detector": "dectris", "stream": 2, **_v2_meta(msg, _V2_START_KEEP)}
+            mask = self._pixel_mask(msg)
+            self._mask = (series, mask)
+            meta["pixel_mask_px"] = int(np.count_nonzero(mask)) if mask is not None else None
             n = msg.get("number_of_images")
             x, y = msg.get("image_size_x"), msg.get("image_size_y")
             shape = (y, x) if isinstance(x, int) and isinstance(y, int) else None
@@ -468,7 +565,9 @@ def _now_iso() -> str:
 
 
 def encode_v2_start(series: int, *, shape: tuple[int, int], nimages: int,
-                    frame_time: float = 0.04) -> list[bytes]:  # fmt: skip
+                    frame_time: float = 0.04, pixel_mask: np.ndarray | None = None
+                    ) -> list[bytes]:  # fmt: skip
+    """The start message; ``pixel_mask`` (H, W; nonzero = masked) as the ``pixel_mask`` map."""
     import cbor2
 
     h, w = shape
@@ -477,6 +576,11 @@ def encode_v2_start(series: int, *, shape: tuple[int, int], nimages: int,
            "frame_time": frame_time, "image_size_x": w, "image_size_y": h,
            "number_of_images": int(nimages),
            "detector_description": "loopline simulator"}  # fmt: skip
+    if pixel_mask is not None:
+        m = np.asarray(pixel_mask, "<u4")
+        msg["pixel_mask"] = {"threshold_1": cbor2.CBORTag(40, [list(m.shape),
+                                                               cbor2.CBORTag(70, m.tobytes())])}
+        msg["pixel_mask_enabled"] = True
     return [cbor2.dumps(cbor2.CBORTag(55799, msg))]
 
 
@@ -520,7 +624,8 @@ def encode_v2_end(series: int) -> list[bytes]:
 class DectrisAutoDecoder:
     """Picks v1 or v2 per message: JSON starts with ``{``, CBOR does not."""
 
-    def __init__(self, channel: str | None = None, max_shape: tuple[int, int] | None = None):
+    def __init__(self, channel: str | None = None,
+                 max_shape: tuple[int, int] | int | None = None):  # fmt: skip
         self.v1 = Dectris1Decoder(max_shape)
         self.v2 = Dectris2Decoder(channel, max_shape)
 
@@ -544,8 +649,9 @@ class DectrisSource(ZmqSource):
         Stream v2 channel to use (default: the first in each image message).
     socket, bind, rcvhwm, max_queued_frames, context, max_message_bytes
         As :class:`~loopline.daemon.sources._zmq.ZmqSource`.
-    max_shape : (int, int), optional
-        Largest image (H, W) accepted; larger ones are malformed, rejected undecompressed.
+    max_shape : (int, int) or int, optional
+        Largest image (H, W), or largest pixel count, accepted; larger ones are malformed,
+        rejected undecompressed.
     """
 
     def __init__(
@@ -563,7 +669,7 @@ class DectrisSource(ZmqSource):
         curve_client_secret: str | bytes | None = None,
         curve_clients: str | None = None,
         max_message_bytes: int | None = None,
-        max_shape: tuple[int, int] | None = None,
+        max_shape: tuple[int, int] | int | None = None,
     ):
         decoders = {1: lambda: Dectris1Decoder(max_shape),
                     2: lambda: Dectris2Decoder(channel, max_shape),
