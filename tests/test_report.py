@@ -251,3 +251,88 @@ def test_figures_fit_their_data_have_legends_and_draw_centre_lines(
         assert any(isinstance(p, Ellipse) for p in sheet.patches)
     finally:
         plt.close("all")
+
+
+def test_report_draws_error_bands_and_lists_alarms(tmp_path_factory: pytest.TempPathFactory,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    """Issue 22: ± 1 se bands from the `*_se` columns (spacings, velocities), the loop count's
+    Poisson interval, and the alarms of alarms.csv (raised by analyze's own rules) in
+    summary.md and the printed table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
+
+    from loopline.pipelines.alarms import AlarmConfig
+    from loopline.pipelines.analyze import AnalyzeOptions, analyze
+    from loopline.reports import figures as F
+    from loopline.synth.generate import generate
+
+    base = tmp_path_factory.mktemp("report-se")
+    video = base / "video"
+    generate(video, preset="mixed", count=1, seed=7, video=True, frames=12, jobs=1,
+             progress=False, overrides={"width": 256, "height": 256, "pileups": 1,
+                                        "dislocations": (4, 5), "loops": (4, 8)})  # fmt: skip
+    run = base / "run"
+    analyze(video, run, options=AnalyzeOptions(model="truth", drift="none",
+                                               alarms=AlarmConfig(spacing_below_nm=1000.0)))
+    alarms = pd.read_csv(run / "alarms.csv")
+    assert (alarms["rule"] == "spacing_low").any()
+    data = F.load_run(run)
+    assert len(data.alarms) == len(alarms)
+    figs: dict[str, object] = {}
+    rep = F.Report(tmp_path_factory.mktemp("out"))
+    real_save = F._save
+
+    def keep(fig, rep_, name):
+        figs[name] = fig
+
+    try:
+        F._save = keep
+        for name, fn in F.FIGURES.items():
+            if name != "contact_sheet":
+                fn(data, rep)
+        F.summary_table(data, rep)
+
+        def bands(ax) -> list:
+            return [c for c in ax.collections if isinstance(c, PolyCollection)]
+
+        def inside(ax, band) -> bool:  # a band's vertices lie about the curves they go with
+            v = np.concatenate([p.vertices for p in band.get_paths()])
+            lo, hi = ax.get_ylim()
+            return bool(np.isfinite(v).all() and (v[:, 1] >= lo - 1e-6).mean() > 0.9
+                        and (v[:, 1] <= hi + 1e-6).mean() > 0.9)  # fmt: skip
+
+        sp = figs["spacing_vs_time"].axes[0]
+        assert bands(sp) and all(inside(sp, b) for b in bands(sp))
+        assert "± 1 standard error" in [t.get_text() for t in sp.get_legend().get_texts()]
+        # the mean's band: half-width = sqrt(Σ se²)/n over the frame's pairs, from pairs.csv
+        pairs = data.pairs.dropna(subset=["spacing_nm_se"])
+        f = pairs["frame"].value_counts().idxmax()
+        q = data.pairs[data.pairs["frame"] == f]
+        want = F._pileup_mean_se(q["spacing_nm_se"])
+        assert want > 0 and np.isfinite(want)
+        (mean_band,) = [b for b in bands(sp) if tuple(b.get_facecolor()[0][:3]) == (0, 0, 0)]
+        v = np.concatenate([p.vertices for p in mean_band.get_paths()])
+        at = v[np.isclose(v[:, 0], float(q["time_s"].iloc[0]))][:, 1]
+        assert (at.max() - at.min()) / 2 == pytest.approx(want, rel=1e-6)
+        v_ax = figs["dislocation_kinematics"].axes[1]
+        assert v_ax.get_ylabel() == "velocity (nm/s)" and bands(v_ax)
+        se = data.kind("line")["velocity_nm_per_s_se"].dropna()
+        assert len(se) and (se > 0).all()
+        dens = {ax.get_ylabel(): ax for ax in figs["density_vs_time"].axes}
+        assert bands(dens["loops (count)"])
+    finally:
+        F._save = real_save
+        plt.close("all")
+    md = (rep.out / "summary.md").read_text()
+    assert "## Alarms" in md and "| frame | time (s) | rule | state |" in md
+    first = alarms.iloc[0]
+    row = next(ln for ln in md.splitlines() if first["message"].replace("|", "\\|") in ln)
+    assert f"| {int(first['frame'])} |" in row and "| spacing_low | raise |" in row
+    assert ("alarms raised: spacing_low", str(int((alarms["state"] == "raise").sum()))) in rep.table
+    # the command prints it too
+    assert main(["report", str(run), "--out", str(base / "rep")]) == 0
+    out = capsys.readouterr().out
+    assert "alarms raised" in out and "spacing_low" in out

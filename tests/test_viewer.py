@@ -14,8 +14,17 @@ from viewer_standin import build_messages
 from viewer_support import live_stream, make_synth_video, wait_for
 
 from loopline.viewers.config import ViewConfig, ViewConfigError, load_view_config
-from loopline.viewers.schema import FrameView, LineView, PileupView, parse_message, to_view
-from loopline.viewers.state import ViewState, sparkline
+from loopline.viewers.schema import (
+    AlarmEvent,
+    FrameView,
+    LineView,
+    PileupView,
+    mean_se,
+    parse_message,
+    to_alarm,
+    to_view,
+)
+from loopline.viewers.state import ViewState, reconcile_alarms, sparkline
 from loopline.viewers.stream import ResultSubscriber
 from loopline.viewers.terminal import detect_preview, kitty_image, render_dashboard, sixel_image
 
@@ -78,7 +87,7 @@ def test_instances_only_message() -> None:
     (ln, ln2), (lp,) = v.lines, v.loops
     assert ln.id == 4 and not ln.ordered and ln.points == RASTER and ln.length_nm == 15
     assert ln2.ordered  # a centre line is drawn as a line, skeleton pixels as dots
-    assert v.pileups == [PileupView(0, [4.0], None, lead_id=4)]
+    assert v.pileups == [PileupView(0, [4.0], None, lead_id=4, spacings_nm_se=[None])]
     assert lp.id == 5 and lp.center == [40, 40] and lp.axes == [4.0, 4.0] and lp.major_nm == 4.0
 
 
@@ -236,7 +245,7 @@ def test_web_server_api_frame_and_page_fetch_nothing_outside(synth_video: Path) 
         assert snap["view"]["lines"] and snap["stream"]["connected"]
         jpeg = get(f"frame/{snap['seq']}.jpg")
         assert jpeg[:2] == b"\xff\xd8"
-        later = json.loads(get(f"api/next?after={snap['seq']}&timeout=8"))
+        later = json.loads(get(f"api/next?after={snap['rev']}&timeout=8"))
         assert later["view"]["frame"] > snap["view"]["frame"]
         assert later["plots"] and later["tracks"]
 
@@ -277,3 +286,172 @@ def test_overlay_drawn_for_image_players():
     out = draw_overlay(img, v)
     assert (img == 128).all() and (out != 128).any()
     assert cv2.cvtColor(out, cv2.COLOR_BGR2HSV)[..., 1].max() > 100  # coloured outline
+
+
+# -- issue 22: uncertainties and the daemon's alarms --------------------------------------
+def _alarm(rule: str, state: str, received: int, frame: int = 3) -> AlarmEvent:
+    return to_alarm({"schema": "loopline.alarm/1", "seq": received - 1, "series": "s",
+                     "frame": frame, "time_s": frame / 10, "rule": rule, "state": state,
+                     "value": 12.0, "threshold": 20.0, "unit": "nm",
+                     "message": f"{rule} {state}: pile-up 0 mean spacing 12 nm"},
+                    received=received)  # fmt: skip
+
+
+def test_alarm_decoder_and_mean_se() -> None:
+    ev = _alarm("spacing_low", "raise", 1)
+    assert (ev.rule, ev.state, ev.frame, ev.value, ev.unit, ev.received) == (
+        "spacing_low", "raise", 3, 12.0, "nm", 1)
+    assert ev.message == "spacing_low raise: pile-up 0 mean spacing 12 nm"
+    # NaN goes on the wire as null: an unknown value, not a crash
+    assert to_alarm({"rule": "behind", "state": "clear", "value": None}).value is None
+    with pytest.raises(ValueError, match="without a rule"):
+        to_alarm({"state": "raise"})
+    with pytest.raises(ValueError, match="must be 'raise' or 'clear'"):
+        to_alarm({"rule": "x", "state": "maybe"})
+    topic, h, _ = parse_message([b"alarm", json.dumps({"rule": "x", "state": "raise"}).encode()])
+    assert topic == "alarm" and h["rule"] == "x"
+    assert mean_se([3.0, 4.0]) == 2.5 and mean_se([]) is None
+    assert mean_se([1.0, None, None]) is None  # fewer than half known
+    assert mean_se([2.0, 2.0, None]) == pytest.approx(2.0 / 3**0.5)
+
+
+def test_uncertainties_of_the_daemons_frame_message() -> None:
+    h = {"schema": "loopline.frame/1", "seq": 0, "series": "s", "index": 5, "time_s": 0.5,
+         "px_nm": 2.0, "shape": [64, 64], "alarms_active": ["spacing_low"],
+         "instances": [
+             {"id": 1, "cls": 0, "class": "dislocation", "centroid": [10, 10], "pileup": 0,
+              "rank": 0, "length_nm": 40.0, "length_nm_se": 1.5, "velocity_nm_s": 12.0,
+              "velocity_nm_s_se": 0.7, "skeleton": [[10, 0], [10, 20]]},
+             {"id": 2, "cls": 0, "class": "dislocation", "centroid": [20, 10], "pileup": 0,
+              "rank": 1, "length_nm": 40.0, "velocity_nm_s": 9.0, "velocity_nm_s_se": None,
+              "skeleton": [[20, 0], [20, 20]]},
+             {"id": 3, "cls": 0, "class": "dislocation", "centroid": [30, 10], "pileup": 0,
+              "rank": 2, "skeleton": [[30, 0], [30, 20]]},
+             {"id": 9, "cls": 1, "class": "loop", "centroid": [50, 50], "length_px": 8.0,
+              "length_nm": 16.0, "length_nm_se": 0.4}],
+         "pairs": [{"a": 1, "b": 2, "pileup": 0, "rank": 0, "spacing_nm": 20.0,
+                    "spacing_nm_se": 0.3},
+                   {"a": 2, "b": 3, "pileup": 0, "rank": 1, "spacing_nm": 24.0,
+                    "spacing_nm_se": 0.4}],
+         "row": {"n_dislocations": 3, "n_loops": 1, "mean_spacing_nm_se": 2.0,
+                 "spacing_sd_nm": 2.83, "n_loops_lo": 0.17, "n_loops_hi": 2.3}}  # fmt: skip
+    v = to_view(h)
+    ln = {x.id: x for x in v.lines}
+    assert (ln[1].velocity_nm_s_se, ln[1].length_nm_se, ln[2].velocity_nm_s_se) == (0.7, 1.5, None)
+    assert v.loops[0].major_nm_se == 0.4
+    (pu,) = v.pileups
+    assert pu.spacings_nm == [20.0, 24.0] and pu.spacings_nm_se == [0.3, 0.4]
+    assert pu.mean_spacing_nm_se == pytest.approx(0.25)  # sqrt(0.09 + 0.16) / 2
+    assert (pu.lead_velocity_nm_s, pu.lead_velocity_nm_s_se) == (12.0, 0.7)
+    assert (v.mean_spacing_nm_se, v.n_loops_lo, v.n_loops_hi) == (2.0, 0.17, 2.3)
+    assert v.alarms_active == ["spacing_low"] and to_view({"index": 0}).alarms_active is None
+    st = ViewState()
+    st.update(v)
+    h0 = st.pileups[0]
+    assert list(h0.mean_spacing_se) == [pytest.approx(0.25)] and list(h0.lead_velocity_se) == [0.7]
+    row = {r.id: r for r in st.track_rows()}[1]
+    assert (row.velocity_nm_s_se, row.length_nm_se) == (0.7, 1.5)
+    # a late joiner learns the raised rule from alarms_active, without its message
+    (act,) = st.active_alarms()
+    assert act.rule == "spacing_low" and act.state == "active" and act.frame == 5
+    assert list(st.n_loops_hi) == [2.3]
+
+
+def test_state_alarm_events_and_reconciliation_with_alarms_active() -> None:
+    st = ViewState(alarm_log=3)
+    st.on_alarm(_alarm("spacing_low", "raise", 1))
+    st.on_alarm(_alarm("avalanche", "raise", 2))
+    assert [e.rule for e in st.active_alarms()] == ["avalanche", "spacing_low"]  # newest first
+    # the frame sent after both says so: nothing changes
+    st.update(FrameView(frame=3, series="s", alarms_active=["avalanche", "spacing_low"]),
+              alarms_before=2)  # fmt: skip
+    assert {e.rule for e in st.active_alarms()} == {"avalanche", "spacing_low"}
+    assert st.active_alarms()[0].message.startswith("avalanche raise")
+    st.on_alarm(_alarm("spacing_low", "clear", 3, frame=4))
+    assert [e.rule for e in st.active_alarms()] == ["avalanche"]
+    # a frame sent before that clear (still listing the rule) must not raise it again
+    st.update(FrameView(frame=3, series="s", alarms_active=["avalanche", "spacing_low"]),
+              alarms_before=2)  # fmt: skip
+    assert [e.rule for e in st.active_alarms()] == ["avalanche"]
+    # a later frame without avalanche: its clear was lost; with behind: raised unseen
+    st.update(FrameView(frame=5, series="s", alarms_active=["behind"]), alarms_before=3)
+    assert [(e.rule, e.state) for e in st.active_alarms()] == [("behind", "active")]
+    assert [(e.rule, e.state) for e in st.alarm_log()] == [
+        ("spacing_low", "clear"), ("avalanche", "raise"), ("spacing_low", "raise")]
+    assert len(st.alarm_log(1)) == 1 and st.alarm_events == 3
+    # the pure function: an event that arrived after the frame wins over its list
+    active = {"a": _alarm("a", "raise", 7)}
+    assert reconcile_alarms(active, [], frame=1, series="s", last_received={"a": 7},
+                            before=6) == active  # fmt: skip
+    assert reconcile_alarms(active, [], frame=1, series="s", last_received={"a": 7},
+                            before=7) == {}  # fmt: skip
+
+
+def test_dashboard_shows_alarms_and_errors() -> None:
+    from rich.console import Console
+
+    st = ViewState()
+    line = LineView(id=4, pileup=0, points=[[0, 0], [0, 9]], length_nm=30.0, velocity_nm_s=12.5,
+                    velocity_nm_s_se=0.75, length_nm_se=1.25)  # fmt: skip
+    st.on_alarm(_alarm("spacing_low", "raise", 1))
+    st.update(FrameView(frame=3, series="s", lines=[line], n_dislocations=1,
+                        alarms_active=["spacing_low"],
+                        pileups=[PileupView(0, [20.0, 24.0], 12.5, lead_id=4,
+                                            spacings_nm_se=[0.3, 0.4], mean_spacing_nm_se=0.25,
+                                            lead_velocity_nm_s_se=0.75)]),
+              alarms_before=1)  # fmt: skip
+    con = Console(record=True, width=170, force_terminal=False)
+    con.print(render_dashboard(st, None, ViewConfig(), endpoint="tcp://x:1"))
+    text = con.export_text()
+    assert "⚠ ALARM spacing_low" in text  # the heading line
+    assert "alarms (1 raised)" in text
+    assert "⚠ spacing_low: spacing_low raise: pile-up 0 mean spacing 12 nm" in text
+    assert "raise spacing_low:" in text  # the event log
+    assert "22.0 ± 0.2" in text and "12.5 ± 0.8" in text and "30.0 ± 1.2" in text
+
+
+def test_real_publisher_alarms_and_errors_reach_the_web_snapshot(synth_video: Path) -> None:
+    """The daemon's Publisher (its encoder) -> subscriber -> state -> /api/next: an alarm
+    raised by the daemon's own rules, and the standard errors of the measure worker."""
+    from viewer_support import AnalysedFeed
+
+    from loopline.pipelines.alarms import AlarmConfig
+    from loopline.viewers.web import ViewerServer
+
+    with AnalysedFeed(synth_video, fps=20) as feed, \
+            ViewerServer(load_view_config(overrides={"endpoint": feed.endpoint,
+                                                     "port": 0})) as srv:  # fmt: skip
+        def snap(after: int) -> dict:
+            with urllib.request.urlopen(srv.url + f"api/next?after={after}&timeout=5",
+                                        timeout=10) as r:  # fmt: skip
+                return json.loads(r.read())
+
+        first = wait_for(lambda: (lambda s: s if s.get("view") else None)(snap(0)), 20,
+                         "the first frame")  # fmt: skip
+        feed.arm(AlarmConfig(spacing_below_nm=1000.0))  # raised when the next series starts
+
+        def raised() -> dict | None:
+            s = snap(first["rev"])
+            act = s.get("daemon_alarms", {}).get("active", [])
+            return s if any(a["state"] == "raise" for a in act) else None
+
+        s = wait_for(raised, 30, "the spacing_low alarm on the page's API")
+        (a,) = s["daemon_alarms"]["active"]
+        sent = next(e for e in feed.events if e["rule"] == "spacing_low")
+        assert a["rule"] == "spacing_low" and a["message"] == sent["message"]
+        assert a["value"] == pytest.approx(sent["value"]) and a["unit"] == "nm"
+        assert s["daemon_alarms"]["events"][0]["state"] == "raise"
+        assert s["view"]["alarms_active"] == ["spacing_low"]
+
+        def with_errors() -> dict | None:
+            s = snap(0)
+            p = next(iter(s.get("plots", {}).values()), {})
+            ok = [x for x in p.get("lead_velocity_nm_s_se", []) if x is not None]
+            return s if len(ok) >= 2 else None
+
+        s = wait_for(with_errors, 30, "velocity standard errors in the plots")
+        p = next(iter(s["plots"].values()))
+        assert all(x > 0 for x in p["lead_velocity_nm_s_se"] if x is not None)
+        assert any(x is not None and x > 0 for x in p["mean_spacing_nm_se"])
+        assert any(r["velocity_nm_s_se"] for r in s["tracks"] if r["kind"] == "line")
+        assert any(x is not None for x in s["counts"]["n_loops_hi"])

@@ -159,3 +159,129 @@ def _check_charts(browser) -> None:
         browser.find_element("id", "pause").click()
     series = browser.find_element("id", "series").text
     assert series and not re.fullmatch(r"\d{10}", series), series
+
+
+def test_page_shows_error_bands_and_the_daemons_alarms(browser, tmp_path_factory) -> None:
+    """Issue 22: translucent ± se bands around the spacing and velocity curves, and an alarm
+    raised by the daemon's own rules (published by its Publisher) in the alarms panel and a
+    banner."""
+    import json
+
+    from viewer_support import AnalysedFeed
+
+    from loopline.pipelines.alarms import AlarmConfig
+
+    video = make_synth_video(tmp_path_factory)
+    with AnalysedFeed(video, fps=10) as feed:
+        viewer = subprocess.Popen(
+            [sys.executable, "-m", "loopline", "view", "--web", "--port", "0",
+             "--endpoint", feed.endpoint, "--duration", "80"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env(),
+        )  # fmt: skip
+        try:
+            line = viewer.stdout.readline() if viewer.stdout else ""
+            assert "serving http://127.0.0.1:" in line, line + (viewer.stderr.read() or "")
+            browser.get(line.split("serving ")[1].split()[0])
+            frame = browser.find_element("id", "frame")
+            wait_for(lambda: frame.text.strip().isdigit(), 30, "the first frame on the page")
+            assert not browser.find_element("id", "alarm-banner").is_displayed()
+
+            # -- bands: around each curve, inside the plot, not degenerate ----------------
+            charts = ("plot-spacing", "plot-velocity")
+
+            def bands(cid: str) -> list[dict]:
+                c = browser.find_element("id", cid)
+                return json.loads(c.get_attribute("data-bands") or "[]")
+
+            def all_banded() -> bool:
+                return all(any(b["n"] >= 3 for b in bands(cid)) for cid in charts)
+
+            pause = browser.find_element("id", "pause")
+            for _ in range(20):  # paused, so the canvas holds still while it is read
+                wait_for(all_banded, 30, "error bands on both charts")
+                pause.click()
+                if all_banded():
+                    break
+                pause.click()
+            else:
+                raise AssertionError("the bands kept vanishing (a new series each time?)")
+            try:
+                for cid in charts:
+                    _check_bands(browser, cid, bands(cid))
+            finally:
+                pause.click()
+
+            # -- an alarm of the daemon's rules: panel, events, banner --------------------
+            feed.arm(AlarmConfig(spacing_below_nm=1000.0))  # raised as the next series starts
+            sel = "#alarms-active .alarm-active[data-rule='spacing_low']"
+            wait_for(lambda: browser.find_elements("css selector", sel), 30,
+                     "the raised alarm in the alarms panel")  # fmt: skip
+            sent = next(e for e in feed.events if e["rule"] == "spacing_low")
+            assert sent["state"] == "raise" and "mean spacing" in sent["message"]
+            pause.click()  # the panels are redrawn with every frame: hold them still
+            try:
+                (item,) = browser.find_elements("css selector", sel)
+                assert item.find_element("css selector", ".msg").text == sent["message"]
+                assert item.value_of_css_property("border-left-color") == "rgba(255, 77, 77, 1)"
+                rows = browser.find_elements("css selector", "#alarm-events tr.raise")
+                assert rows and sent["message"] in rows[0].text and "spacing_low" in rows[0].text
+                banner = browser.find_element("id", "alarm-banner")
+                assert banner.is_displayed() and sent["message"] in banner.text, banner.text
+                assert browser.title.startswith("⚠")
+                shot = tmp_path_factory.mktemp("shot") / "alarm.png"  # tall: the panels too
+                browser.set_window_size(1400, 2000)
+                assert browser.save_screenshot(str(shot))
+                try:
+                    shutil.copyfile(shot, SHOT.with_name(SHOT.stem + "-alarm.png"))
+                except OSError:
+                    pass
+                browser.find_element("id", "alarm-dismiss").click()
+                assert not banner.is_displayed()
+            finally:
+                pause.click()
+            # dismissed, the banner stays away while the alarm stays in the panel
+            drawn = browser.execute_script("return window.loopline.drawn")
+            wait_for(lambda: browser.execute_script("return window.loopline.drawn") > drawn + 2,
+                     20, "more frames")  # fmt: skip
+            assert not banner.is_displayed()
+            assert browser.find_elements("css selector", sel)
+        finally:
+            stop(viewer)
+
+
+def _band_painted(browser, cid: str, bands: list[dict]) -> int:
+    """Pixels of the chart in a band's paint: its curve's colour at alpha 0.25 (the canvas is
+    transparent; the page's background shows through), which nothing else on it has."""
+    pids = sorted({int(b["name"].split()[-1]) for b in bands})
+    return browser.execute_script("""
+        const c = document.getElementById(arguments[0]);
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        const hex = (h) => [1, 3, 5].map((i) => parseInt(h.slice(i, i + 2), 16));
+        const want = arguments[1].map((p) => hex(COLORS[p % COLORS.length]));
+        let n = 0;
+        for (let i = 0; i < d.length; i += 4)
+          if (Math.abs(d[i + 3] - 64) <= 8 && want.some((w) => Math.abs(d[i] - w[0])
+                + Math.abs(d[i + 1] - w[1]) + Math.abs(d[i + 2] - w[2]) < 24)) n++;
+        return n;""", cid, pids)  # fmt: skip
+
+
+def _check_bands(browser, cid: str, got: list[dict]) -> None:
+    """Each band point: its upper end above the curve, its lower end below, both inside the
+    plot; some width; painted in the curve's colour; the chart says what the band is."""
+    c = browser.find_element("id", cid)
+    top, bottom = float(c.get_attribute("data-plot-top")), float(
+        c.get_attribute("data-plot-bottom"))  # fmt: skip
+    widths = []
+    for b in got:
+        assert b["name"].startswith("pile-up "), b
+        for x, y, lo, hi in zip(b["x"], b["y"], b["lo"], b["hi"], strict=True):
+            # canvas y grows downwards: the upper end (hi) is above the curve
+            assert top - 0.1 <= hi <= y + 0.2 <= lo + 0.4 <= bottom + 0.5, (cid, b)
+            assert 0 < x <= c.size["width"], (cid, x)
+            widths.append(lo - hi)
+    assert widths and max(widths) >= 0.5, (cid, "bands of no width", widths)
+    title = browser.execute_script("return document.getElementById(arguments[0])"
+                                   ".closest('.box').querySelector('h3').textContent", cid)
+    assert "band: ± 1 standard error" in title, title
+    painted = _band_painted(browser, cid, got)
+    assert painted >= 0.5 * sum(b["n"] for b in got), (cid, painted, got)

@@ -137,3 +137,105 @@ def wait_for(pred, timeout: float, what: str, interval: float = 0.1):
             return v
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class AnalysedFeed:
+    """A small daemon in this process for the viewer tests: the measure worker's
+    :class:`~loopline.daemon.analysis.Analyzer` on a synthetic video's true masks, published by
+    the daemon's own :class:`~loopline.daemon.publisher.Publisher` (its encoder, its topics).
+
+    The video is played back and forth, one series per pass (as a camera's acquisitions); each
+    series starts with the alarm thresholds set then (:meth:`arm`), so a test can raise an
+    alarm once the viewer listens. As in the output worker, a frame's alarm events are
+    published (``alarm``) just before the frame, whose ``alarms_active`` lists the rules
+    raised now. ``events`` keeps every alarm event published.
+    """
+
+    def __init__(self, folder: Path, *, fps: float = 10.0) -> None:
+        import json
+        import threading
+
+        import cv2
+        import zmq
+
+        from loopline.daemon.config import load_config
+        from loopline.daemon.publisher import Publisher
+        from loopline.pipelines.sources import truth_detections
+
+        truth = json.loads((folder / "truth.json").read_text())
+        seq = truth["sequences"][0]
+        self.nm = float(truth["nm_per_px"])
+        self.fps = fps
+        self.frames = []
+        for fr in seq["frames"]:
+            img = cv2.imread(str(folder / fr["image"]), cv2.IMREAD_GRAYSCALE)
+            label = folder / "labels" / (Path(fr["image"]).stem + ".txt")
+            self.frames.append((img, truth_detections(label, img.shape)))
+        self.alarms = None  # AlarmConfig of the next series (None: no frame rules)
+        self.events: list[dict] = []
+        self._stop = threading.Event()
+        self._ctx = zmq.Context()
+        cfg = load_config(overrides={"publish.endpoint": "tcp://127.0.0.1:*"}).publish
+        self.pub = Publisher(self._ctx, cfg)
+        self.endpoint = self.pub.endpoint
+        self._thread = threading.Thread(target=self._run, name="analysed-feed", daemon=True)
+
+    def arm(self, alarms) -> None:
+        """Alarm thresholds (a :class:`~loopline.pipelines.alarms.AlarmConfig`) for the
+        series that starts next."""
+        self.alarms = alarms
+
+    def _run(self) -> None:
+        from loopline.daemon.analysis import Analyzer
+
+        an = Analyzer(nm_per_px=self.nm)
+        active: dict[str, dict] = {}
+        order = list(range(len(self.frames))) + list(range(len(self.frames) - 2, 0, -1))
+        k = sent = 0
+        t0 = time.monotonic()
+        while not self._stop.is_set():
+            k += 1
+            series = f"s{k:04d}"
+            an.alarms = self.alarms
+            an.new_series(series, self.nm)
+            img0 = self.frames[0][0]
+            self.pub.series({"event": "start", "series": series, "shape": list(img0.shape),
+                             "dtype": "uint8", "pixel_size_nm": self.nm, "frames": len(order),
+                             "ts": time.time()})  # fmt: skip
+            for i, j in enumerate(order):
+                if self._stop.is_set():
+                    return
+                img, det = self.frames[j]
+                t = an.time_of(i, i / self.fps)
+                row, inst, timings, pairs, tables = an.process(det, index=i, time_s=t, image=img)
+                for ev in tables["alarms"]:
+                    if ev["state"] == "raise":
+                        active[ev["rule"]] = ev
+                    else:
+                        active.pop(ev["rule"], None)
+                    self.pub.alarm(ev)
+                    self.events.append(dict(ev))
+                sent += 1
+                counters = {"received": sent, "analysed": sent, "skipped": 0, "malformed": 0,
+                            "recorded": sent}  # fmt: skip
+                if sent % 10 == 1:
+                    self.pub.metrics({"counters": counters, "fps": {"engine": self.fps},
+                                      "latency_ms": {"p50": 30.0, "p99": 60.0, "max": 70.0},
+                                      "source": {"protocol": "synthetic", "endpoint": "test"},
+                                      "engine": "truth"})  # fmt: skip
+                msg = {"series": series, "index": i, "time_s": t, "ts": time.time(),
+                       "shape": list(img.shape), "px_nm": self.nm, "instances": inst,
+                       "pairs": pairs, "row": row, "timings_ms": timings, "model": "truth",
+                       "alarms_active": sorted(active)}  # fmt: skip
+                self.pub.frame(msg, img, latency_ms=30.0, counters=counters)
+                time.sleep(max(0.0, t0 + sent / self.fps - time.monotonic()))
+
+    def __enter__(self) -> AnalysedFeed:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.pub.close()
+        self._ctx.term()

@@ -60,6 +60,10 @@ COUNTERS: tuple[str, ...] = (
     # analysed frames that came back from their engine after later frames were tracked:
     # measured, not tracked (frames.csv fate analysed_untracked; workers.MeasureWorker)
     "late_after_successor",
+    # the run folder's disk full or failing (ENOSPC, EDQUOT, EIO, EROFS): frames not recorded,
+    # and analysed frames whose table rows were not written, while recording was stopped
+    # (recorder.Recorder; the recording_stopped alarm)
+    "not_recorded_disk", "results_not_recorded_disk",
 )  # fmt: skip
 
 QUEUES = ("queue_batcher", "queue_engine", "queue_output", "slots_in_use")

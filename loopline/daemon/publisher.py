@@ -109,7 +109,8 @@ frame is analysed). summary.json carries the same ``source`` and ``engine``.
 ``[b"alarm", header]`` with ``schema = "loopline.alarm/1"``, ``seq`` (alarm messages sent),
 ``timestamp`` (when it was sent, s since the epoch) and the ``alarms.csv`` row: ``series``,
 ``frame``, ``time_s``, ``rule`` (``spacing_low``, ``lead_velocity_high``, ``avalanche``,
-``loop_growth_stalled``, ``behind``, ``disk_low``), ``state`` ("raise" | "clear"), ``value``,
+``loop_growth_stalled``, ``behind``, ``disk_low``, ``recording_stopped``: then also ``level``
+"error" on raise), ``state`` ("raise" | "clear"), ``value``,
 ``threshold``, ``unit`` and ``message`` (one line to show). A viewer that joins late finds the
 rules raised now in every frame message's ``alarms_active`` (a list of rule names).
 

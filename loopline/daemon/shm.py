@@ -94,6 +94,8 @@ STAT_NAMES: tuple[str, ...] = (
     # series whose start message was missed (a sender that started first): started from
     # their first frame's header
     "series_resynced",
+    # the run folder's disk full or failing: frames and result rows not recorded
+    "not_recorded_disk", "results_not_recorded_disk",
     # alarms raised, per rule (loopline.pipelines.alarms; the output worker counts them)
     *(f"alarms_raised_{r}" for r in ALARM_RULES),
     # gauges

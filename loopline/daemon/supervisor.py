@@ -219,7 +219,9 @@ class Supervisor:
             send_json(self._to_out, {"t": "chain_reset", "before": died_at,
                                      "stage": w.stage}, block=True)  # fmt: skip
         if w.stage == "output":
-            w.part += 1  # a new annotated.N.mp4: the old one could not be finalised
+            # a new annotated.N.mp4: the old one could not be finalised (and past the parts a
+            # recording resumed after a full disk went on in)
+            w.part = max(w.part + 1, first_free_part(self.run_dir))
         self._spawn(w)
         if w.stage == "batcher":
             if self._swap is not None:

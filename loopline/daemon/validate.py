@@ -80,7 +80,7 @@ REJECT_COUNTERS: tuple[str, ...] = (
 #: ``received``.
 NOT_RECORDED: tuple[str, ...] = (
     "dropped_no_slot", "rejected_oversize", *REJECT_COUNTERS, "receiver_errors",
-    "record_errors",
+    "record_errors", "not_recorded_disk",
 )  # fmt: skip
 
 

@@ -1622,7 +1622,9 @@ class OutputWorker(_Stage):
         self.publisher = Publisher(self.ctx, self.cfg.publish) if self.cfg.publish.enabled else None
         if self.publisher is not None:
             self.sockets.append(self.publisher.sock)
-        self.recorder = Recorder(self.run_dir, self.cfg.output, part=self.part)
+        # a full disk stops recording, not the worker: the recorder raises recording_stopped
+        self.recorder = Recorder(self.run_dir, self.cfg.output, part=self.part,
+                                 on_alarm=self._alarm_event, count=self.stats.add)  # fmt: skip
         # frames are keyed by the receiver's seq, unique whatever (series, index) a sender
         # repeats (a duplicate index is recorded as a frame of its own)
         self.pending: OrderedDict[int, dict[str, Any]] = OrderedDict()
@@ -1650,6 +1652,8 @@ class OutputWorker(_Stage):
         self.daemon_alarms = DaemonAlarms(alarm_config(self.cfg))
         self.alarms_active: dict[str, dict[str, Any]] = {}  # rule -> its raise event
         self.next_disk_check = 0.0
+        self.disk_seen: tuple[float, float] | None = None  # (monotonic s, free GB)
+        self.disk_gb_per_h = math.nan  # the rate the disk has been filling at (smoothed)
 
     # -- messages
     def _on(self, msg: dict[str, Any]) -> None:
@@ -1744,7 +1748,8 @@ class OutputWorker(_Stage):
         if image is not None:
             annotated = self.recorder.annotate(image, msg)
             e["annotated"] = annotated
-        self.recorder.append_result(msg, latency_ms=lat if ok_clock else None)
+        if not self.recorder.append_result(msg, latency_ms=lat if ok_clock else None):
+            self.stats.add("results_not_recorded_disk")  # recording stopped: disk full
         self._alarms(msg, (now - msg["recv"]) * 1e3)
         if self.publisher is not None:
             msg["alarms_active"] = sorted(self.alarms_active)
@@ -1767,21 +1772,40 @@ class OutputWorker(_Stage):
                 disk = shutil.disk_usage(self.run_dir).free / 1e9
             except OSError as e:
                 logger.debug("alarms: free disk of %s unknown: %s", self.run_dir, e)
+            else:
+                self._disk_rate(now, disk)
         own = self.daemon_alarms.update(series=msg["series"], frame=msg["index"],
                                         time_s=msg["time_s"], latency_ms=ingest_ms,
-                                        disk_free_gb=disk)  # fmt: skip
+                                        disk_free_gb=disk,
+                                        disk_gb_per_h=self.disk_gb_per_h)  # fmt: skip
         if own:
             self.recorder.alarms(own)
         for ev in [*((msg.get("tables") or {}).get("alarms") or ()), *own]:
-            rule = ev["rule"]
-            if ev["state"] == "raise":
-                self.alarms_active[rule] = ev
-                self.stats.add(f"alarms_raised_{rule}")
-            else:
-                self.alarms_active.pop(rule, None)
-            self.stats[f"alarm_active_{rule}"] = float(rule in self.alarms_active)
-            if self.publisher is not None:
-                self.publisher.alarm(ev)
+            self._alarm_event(ev)
+
+    def _disk_rate(self, now: float, free_gb: float) -> None:
+        """The rate the run folder's disk fills at (GB/h, smoothed over about a minute): with
+        the free space, the hours left in the ``disk_low`` alarm."""
+        seen, self.disk_seen = self.disk_seen, (now, free_gb)
+        if seen is None or now <= seen[0]:
+            return
+        dt = now - seen[0]
+        rate = max(seen[1] - free_gb, 0.0) / (dt / 3600.0)
+        a = min(dt / 60.0, 1.0)
+        old = self.disk_gb_per_h
+        self.disk_gb_per_h = rate if math.isnan(old) else old + a * (rate - old)
+
+    def _alarm_event(self, ev: dict[str, Any]) -> None:
+        """One alarm raised or cleared: counted (Prometheus), published (``alarm``)."""
+        rule = ev["rule"]
+        if ev["state"] == "raise":
+            self.alarms_active[rule] = ev
+            self.stats.add(f"alarms_raised_{rule}")
+        else:
+            self.alarms_active.pop(rule, None)
+        self.stats[f"alarm_active_{rule}"] = float(rule in self.alarms_active)
+        if self.publisher is not None:
+            self.publisher.alarm(ev)
 
     # -- recording in arrival order
     def _write_ready(self, *, force: bool = False) -> None:
@@ -1807,8 +1831,10 @@ class OutputWorker(_Stage):
                              e["series"], e["index"])  # fmt: skip
             else:
                 try:
-                    self.recorder.write_frame(image, e, e.get("annotated"), fate)
-                    self.stats.add("recorded")
+                    if self.recorder.write_frame(image, e, e.get("annotated"), fate):
+                        self.stats.add("recorded")
+                    else:  # recording stopped: the disk is full (the recorder's alarm)
+                        self.stats.add("not_recorded_disk")
                 except Exception as err:  # costs this frame's recording, not the worker
                     self.stats.add("record_errors")
                     _log_frame_error("output: NOT RECORDED", e, err)
@@ -1864,6 +1890,7 @@ class OutputWorker(_Stage):
                             self.stats.add("output_errors")
                             _log_frame_error(f"output ({msg.get('t')})", msg, e)
             self._write_ready()
+            self.recorder.tick()  # a stopped recording resumes when the disk has room
             self._maybe_metrics()
             self.beat()
             if self.eos_frames is not None:

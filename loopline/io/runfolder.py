@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import io
 import json
 import logging
 import math
@@ -213,18 +214,20 @@ _TRACK_SUMMARY: tuple[tuple[str, str, str], ...] = (
 #: The alarm rules (``alarms.csv`` ``rule``; :mod:`loopline.pipelines.alarms`): four on the
 #: measured numbers (``analyze`` and ``serve``), two on the daemon itself (``serve`` only).
 ALARM_RULES = ("spacing_low", "lead_velocity_high", "avalanche", "loop_growth_stalled",
-               "behind", "disk_low")  # fmt: skip
+               "behind", "disk_low", "recording_stopped")  # fmt: skip
 
 _ALARMS: tuple[tuple[str, str, str], ...] = (
     ("series", "str", "series id"),
     ("frame", "int", "frame index at which the alarm was raised or cleared"),
     ("time_s", "float", "frame time, s"),
     ("rule", "str", "the rule: `spacing_low`, `lead_velocity_high`, `avalanche`, "
-                    "`loop_growth_stalled`, `behind` or `disk_low`"),
+                    "`loop_growth_stalled`, `behind`, `disk_low` or "
+                    "`recording_stopped`"),
     ("state", "str", "`raise` or `clear`"),
     ("value", "float", "the rule's value at that frame, in `unit`"),
     ("threshold", "float", "the threshold it crossed (raise, or the lower clear one), in `unit`"),
-    ("unit", "str", "unit of `value` and `threshold` (`nm`, `nm/s`, `z`, `of peak`, `ms`, `GB`)"),
+    ("unit", "str", "unit of `value` and `threshold` (`nm`, `nm/s`, `z`, `of peak`, `ms`, `GB`, "
+                    "`frames`)"),
     ("message", "str", "one line saying what happened"),
 )  # fmt: skip
 
@@ -301,7 +304,12 @@ def json_safe(v: Any) -> Any:
 
 
 class _Csv:
-    """One CSV table: header once, rows appended; continues a file with the same header."""
+    """One CSV table: header once, rows appended; continues a file with the same header.
+
+    Rows are kept until :meth:`flush`, which writes them in one go; a write that fails (a full
+    disk: ``OSError``) is cut off again, so the file ends with its last complete row, and the
+    rows stay pending for the next flush.
+    """
 
     def __init__(self, path: Path, columns: tuple[str, ...], *, append: bool) -> None:
         self.path = path
@@ -314,19 +322,48 @@ class _Csv:
                 raise ValueError(f"{path} has the columns of another layout; expected "
                                  f"{len(columns)} columns starting {', '.join(columns[:3])}, "
                                  f"got {len(header)} starting {', '.join(header[:3])}")  # fmt: skip
-        self._file = path.open("w" if fresh else "a", newline="", encoding="utf-8")
-        self._csv = csv.writer(self._file)
         if fresh:
-            self._csv.writerow(columns)
+            path.write_bytes(b"")
+        self._file = path.open("ab", buffering=0)  # appending: always after the last row
+        self._good = self._file.seek(0, os.SEEK_END)  # the end of the last complete row
+        self._pending: list[list[str]] = [list(columns)] if fresh else []
 
     def write(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        self._csv.writerows([[_cell(r.get(c)) for c in self.columns] for r in rows])
+        self._pending.extend([_cell(r.get(c)) for c in self.columns] for r in rows)
 
     def flush(self) -> None:
-        self._file.flush()
+        if not self._pending:
+            return
+        buf = io.StringIO()
+        csv.writer(buf).writerows(self._pending)
+        data = buf.getvalue().encode("utf-8")
+        write_all(self._file, data, self._good)
+        self._good += len(data)
+        self._pending = []
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self.flush()
+        finally:
+            self._file.close()
+
+
+def write_all(f: Any, data: bytes, good: int) -> None:
+    """Write ``data`` to the unbuffered file ``f`` (opened for appending); where a write fails
+    (``OSError``: a full disk, a quota, an I/O error) the file is cut back to ``good`` bytes,
+    what it held before, and the error raised."""
+    view = memoryview(data)
+    try:
+        while view:
+            n = f.write(view)
+            view = view[n:]
+    except OSError:
+        try:
+            os.ftruncate(f.fileno(), good)
+            f.seek(good)  # (a file not opened for appending would go on past a hole)
+        except OSError as e:
+            logger.error("%s: could not cut a partial write back: %s", f.name, e)
+        raise
 
 
 #: While a writer runs, the rows of ``series.parquet`` are closed Parquet files in the folder
@@ -370,12 +407,16 @@ def _merge(files: list[Path], out: Path, schema) -> int:
 
     tmp = out.with_name(f"_{out.name}.tmp")
     n = 0
-    with pq.ParquetWriter(tmp, schema) as w:
-        for f in files:
-            t = pq.read_table(f, schema=schema)
-            w.write_table(t)
-            n += t.num_rows
-    os.replace(tmp, out)
+    try:
+        with pq.ParquetWriter(tmp, schema) as w:
+            for f in files:
+                t = pq.read_table(f, schema=schema)
+                w.write_table(t)
+                n += t.num_rows
+        os.replace(tmp, out)
+    except BaseException:  # a full disk: the parts stay as they were, no partial file
+        tmp.unlink(missing_ok=True)
+        raise
     return n
 
 
@@ -471,15 +512,24 @@ class _Parquet:
             data[c] = pa.array(vals, type=self.schema.field(c).type)
         part = self.folder / f"p{self.seq:08d}.parquet"
         tmp = self.folder / f"_{part.name}.tmp"
-        self._pq.write_table(pa.Table.from_pydict(data, schema=self.schema), tmp)
-        os.replace(tmp, part)  # a part is whole or absent, whenever the writer is killed
+        try:
+            self._pq.write_table(pa.Table.from_pydict(data, schema=self.schema), tmp)
+            os.replace(tmp, part)  # a part is whole or absent, whenever the writer is killed
+        except BaseException:  # a full disk: no partial part is left (the rows stay pending)
+            tmp.unlink(missing_ok=True)
+            raise
         self.seq += 1
         if self.seq % _COMPACT == 0:
             first = self.seq - _COMPACT
             parts = [self.folder / f"p{k:08d}.parquet" for k in range(first, self.seq)]
-            _merge(parts, self.folder / f"c{first:08d}-{self.seq - 1:08d}.parquet", self.schema)
-            for p in parts:
-                p.unlink()
+            try:
+                _merge(parts, self.folder / f"c{first:08d}-{self.seq - 1:08d}.parquet",
+                       self.schema)  # fmt: skip
+            except OSError as e:  # the parts stay; close() merges them all
+                logger.warning("%s: parts not merged: %s", self.folder, e)
+            else:
+                for p in parts:
+                    p.unlink()
 
     def close(self) -> None:
         import shutil
@@ -560,18 +610,33 @@ class RunTables:
         for t in self._tables.values():
             t.flush()
         if self._parquet is not None and self._pending:
-            rows, self._pending = self._pending, []
-            self._parquet.write(rows)
+            self._parquet.write(self._pending)  # a failed write keeps them pending
+            self._pending = []
 
     def close(self) -> None:
+        """Flush and close every file; where that fails (a full disk: the first ``OSError`` is
+        raised) every file is still closed, each ending with its last complete row, and the
+        Parquet parts stay for :func:`finish_parquet`."""
         if self.closed:
             return
-        self.flush()
-        for t in self._tables.values():
-            t.close()
-        if self._parquet is not None:
-            self._parquet.close()
         self.closed = True
+        errors: list[OSError] = []
+        for close in [*(t.close for t in self._tables.values()), self._close_parquet]:
+            try:
+                close()
+            except OSError as e:
+                errors.append(e)
+        if errors:
+            raise errors[0]
+
+    def _close_parquet(self) -> None:
+        if self._parquet is not None:
+            try:
+                if self._pending:
+                    self._parquet.write(self._pending)
+                    self._pending = []
+            finally:
+                self._parquet.close()
 
 
 def write_summary(folder: str | Path, summary: Mapping[str, Any]) -> Path:

@@ -27,7 +27,12 @@ The rules (names in :data:`~loopline.io.runfolder.ALARM_RULES`; thresholds in
     ``behind_latency_ms``; clears below ``behind_clear_ms``.
 ``disk_low`` (daemon)
     Free space of the run folder's disk below ``disk_free_below_gb``; clears above
-    ``disk_clear_gb``.
+    ``disk_clear_gb``. The message (and the event's ``hours_left``) says how long the space
+    lasts at the rate the disk has been filling.
+``recording_stopped`` (daemon, an error)
+    Writing the run folder failed (disk full, quota, I/O error, read-only): recording stopped
+    while analysis and publishing go on; cleared when it resumes (value: frames not recorded,
+    unit ``frames``). Raised by :class:`loopline.daemon.recorder.Recorder`, not by a threshold.
 
 Hysteresis (:class:`Hysteresis`): a rule raises at its threshold, stays raised for at least
 ``hold_frames`` evaluations, and clears only once the value is past its clear threshold (on
@@ -271,7 +276,7 @@ class _Rules:
                                           above=above)  # fmt: skip
 
     def step(self, out: list[dict[str, Any]], frame: int, time_s: float, rule: str,
-             value: float, unit: str, what: str) -> None:  # fmt: skip
+             value: float, unit: str, what: str, note: str = "") -> None:  # fmt: skip
         h = self.rules.get(rule)
         if h is None:
             return
@@ -280,7 +285,7 @@ class _Rules:
             return
         thr = h.raise_at if ev == "raise" else h.clear_at
         verb = "raised" if ev == "raise" else "cleared"
-        msg = f"{rule} {verb}: {what} {value:.4g} {unit} (threshold {thr:.4g} {unit})"
+        msg = f"{rule} {verb}: {what} {value:.4g} {unit} (threshold {thr:.4g} {unit}){note}"
         logger.log(logging.WARNING if ev == "raise" else logging.INFO, "%s frame %d: %s",
                    self.series, frame, msg)  # fmt: skip
         out.append(_event(self.series, frame, time_s, rule, ev, value, thr, unit, msg))
@@ -405,13 +410,20 @@ class DaemonAlarms:
         return self._rules.active
 
     def update(self, *, series: str, frame: int, time_s: float, latency_ms: float = math.nan,
-               disk_free_gb: float = math.nan) -> list[dict[str, Any]]:  # fmt: skip
+               disk_free_gb: float = math.nan,
+               disk_gb_per_h: float = math.nan) -> list[dict[str, Any]]:  # fmt: skip
         """Evaluate with this frame's latency (ms) and/or the free disk (GB; NaN: not
-        measured now); the events."""
+        measured now) and the rate it has been filling at (GB/h); the events."""
         self._rules.series = series
         out: list[dict[str, Any]] = []
         self._rules.step(out, frame, time_s, "behind", latency_ms, "ms",
                          "receive-to-output latency")  # fmt: skip
+        hours = disk_free_gb / disk_gb_per_h if disk_gb_per_h > 0 else math.inf
+        note = (f"; about {hours:.3g} h left at {disk_gb_per_h:.3g} GB/h"
+                if math.isfinite(hours) else "")  # fmt: skip
+        n = len(out)
         self._rules.step(out, frame, time_s, "disk_low", disk_free_gb, "GB",
-                         "free disk of the run folder")  # fmt: skip
+                         "free disk of the run folder", note)  # fmt: skip
+        for ev in out[n:]:
+            ev["hours_left"] = hours if math.isfinite(hours) else None
         return out

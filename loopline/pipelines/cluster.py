@@ -4,10 +4,12 @@ The frames of each input are cut into chunks (frame ranges, :data:`DEFAULT_CHUNK
 default). A chunk is the expensive part of :func:`~loopline.pipelines.analyze.analyze`, run on
 a ``dask.distributed`` worker (:func:`analyze_chunk`): detection (the model is loaded once per
 worker process and kept, its runtime threads set from the worker's ``nthreads``),
-:func:`~loopline.pipelines.measure.measure_frame`, and the frame-to-frame stage shift the
-tracker corrects drift with (:func:`~loopline.pipelines.tracking.frame_shift`). For that shift
-a chunk also reads and measures the frame before its first one (an overlap of one frame), so
-no image has to leave the worker. The client takes the measured frames back (no masks: a
+:func:`~loopline.pipelines.measure.measure_frame`, and the stage shift the tracker corrects
+drift with (:func:`~loopline.pipelines.tracking.frame_shift`), of each frame relative to its
+keyframe (the frame at :func:`~loopline.pipelines.tracking.keyframe_position`, a fixed
+position, so the same as on one machine). For that shift a chunk also reads and measures the
+keyframe before its first frame (an overlap of one frame), so no image has to leave the
+worker. The client takes the measured frames back (no masks: a
 :class:`~loopline.pipelines.container.FrameResult` holds lines, loops and pairs only) and
 feeds them in frame order to one :class:`~loopline.pipelines.tracking.OnlineTracker` and one
 :class:`~loopline.pipelines.series.SeriesWriter` per input, so that tracks link across chunk
@@ -45,7 +47,7 @@ from .evaluate import evaluate_against_truth
 from .measure import measure_frame
 from .series import SeriesWriter
 from .sources import Frame, FrameSource, open_source
-from .tracking import OnlineTracker, frame_shift
+from .tracking import OnlineTracker, frame_shift, keyframe_position
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +111,7 @@ class ChunkResult:
 
     chunk: Chunk
     results: list[FrameResult]
-    shifts: list[tuple[float, float, float] | None]  # vs the frame before; None: none
+    shifts: list[tuple[float, float, float] | None]  # vs its keyframe; None: none
     measure_ms: list[float]
     counted_times: bool = False  # some frame had no time: its index was used (1 frame = 1 s)
     worker: str = ""
@@ -215,14 +217,16 @@ def analyze_chunk(
     timing : Calibration or None
         Where frame times come from, as in ``analyze`` (None: the file's own).
     frames : optional
-        The chunk's frames, with the one before its first where it has one (``scatter``);
-        None: read from ``chunk.input`` (a path every worker can open).
+        The chunk's frames, after the keyframe of its first one
+        (:func:`~loopline.pipelines.tracking.keyframe_position`) where it has one
+        (``scatter``); None: read from ``chunk.input`` (a path every worker can open).
     """
     t_start = time.perf_counter()
     opt = options
-    lo = max(chunk.start - 1, 0) if opt.drift == "phase" else chunk.start
+    key = keyframe_position(chunk.start) if opt.drift == "phase" else None
     if frames is None:
-        frames = read_frames(open_source(chunk.input, sequence=chunk.sequence), lo, chunk.stop)
+        frames = _read_with_key(open_source(chunk.input, sequence=chunk.sequence), key,
+                                chunk.start, chunk.stop)  # fmt: skip
     elif isinstance(frames, _Frames):
         frames = list(frames.frames)
     frames = list(frames)
@@ -242,16 +246,28 @@ def analyze_chunk(
             results.append(measure_frame(det, index=fr.index, time_s=float(t),
                                          calibration=calibration, options=opt.measure))  # fmt: skip
             ms.append((time.perf_counter() - t0) * 1e3)
-    own = min(chunk.start - lo, len(frames))  # the overlap frame is not the chunk's own
+    own = min(int(key is not None), len(frames))  # the keyframe is not the chunk's own
     shifts: list[tuple[float, float, float] | None] = []
     for j in range(own, len(frames)):
-        if j == 0 or opt.drift != "phase":
+        ref = keyframe_position(chunk.start + j - own)
+        if ref is None or opt.drift != "phase":
             shifts.append(None)
-        else:
-            shifts.append(frame_shift(frames[j - 1].image, results[j - 1], frames[j].image,
-                                      results[j]))  # fmt: skip
+            continue
+        r = 0 if ref < chunk.start else ref - chunk.start + own  # its place in frames
+        shifts.append(frame_shift(frames[r].image, results[r], frames[j].image, results[j]))
     return ChunkResult(chunk, results[own:], shifts, ms[own:], counted, _worker_name(),
                        time.perf_counter() - t_start)  # fmt: skip
+
+
+def _read_with_key(source: FrameSource, key: int | None, start: int,
+                   stop: int | None) -> list[Frame]:  # fmt: skip
+    """The frame at position ``key`` (if not None) and frames ``start:stop`` of ``source``."""
+    if key is None:
+        return read_frames(source, start, stop)
+    if source.kind == "folder" or (source.kind == "synth" and source.sequence is not None):
+        return read_frames(source, key, key + 1) + read_frames(source, start, stop)
+    frames = read_frames(source, key, stop)  # decoded from the first frame anyway
+    return frames[:1] + frames[start - key :]
 
 
 def connect(cluster: Any) -> tuple[Any, Any]:
@@ -348,20 +364,23 @@ def _plan(inputs: Sequence[Path], out: Path, calibration: Calibration | None,
 
 
 def _scattered(run: _Run, opt: AnalyzeOptions) -> Iterator[list[Frame]]:
-    """The frames of each of ``run``'s chunks, with the overlap frame, reading the input once."""
+    """The frames of each of ``run``'s chunks, after the keyframe of its first frame
+    (:func:`analyze_chunk`'s overlap), reading the input once."""
     it = iter(run.source)
-    prev: Frame | None = None  # the frame before the chunk's first (analyze_chunk's overlap)
+    key: Frame | None = None  # the last frame read at a keyframe position
     pos = 0
     for c in run.chunks:
+        before = key if keyframe_position(c.start) is not None else None
         own: list[Frame] = []
         while c.stop is None or pos < c.stop:
             fr = next(it, None)
             if fr is None:
                 break
+            if keyframe_position(pos + 1) == pos:
+                key = fr
             own.append(fr)
             pos += 1
-        yield ([prev] if prev is not None and opt.drift == "phase" else []) + own
-        prev = own[-1] if own else prev
+        yield ([before] if before is not None and opt.drift == "phase" else []) + own
 
 
 def _close_incomplete(run: _Run) -> None:

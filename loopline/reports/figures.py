@@ -3,13 +3,22 @@
 A run folder of ``loopline analyze`` or ``loopline serve`` (the same layout, defined once in
 :mod:`loopline.io.runfolder` and the README's *Run folder*) holds ``series.csv`` (one row per
 frame), ``tracks.csv`` (per object and frame), ``pairs.csv`` (per neighbour pair and frame),
-``track_summary.csv`` (per track) and ``summary.json``. They are read as they are, without
-conversion. Each figure below is drawn only from the columns it needs; a figure whose data
-are absent is skipped with the reason, never faked. A folder with several series (a daemon
-that saw several acquisitions) is reported for the one with the most frames.
+``track_summary.csv`` (per track), ``alarms.csv`` (alarms raised and cleared) and
+``summary.json``. They are read as they are, without conversion. Each figure below is drawn
+only from the columns it needs; a figure whose data are absent is skipped with the reason,
+never faked. A folder with several series (a daemon that saw several acquisitions) is
+reported for the one with the most frames.
 
 All figures use matplotlib's Agg backend, are written as PNG and PDF, and carry units on
-every axis.
+every axis. Where the tables carry uncertainties (issue 22) they are drawn as translucent
+bands of ± 1 standard error: each pair's ``spacing_nm`` ± ``spacing_nm_se`` and a pile-up's
+mean spacing ± the standard error of that mean from its pairs' errors (``sqrt(Σ se²) / n``,
+:func:`loopline.viewers.schema.mean_se`; not ``series.csv``'s ``mean_spacing_nm_se``, which
+is the spread over the pairs), each line's
+``velocity_nm_per_s`` ± ``velocity_nm_per_s_se``, and the loop count and densities' 68 %
+Poisson intervals (``*_lo``/``*_hi``). A band never stretches an axis by more than the span
+of its curves (an early fit of three frames can have a wide error). ``summary.md`` ends with
+the alarms of ``alarms.csv`` when the run raised any.
 """
 
 from __future__ import annotations
@@ -25,7 +34,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..io.runfolder import SCHEMA_VERSION, TABLES
+from ..io.runfolder import EVENT_TABLES, SCHEMA_VERSION, TABLES
+from ..viewers.schema import mean_se
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +54,7 @@ class RunData:
     summary: dict[str, Any]  # summary.json
     series_id: str | None = None
     others: list[str] = field(default_factory=list)  # series of the folder not reported
+    alarms: pd.DataFrame = field(default_factory=pd.DataFrame)  # alarms.csv: one per event
 
     @property
     def analysis(self) -> dict[str, Any]:
@@ -59,6 +70,8 @@ class RunData:
 MAX_PILEUPS = 6  # panels of the spacing figure
 MAX_PAIR_CURVES = 6  # pairs drawn one by one in a panel; more: their range as a band
 MAX_TRACKS = 24  # curves of the kinematics figure
+MAX_ALARM_ROWS = 200  # rows of the alarms table in summary.md
+BAND_ALPHA = 0.2
 
 
 @dataclass
@@ -72,7 +85,7 @@ class Report:
 
 def _table(folder: Path, name: str) -> pd.DataFrame:
     """One table of the run folder; an empty frame with its columns where it is absent."""
-    cols = [c for c, _, _ in TABLES[name]]
+    cols = [c for c, _, _ in {**TABLES, **EVENT_TABLES}[name]]
     p = folder / name
     if not p.exists() or not p.stat().st_size:
         return pd.DataFrame(columns=cols)
@@ -106,7 +119,7 @@ def load_run(folder: Path) -> RunData:
     if version != SCHEMA_VERSION:
         raise ValueError(f"{js}: schema_version must be {SCHEMA_VERSION} (this loopline's "
                          f"run-folder layout), got {version!r}")  # fmt: skip
-    tables = {name: _table(folder, name) for name in TABLES}
+    tables = {name: _table(folder, name) for name in (*TABLES, *EVENT_TABLES)}
     series = tables["series.csv"]
     counts = series["series"].value_counts()
     sid = str(counts.idxmax()) if len(counts) else None
@@ -116,7 +129,8 @@ def load_run(folder: Path) -> RunData:
 
     return RunData(folder, one(series), one(tables["tracks.csv"]), one(tables["pairs.csv"]),
                    one(tables["track_summary.csv"]), summary, sid,
-                   [str(s) for s in counts.index if str(s) != sid])  # fmt: skip
+                   [str(s) for s in counts.index if str(s) != sid],
+                   one(tables["alarms.csv"]))  # fmt: skip
 
 
 def _length_column(df: pd.DataFrame, base: str) -> tuple[str, str]:
@@ -162,6 +176,49 @@ def _fit_ylim(ax: Any, values: Any, *, floor: float | None = 0.0) -> None:
     ax.set_ylim(lo, hi)
 
 
+def _se(df: pd.DataFrame, col: str) -> pd.Series | None:
+    """``df[col + "_se"]`` where the table has it with a finite value, else None."""
+    c = f"{col}_se"
+    if c not in df.columns:
+        return None
+    se = pd.to_numeric(df[c], errors="coerce")
+    return se if np.isfinite(se).any() else None
+
+
+def _capped(values: Any, band: Any) -> list[float]:
+    """``values`` and the band's ends, the ends clipped to the values' range widened by its
+    own span (a quarter of its size when flat): what the y limits are fitted to."""
+    v = np.asarray([x for x in values if x is not None], dtype=float)
+    v = v[np.isfinite(v)]
+    b = np.asarray([x for x in band if x is not None], dtype=float)
+    b = b[np.isfinite(b)]
+    if not v.size or not b.size:
+        return list(v)
+    lo, hi = float(v.min()), float(v.max())
+    pad = max(hi - lo, 0.25 * max(abs(lo), abs(hi)), 1e-12)
+    return list(v) + list(np.clip(b, lo - pad, hi + pad))
+
+
+def _band(ax: Any, t: Any, y: Any, se: Any, color: Any, label: str | None = None) -> list[float]:
+    """A translucent band ``y ± se`` (gaps where either is NaN); its ends, for the limits."""
+    y = np.asarray(y, dtype=float)
+    se = np.asarray(se, dtype=float)
+    ok = np.isfinite(y) & np.isfinite(se)
+    if not ok.any():
+        return []
+    lo, hi = y - se, y + se
+    ax.fill_between(np.asarray(t, dtype=float), lo, hi, where=ok, color=color,
+                    alpha=BAND_ALPHA, lw=0, label=label, interpolate=False)  # fmt: skip
+    return list(lo[ok]) + list(hi[ok])
+
+
+def _pileup_mean_se(se: pd.Series) -> float:
+    """Standard error of a mean over pairs from their own standard errors, as the viewers
+    have it (:func:`loopline.viewers.schema.mean_se`; NaN where it gives none)."""
+    v = mean_se(pd.to_numeric(se, errors="coerce").tolist())
+    return math.nan if v is None else v
+
+
 def _save(fig: Any, rep: Report, name: str) -> None:
     for ext in ("png", "pdf"):
         p = rep.out / f"{name}.{ext}"
@@ -185,8 +242,10 @@ def fig_spacing(run: RunData, rep: Report) -> None:
         rep.notes.append("spacing_vs_time: no pixel size in the run: spacings in px")
     # each pile-up's mean spacing per frame: the mean over its pairs (as series.csv's
     # mean_spacing_nm is over all pairs of the frame)
+    se_col = "spacing_nm_se" if unit == "nm" and _se(pairs, "spacing_nm") is not None else None
     pu = pairs.groupby(["pileup_id", "frame"], as_index=False).agg(
-        time_s=("time_s", "first"), mean_spacing_nm=(col, "mean"))
+        time_s=("time_s", "first"), mean_spacing_nm=(col, "mean"),
+        **({"mean_spacing_nm_se": (se_col, _pileup_mean_se)} if se_col else {}))
     # a lone dislocation has no spacing: only pile-ups with at least one pair get a panel, and
     # at most MAX_PILEUPS of them, those seen in the most frames
     seen = pu["pileup_id"].value_counts()
@@ -201,14 +260,17 @@ def fig_spacing(run: RunData, rep: Report) -> None:
         p = pairs[pairs["pileup_id"] == pid]
         ranks = sorted(p["rank"].dropna().unique()) if not p.empty else []
         shown: list[float] = []
+        bands: list[float] = []
         if len(ranks) <= MAX_PAIR_CURVES:
             cmap = plt.get_cmap("viridis")
             for r in ranks:
                 q = p[p["rank"] == r].sort_values("frame")
                 t, _ = _time(q)
-                ax.plot(t, q[col], lw=0.9, color=cmap(r / max(len(ranks), 1)),
-                        label=f"pair {int(r)}–{int(r) + 1}")  # fmt: skip
+                c = cmap(r / max(len(ranks), 1))
+                ax.plot(t, q[col], lw=0.9, color=c, label=f"pair {int(r)}–{int(r) + 1}")
                 shown += list(q[col])
+                if se_col:
+                    bands += _band(ax, t, q[col], q[se_col], c)
         else:  # many pairs: their range as a band, the leader's pair as a line
             g = p.groupby("frame")
             band = pd.DataFrame({"t": g["time_s"].first(), "lo": g[col].min(),
@@ -221,11 +283,16 @@ def fig_spacing(run: RunData, rep: Report) -> None:
             ax.plot(tq, q[col], lw=1.0, color="tab:blue",
                     label=f"pair {int(ranks[0])}–{int(ranks[0]) + 1} (at the leader)")  # fmt: skip
             shown += list(band["lo"]) + list(band["hi"])
+            if se_col:
+                bands += _band(ax, tq, q[col], q[se_col], "tab:blue")
         m = pu[pu["pileup_id"] == pid].sort_values("frame")
         t, xlabel = _time(m)
         ax.plot(t, m["mean_spacing_nm"], color="k", lw=2.0, label="mean")
         shown += list(m["mean_spacing_nm"])
-        _fit_ylim(ax, shown)
+        if se_col:
+            bands += _band(ax, t, m["mean_spacing_nm"], m["mean_spacing_nm_se"], "k",
+                           label="± 1 standard error")  # fmt: skip
+        _fit_ylim(ax, _capped(shown, bands))
         ax.set_ylabel(f"spacing ({unit})")
         ax.set_title(f"pile-up {int(pid)}: neighbour pairs numbered from the leading "
                      "dislocation (0)", fontsize=9, loc="left")  # fmt: skip
@@ -258,6 +325,9 @@ def fig_dislocations(run: RunData, rep: Report) -> None:
                          "tracks are drawn")  # fmt: skip
     cmap = plt.get_cmap("tab20")
     xlabel = "time (s)"
+    has_se = _se(ln, "velocity_nm_per_s") is not None
+    vel: list[float] = []
+    bands: list[float] = []
     for k, tid in enumerate(tracks):
         d = ln[ln["track_id"] == tid].sort_values("frame")
         t, xlabel = _time(d)
@@ -267,6 +337,13 @@ def fig_dislocations(run: RunData, rep: Report) -> None:
         c = cmap(k % 20)
         a1.plot(t, d["position_nm"], color=c, lw=1.1, label=label)
         a2.plot(t, d["velocity_nm_per_s"], color=c, lw=1.0)
+        vel += list(d["velocity_nm_per_s"])
+        if has_se:
+            bands += _band(a2, t, d["velocity_nm_per_s"], d["velocity_nm_per_s_se"], c,
+                           label="± 1 standard error" if not bands else None)  # fmt: skip
+    if bands:
+        _fit_ylim(a2, _capped([*vel, 0.0], bands), floor=None)
+        a2.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     a1.set_ylabel("position along glide (nm)")
     a2.set_ylabel("velocity (nm/s)")
     a2.set_xlabel(xlabel)
@@ -343,7 +420,15 @@ def fig_density(run: RunData, rep: Report) -> None:
     t, xlabel = _time(fr)
     for ax, (c, lab) in zip(axes[:, 0], panels, strict=True):
         ax.plot(t, fr[c], lw=1.3)
-        _fit_ylim(ax, fr[c])  # densities and counts are never negative
+        band: list[float] = []
+        if f"{c}_lo" in fr.columns and fr[f"{c}_lo"].notna().any():
+            lo, hi = fr[f"{c}_lo"].to_numpy(float), fr[f"{c}_hi"].to_numpy(float)
+            ok = np.isfinite(lo) & np.isfinite(hi)
+            ax.fill_between(np.asarray(t, float), lo, hi, where=ok, color="tab:blue",
+                            alpha=BAND_ALPHA, lw=0, label="68 % Poisson interval")  # fmt: skip
+            ax.legend(fontsize=7, loc="upper left")
+            band = list(lo[ok]) + list(hi[ok])
+        _fit_ylim(ax, _capped(fr[c], band))  # densities and counts are never negative
         ax.set_ylabel(lab, fontsize=8)
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel(xlabel)
@@ -532,12 +617,50 @@ def summary_table(run: RunData, rep: Report) -> None:
     v = ts.loc[ts["kind"] == "line", "velocity_nm_per_s"].dropna() if len(ts) else ts
     if len(v):
         add("line velocity range (nm/s)", f"{v.min():.3g} … {v.max():.3g}")
+    al = run.alarms
+    if len(al):
+        raised = al[al["state"] == "raise"]
+        add("alarms raised", len(raised))
+        for rule, n in raised["rule"].value_counts().sort_index().items():
+            add(f"alarms raised: {rule}", int(n))
     rep.table = t
     pd.DataFrame(t, columns=["quantity", "value"]).to_csv(rep.out / "summary.csv", index=False)
     md = ["| quantity | value |", "|---|---|",
-          *(f"| {_md_cell(a)} | {_md_cell(b)} |" for a, b in t)]
+          *(f"| {_md_cell(a)} | {_md_cell(b)} |" for a, b in t), *alarm_table_md(al)]
     (rep.out / "summary.md").write_text("\n".join(md) + "\n", "utf-8")
     rep.written += [rep.out / "summary.csv", rep.out / "summary.md"]
+
+
+def _md_num(v: Any) -> str:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return ""
+    return f"{f:.4g}" if math.isfinite(f) else ""
+
+
+def alarm_table_md(alarms: pd.DataFrame, *, limit: int = MAX_ALARM_ROWS) -> list[str]:
+    """``alarms.csv``'s events as Markdown lines (a heading and a table; none without events):
+    frame, time, rule, raise/clear, value and threshold with their unit, and the message."""
+    if alarms is None or not len(alarms):
+        return []
+    a = alarms.sort_values(["frame", "time_s"], kind="stable") if "frame" in alarms else alarms
+    out = ["", "## Alarms", "",
+           f"{int((a['state'] == 'raise').sum())} raised, {int((a['state'] == 'clear').sum())} "
+           "cleared (`alarms.csv`).", "",
+           "| frame | time (s) | rule | state | value | threshold | unit | message |",
+           "|---:|---:|---|---|---:|---:|---|---|"]  # fmt: skip
+    for _, r in a.head(limit).iterrows():
+        frame = "" if pd.isna(r.get("frame")) else str(int(r["frame"]))
+        cells = [frame, _md_num(r.get("time_s")), r.get("rule"), r.get("state"),
+                 _md_num(r.get("value")), _md_num(r.get("threshold")), r.get("unit"),
+                 r.get("message")]  # fmt: skip
+        out.append("| " + " | ".join(_md_cell("" if c is None or (isinstance(c, float) and
+                                                                   math.isnan(c)) else c)
+                                     for c in cells) + " |")  # fmt: skip
+    if len(a) > limit:
+        out += ["", f"({len(a) - limit} more events in `alarms.csv`)"]
+    return out
 
 
 FIGURES: dict[str, Callable[[RunData, Report], None]] = {

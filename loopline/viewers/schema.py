@@ -5,7 +5,10 @@ The daemon publishes, per analysed frame, a multipart message ``[JSON header, ov
 frame's identity, the per-frame measurements (``FrameResult.to_dict()`` of the pipelines) and
 the daemon's metrics. This module is the viewers' single adapter to that schema: it accepts
 the documented field names and a few spellings of each, so a renamed field shows up as a
-blank cell, not a crashed dashboard at the microscope.
+blank cell, not a crashed dashboard at the microscope. An ``alarm`` message (the daemon's
+alarms raised and cleared) becomes an :class:`AlarmEvent` (:func:`to_alarm`); the standard
+errors the daemon sends (``*_se``, the loop count's ``n_loops_lo``/``_hi``) are read into the
+views beside their values.
 
 Units: positions in px of the published frame, lengths and spacings in nm, velocities in
 nm/s, times in s, latencies in ms.
@@ -23,11 +26,15 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "ALARM_STATES",
+    "AlarmEvent",
     "FrameView",
     "LineView",
     "LoopView",
     "PileupView",
+    "mean_se",
     "parse_message",
+    "to_alarm",
     "to_view",
 ]
 
@@ -52,6 +59,8 @@ class LineView:
     centroid: list[float] | None = None
     ordered: bool = True
     glide_dir: list[float] | None = None
+    velocity_nm_s_se: float | None = None  # standard error of velocity_nm_s (its causal fit)
+    length_nm_se: float | None = None  # standard error of length_nm
 
 
 @dataclass(frozen=True)
@@ -65,16 +74,58 @@ class LoopView:
     angle_deg: float
     major_nm: float | None
     contour: list[list[float]] = field(default_factory=list)
+    major_nm_se: float | None = None  # standard error of major_nm (ellipse fit residuals)
 
 
 @dataclass(frozen=True)
 class PileupView:
-    """A pile-up: id, neighbour spacings from the leader (nm), leading velocity (nm/s)."""
+    """A pile-up: id, neighbour spacings from the leader (nm), leading velocity (nm/s).
+
+    ``spacings_nm_se`` is parallel to ``spacings_nm`` (None where a pair has no standard error
+    yet: the daemon needs four spacings of a tracked pair); ``mean_spacing_nm_se`` is the
+    standard error of the mean of ``spacings_nm`` from the pairs' own errors
+    (:func:`mean_se`; None while fewer than half of the pairs have one).
+    """
 
     id: int
     spacings_nm: list[float]
     lead_velocity_nm_s: float | None
     lead_id: int | None = None
+    spacings_nm_se: list[float | None] = field(default_factory=list)
+    mean_spacing_nm_se: float | None = None
+    lead_velocity_nm_s_se: float | None = None
+
+
+ALARM_STATES = ("raise", "clear", "active")
+
+
+@dataclass(frozen=True)
+class AlarmEvent:
+    """One alarm raised or cleared by the daemon (a ``loopline.alarm/1`` message, one row of
+    ``alarms.csv``).
+
+    ``state`` is ``raise`` or ``clear``, or ``active`` for a rule this viewer only knows from a
+    frame's ``alarms_active`` (raised before it joined, or its message was lost): then
+    ``message`` says so and the numbers are None. ``received`` numbers the alarm messages in
+    the order this viewer got them (0: not received as a message).
+    """
+
+    rule: str
+    state: str
+    message: str
+    series: str = ""
+    frame: int | None = None
+    time_s: float | None = None
+    value: float | None = None
+    threshold: float | None = None
+    unit: str = ""
+    timestamp: float | None = None  # when the daemon sent it, s since the epoch
+    seq: int | None = None  # the daemon's alarm message counter
+    received: int = 0
+    level: str = ""  # "error" for a raise that stops something (recording_stopped), else ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -105,6 +156,12 @@ class FrameView:
     jpeg_overlay: bool = False  # the JPEG has the overlay burnt in (else: draw it)
     timestamp: float | None = None  # camera clock, s since the epoch
     series_label: str = ""  # the series id as shown: a date-time for an epoch-like id
+    # the daemon's alarm rules raised now (None: the stream does not say, e.g. an older daemon)
+    alarms_active: list[str] | None = None
+    mean_spacing_nm_se: float | None = None  # series.csv: se of the mean over all pairs
+    spacing_sd_nm: float | None = None  # series.csv: spread of the frame's spacings
+    n_loops_lo: float | None = None  # series.csv: 68 % Poisson interval of the loop count
+    n_loops_hi: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,8 +170,8 @@ class FrameView:
 def parse_message(parts: list[bytes]) -> tuple[str, dict[str, Any], bytes | None]:
     """Split a multipart message into (topic, JSON header, JPEG bytes or None).
 
-    The daemon sends ``[topic, header, jpeg?]`` with topics ``frame``, ``metrics`` and
-    ``series``; without a topic part the topic is read from the header's ``schema``
+    The daemon sends ``[topic, header, jpeg?]`` with topics ``frame``, ``metrics``,
+    ``series`` and ``alarm``; without a topic part the topic is read from the header's ``schema``
     (``loopline.frame/1`` → ``frame``) and defaults to ``frame``.
 
     Raises
@@ -144,6 +201,50 @@ def parse_message(parts: list[bytes]) -> tuple[str, dict[str, Any], bytes | None
         schema = header.get("schema")
         topic = schema.split(".", 1)[-1].split("/")[0] if isinstance(schema, str) else "frame"
     return topic, header, jpeg
+
+
+def mean_se(ses: Iterable[float | None]) -> float | None:
+    """Standard error of a mean of ``n`` values with independent standard errors ``ses``:
+    ``sqrt(sum se²) / n``. Values without one yet (a pair tracked for fewer than four frames)
+    count with the mean variance of the others; None when fewer than half have one.
+
+    >>> mean_se([3.0, 4.0])
+    2.5
+    >>> mean_se([3.0, 4.0, None]) == mean_se([3.0, 4.0, 12.5 ** 0.5])
+    True
+    >>> mean_se([1.0, None, None]) is None
+    True
+    """
+    vals = [_num(v) for v in ses]
+    known = [v for v in vals if v is not None]
+    if not known or 2 * len(known) < len(vals):
+        return None
+    return math.sqrt(sum(v * v for v in known) / len(known) / len(vals))
+
+
+def to_alarm(header: Mapping[str, Any], *, received: int = 0) -> AlarmEvent:
+    """One ``alarm`` message (``loopline.alarm/1``) as an :class:`AlarmEvent`.
+
+    Raises
+    ------
+    ValueError
+        If the header names no rule, or its ``state`` is not ``raise`` or ``clear``.
+    """
+    rule = _text(_first(header, "rule", default="")).strip()
+    state = _text(_first(header, "state", default="")).strip().lower()
+    if not rule:
+        raise ValueError(f"alarm message without a rule (keys: {', '.join(sorted(header))})")
+    if state not in ("raise", "clear"):
+        raise ValueError(f"alarm {rule!r}: state must be 'raise' or 'clear', got {state!r}")
+    message = _text(_first(header, "message", default="")).replace("\n", " ").strip()
+    return AlarmEvent(
+        rule=rule, state=state, message=message or f"{rule} {state}d",
+        series=_text(_first(header, "series", default="")), frame=_int(header.get("frame")),
+        time_s=_num(header.get("time_s")), value=_num(header.get("value")),
+        threshold=_num(header.get("threshold")), unit=_text(header.get("unit")),
+        timestamp=_num(header.get("timestamp")), seq=_int(header.get("seq")), received=received,
+        level=_text(header.get("level")),
+    )  # fmt: skip
 
 
 def _first(d: Mapping[str, Any] | None, *keys: str, default: Any = None) -> Any:
@@ -230,6 +331,8 @@ def _lines(items: Any, nm_per_px: float | None, fps: float | None) -> list[LineV
                 centroid=cen[0] if cen else None,
                 ordered=ordered,
                 glide_dir=(_points([d["glide_dir"]]) or [None])[0] if d.get("glide_dir") else None,
+                velocity_nm_s_se=_num(_first(d, "velocity_nm_s_se", "velocity_nm_per_s_se")),
+                length_nm_se=_num(_first(d, "length_nm_se")),
             )
         )
     return out
@@ -269,6 +372,7 @@ def _loops(items: Any, nm_per_px: float | None) -> list[LoopView]:
                 angle_deg=_num(_first(d, "angle_deg", "angle", default=0.0)) or 0.0,
                 major_nm=major_nm,
                 contour=_points(_first(d, "contour_px", "contour", "polygon")),
+                major_nm_se=_num(_first(d, "major_nm_se", "length_nm_se")),
             )
         )
     return out
@@ -283,17 +387,27 @@ def _pileups(items: Any, lines: list[LineView], nm_per_px: float | None) -> list
         if sp is None and nm_per_px:
             px = _first(d, "spacings_px", "spacing_px")
             sp = None if px is None else [(_num(v) or math.nan) * nm_per_px for v in px]
-        spacings = [v for v in (_num(s) for s in (sp or [])) if v is not None]
+        sp = sp if isinstance(sp, list) else []
+        raw_se = d.get("spacings_nm_se")
+        raw_se = raw_se if isinstance(raw_se, list) and len(raw_se) == len(sp) else [None] * len(sp)
+        kept = [(v, _num(e)) for v, e in zip((_num(s) for s in sp), raw_se, strict=True)
+                if v is not None]  # fmt: skip
+        spacings = [v for v, _ in kept]
+        spacings_se = [e for _, e in kept]
         pid = _int(_first(d, "id", "pileup", default=i))
         ids = _first(d, "dislocation_ids", "track_ids", "ids", default=[])
         lead = _int(ids[0]) if isinstance(ids, list) and ids else None
         vel = _num(_first(d, "lead_velocity_nm_s", "leading_velocity_nm_s", "lead_velocity"))
+        vel_se = _num(_first(d, "lead_velocity_nm_s_se"))
         if vel is None:
             lead_line = next((ln for ln in lines if ln.pileup == pid and
                               (lead is None or ln.id == lead)), None)  # fmt: skip
             vel = lead_line.velocity_nm_s if lead_line is not None else None
+            vel_se = lead_line.velocity_nm_s_se if lead_line is not None else None
         out.append(PileupView(id=pid if pid is not None else i, spacings_nm=spacings,
-                              lead_velocity_nm_s=vel, lead_id=lead))  # fmt: skip
+                              lead_velocity_nm_s=vel, lead_id=lead, spacings_nm_se=spacings_se,
+                              mean_spacing_nm_se=mean_se(spacings_se),
+                              lead_velocity_nm_s_se=vel_se))  # fmt: skip
     return out
 
 
@@ -352,18 +466,18 @@ def _rows(x: Any) -> list[dict[str, Any]] | None:
 
 
 def _pair_spacings_nm(pairs: list[Mapping[str, Any]], pileup: int, nm: float | None
-                      ) -> list[float | None]:  # fmt: skip
-    """Spacings (nm) of one pile-up's pairs, from its leader back (``rank`` order); a pair
-    with only ``spacing_px`` is converted with ``nm`` (NaN where it has none, None without
-    ``nm``)."""
+                      ) -> list[tuple[float | None, float | None]]:  # fmt: skip
+    """(spacing, its standard error) in nm of one pile-up's pairs, from its leader back
+    (``rank`` order); a pair with only ``spacing_px`` is converted with ``nm`` (NaN where it
+    has none, None without ``nm``); the se is None where the pair has none."""
     mine = sorted((q for q in pairs if _int(q.get("pileup")) == pileup),
                   key=lambda q: _int(q.get("rank")) or 0)  # fmt: skip
-    out: list[float | None] = []
+    out: list[tuple[float | None, float | None]] = []
     for q in mine:
         v = _num(q.get("spacing_nm"))
         if v is None and nm:
             v = (_num(q.get("spacing_px")) or math.nan) * nm
-        out.append(v)
+        out.append((v, _num(_first(q, "spacing_nm_se"))))
     return out
 
 
@@ -381,8 +495,9 @@ def _columnar_pileups(result: Mapping[str, Any], line_rows: list[dict[str, Any]]
         sp = _pair_spacings_nm(pairs, idx, nm)
         lead = next((ln for ln in line_rows
                      if _int(ln.get("pileup")) == idx and _int(ln.get("rank")) == 0), None)
+        sp = [(v, e) for v, e in sp if v is not None]
         out.append({"id": _int(p.get("id")) if p.get("id") is not None else idx,
-                    "spacings_nm": [v for v in sp if v is not None],
+                    "spacings_nm": [v for v, _ in sp], "spacings_nm_se": [e for _, e in sp],
                     "dislocation_ids": [] if lead is None else [lead.get("track_id")],
                     "glide_dir": p.get("glide_dir")})  # fmt: skip
     return out
@@ -485,7 +600,8 @@ def to_view(header: Mapping[str, Any], *, jpeg: bytes | None = None,
             if ln.pileup is not None:
                 groups.setdefault(ln.pileup, []).append(ln)
         pileups = [PileupView(id=k, spacings_nm=[], lead_velocity_nm_s=v[0].velocity_nm_s,
-                              lead_id=v[0].id) for k, v in sorted(groups.items())]  # fmt: skip
+                              lead_id=v[0].id, lead_velocity_nm_s_se=v[0].velocity_nm_s_se)
+                   for k, v in sorted(groups.items())]  # fmt: skip
     jpeg_info = header.get("jpeg")
     jpeg_w = _int(_first(header, "jpeg_width")) or _int(_first(jpeg_info, "width"))
     scale = _num(_first(header, "jpeg_scale")) or _num(_first(jpeg_info, "scale"))
@@ -525,7 +641,19 @@ def to_view(header: Mapping[str, Any], *, jpeg: bytes | None = None,
         jpeg_overlay=isinstance(jpeg_info, Mapping) and jpeg_info.get("overlay") is True,
         timestamp=_num(_first(header, "timestamp")),
         series_label=series_label(series),
+        alarms_active=_rules(header.get("alarms_active")),
+        mean_spacing_nm_se=_num(_first(row, "mean_spacing_nm_se")),
+        spacing_sd_nm=_num(_first(row, "spacing_sd_nm")),
+        n_loops_lo=_num(_first(row, "n_loops_lo")),
+        n_loops_hi=_num(_first(row, "n_loops_hi")),
     )
+
+
+def _rules(v: Any) -> list[str] | None:
+    """``alarms_active``: rule names (None where the header has no such list)."""
+    if not isinstance(v, list):
+        return None
+    return [str(r) for r in v if isinstance(r, str) and r]
 
 
 def _instance_pileups(lines: list[dict[str, Any]], pairs: list[dict[str, Any]],
@@ -536,10 +664,12 @@ def _instance_pileups(lines: list[dict[str, Any]], pairs: list[dict[str, Any]],
                  | {p for p in (_int(q.get("pileup")) for q in pairs) if p is not None})
     out = []
     for pid in ids:
-        sp = [v for v in _pair_spacings_nm(pairs, pid, nm) if v is not None and math.isfinite(v)]
+        sp = [(v, e) for v, e in _pair_spacings_nm(pairs, pid, nm)
+              if v is not None and math.isfinite(v)]  # fmt: skip
         members = [d for d in lines if _int(d.get("pileup")) == pid]
         lead = min(members, key=lambda d: _int(d.get("rank")) or 0, default=None)
-        out.append({"id": pid, "spacings_nm": sp,
+        out.append({"id": pid, "spacings_nm": [v for v, _ in sp],
+                    "spacings_nm_se": [e for _, e in sp],
                     "dislocation_ids": [] if lead is None else [_first(lead, "track_id", "id")]})
     return out
 

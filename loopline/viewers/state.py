@@ -3,18 +3,26 @@
 :class:`ViewState` is fed one :class:`~loopline.viewers.schema.FrameView` per drawn frame and
 holds nothing that a redraw could not recompute; it owns no socket and no thread, so it is
 tested on literal views.
+
+Two kinds of alarm are shown. The daemon's (:mod:`loopline.pipelines.alarms`, published as
+``alarm`` messages and written to ``alarms.csv``) are fed with :meth:`ViewState.on_alarm`:
+:meth:`ViewState.active_alarms` holds the rules raised now, :meth:`ViewState.alarm_log` the
+newest raise/clear events. A viewer that joins late, or lost an ``alarm`` message, learns the
+rules raised now from every frame's ``alarms_active`` (see :meth:`ViewState.update`). The
+viewer's own rules (``[view.alarms]``, on what this viewer draws, e.g. its latency) are
+:meth:`ViewState.alarms`.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .config import AlarmConfig
-from .schema import FrameView
+from .schema import AlarmEvent, FrameView
 
-__all__ = ["PileupHistory", "TrackRow", "ViewState", "sparkline"]
+__all__ = ["PileupHistory", "TrackRow", "ViewState", "reconcile_alarms", "sparkline"]
 
 _BARS = "▁▂▃▄▅▆▇█"
 
@@ -32,6 +40,10 @@ def sparkline(values: list[float] | deque[float], width: int = 24) -> str:
     if hi - lo < 1e-12:
         return _BARS[3] * len(vals)
     return "".join(_BARS[min(int((v - lo) / (hi - lo) * len(_BARS)), len(_BARS) - 1)] for v in vals)
+
+
+def _nan(v: float | None) -> float:
+    return math.nan if v is None else float(v)
 
 
 def _fit_velocity(c: deque[tuple[float, float, float]], glide: list[float] | None) -> float:
@@ -64,6 +76,8 @@ class TrackRow:
     velocity_nm_s: float | None
     derived: bool = False  # velocity estimated here from centroid motion (a speed, >= 0)
     centroids: deque[tuple[float, float, float]] | None = None  # (t s, x px, y px)
+    velocity_nm_s_se: float | None = None  # the daemon's standard error (None if derived)
+    length_nm_se: float | None = None
 
     @property
     def age_frames(self) -> int:
@@ -78,7 +92,8 @@ class TrackRow:
 
 @dataclass
 class PileupHistory:
-    """Recent mean and smallest spacing (nm) and leading velocity (nm/s) of one pile-up."""
+    """Recent mean and smallest spacing (nm) and leading velocity (nm/s) of one pile-up, with
+    the standard errors of the mean spacing and of the velocity (NaN where unknown)."""
 
     id: int
     mean_spacing: deque[float]
@@ -86,6 +101,33 @@ class PileupHistory:
     lead_velocity: deque[float]
     time_s: deque[float]
     spacings_nm: list[float]
+    mean_spacing_se: deque[float] = field(default_factory=deque)
+    lead_velocity_se: deque[float] = field(default_factory=deque)
+    spacings_nm_se: list[float | None] = field(default_factory=list)
+
+
+def reconcile_alarms(active: dict[str, AlarmEvent], rules: list[str], *, frame: int,
+                     series: str, last_received: dict[str, int], before: int | None
+                     ) -> dict[str, AlarmEvent]:  # fmt: skip
+    """The daemon's active alarms after a frame that says ``rules`` are raised now.
+
+    ``active`` maps each rule this viewer holds raised to its event; ``last_received`` the
+    arrival number of the newest event seen per rule; ``before`` how many alarm messages had
+    arrived before the frame (None: all seen ones). An event that arrived after the frame is
+    newer than the frame's list and wins; otherwise the frame's list wins: a rule missing
+    from ``active`` was raised before this viewer joined (or its message was lost) and is
+    added as an ``active`` event, a rule missing from ``rules`` was cleared unseen and is
+    dropped.
+    """
+    def newer(rule: str) -> bool:
+        return before is not None and last_received.get(rule, 0) > before
+
+    out = {r: ev for r, ev in active.items() if r in rules or newer(r)}
+    for r in rules:
+        if r not in out and not newer(r):
+            out[r] = AlarmEvent(rule=r, state="active", series=series, frame=frame,
+                                message=f"{r}: raised (before this viewer saw its message)")
+    return out
 
 
 class ViewState:
@@ -99,10 +141,12 @@ class ViewState:
         Thresholds; 0 switches a rule off.
     track_timeout_frames
         A track unseen for this many frames leaves the table.
+    alarm_log
+        The daemon's alarm events kept (newest last).
     """
 
     def __init__(self, *, history: int = 120, alarms: AlarmConfig | None = None,
-                 track_timeout_frames: int = 25) -> None:  # fmt: skip
+                 track_timeout_frames: int = 25, alarm_log: int = 50) -> None:  # fmt: skip
         self.history = history
         self.alarm_config = alarms or AlarmConfig()
         self.track_timeout_frames = track_timeout_frames
@@ -114,14 +158,25 @@ class ViewState:
         self.n_dislocations: deque[float] = deque(maxlen=history)
         self.n_loops: deque[float] = deque(maxlen=history)
         self.count_time_s: deque[float] = deque(maxlen=history)  # times of the two above
+        self.n_loops_lo: deque[float] = deque(maxlen=history)
+        self.n_loops_hi: deque[float] = deque(maxlen=history)
         self._t0: float | None = None  # camera clock of the series' first frame
         self._alarms: list[str] = []
+        # the daemon's alarms: rule -> the event that raised it; the newest events; per rule
+        # the arrival number of its newest event (kept over series changes: they are the
+        # daemon's, not the curves')
+        self._active: dict[str, AlarmEvent] = {}
+        self._log: deque[AlarmEvent] = deque(maxlen=alarm_log)
+        self._last_rx: dict[str, int] = {}
+        self.alarm_events = 0  # events received in all
 
     def reset(self) -> None:
         self.pileups.clear()
         self.tracks.clear()
         self.n_dislocations.clear()
         self.n_loops.clear()
+        self.n_loops_lo.clear()
+        self.n_loops_hi.clear()
         self.count_time_s.clear()
         self._t0 = None
 
@@ -136,7 +191,35 @@ class ViewState:
             return view.timestamp - self._t0
         return float(view.frame)
 
-    def update(self, view: FrameView) -> None:
+    # -- the daemon's alarms --------------------------------------------------------------------
+    def on_alarm(self, ev: AlarmEvent) -> None:
+        """One ``alarm`` message of the daemon (in the order received)."""
+        self.alarm_events += 1
+        self._log.append(ev)
+        self._last_rx[ev.rule] = max(self._last_rx.get(ev.rule, 0), ev.received)
+        if ev.state == "raise":
+            self._active[ev.rule] = ev
+        elif ev.state == "clear":
+            self._active.pop(ev.rule, None)
+
+    def active_alarms(self) -> list[AlarmEvent]:
+        """The daemon's alarms raised now, the newest raise first."""
+        return sorted(self._active.values(), key=lambda e: (-(e.received or 0), e.rule))
+
+    def alarm_log(self, n: int | None = None) -> list[AlarmEvent]:
+        """The newest ``n`` (all kept: None) raise/clear events, the newest first."""
+        out = list(reversed(self._log))
+        return out if n is None else out[:n]
+
+    def update(self, view: FrameView, *, alarms_before: int | None = None) -> None:
+        """Fold in one frame. ``alarms_before``: how many alarm messages had arrived before
+        this frame (:attr:`~loopline.viewers.stream.Message.alarms_before`); an alarm event
+        that arrived later is newer than the frame's ``alarms_active`` (see
+        :func:`reconcile_alarms`)."""
+        if view.alarms_active is not None:
+            self._active = reconcile_alarms(self._active, view.alarms_active, frame=view.frame,
+                                            series=view.series, last_received=self._last_rx,
+                                            before=alarms_before)  # fmt: skip
         prev = self.latest
         if prev is not None and (view.series != prev.series or view.frame < prev.frame):
             # a new series or a restarted daemon: old curves would join unrelated data
@@ -148,30 +231,40 @@ class ViewState:
         self.count_time_s.append(t)
         self.n_dislocations.append(view.n_dislocations)
         self.n_loops.append(view.n_loops)
+        self.n_loops_lo.append(_nan(view.n_loops_lo))
+        self.n_loops_hi.append(_nan(view.n_loops_hi))
         for ln in view.lines:
             if ln.id is not None:
                 self._track("line", ln.id, view, t, ln.length_nm, ln.velocity_nm_s,
-                            ln.centroid, ln.glide_dir)  # fmt: skip
+                            ln.centroid, ln.glide_dir, se=(ln.velocity_nm_s_se,
+                                                           ln.length_nm_se))  # fmt: skip
         for lp in view.loops:
             if lp.id is not None:
-                self._track("loop", lp.id, view, t, lp.major_nm, None)
+                self._track("loop", lp.id, view, t, lp.major_nm, None, se=(None, lp.major_nm_se))
         alarms: list[str] = []
         for pu in view.pileups:
             h = self.pileups.get(pu.id)
             if h is None:
                 h = self.pileups[pu.id] = PileupHistory(
-                    pu.id, *(deque(maxlen=self.history) for _ in range(4)), []
-                )
+                    pu.id, *(deque(maxlen=self.history) for _ in range(4)), [],
+                    *(deque(maxlen=self.history) for _ in range(2)),
+                )  # fmt: skip
             sp = [s for s in pu.spacings_nm if math.isfinite(s)]
             h.spacings_nm = sp
+            h.spacings_nm_se = [e for s, e in zip(pu.spacings_nm, pu.spacings_nm_se or
+                                                  [None] * len(pu.spacings_nm), strict=False)
+                                if math.isfinite(s)]  # fmt: skip
             h.mean_spacing.append(sum(sp) / len(sp) if sp else math.nan)
+            h.mean_spacing_se.append(_nan(pu.mean_spacing_nm_se) if sp else math.nan)
             h.min_spacing.append(min(sp) if sp else math.nan)
-            v = pu.lead_velocity_nm_s
+            v, v_se = pu.lead_velocity_nm_s, pu.lead_velocity_nm_s_se
             if v is None and pu.lead_id is not None:
                 row = self.tracks.get(("line", pu.lead_id))
                 v = row.velocity_nm_s if row is not None else None
+                v_se = row.velocity_nm_s_se if row is not None else None
             last_v = h.lead_velocity[-1] if h.lead_velocity else None
             h.lead_velocity.append(v if v is not None else math.nan)
+            h.lead_velocity_se.append(_nan(v_se) if v is not None else math.nan)
             h.time_s.append(t)
             alarms += self._pileup_alarms(pu.id, sp, v, last_v)
         for key in [k for k, r in self.tracks.items()
@@ -182,13 +275,15 @@ class ViewState:
 
     def _track(self, kind: str, tid: int, view: FrameView, t: float, length: float | None,
                velocity: float | None, centroid: list[float] | None = None,
-               glide_dir: list[float] | None = None) -> None:  # fmt: skip
+               glide_dir: list[float] | None = None,
+               se: tuple[float | None, float | None] = (None, None)) -> None:  # fmt: skip
         row = self.tracks.get((kind, tid))
         if row is None:
             row = self.tracks[(kind, tid)] = TrackRow(tid, kind, view.frame, view.frame, t, t,
                                                       length, velocity, centroids=deque(maxlen=6))
         row.last_frame, row.last_time_s = view.frame, t
         row.length_nm, row.velocity_nm_s, row.derived = length, velocity, False
+        row.velocity_nm_s_se, row.length_nm_se = se
         if centroid is not None and row.centroids is not None:
             row.centroids.append((t, centroid[0], centroid[1]))
         if velocity is None and view.nm_per_px and row.centroids and len(row.centroids) >= 3:
@@ -225,7 +320,8 @@ class ViewState:
         return out
 
     def alarms(self) -> list[str]:
-        """The alarms raised by the newest frame (empty when all is well)."""
+        """The viewer's own alarms (``[view.alarms]``) raised by the newest frame (empty when
+        all is well); the daemon's are :meth:`active_alarms`."""
         return list(self._alarms)
 
     def track_rows(self, limit: int | None = None) -> list[TrackRow]:

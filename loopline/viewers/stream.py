@@ -7,7 +7,12 @@ keeps only the newest ``frame`` message (latest wins) and counts every one it su
 before a viewer looked at it (``viewer_dropped``). Frame messages that never arrived (dropped
 by the PUB socket) show as gaps in the daemon's message counter ``seq`` and are counted as
 ``gaps``; frames the daemon itself skipped are in its ``skipped`` counter. ``metrics`` and
-``series`` messages are kept as they come and merged into the next frame's view.
+``series`` messages are kept as they come and merged into the next frame's view. ``alarm``
+messages (the daemon's alarms raised and cleared) are never superseded: each is kept, in
+order, as an :class:`~loopline.viewers.schema.AlarmEvent` numbered by arrival
+(:meth:`ResultSubscriber.alarms_after`), and every frame :class:`Message` says how many had
+arrived before it (``alarms_before``), so a consumer applies them in the order they were sent.
+With a topic filter, ``alarm`` is subscribed to as well.
 
 ZeroMQ reconnects a connecting SUB socket by itself when the daemon restarts; on top of that,
 after ``stale_s`` without a message the socket is closed and made again, so a daemon that came
@@ -23,10 +28,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from .schema import FrameView, parse_message, to_view
+from .schema import AlarmEvent, FrameView, parse_message, to_alarm, to_view
 
 logger = logging.getLogger(__name__)
 
@@ -35,13 +41,15 @@ __all__ = ["Message", "ResultSubscriber", "StreamStats"]
 
 @dataclass(frozen=True)
 class Message:
-    """One received message: its arrival number, header, JPEG, normalised view."""
+    """One received frame message: its arrival number, header, JPEG, normalised view, and
+    the number of alarm messages received before it."""
 
     seq: int
     received_at: float
     header: dict[str, Any]
     jpeg: bytes | None
     view: FrameView
+    alarms_before: int = 0
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,7 @@ class StreamStats:
     reconnects: int
     connected: bool
     last_message_age_s: float | None
+    alarms: int = 0  # alarm messages received
 
 
 class ResultSubscriber:
@@ -67,7 +76,9 @@ class ResultSubscriber:
     hwm
         Receive high-water mark (messages). Small: old frames are worthless to a viewer.
     topic
-        Subscription prefix (``b""``: everything).
+        Subscription prefix (``b""``: everything); ``alarm`` is subscribed to in any case.
+    alarm_keep
+        Alarm events held for :meth:`alarms_after`.
     curve_server_key, curve_secret_key
         CURVE (a daemon with ``publish.curve_secret_key``): the daemon's public key and this
         viewer's own secret key (needed where the daemon keeps an allow-list,
@@ -80,7 +91,8 @@ class ResultSubscriber:
 
     def __init__(self, endpoint: str, *, stale_s: float = 3.0, hwm: int = 4,
                  topic: bytes = b"", curve_server_key: str | bytes | None = None,
-                 curve_secret_key: str | bytes | None = None) -> None:  # fmt: skip
+                 curve_secret_key: str | bytes | None = None,
+                 alarm_keep: int = 256) -> None:  # fmt: skip
         self.endpoint = endpoint
         self._curve: tuple[bytes, bytes | None] | None = None
         if curve_server_key or curve_secret_key:
@@ -104,6 +116,8 @@ class ResultSubscriber:
         self._last_series: str | None = None
         self.metrics: dict[str, Any] = {}
         self.series_info: dict[str, Any] = {}
+        self._alarms: deque[AlarmEvent] = deque(maxlen=alarm_keep)
+        self._n_alarms = 0
         self._last_at: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -156,6 +170,12 @@ class ResultSubscriber:
                 self._cond.wait(left)
         return None
 
+    def alarms_after(self, received: int) -> list[AlarmEvent]:
+        """The alarm events that arrived after the ``received``-th (oldest first; only the
+        newest ``alarm_keep`` are held)."""
+        with self._cond:
+            return [e for e in self._alarms if e.received > received]
+
     def stats(self) -> StreamStats:
         with self._cond:
             age = None if self._last_at is None else time.monotonic() - self._last_at
@@ -163,6 +183,7 @@ class ResultSubscriber:
                 received=self._received, viewer_dropped=self._dropped, gaps=self._gaps,
                 malformed=self._malformed, reconnects=self._reconnects,
                 connected=age is not None and age < self.stale_s, last_message_age_s=age,
+                alarms=self._n_alarms,
             )  # fmt: skip
 
     # -- receiving thread --------------------------------------------------------------------
@@ -175,6 +196,8 @@ class ResultSubscriber:
         s.setsockopt(zmq.RECONNECT_IVL, 100)
         s.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         s.setsockopt(zmq.SUBSCRIBE, self.topic)
+        if self.topic and not b"alarm".startswith(self.topic):
+            s.setsockopt(zmq.SUBSCRIBE, b"alarm")  # alarms are never filtered out
         if self._curve is not None:
             from ..daemon.curve import apply_curve
 
@@ -214,6 +237,9 @@ class ResultSubscriber:
                             if header.get("event") == "start":
                                 self.series_info = header
                             continue
+                        if topic == "alarm":
+                            self._note_alarm(header)
+                            continue
                         if topic != "frame":
                             continue
                         view = to_view(header, jpeg=jpeg, metrics=self.metrics,
@@ -225,7 +251,7 @@ class ResultSubscriber:
                     self._note_frame(view, header.get("seq"))
                     if newest is not None:
                         self._dropped += 1
-                    newest = (header, jpeg, view)
+                    newest = (header, jpeg, view, self._n_alarms)
                 if newest is not None:
                     self._publish(*newest)
         except BaseException as e:  # stored; the consumer re-raises it (maybe_raise)
@@ -251,11 +277,21 @@ class ResultSubscriber:
         self._last_frame = view.frame
         self._last_series = view.series
 
-    def _publish(self, header: dict[str, Any], jpeg: bytes | None, view: FrameView) -> None:
+    def _note_alarm(self, header: dict[str, Any]) -> None:
+        ev = to_alarm(header, received=self._n_alarms + 1)  # ValueError: malformed
+        with self._cond:
+            self._n_alarms += 1
+            self._alarms.append(ev)
+            self._last_at = time.monotonic()
+            self._cond.notify_all()
+        logger.info("alarm %s: %s", ev.state, ev.message)
+
+    def _publish(self, header: dict[str, Any], jpeg: bytes | None, view: FrameView,
+                 alarms_before: int) -> None:  # fmt: skip
         with self._cond:
             if self._latest is not None and self._taken < self._latest.seq:
                 self._dropped += 1  # the previous one was never looked at
             self._seq += 1
             self._last_at = time.monotonic()
-            self._latest = Message(self._seq, time.time(), header, jpeg, view)
+            self._latest = Message(self._seq, time.time(), header, jpeg, view, alarms_before)
             self._cond.notify_all()

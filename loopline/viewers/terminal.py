@@ -4,6 +4,11 @@ The dashboard takes the newest message whenever it is free (latest wins, see
 :mod:`loopline.viewers.stream`), folds it into a :class:`~loopline.viewers.state.ViewState`
 and redraws at most ``refresh_hz`` times a second. A frame preview is drawn in terminals that
 speak the kitty graphics protocol or sixel; anywhere else the panel says why it is off.
+
+Numbers with a standard error from the stream are shown as ``value ± se`` (a pile-up's mean
+spacing and leading velocity, a track's length and velocity). The alarms panel lists the
+daemon's alarms raised now (bold red, also flagged in the heading line), its newest
+raise/clear events, and the viewer's own ``[view.alarms]`` rules.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from .stream import ResultSubscriber, StreamStats
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["detect_preview", "kitty_image", "render_dashboard", "run_dashboard", "sixel_image"]
+__all__ = ["alarm_lines", "detect_preview", "kitty_image", "render_dashboard", "run_dashboard",
+           "sixel_image"]
 
 PREVIEW_MODES = ("auto", "kitty", "sixel", "off")
 
@@ -34,6 +40,35 @@ def _f(v: float | None, fmt: str = ".1f", unit: str = "") -> str:
     if v is None or not math.isfinite(v):
         return "–"
     return f"{v:{fmt}}{unit}"
+
+
+def _pm(v: float | None, se: float | None, fmt: str = ".1f") -> str:
+    """``v ± se`` (``v`` alone where the se is unknown)."""
+    if v is None or not math.isfinite(v):
+        return "–"
+    if se is None or not math.isfinite(se):
+        return f"{v:{fmt}}"
+    return f"{v:{fmt}} ± {se:{fmt}}"
+
+
+def _clock(ts: float | None) -> str:
+    return "--:--:--" if ts is None else time.strftime("%H:%M:%S", time.localtime(ts))
+
+
+def alarm_lines(state: ViewState, *, events: int = 4) -> list[tuple[str, str]]:
+    """The alarms panel as (text, rich style) lines: the daemon's alarms raised now, its
+    newest ``events`` raise/clear events, then the viewer's own rules."""
+    out: list[tuple[str, str]] = []
+    for e in state.active_alarms():
+        where = "" if e.frame is None else f"  (frame {e.frame}" + (
+            f", t {e.time_s:.2f} s)" if e.time_s is not None else ")")  # fmt: skip
+        out.append((f"⚠ {e.rule}: {e.message}{where}", "bold red"))
+    for e in state.alarm_log(events):
+        t = f"t {e.time_s:.2f} s" if e.time_s is not None else ""
+        out.append((f"  {_clock(e.timestamp)} {t}  {e.state:<5} {e.rule}: {e.message}",
+                    "red" if e.state == "raise" else "green"))  # fmt: skip
+    out += [(f"⚠ viewer: {a}", "bold yellow") for a in state.alarms()]
+    return out
 
 
 # -- image preview ------------------------------------------------------------------------------
@@ -190,6 +225,9 @@ def render_dashboard(state: ViewState, stats: StreamStats | None, cfg: ViewConfi
         if waiting:
             head.append(f"  ·  no data for {_f(stats.last_message_age_s if stats else None)} s, "
                         "reconnecting", style="bold yellow")  # fmt: skip
+    active = state.active_alarms()
+    if active:
+        head.append(f"  ⚠ ALARM {', '.join(e.rule for e in active)}", style="bold white on red")
 
     perf = Table(title="performance", title_justify="left", expand=False, box=None,
                  show_header=True, header_style="bold")  # fmt: skip
@@ -226,16 +264,18 @@ def render_dashboard(state: ViewState, stats: StreamStats | None, cfg: ViewConfi
     pu = Table(title="pile-ups", title_justify="left", header_style="bold", expand=True)
     pu.add_column("id", justify="right")
     pu.add_column("spacings from leader (nm)", overflow="ellipsis", no_wrap=True)
-    pu.add_column("mean (nm)", justify="right")
+    pu.add_column("mean ± se (nm)", justify="right")
     pu.add_column("mean spacing history")
-    pu.add_column("lead v (nm/s)", justify="right")
+    pu.add_column("lead v ± se (nm/s)", justify="right")
     pu.add_column("lead velocity history")
     for pid in sorted(state.pileups):
         h = state.pileups[pid]
         pu.add_row(str(pid), " ".join(f"{s:.0f}" for s in h.spacings_nm) or "–",
-                   _f(h.mean_spacing[-1] if h.mean_spacing else None),
+                   _pm(h.mean_spacing[-1] if h.mean_spacing else None,
+                       h.mean_spacing_se[-1] if h.mean_spacing_se else None),
                    sparkline(h.mean_spacing, 24),
-                   _f(h.lead_velocity[-1] if h.lead_velocity else None),
+                   _pm(h.lead_velocity[-1] if h.lead_velocity else None,
+                       h.lead_velocity_se[-1] if h.lead_velocity_se else None),
                    sparkline(h.lead_velocity, 24))  # fmt: skip
 
     tr = Table(title="tracks", title_justify="left", header_style="bold", expand=True)
@@ -245,18 +285,25 @@ def render_dashboard(state: ViewState, stats: StreamStats | None, cfg: ViewConfi
         tr.add_column(name, justify=just)
     rows = state.track_rows(cfg.track_rows)
     for r in rows:
-        tr.add_row(str(r.id), r.kind, _f(r.length_nm), _f(r.velocity_nm_s),
-                   str(r.age_frames), _f(r.age_s, ".1f"))  # fmt: skip
+        tr.add_row(str(r.id), r.kind, _pm(r.length_nm, r.length_nm_se),
+                   _pm(r.velocity_nm_s, r.velocity_nm_s_se), str(r.age_frames),
+                   _f(r.age_s, ".1f"))  # fmt: skip
     if len(state.tracks) > len(rows):
         tr.caption = f"{len(state.tracks) - len(rows)} more tracks not shown"
 
-    alarms = state.alarms()
+    lines = alarm_lines(state)
     if waiting and v is not None:
-        alarms = [*alarms, "no data from the daemon (reconnecting)"]
-    al = Text("\n".join(f"⚠ {a}" for a in alarms) if alarms else "no alarms",
-              style="bold red" if alarms else "green")  # fmt: skip
+        lines.append(("⚠ no data from the daemon (reconnecting)", "bold yellow"))
+    al = Text()
+    for i, (text, style) in enumerate(lines):
+        al.append(("\n" if i else "") + text, style=style)
+    if not lines:
+        al.append("no alarms", style="green")
+    title = f"alarms ({len(active)} raised)" if active else "alarms"
 
-    parts: list[Any] = [head, top, pu, tr, Panel(al, title="alarms", title_align="left")]
+    parts: list[Any] = [head, top, pu, tr,
+                        Panel(al, title=title, title_align="left",
+                              border_style="red" if active else "none")]  # fmt: skip
     if preview is not None:
         parts.append(Panel(preview, title="preview", title_align="left"))
     return Group(*parts)
@@ -280,16 +327,19 @@ def run_dashboard(cfg: ViewConfig, *, preview: str = "auto", duration_s: float =
                           curve_secret_key=cfg.curve_secret_key or None) as sub, \
             Live(console=console, screen=screen, auto_refresh=False,
                  transient=False) as live:  # fmt: skip
-        seq = 0
+        seq = n_alarms = 0
         last_draw = last_preview = -math.inf
         jpeg: bytes | None = None
         prev: Any = None
         while time.monotonic() < t_end:
             sub.maybe_raise()
             m = sub.wait(seq, timeout=min(period, max(t_end - time.monotonic(), 0.0)))
+            for ev in sub.alarms_after(n_alarms):  # a frame's alarms come before it
+                state.on_alarm(ev)
+                n_alarms = ev.received
             if m is not None:
                 seq = m.seq
-                state.update(m.view)
+                state.update(m.view, alarms_before=m.alarms_before)
                 jpeg = m.jpeg
             now = time.monotonic()
             if now - last_draw < period:

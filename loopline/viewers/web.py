@@ -5,8 +5,12 @@ few messages of the result stream and a :class:`~loopline.viewers.state.ViewStat
 pulls frames one at a time, so the latest frame always wins and a slow browser only costs
 itself:
 
-- ``GET /api/next?after=SEQ`` waits (up to ``timeout`` s) for a message newer than ``SEQ`` and
-  returns its normalised view, the stream counters and the recent spacing/velocity history;
+- ``GET /api/next?after=REV`` waits (up to ``timeout`` s) for a snapshot newer than ``REV``
+  (``rev`` counts the snapshots: a new frame, or an alarm of the daemon) and returns the
+  newest frame's normalised view (its message number is ``seq``), the stream counters, the
+  recent spacing/velocity history with standard errors, the daemon's alarms
+  (``daemon_alarms``: ``active`` rules and the newest ``events``) and the viewer's own
+  (``alarms``, ``[view.alarms]``);
 - ``GET /frame/SEQ.jpg`` is the JPEG of that message (the newest if it has gone already);
 - ``GET /stream.mjpg`` is the same frames as an MJPEG stream (latest wins) for other players,
   with the overlay drawn in (:func:`loopline.viewers.overlay.draw_overlay`).
@@ -15,7 +19,13 @@ The daemon publishes the bare frame; the page draws the JPEG and, over it on the
 the masks (contours), skeleton lines, loop ellipses, track ids and one scale bar from the
 message's numbers, so every layer can be switched off in the browser (a JPEG with a burnt-in
 overlay, ``jpeg.overlay`` true, gets no second scale bar). The curves are on the frames' own
-time axis (``time_s``, as in series.csv), with 1-2-5 ticks, units and a legend. Nothing on
+time axis (``time_s``, as in series.csv), with 1-2-5 ticks, units and a legend; each curve
+has a translucent band of ± 1 standard error where the stream gives one: a pile-up's mean
+spacing ± the standard error of that mean from its pairs' own errors (``spacing_nm_se``,
+:func:`~loopline.viewers.schema.mean_se`), the leading line's velocity ± its fit's
+``velocity_nm_s_se``, the loop count's 68 % Poisson interval (``n_loops_lo``/``_hi``). The
+alarms panel lists the daemon's alarms raised now, highlighted, and its recent raise/clear
+events (time, rule, message); a banner over the page shows while one is raised. Nothing on
 the page is fetched from anywhere but this server.
 
 Every request's ``Host`` header must name this machine's loopback (``localhost``, ``127.x``,
@@ -47,6 +57,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["ViewerServer", "run_web"]
 
 _KEEP = 8  # messages held for /frame/SEQ.jpg: the page asks for the JPEG right after the JSON
+_ALARM_EVENTS = 20  # the daemon's newest alarm events on the page
 
 
 _WILDCARDS = ("", "0.0.0.0", "::")
@@ -105,6 +116,7 @@ class ViewerServer:
         self._cond = threading.Condition()
         self._msgs: OrderedDict[int, Message] = OrderedDict()
         self._snapshot: dict[str, Any] | None = None
+        self._rev = 0  # snapshots made
         self._stop = threading.Event()
         self._feeder: threading.Thread | None = None
         self._http: ThreadingHTTPServer | None = None
@@ -151,18 +163,29 @@ class ViewerServer:
 
     # -- feeder: every message the subscriber hands over goes into the state ----------------
     def _feed(self) -> None:
-        seq = 0
+        seq = n_alarms = 0
+        last: Message | None = None
         while not self._stop.is_set():
             m = self.sub.wait(seq, timeout=0.5)
-            if m is None:
+            # alarms first: the daemon sends a frame's alarms before the frame
+            new = self.sub.alarms_after(n_alarms)
+            if m is None and not new:
                 continue
-            seq = m.seq
             with self._cond:
-                self.state.update(m.view)
-                self._msgs[m.seq] = m
-                while len(self._msgs) > _KEEP:
-                    self._msgs.popitem(last=False)
-                self._snapshot = self._make_snapshot(m)
+                for ev in new:
+                    self.state.on_alarm(ev)
+                    n_alarms = ev.received
+                if m is not None:
+                    seq = m.seq
+                    last = m
+                    self.state.update(m.view, alarms_before=m.alarms_before)
+                    self._msgs[m.seq] = m
+                    while len(self._msgs) > _KEEP:
+                        self._msgs.popitem(last=False)
+                if last is None:
+                    continue  # alarms before any frame: shown with the first one
+                self._rev += 1
+                self._snapshot = self._make_snapshot(last)
                 self._cond.notify_all()
 
     def _make_snapshot(self, m: Message) -> dict[str, Any]:
@@ -171,21 +194,30 @@ class ViewerServer:
             str(pid): {
                 "t": _nan_to_none(h.time_s),
                 "mean_spacing_nm": _nan_to_none(h.mean_spacing),
+                "mean_spacing_nm_se": _nan_to_none(h.mean_spacing_se),
                 "min_spacing_nm": _nan_to_none(h.min_spacing),
                 "lead_velocity_nm_s": _nan_to_none(h.lead_velocity),
+                "lead_velocity_nm_s_se": _nan_to_none(h.lead_velocity_se),
             }
             for pid, h in sorted(st.pileups.items())
         }
         tracks = [
             {"id": r.id, "kind": r.kind, "length_nm": r.length_nm,
-             "velocity_nm_s": r.velocity_nm_s, "age_frames": r.age_frames}
+             "velocity_nm_s": r.velocity_nm_s, "age_frames": r.age_frames,
+             "velocity_nm_s_se": r.velocity_nm_s_se, "length_nm_se": r.length_nm_se}
             for r in st.track_rows(self.cfg.track_rows)
         ]  # fmt: skip
         counts = {"t": _nan_to_none(st.count_time_s),
                   "n_dislocations": _nan_to_none(st.n_dislocations),
-                  "n_loops": _nan_to_none(st.n_loops)}  # fmt: skip
-        return {"seq": m.seq, "view": m.view.to_json(), "plots": plots, "counts": counts,
-                "t_now": st.time_of(m.view), "tracks": tracks, "alarms": st.alarms(),
+                  "n_loops": _nan_to_none(st.n_loops),
+                  "n_loops_lo": _nan_to_none(st.n_loops_lo),
+                  "n_loops_hi": _nan_to_none(st.n_loops_hi)}  # fmt: skip
+        daemon = {"active": [e.to_json() for e in st.active_alarms()],
+                  "events": [e.to_json() for e in st.alarm_log(_ALARM_EVENTS)],
+                  "received": st.alarm_events}  # fmt: skip
+        return {"rev": self._rev, "seq": m.seq, "view": m.view.to_json(), "plots": plots,
+                "counts": counts, "t_now": st.time_of(m.view), "tracks": tracks,
+                "alarms": st.alarms(), "daemon_alarms": daemon,
                 "has_jpeg": m.jpeg is not None}  # fmt: skip
 
     # -- used by the handler -----------------------------------------------------------------
@@ -194,7 +226,7 @@ class ViewerServer:
         with self._cond:
             while not self._stop.is_set():
                 snap = self._snapshot
-                if snap is not None and snap["seq"] > after:
+                if snap is not None and snap["rev"] > after:
                     return snap
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -282,7 +314,7 @@ class _Handler(BaseHandler):
                 after = int(q.get("after", ["0"])[0])
                 timeout = min(float(q.get("timeout", ["2"])[0]), 10.0)
                 snap = self.viewer.next_snapshot(after, timeout)
-                body = dict(snap or {"seq": after, "timeout": True},
+                body = dict(snap or {"rev": after, "timeout": True},
                             stream=self.viewer.stream_stats())  # fmt: skip
                 self._send(200, json.dumps(body).encode(), "application/json")
             elif u.path.startswith("/frame/") and u.path.endswith(".jpg"):
