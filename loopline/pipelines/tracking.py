@@ -17,7 +17,9 @@ it grows with the number of frames (0.5-1 px over 40 frames of a synthetic video
 of a 0.1 px/frame glide velocity), against keyframes it grows only with the number of
 keyframes. Keyframes sit at fixed positions so that a worker measuring a chunk of frames
 (:mod:`loopline.pipelines.cluster`) registers each frame to the same keyframe as the tracker
-on one machine would.
+on one machine would. A frame's shift from its keyframe must stay under half the field of
+view (phase correlation is cyclic): at 512² and a keyframe every 16 frames, drift up to
+15 px/frame is measured to 0.1 px; for faster drift lower ``keyframe_every``.
 
 It also keeps the sign of each pile-up's glide direction consistent over time: the first
 estimate that rests on evidence (calibration, or the spacing trend of three or more lines)
@@ -379,11 +381,15 @@ class OnlineTracker:
                 if self._key_frame is not None and self._key_frame.shape == f.shape:
                     shift = phase_drift(self._key_frame, f, exclude=excl | self._key_excl)
             if shift is not None:
-                dx, dy, resp = (float(v) for v in shift)
-                if resp >= self.min_response and math.hypot(dx, dy) < 0.25 * size:
-                    self._drift = self._key_drift + np.array([dx, dy])
+                d = np.array([float(shift[0]), float(shift[1])])
+                resp = float(shift[2])
+                # a step of under a quarter of the field from the last frame's drift
+                step = float(np.hypot(*(self._key_drift + d - self._drift)))
+                if resp >= self.min_response and step < 0.25 * size:
+                    self._drift = self._key_drift + d
                 else:
-                    logger.debug("frame %d: drift peak %.3f too weak, kept", result.index, resp)
+                    logger.debug("frame %d: drift peak %.3f too weak or step %.1f px too large, "
+                                 "kept", result.index, resp, step)  # fmt: skip
         # a new keyframe at each multiple of keyframe_every (with no image, where the shifts
         # come from elsewhere); from images, at the first frame with one since that position
         k = self.keyframe_every
