@@ -102,7 +102,7 @@ def test_every_engine_drops_what_lies_on_annotations():
     img, _ = _pair("wild", 2, **NOTHING_ELSE)
     off = _Seeing(mask_annotations=False)
     assert len(off([img])[0]) > 3  # the white glyphs
-    on = _Seeing()
+    on = _Seeing(mask_annotations=True)
     dets = on([img])[0]
     assert len(dets) == 0 and on.annotation_drops == 0  # filled before the engine saw them
     assert (on.seen[0] != img).any() and "preprocess" in dets.timings_ms
@@ -114,7 +114,7 @@ def test_every_engine_drops_what_lies_on_annotations():
 def test_ridge_finds_fewer_objects_on_annotations():
     from loopline.engines import create_engine
 
-    on, off = create_engine("ridge"), create_engine("ridge", mask_annotations=False)
+    on, off = create_engine("ridge", mask_annotations=True), create_engine("ridge")
     n_on = n_off = 0
     for seed in range(3):
         img, _ = _pair("wild", seed, **NOTHING_ELSE)
@@ -156,3 +156,17 @@ def test_real_frames_without_annotations_are_left_alone():
     for f in files:
         g = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)
         assert annotation_mask(g).mean() < 0.01, f
+
+
+def test_detection_is_off_by_default_and_leaves_frames_alone():
+    """Off by default: on a plain frame with a short straight dark line (no annotation) the
+    detector can mark part of the line as a bar; an engine must not hide it unless asked."""
+    import cv2
+
+    rng = np.random.default_rng(1)
+    img = (rng.random((64, 64)) * 40 + 170).astype(np.uint8)
+    cv2.line(img, (9, 6), (19, 58), 40, 3)
+    plain = _Seeing()
+    assert plain.mask_annotations is False
+    plain([img])
+    assert (plain.seen[0] == img).all()

@@ -39,7 +39,9 @@ class ThresholdEngine(Engine):
     def __init__(self, model=None, *, k: float = 2.0, min_area: int = 20,
                  delay_ms: float = 0.0, fail_marked: bool = False,
                  **kwargs) -> None:  # fmt: skip
-        kwargs = {k_: v for k_, v in kwargs.items() if k_ in ("imgsz", "conf", "iou", "max_det")}
+        kwargs = {k_: v for k_, v in kwargs.items()
+                  if k_ in ("imgsz", "conf", "iou", "max_det", "mask_annotations",
+                            "ignore_regions")}  # fmt: skip
         super().__init__(None, **kwargs)
         self.k = k
         self.min_area = min_area
