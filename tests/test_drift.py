@@ -83,7 +83,8 @@ def test_drift_after_40_frames_and_cluster_shifts(m1):
         ref = keyframe_position(n, KEYFRAME_EVERY)
         s = None if ref is None else frame_shift(frames[ref], results[ref], img, r)
         b = from_shifts.update(r, shift=s)
-        np.testing.assert_array_equal(a.drift_px, b.drift_px)
+        # the same sums in another order (FFT threads): equal to rounding
+        np.testing.assert_allclose(a.drift_px, b.drift_px, rtol=0, atol=1e-6)
         truth = np.array(src.sequence["frames"][n]["drift_px"])
         # 0.18 px/frame of drift, 7 px in all; frame to frame it was 1 px off by the end
         assert np.abs(a.drift_px - truth).max() < 0.1, (n, a.drift_px, truth)

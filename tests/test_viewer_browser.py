@@ -154,7 +154,7 @@ def _check_charts(browser) -> None:
         assert abs(t_head - t_now) < 0.006, (t_head, t_now)
         snap = browser.execute_script("return window.loopline.snap")
         assert abs(t_now - snap["view"]["time_s"]) < 1e-6
-        assert max(snap["counts"]["t"]) <= t_now + 1e-6
+        assert max(snap["counts"]["t"]) <= t_now + 1e-3  # stored to 4 decimals
     finally:
         browser.find_element("id", "pause").click()
     series = browser.find_element("id", "series").text
