@@ -447,9 +447,10 @@ def test_real_publisher_alarms_and_errors_reach_the_web_snapshot(synth_video: Pa
             s = snap(0)
             p = next(iter(s.get("plots", {}).values()), {})
             ok = [x for x in p.get("lead_velocity_nm_s_se", []) if x is not None]
-            return s if len(ok) >= 2 else None
+            sp = [x for x in p.get("mean_spacing_nm_se", []) if x is not None and x > 0]
+            return s if len(ok) >= 2 and sp else None  # both need a few frames of history
 
-        s = wait_for(with_errors, 30, "velocity standard errors in the plots")
+        s = wait_for(with_errors, 30, "velocity and spacing standard errors in the plots")
         p = next(iter(s["plots"].values()))
         assert all(x > 0 for x in p["lead_velocity_nm_s_se"] if x is not None)
         assert any(x is not None and x > 0 for x in p["mean_spacing_nm_se"])
