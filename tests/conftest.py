@@ -2,7 +2,42 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
+
 import pytest
+
+
+@contextlib.contextmanager
+def subscribed(endpoint: str, topics: tuple[bytes, ...]) -> Iterator[list[list[bytes]]]:
+    """Every multipart message a real SUB socket on ``endpoint`` receives for ``topics``
+    while inside (appended by a listener thread; read the list after the block)."""
+    import zmq
+
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    for topic in topics:
+        sub.setsockopt(zmq.SUBSCRIBE, topic)
+    sub.connect(endpoint)
+    got: list[list[bytes]] = []
+    stop = threading.Event()
+
+    def listen() -> None:
+        while not stop.is_set():
+            if sub.poll(100):
+                got.append(sub.recv_multipart())
+
+    th = threading.Thread(target=listen, daemon=True)
+    th.start()
+    try:
+        yield got
+    finally:
+        stop.set()
+        th.join(5)
+        sub.close()
+        ctx.term()
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ import errno
 import json
 import os
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -341,7 +340,7 @@ def test_daemon_on_a_full_disk_goes_on_analysing_and_publishing(tmp_path, sim, d
     """A real daemon over ZeroMQ recording onto an 8 MB tmpfs that fills up: no worker
     restarts, the daemon stays up, frames go on being analysed and published, the alarm is
     published (raise, then clear when space returns), counters add up, files readable."""
-    import zmq
+    from conftest import subscribed
     from test_daemon import _free_port
     from test_hostile import Daemon, check_counters, image, send_frame
 
@@ -355,24 +354,8 @@ def test_daemon_on_a_full_disk_goes_on_analysing_and_publishing(tmp_path, sim, d
             "alarms.disk_clear_gb": 0.005})  # fmt: skip
         daemons.append(d)
         d.start()
-        ctx = zmq.Context()
-        sub = ctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
-        for topic in (b"alarm", b"frame"):
-            sub.setsockopt(zmq.SUBSCRIBE, topic)
-        sub.connect(d.cfg.publish.endpoint)
-        got: list[list[bytes]] = []
-        stop = threading.Event()
-
-        def listen() -> None:
-            while not stop.is_set():
-                if sub.poll(100):
-                    got.append(sub.recv_multipart())
-
-        th = threading.Thread(target=listen, daemon=True)
-        th.start()
         sent = 0
-        try:
+        with subscribed(d.cfg.publish.endpoint, (b"alarm", b"frame")) as got:
             time.sleep(0.5)
             assert sim.send(protocol.encode_series_start("s"))
 
@@ -398,11 +381,6 @@ def test_daemon_on_a_full_disk_goes_on_analysing_and_publishing(tmp_path, sim, d
             assert d.stat("published") > published  # publishing went on throughout
             assert sim.send(protocol.encode_series_end("s", frames=sent))
             s = d.finish(sent)
-        finally:
-            stop.set()
-            th.join(5)
-            sub.close()
-            ctx.term()
         c = check_counters(s, sent)
         assert c["analysed"] == sent and c["not_recorded_disk"] > 0
         check_folder(d.run_dir, s)

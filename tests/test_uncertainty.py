@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 import time
 from pathlib import Path
 
@@ -255,7 +254,7 @@ def _pileup_frames(n: int, burst: int, size: int = 192) -> list[np.ndarray]:
 def test_daemon_publishes_one_avalanche_alarm(tmp_path: Path, sim, daemons) -> None:
     """End to end: the camera simulator → the daemon (threshold stand-in engine) → one
     ``alarm`` message on the publisher and one raise row in the run folder's alarms.csv."""
-    import zmq
+    from conftest import subscribed
 
     from tests.test_daemon import Daemon, _free_port
 
@@ -263,31 +262,11 @@ def test_daemon_publishes_one_avalanche_alarm(tmp_path: Path, sim, daemons) -> N
                                          "source.pace": False})  # fmt: skip
     daemons.append(d)
     d.start()
-    ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.SUBSCRIBE, b"alarm")
-    sub.connect(d.cfg.publish.endpoint)
-    got: list[list[bytes]] = []
-    stop = threading.Event()
-
-    def listen() -> None:
-        while not stop.is_set():
-            if sub.poll(100):
-                got.append(sub.recv_multipart())
-
-    th = threading.Thread(target=listen, daemon=True)
-    th.start()
-    try:
+    with subscribed(d.cfg.publish.endpoint, (b"alarm",)) as got:
         time.sleep(0.5)  # the subscription reaches the publisher
         sim.send_series(_pileup_frames(40, 20), series="av", fps=10)
         assert d.wait() == 0
         time.sleep(0.3)
-    finally:
-        stop.set()
-        th.join(5)
-        sub.close()
-        ctx.term()
     alarms = pd.read_csv(d.run_dir / "alarms.csv")
     raised = alarms[(alarms.rule == "avalanche") & (alarms.state == "raise")]
     assert len(raised) == 1, alarms.to_string()
