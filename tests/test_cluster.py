@@ -22,6 +22,7 @@ from loopline.pipelines.cluster import (  # noqa: E402
     analyze_chunk,
     analyze_cluster,
     chunk_ranges,
+    connect,
     read_frames,
 )
 from loopline.pipelines.sources import open_source  # noqa: E402
@@ -199,3 +200,17 @@ def test_ridge_engine_on_workers_equals_single_machine(video, client, tmp_path):
         return sum("ridge" in key[0] for key in cluster._DETECTORS)
 
     assert set(client.run(models).values()) <= {0, 1}  # loaded once per worker, kept
+
+
+def test_local_cluster_listens_on_loopback_only():
+    """Dask pickles tasks and results: a local:N cluster (scheduler, workers, dashboard) must
+    not be reachable from another machine."""
+    client, lc = connect("local:1")
+    try:
+        info = client.scheduler_info()
+        addrs = [info["address"], *info["workers"]]
+        assert all(a.startswith("tcp://127.0.0.1:") for a in addrs), addrs
+        assert "127.0.0.1" in client.dashboard_link
+    finally:
+        client.close()
+        lc.close()

@@ -291,8 +291,11 @@ def connect(cluster: Any) -> tuple[Any, Any]:
             n = 0
         if n < 1:
             raise ValueError(f"--cluster local:N needs N >= 1 worker processes, got {spec!r}")
+        # scheduler, workers and dashboard on loopback only: Dask's own protocol pickles tasks
+        # and results, so nothing from another machine may reach them
         lc = dist.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                               dashboard_address=":0", silence_logs=logging.ERROR)  # fmt: skip
+                               host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                               silence_logs=logging.ERROR)  # fmt: skip
         try:
             return dist.Client(lc), lc
         except BaseException:

@@ -79,7 +79,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="kernel implementation (default numba)")  # fmt: skip
     # --cluster: the same analysis on dask.distributed (pipelines/cluster.py, docs/cluster.md)
     p.add_argument("--cluster", default=None, metavar="ADDRESS|local:N",
-                   help="analyse on a Dask cluster: a scheduler address (tcp://host:8786), or "
+                   help="analyse on a Dask cluster you run (Dask pickles tasks: a trusted "
+                        "network or tls://, see docs/cluster.md): a scheduler address "
+                        "(tcp://host:8786), or "
                         "local:N worker processes on this machine; same run folder as without "
                         "(needs pip install 'loopline[cluster]')")  # fmt: skip
     p.add_argument("--chunk", type=int, default=32, metavar="FRAMES",
