@@ -20,6 +20,7 @@
 #   defects-wild   wild: issue 15's zero-shot model, from scratch on domain-randomised frames
 #                  only (no frame of tanaka-twip-2um or creme-loops-512), 320 px crops.
 #   defects-wild2  wild2: defects-wild continued (fresh schedule) with bowing frames added.
+#                  NAME=defects-wild3 FROM=.../defects-wild2/weights/last.pt continues it again.
 #   defects-wild-ft wild-ft: defects-wild continued with the real first halves.
 #   defects-wild-r3 wild-r3: run 3 continued on 512 px domain-randomised frames and the real
 #                  first halves (shipped as run 7).
@@ -163,7 +164,7 @@ if [ ! -f "$Z/defects2.yaml" ]; then
   sed 's#train_loops/images\]#train_loops/images, train_bowing/images]#' "$Z/defects.yaml" \
     > "$Z/defects2.yaml"
 fi
-$L train --data "$Z/defects2.yaml" --out "$W/runs" --name defects-wild2 --arch yolov8n-seg \
+$L train --data "$Z/defects2.yaml" --out "$W/runs" --name "${NAME:-defects-wild2}" --arch yolov8n-seg \
   --weights "${FROM:-$W/runs/defects-wild/weights/last.pt}" --set mask_ratio=2 \
   --set overlap_mask=False --set warmup_epochs=1 --imgsz 320 --batch 16 --seed 31 \
   --hours "${HOURS:-2.0}" --epochs 100 --workers 2

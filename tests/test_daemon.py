@@ -249,6 +249,9 @@ def test_end_to_end_300_frames(tmp_path, sim, daemons):
     names = {"source": {"protocol": "loopline", "endpoint": sim.endpoint}, "engine": "threshold"}
     assert {k: metrics[k] for k in names} == names
     assert {k: s[k] for k in names} == names
+    # the cores each stage used over the last interval (CPU s / s, all its threads)
+    assert set(metrics["cpu"]) == set(metrics["busy"]) and all(
+        v >= 0 for v in metrics["cpu"].values())  # fmt: skip
 
 
 def _pub_endpoint(d: Daemon) -> str:
@@ -456,6 +459,85 @@ def test_load_three_times_the_analysis_rate(tmp_path, sim, daemons, monkeypatch)
           f"last third {late:.0f} MB, peak {max(samples):.0f} MB (+ slot pool <= "
           f"{pool_mb:.0f} MB of 256² frames and masks)")  # fmt: skip
     assert late - middle < 20, (middle, late)  # flat once warmed up: bounded
+
+
+def test_warm_up_runs_every_batch_size_and_compiles_the_kernels():
+    """Cold start: before the daemon says ready, the engine ran every batch size the batcher
+    sends (a runtime that compiles per shape does it then) and the Numba kernels that only
+    frames with detections reach are compiled."""
+    from loopline.daemon.workers import warm_up
+    from loopline.engines import ops
+
+    calls: list[int] = []
+
+    class Recording:
+        def __call__(self, imgs):
+            calls.append(len(imgs))
+            return []
+
+    warm_up(Recording(), (96, 128), 4)
+    assert calls == [2, 3, 4]
+    if ops.NUMBA_AVAILABLE:
+        assert ops._nms_nb.signatures and ops._decode_nb.signatures
+
+
+def _fates(run: Path) -> dict[str, int]:
+    import csv
+    from collections import Counter
+
+    with open(run / "frames.csv", newline="") as f:
+        return dict(Counter(r["fate"] for r in csv.DictReader(f)))
+
+
+def test_recorder_does_not_wait_for_late_analysis(tmp_path, sim, daemons, monkeypatch):
+    """Analysis slower than output.record_wait_s: frames are recorded as they came (fate
+    late, video frame marked) and their results still reach the tables when they come."""
+    monkeypatch.setenv("LOOPLINE_TEST_DELAY_MS", "400")
+    d = Daemon(tmp_path, sim.endpoint, **{"engine.factory": SLOW, "batch.size": 1,
+                                          "output.record_wait_s": 0.1,
+                                          "output.result_timeout_s": 20.0})  # fmt: skip
+    daemons.append(d)
+    d.start()
+    n = 40
+    sim.send_series(frames(n), series="late", fps=20.0)
+    assert d.wait() == 0
+    c = d.summary()["counters"]
+    check_accounting(c, n)
+    fates = _fates(d.run_dir)
+    assert fates.get("late", 0) == c["recorded_late"] > 0, (fates, c)
+    assert fates.get("analysed", 0) == 0, fates  # none came back within 0.1 s
+    # every late frame whose result came is in series.csv, and counted analysed
+    assert csv_rows(d.run_dir / "series.csv") == c["analysed"] > 0
+    assert c["skipped_lost"] == 0, c
+    assert mp4_frames(d.run_dir / "annotated.mp4") == n
+    # where the time went: per stage, frames, busy and CPU seconds (start-up not counted)
+    stages = d.summary()["stages"]
+    assert set(stages) == {"receiver", "batcher", "engine", "measure", "output"}
+    assert stages["output"]["frames"] == n and stages["engine"]["frames"] == c["analysed"]
+    assert all(v["cpu_s"] > 0 for v in stages.values()), stages
+
+
+def test_crowded_slots_are_recorded_at_once(tmp_path, sim, daemons, monkeypatch):
+    """An engine that takes seconds per frame, a small slot pool and a long record wait: the
+    recorder writes frames at once when the slots are crowded, so none is lost for want of a
+    slot (before, the frame at the head waited for its analysis and every slot filled)."""
+    monkeypatch.setenv("LOOPLINE_TEST_DELAY_MS", "2500")
+    d = Daemon(tmp_path, sim.endpoint, **{"engine.factory": SLOW, "batch.size": 1,
+                                          "pool.slots": 8, "output.record_wait_s": 60.0,
+                                          "output.result_timeout_s": 60.0})  # fmt: skip
+    daemons.append(d)
+    d.start()
+    n = 80
+    sim.send_series(frames(n), series="crowded", fps=25.0)
+    assert d.wait(180) == 0
+    c = d.summary()["counters"]
+    assert c["dropped_no_slot"] == 0, c
+    check_accounting(c, n)
+    fates = _fates(d.run_dir)
+    assert fates.get("late", 0) == c["recorded_late"] >= 1, (fates, c)
+    # a frame recorded late may still be skipped by latest-wins afterwards (counted once)
+    assert fates["skipped"] <= c["skipped_backpressure"] <= fates["skipped"] + fates["late"]
+    assert c["skipped_backpressure"] > n / 2, c
 
 
 @pytest.mark.parametrize("codec", ["mp4v", "h264"])

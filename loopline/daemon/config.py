@@ -108,6 +108,8 @@ class OutputConfig:
     parquet: bool
     flush_rows: int = field(metadata=_rng(1, 1_000_000))
     result_timeout_s: float = field(metadata=_rng(0.1, 3600.0))
+    record_wait_s: float = field(metadata=_rng(0.0, 3600.0))
+    record_crowded: float = field(metadata=_rng(0.1, 1.0))
     resume_free_mb: float = field(metadata=_rng(0.0, 1e9))
     disk_probe_s: float = field(metadata=_rng(0.05, 3600.0))
 

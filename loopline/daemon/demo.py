@@ -244,8 +244,11 @@ def main(argv: list[str] | None = None) -> int:
                                     ("received", "analysed", "skipped", "malformed", "recorded")))
     t.add_row("drops", f"backpressure {c['skipped_backpressure']}, lost {c['skipped_lost']}, "
                        f"not recorded {c['dropped_no_slot'] + c['dropped_source']}")
-    t.add_row("analysed fps", f"{c['analysed'] / max(s['elapsed_s'], 1e-9):.1f} "
-                              f"(of {c['received'] / max(s['elapsed_s'], 1e-9):.1f} received)")
+    # over the series' own duration (the camera's), not the run's (that includes start-up)
+    dur = max(stats.sent / fps, 1e-9)
+    t.add_row("analysed fps", f"{c['analysed'] / dur:.1f} of {fps:g} offered "
+                              f"({100 * c['skipped'] / max(c['received'], 1):.1f} % skipped) "
+                              f"over the series' {dur:.0f} s")
     lat = s["latency_ms"]
     t.add_row("latency", f"p50 {lat['p50']} ms, p99 {lat['p99']} ms, max {lat['max']} ms "
                          "(camera timestamp -> published)")

@@ -7,7 +7,8 @@ block (one writer per cell); this module turns them into
   ``metrics`` message (see :mod:`loopline.daemon.publisher`) and written into summary.json;
 - a Prometheus endpoint (:func:`start_prometheus`, prometheus-client), served by the
   supervisor: ``loopline_frames_total{counter=...}``, ``loopline_stage_fps{stage=...}``,
-  ``loopline_queue_depth{queue=...}``, ``loopline_latency_ms{quantile=...}``,
+  ``loopline_queue_depth{queue=...}``, ``loopline_stage_cpu_seconds{stage=...}``,
+  ``loopline_latency_ms{quantile=...}``,
   ``loopline_alarm_active{rule=...}`` (1 while raised), ``loopline_alarms_raised_total{rule=...}``
   and more (alert rules: ``docs/alarms.md``).
 
@@ -64,6 +65,10 @@ COUNTERS: tuple[str, ...] = (
     # and analysed frames whose table rows were not written, while recording was stopped
     # (recorder.Recorder; the recording_stopped alarm)
     "not_recorded_disk", "results_not_recorded_disk",
+    # frames recorded before their analysis came back (output.record_wait_s, or the slots
+    # crowded): frames.csv fate late, the video frame marked; analysed if it came within
+    # output.result_timeout_s (their rows are in the tables), else also skipped_lost
+    "recorded_late",
 )  # fmt: skip
 
 QUEUES = ("queue_batcher", "queue_engine", "queue_output", "slots_in_use")
@@ -114,6 +119,9 @@ class MetricsView:
                for st in STAGES}  # fmt: skip
         busy = {st: round(min((snap[f"busy_s_{st}"] - self._prev[f"busy_s_{st}"]) / dt, 1.0), 3)
                 for st in STAGES}  # fmt: skip
+        # cores each stage used (its processes' CPU seconds per second; 2.0 = two cores)
+        cpu = {st: round((snap[f"cpu_s_{st}"] - self._prev[f"cpu_s_{st}"]) / dt, 3)
+               for st in STAGES}  # fmt: skip
         elapsed = max(now - self._t0, 1e-6)
         self.last = {
             "schema": "loopline.metrics/1",
@@ -126,6 +134,7 @@ class MetricsView:
                 "analysed": round((snap["analysed"] - self._first["analysed"]) / elapsed, 2),
             },
             "busy": busy,
+            "cpu": cpu,
             "queues": {k: int(snap[k]) for k in QUEUES},
             "latency_ms": {"p50": snap["latency_p50_ms"], "p99": snap["latency_p99_ms"],
                            "max": snap["latency_max_ms"]},
@@ -160,11 +169,15 @@ class _Collector:
                                            labels=["stage"])  # fmt: skip
         busy = CounterMetricFamily("loopline_stage_busy_seconds", "Busy time of each stage",
                                    labels=["stage"])  # fmt: skip
+        cpu = CounterMetricFamily("loopline_stage_cpu_seconds", "CPU time of each stage's "
+                                  "processes (all threads)", labels=["stage"])  # fmt: skip
         for st in STAGES:
             stage_frames.add_metric([st], snap[f"frames_{st}"])
             busy.add_metric([st], snap[f"busy_s_{st}"])
+            cpu.add_metric([st], snap[f"cpu_s_{st}"])
         yield stage_frames
         yield busy
+        yield cpu
         fps = GaugeMetricFamily("loopline_stage_fps", "Frames/s of each stage since the last "
                                 "scrape", labels=["stage"])  # fmt: skip
         for st, v in self.view.update()["fps"].items():

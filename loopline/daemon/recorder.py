@@ -82,6 +82,7 @@ from ..io.runfolder import RunTables, finish_parquet, parquet_parts, write_all, 
 from ..io.sanitize import csv_cell, inside, safe_filename
 from ..io.video import VideoWriter
 from .config import OutputConfig
+from .shm import STAGES
 from .validate import NOT_RECORDED, REJECT_COUNTERS
 from .video_recovery import recover_videos, sidecar, write_sidecar
 
@@ -453,7 +454,8 @@ class Recorder:
             self._write_raw(image, hdr)  # first: a failure there leaves the video as it was
             if self.mp4_path is not None:
                 if annotated is None:
-                    mark = "SKIPPED" if fate == "skipped" else "NOT ANALYSED"
+                    mark = {"skipped": "SKIPPED", "late": "ANALYSIS LATE"}.get(fate,
+                                                                              "NOT ANALYSED")
                     annotated = annotate(image, None, px_nm=hdr.get("px_nm"), mark=mark,
                                          title=f"{hdr['series']} #{hdr['index']}")  # fmt: skip
                 self._video_write(annotated, hdr.get("fps"))
@@ -753,6 +755,12 @@ class Recorder:
             "ingest_latency_ms": ingest_latency,
             "elapsed_s": round(elapsed, 3),
             "fps_mean": metrics.get("fps_mean", {}),
+            # where the time went, per stage, over the whole run: frames handled, seconds busy
+            # with them, CPU seconds of its processes (all threads; start-up not counted)
+            "stages": {st: {"frames": int(stats.get(f"frames_{st}", 0)),
+                            "busy_s": round(float(stats.get(f"busy_s_{st}", 0.0)), 3),
+                            "cpu_s": round(float(stats.get(f"cpu_s_{st}", 0.0)), 3)}
+                       for st in STAGES},
             "series": self.series,
             "models": self.models,
             "tables": {**self.tables.counts, "frames.csv": self.frames.count},

@@ -96,6 +96,8 @@ STAT_NAMES: tuple[str, ...] = (
     "series_resynced",
     # the run folder's disk full or failing: frames and result rows not recorded
     "not_recorded_disk", "results_not_recorded_disk",
+    # frames recorded before their analysis came back (output.record_wait_s; fate late)
+    "recorded_late",
     # alarms raised, per rule (loopline.pipelines.alarms; the output worker counts them)
     *(f"alarms_raised_{r}" for r in ALARM_RULES),
     # gauges
@@ -111,6 +113,8 @@ STAT_NAMES: tuple[str, ...] = (
     "receiver_open_gen", "receiver_next_seq", "receiver_lost_seq", "output_next_seq",
     *(f"frames_{s}" for s in STAGES),
     *(f"busy_s_{s}" for s in STAGES),
+    # CPU seconds of each stage's processes (all their threads: the engine runtime's too)
+    *(f"cpu_s_{s}" for s in STAGES),
     *(f"heartbeat_{s}" for s in STAGES),
 )  # fmt: skip
 _STAT_INDEX = {n: i for i, n in enumerate(STAT_NAMES)}

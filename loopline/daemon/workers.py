@@ -102,6 +102,8 @@ class _Stage:
         self.run_dir = run_dir
         self.terminate = False  # set by SIGTERM: leave the loop now
         self.sockets: list[zmq.Socket] = []
+        self._cpu = time.process_time()  # this process's CPU (all threads) at the last beat
+        self._cpu_at = 0.0  # ... read at this time.time()
 
     def sock(self, kind: int, **kw: Any) -> zmq.Socket:
         s = socket(self.ctx, kind, **kw)
@@ -120,11 +122,17 @@ class _Stage:
 
     def beat(self, frames: int = 0, busy_s: float = 0.0) -> None:
         st = self.stats
-        st[f"heartbeat_{self.name}"] = time.time()
+        now = time.time()
+        st[f"heartbeat_{self.name}"] = now
         if frames:
             st.add(f"frames_{self.name}", frames)
         if busy_s:
             st.add(f"busy_s_{self.name}", busy_s)
+        if now - self._cpu_at >= 0.25:  # the process clock sums every thread: not per frame
+            self._cpu_at = now
+            cpu = time.process_time()
+            st.add(f"cpu_s_{self.name}", cpu - self._cpu)
+            self._cpu = cpu
 
     def ctl_send(self, kind: str, **kw: Any) -> None:
         send_json(self.ctl, {"t": kind, "stage": self.name, "pid": os.getpid(), **kw}, block=True)
@@ -936,6 +944,32 @@ def check_engine(engine: Any, shape: tuple[int, int]) -> None:
         raise ValueError(f"expected a model of {len(CLASS_NAMES)} classes ({names}), got {nc}")
 
 
+def warm_up(engine: Any, shape: tuple[int, int], batch: int) -> None:
+    """Run the engine once at every batch size from 2 to ``batch`` on synthetic frames of
+    ``shape`` (:func:`check_engine` ran 1): a runtime that compiles per input shape (OpenVINO)
+    does it now, before the daemon says ready, not on the first frames of a series."""
+    from ..engines import ops
+    from ..engines.base import Detections
+    from ..engines.duplicates import suppress_duplicate_lines
+    from ..engines.snap import snap_lines
+
+    t0 = time.perf_counter()
+    frame = probe_frame(shape)
+    for b in range(2, batch + 1):
+        engine([frame] * b)
+    # and what runs only on frames with detections (the probe may have none): the Numba
+    # kernels compiled, the line geometry's modules imported
+    ops.warmup()
+    h, w = shape
+    masks = np.zeros((2, h, w), bool)
+    masks[:, h // 2 - 2 : h // 2 + 2, w // 8 : w - w // 8] = True
+    boxes = np.array([[w // 8, h // 2 - 2, w - w // 8, h // 2 + 2]] * 2, np.float32)
+    det = Detections(masks, boxes, np.array([0.9, 0.8], np.float32), np.zeros(2, np.int64))
+    suppress_duplicate_lines(snap_lines(frame, det), tol=1.5)
+    logger.info("engine: warmed up for batches 1-%d of %dx%d in %.2f s", batch, *shape,
+                time.perf_counter() - t0)  # fmt: skip
+
+
 #: runtime -> the model files it reads, by suffix ("": a folder, an OpenVINO IR)
 _READS = {"openvino": (".onnx", ".xml", ""), "onnx": (".onnx",), "torch": (".pt",),
           "tensorrt": (".engine",)}  # fmt: skip
@@ -967,6 +1001,7 @@ def load_model(cfg: DaemonConfig, path: str, *, shape: tuple[int, int],
     engine = make_engine(cfg.replace(engine={
         "model": path, "engine": cfg.engine.engine if runtime is None else runtime}))  # fmt: skip
     check_engine(engine, shape)
+    warm_up(engine, shape, cfg.batch.size)
     return engine
 
 
@@ -1012,6 +1047,7 @@ class EngineWorker(_Stage):
         # classes stops the daemon at start-up, named), and the runtime's first call, slow in
         # most, is not the first frame's
         check_engine(engine, self._shape)
+        warm_up(engine, self._shape, c.batch.size)
         self._adopt(engine)
         logger.info("engine: %r (%s)", self.engine, self.model)
         self.dealer = self.sock(zmq.DEALER, connect=self.eps.work)
@@ -1640,6 +1676,10 @@ class OutputWorker(_Stage):
         self.last_metrics = time.monotonic()
         self.finished = False
         self.timeout = self.cfg.output.result_timeout_s
+        # a camera's frame is recorded after record_wait_s whatever its analysis does (fate
+        # ``late``); its result may still come within result_timeout_s: seq -> that deadline
+        self.record_wait = min(self.cfg.output.record_wait_s, self.timeout)
+        self.awaiting: OrderedDict[int, tuple[float, dict[str, Any]]] = OrderedDict()
         # an unpaced file waits for slow analysis: a frame is late only when no frame at all
         # came back for the timeout (a camera's frame: when it is that old)
         self.waits = self.cfg.replay_waits
@@ -1685,6 +1725,8 @@ class OutputWorker(_Stage):
         elif t in ("skip", "lost"):
             key = msg["seq"]
             e = self.pending.get(key)
+            if self.awaiting.pop(key, None) is not None:  # recorded late: counted here, once
+                self.written[key] = False
             if t == "lost":
                 self.stats.add("skipped")
                 self.stats.add("skipped_lost")
@@ -1740,14 +1782,17 @@ class OutputWorker(_Stage):
             image = self.pool.read_image(e["slot"], e["gen"], tuple(e["shape"]), e["dtype"])
         else:
             self.stats.add("late_results")
-            if self.written.get(key) is False:  # recorded as lost: it is analysed after all
+            late = self.awaiting.pop(key, None)
+            if late is not None:  # recorded before it came: tables and viewers still get it
+                self.written[key] = True
+                h = late[1]  # the frame is still there while the analysis holds its slot
+                image = self.pool.read_image(h["slot"], h["gen"], tuple(h["shape"]), h["dtype"])
+            elif self.written.get(key) is False:  # recorded as lost: it is analysed after all
                 self.stats.add("skipped", -1)
                 self.stats.add("skipped_lost", -1)
         t0 = time.perf_counter()
-        annotated = None
-        if image is not None:
-            annotated = self.recorder.annotate(image, msg)
-            e["annotated"] = annotated
+        if image is not None and e is not None:  # drawn for the video (not for a late frame)
+            e["annotated"] = self.recorder.annotate(image, msg)
         if not self.recorder.append_result(msg, latency_ms=lat if ok_clock else None):
             self.stats.add("results_not_recorded_disk")  # recording stopped: disk full
         self._alarms(msg, (now - msg["recv"]) * 1e3)
@@ -1808,44 +1853,85 @@ class OutputWorker(_Stage):
             self.publisher.alarm(ev)
 
     # -- recording in arrival order
+    def _crowded(self) -> bool:
+        """Most frame slots in use (``output.record_crowded``): record without waiting."""
+        return self.pool.in_use() >= self.cfg.output.record_crowded * self.pool.total_slots
+
     def _write_ready(self, *, force: bool = False) -> None:
+        """Record the frames at the head of the queue whose fate is known, or that waited long
+        enough: a camera's frame ``output.record_wait_s`` (then at once while the slots are
+        crowded), an unpaced file's frame until no analysis came back for
+        ``output.result_timeout_s`` (its reader waits for the analysis anyway)."""
         now = time.monotonic()
+        crowded = self._crowded() if self.pending else False
         while self.pending:
             key, e = next(iter(self.pending.items()))
             fate = e.get("fate")
             if fate is None:
-                since = max(e["_arr"], self.last_progress) if self.waits else e["_arr"]
-                if not force and now - since < self.timeout:
-                    break
-                fate = e["fate"] = "lost"
-                self.stats.add("skipped")
-                self.stats.add("skipped_lost")
-                logger.warning("frame %s/%d: no analysis after %.1f s; recorded unannotated",
-                               e["series"], e["index"], now - e["_arr"])  # fmt: skip
+                if force:  # the run ends: what has not come back will not
+                    fate = e["fate"] = "lost"
+                    self.stats.add("skipped")
+                    self.stats.add("skipped_lost")
+                    logger.warning("frame %s/%d: no analysis after %.1f s; recorded "
+                                   "unannotated", e["series"], e["index"], now - e["_arr"])
+                elif self.waits:
+                    if now - max(e["_arr"], self.last_progress) < self.timeout:
+                        break
+                    fate = e["fate"] = "lost"
+                    self.stats.add("skipped")
+                    self.stats.add("skipped_lost")
+                    logger.warning("frame %s/%d: no analysis after %.1f s; recorded "
+                                   "unannotated", e["series"], e["index"], now - e["_arr"])
+                else:
+                    if now - e["_arr"] < self.record_wait and not crowded:
+                        break
+                    # recorded as it came; the result may still come for the tables
+                    fate = e["fate"] = "late"
+                    self.stats.add("recorded_late")
+                    self.awaiting[key] = (e["_arr"] + self.timeout, e)
+                    logger.debug("frame %s/%d: recorded before its analysis (%.2f s%s)",
+                                 e["series"], e["index"], now - e["_arr"],
+                                 ", slots crowded" if crowded else "")  # fmt: skip
             self.pending.popitem(last=False)
-            t0 = time.perf_counter()
-            image = self.pool.read_image(e["slot"], e["gen"], tuple(e["shape"]), e["dtype"])
-            if image is None:
-                self.stats.add("record_errors")
-                logger.error("frame %s/%d: slot reused before recording; NOT RECORDED",
-                             e["series"], e["index"])  # fmt: skip
-            else:
-                try:
-                    if self.recorder.write_frame(image, e, e.get("annotated"), fate):
-                        self.stats.add("recorded")
-                    else:  # recording stopped: the disk is full (the recorder's alarm)
-                        self.stats.add("not_recorded_disk")
-                except Exception as err:  # costs this frame's recording, not the worker
-                    self.stats.add("record_errors")
-                    _log_frame_error("output: NOT RECORDED", e, err)
-            self.pool.release(e["slot"], e["gen"], RECORD)
-            dt = time.perf_counter() - t0
-            self.stats["record_ms_per_frame"] = dt * 1e3
-            self.beat(1, dt)
+            self._record(e, fate)
             self.written[key] = fate in ("analysed", UNTRACKED)
             if len(self.written) > 4096:
                 self.written.popitem(last=False)
+        self._expire(now, force=force)
         self.stats["queue_output"] = len(self.pending)
+
+    def _record(self, e: dict[str, Any], fate: str) -> None:
+        """One frame to the run folder (video, raw, frames.csv); its slot released."""
+        t0 = time.perf_counter()
+        image = self.pool.read_image(e["slot"], e["gen"], tuple(e["shape"]), e["dtype"])
+        if image is None:
+            self.stats.add("record_errors")
+            logger.error("frame %s/%d: slot reused before recording; NOT RECORDED",
+                         e["series"], e["index"])  # fmt: skip
+        else:
+            try:
+                if self.recorder.write_frame(image, e, e.get("annotated"), fate):
+                    self.stats.add("recorded")
+                else:  # recording stopped: the disk is full (the recorder's alarm)
+                    self.stats.add("not_recorded_disk")
+            except Exception as err:  # costs this frame's recording, not the worker
+                self.stats.add("record_errors")
+                _log_frame_error("output: NOT RECORDED", e, err)
+        self.pool.release(e["slot"], e["gen"], RECORD)
+        dt = time.perf_counter() - t0
+        self.stats["record_ms_per_frame"] = dt * 1e3
+        self.beat(1, dt)
+
+    def _expire(self, now: float, *, force: bool = False) -> None:
+        """Frames recorded late whose analysis did not come within result_timeout_s: lost."""
+        while self.awaiting:
+            key, (deadline, _e) = next(iter(self.awaiting.items()))
+            if not force and now < deadline:
+                break
+            self.awaiting.popitem(last=False)
+            self.written[key] = False
+            self.stats.add("skipped")
+            self.stats.add("skipped_lost")
 
     def _maybe_metrics(self, *, force: bool = False) -> None:
         now = time.monotonic()
@@ -1942,6 +2028,7 @@ def worker_main(stage: str, cfg: DaemonConfig, spec: PoolSpec, eps: Endpoints, p
     code = 0
     try:
         runner.setup()
+        runner._cpu = time.process_time()  # start-up (model compile, kernel warm-up) not counted
         phase = "run"
         runner.ctl_send("ready")
         runner.loop()

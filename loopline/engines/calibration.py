@@ -35,12 +35,13 @@ def calibration_frames(
 
 
 def calibration_batches(
-    count: int, *, batch: int = 1, imgsz: int = 512, size: int = 512, seed: int = 0
-) -> Iterator[np.ndarray]:
+    count: int, *, batch: int = 1, imgsz: int = 512, size: int = 512, seed: int = 0,
+    presets: tuple[str, ...] = PRESETS,
+) -> Iterator[np.ndarray]:  # fmt: skip
     """Network inputs (batch, 3, imgsz, imgsz) float32 of ``count`` synthetic frames.
 
     The last batch is dropped if incomplete (TensorRT's calibrator wants full batches).
     """
-    frames = calibration_frames(count, size=size, seed=seed)
+    frames = calibration_frames(count, size=size, seed=seed, presets=presets)
     for i in range(0, count - batch + 1, batch):
         yield ops.preprocess(frames[i : i + batch], imgsz)[0]

@@ -64,10 +64,10 @@ def suppress_duplicate_lines(det, *, tol: float = 2.0, cover: float = 0.5, cls: 
         masks, boxes = masks.copy(), boxes.copy()
     for i in order:
         # The mask decides, not the box: bound the work by the mask's own extent.
-        ys, xs = np.nonzero(det.masks[i])
-        if ys.size == 0:
+        xa, ya, bw, bh = cv2.boundingRect(np.ascontiguousarray(det.masks[i]).view(np.uint8))
+        if bw == 0:
             continue
-        ya, yb, xa, xb = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        yb, xb = ya + bh, xa + bw
         sk = _centre_line(det.masks[i, ya:yb, xa:xb])
         n = int(sk.sum())
         if n == 0:

@@ -92,20 +92,24 @@ def _head_float_nodes(names: list[str], types: list[str]) -> list[str]:
     return keep
 
 
-def _calibration(count: int, imgsz: int, seed: int) -> list[np.ndarray]:
-    from .calibration import calibration_batches
+def _calibration(count: int, imgsz: int, seed: int,
+                 presets: tuple[str, ...] | None = None) -> list[np.ndarray]:  # fmt: skip
+    from .calibration import PRESETS, calibration_batches
 
-    return list(calibration_batches(count, batch=1, imgsz=imgsz, seed=seed))
+    return list(calibration_batches(count, batch=1, imgsz=imgsz, seed=seed,
+                                    presets=presets or PRESETS))  # fmt: skip
 
 
 def export_openvino(
     model: Path, *, imgsz: int = 512, out: Path | None = None, int8: bool = False,
-    calib_frames: int = 128, seed: int = 0,
+    calib_frames: int = 128, seed: int = 0, calib_presets: tuple[str, ...] | None = None,
 ) -> Path:  # fmt: skip
     """``.onnx`` (or ``.pt``, exported to ONNX first) -> OpenVINO IR folder, FP32 or INT8.
 
     INT8 is NNCF post-training quantisation (``preset=MIXED``, min/max activation ranges) on
-    ``calib_frames`` synthetic frames; the head outside the prototype branch is left in float.
+    ``calib_frames`` synthetic frames of ``calib_presets`` (default
+    :data:`~loopline.engines.calibration.PRESETS`); the head outside the prototype branch is
+    left in float.
     """
     model = Path(model)
     if model.suffix == ".pt":
@@ -134,7 +138,7 @@ def export_openvino(
         names = [o.get_friendly_name() for o in ops_]
         types = [o.get_type_name() for o in ops_]
         ignored = _head_float_nodes(names, types)
-        data = _calibration(calib_frames, imgsz, seed)
+        data = _calibration(calib_frames, imgsz, seed, calib_presets)
         from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
         from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 

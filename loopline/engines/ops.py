@@ -474,6 +474,16 @@ def decode_masks(
     return (out, hit) if return_nonempty else out
 
 
+def warmup() -> None:
+    """Compile the Numba kernels (NMS, mask decoding) now, on tiny inputs: a first frame with
+    detections would otherwise pay for it (a frame without any never calls them)."""
+    boxes = np.array([[2, 2, 20, 20], [3, 3, 20, 20]], np.float32)
+    keep = nms(boxes, np.array([0.9, 0.8], np.float32), 0.5)
+    protos = np.zeros((4, 16, 16), np.float32)
+    decode_masks(protos, np.ones((len(keep), 4), np.float32), boxes[keep],
+                 letterbox_params((64, 64), 64))  # fmt: skip
+
+
 def postprocess(
     pred: np.ndarray,
     protos: np.ndarray,

@@ -54,11 +54,10 @@ def _centre_path(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """:func:`centre_path` and the number of skeleton pixels it was chosen from."""
     from skimage.morphology import skeletonize
 
-    ys, xs = np.nonzero(mask)
-    if ys.size == 0:
+    x0, y0, bw, bh = cv2.boundingRect(np.ascontiguousarray(mask).view(np.uint8))
+    if bw == 0:
         return np.zeros((0, 2)), 0
-    y0, x0 = ys.min(), xs.min()
-    sk = skeletonize(mask[y0:ys.max() + 1, x0:xs.max() + 1])
+    sk = skeletonize(mask[y0 : y0 + bh, x0 : x0 + bw])
     ys, xs = np.nonzero(sk)
     ys, xs = ys + y0, xs + x0
     n = ys.size
