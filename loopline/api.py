@@ -363,7 +363,7 @@ def analyze(
     calibration: Calibration | str | Path | None = None,
     **options: Any,
 ) -> Run:
-    """Analyse a video, TIFF stack, DM3/DM4 file, image folder or synthetic dataset.
+    """Analyse a video, TIFF stack, DM3/DM4 or EMD file, image folder or synthetic dataset.
 
     The same analysis as ``loopline analyze SOURCE --out OUT --model MODEL`` (detection,
     measurement, pile-ups, tracking), into a run folder with the same tables.

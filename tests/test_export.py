@@ -152,6 +152,67 @@ def test_to_hspy_round_trip(run, tmp_path) -> None:
     assert sig["metadata"]["General"]["title"] == "loopline video"
 
 
+def test_to_hspy_markers_match_the_tables(run, tmp_path) -> None:
+    from rsciio.hspy import file_reader
+
+    stack = run.frame_stack()
+    (sig,) = file_reader(str(to_hspy(run, tmp_path / "m.hspy", frames=stack)))
+    markers = sig["metadata"]["Markers"]
+    assert sorted(markers) == ["dislocation_lines", "loops"]  # every loop has its axes
+    lines, loops = markers["dislocation_lines"], markers["loops"]
+    # HyperSpy >= 2.0's stored layout (Markers._to_dictionary), loaded by hs.load
+    keys = ("class", "name", "plot_on_signal", "offset_transform", "transform")
+    assert [lines[k] for k in keys] == ["Lines", "dislocation_lines", True, "display", "data"]
+    assert (loops["class"], loops["offset_transform"], loops["transform"]) == (
+        "Ellipses", "data", "display")  # fmt: skip
+    segs, kw = lines["kwargs"]["segments"], loops["kwargs"]
+    assert kw["units"] == "xy"
+    for ragged in (segs, kw["offsets"], kw["widths"], kw["heights"], kw["angles"]):
+        assert ragged.dtype == object and ragged.shape == (6,)  # one entry per frame
+    nm, t = 2.0, run.tracks  # positions in nm, as the signal's y/x axes
+    assert sum(len(s) for s in segs) == (t.kind == "line").sum() > 0
+    assert sum(len(o) for o in kw["offsets"]) == (t.kind == "loop").sum() > 0
+    for j, frame in enumerate(run.series["frame"]):
+        ln = t[(t.kind == "line") & (t.frame == frame)]
+        s = segs[j]
+        assert s.shape == (len(ln), 2, 2)  # [[x0, y0], [x1, y1]] per line
+        np.testing.assert_allclose(s.mean(axis=1), ln[["x_px", "y_px"]].to_numpy(float) * nm)
+        np.testing.assert_allclose(np.hypot(*(s[:, 1] - s[:, 0]).T),
+                                   ln["length_px"].to_numpy(float) * nm)  # fmt: skip
+        lp = t[(t.kind == "loop") & (t.frame == frame)]
+        np.testing.assert_allclose(kw["offsets"][j], lp[["x_px", "y_px"]].to_numpy(float) * nm)
+        np.testing.assert_allclose(kw["widths"][j], lp["major_px"].to_numpy(float) * nm)
+        np.testing.assert_allclose(kw["heights"][j], lp["minor_px"].to_numpy(float) * nm)
+        np.testing.assert_allclose(kw["angles"][j], lp["angle_deg"].to_numpy(float))
+    # a loop without fitted axes is a point at its centre
+    moved = tmp_path / "run"
+    shutil.copytree(run.path, moved)
+    tracks = pd.read_csv(moved / "tracks.csv")
+    first = tracks.index[tracks.kind == "loop"][0]
+    tracks.loc[first, ["major_px", "minor_px"]] = np.nan
+    tracks.to_csv(moved / "tracks.csv", index=False)
+    (sig,) = file_reader(str(to_hspy(moved, tmp_path / "p.hspy", frames=stack)))
+    md = sig["metadata"]["Markers"]
+    pts = md["loop_centres"]
+    assert (pts["class"], pts["offset_transform"]) == ("Points", "data")
+    j = run.series["frame"].tolist().index(tracks.loc[first, "frame"])
+    np.testing.assert_allclose(pts["kwargs"]["offsets"][j],
+                               [tracks.loc[first, ["x_px", "y_px"]].to_numpy(float) * nm])
+    assert sum(len(o) for o in md["loops"]["kwargs"]["offsets"]) == (t.kind == "loop").sum() - 1
+
+
+def test_to_hspy_markers_load_in_hyperspy(run, tmp_path) -> None:
+    hs = pytest.importorskip("hyperspy.api")
+    s = hs.load(to_hspy(run, tmp_path / "m.hspy", frames=run.frame_stack()))
+    m = s.metadata.Markers.dislocation_lines
+    assert type(m).__name__ == "Lines"
+    lines = run.lines(frame=int(run.series["frame"].iloc[-1]))
+    s.axes_manager.indices = (len(run.series) - 1,)
+    want = lines[["x0_px", "y0_px", "x1_px", "y1_px"]].to_numpy(float).reshape(-1, 2, 2) * 2.0
+    np.testing.assert_allclose(m.get_current_kwargs()["segments"], want)
+    assert type(s.metadata.Markers.loops).__name__ == "Ellipses"
+
+
 def test_to_hspy_uneven_times_and_suffixes(run, tmp_path) -> None:
     from rsciio.hspy import file_reader
 

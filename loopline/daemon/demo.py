@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(overrides={
         "source.endpoint": sim.endpoint, "output.dir": str(a.out), "engine.model": model,
         "calibration.nm_per_px": float(scene["nm_per_px"]), "run.until_series_end": True,
-        "publish.endpoint": publish, "batch.size": 2,
+        "publish.endpoint": publish,
     })  # fmt: skip
     ready = threading.Event()
     sup = Supervisor(cfg, on_ready=lambda _s: ready.set(),

@@ -12,10 +12,25 @@
   ``metadata.loopline``: ``summary`` (``summary.json``), ``series`` (every numeric column
   of ``series.csv``, one value per frame: counts, mean lengths, spacings, densities, drift),
   ``tracks`` and ``pairs`` (every column of ``tracks.csv`` / ``pairs.csv``: per-object
-  positions, velocities, loop axes; per-pair spacings), ``units`` of the axes.
+  positions, velocities, loop axes; per-pair spacings), ``units`` of the axes;
+* the measured objects as HyperSpy (>= 2.0) markers in ``metadata.Markers``, stored as
+  ``s.add_marker(m, permanent=True)`` stores them (``class``, ``name``, ``plot_on_signal``,
+  ``offset_transform``, ``transform`` and the marker's ``kwargs``, whose positions are ragged
+  arrays with one entry per frame), in the units of the ``y``/``x`` axes (nm, else px):
 
-Read back with ``hs.load("run.hspy")`` (``s.metadata.loopline.series.mean_spacing_nm``) or
-with ``rsciio.hspy.file_reader``.
+  - ``dislocation_lines``: ``Lines``, ``segments`` (n, 2, 2) ``[[x0, y0], [x1, y1]]`` per
+    frame. The run folder keeps each line's centre, arc length and glide direction, not its
+    centre-line points: the segment is the straight one of that length through the centre,
+    across the glide direction (:meth:`loopline.api.Run.lines`, as the napari export draws it);
+  - ``loops``: ``Ellipses``, ``offsets`` (n, 2) centres, ``widths`` the full major and
+    ``heights`` the full minor axes, ``angles`` the major axis' angle to x in degrees (image
+    coordinates, y down, as plotted); ``loop_centres``: ``Points`` at the centres of loops
+    without fitted axes, where there are any.
+
+  A marker with no object in any frame is left out.
+
+Read back with ``hs.load("run.hspy")`` (``s.metadata.loopline.series.mean_spacing_nm``;
+``s.plot()`` draws the markers) or with ``rsciio.hspy.file_reader``.
 """
 
 from __future__ import annotations
@@ -73,6 +88,65 @@ def _time_axis(t: np.ndarray) -> dict[str, Any]:
     return {**ax, "axis": np.asarray(t, np.float64)}  # non-uniform (HyperSpy >= 1.7)
 
 
+def _ragged(place: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """One array per frame (object array of length ``n``): the ``values`` rows whose
+    ``place`` (index of the frame in the signal) is that frame's, in their order."""
+    out = np.empty(n, dtype=object)
+    for i in range(n):
+        out[i] = np.ascontiguousarray(values[place == i], dtype=np.float64)
+    return out
+
+
+def _markers(run: Run, sid: str | None, frames: np.ndarray, step: float) -> dict[str, Any]:
+    """``metadata.Markers`` of the signal (see the module docstring); ``step``: nm (or px)
+    per px of the frames, as the ``y``/``x`` axes."""
+    place = {int(f): i for i, f in enumerate(frames)}
+    n = len(frames)
+    out: dict[str, Any] = {}
+
+    def at(d):
+        return d[d["frame"].isin(place)].reset_index(drop=True)
+
+    lines = at(run.lines(series=sid))
+    if not lines.empty:
+        ends = lines[["x0_px", "y0_px", "x1_px", "y1_px"]].to_numpy(float).reshape(-1, 2, 2)
+        where = lines["frame"].map(place).to_numpy(int)
+        out["dislocation_lines"] = {
+            "class": "Lines", "name": "dislocation_lines", "plot_on_signal": True,
+            "offset_transform": "display", "transform": "data",
+            "kwargs": {"segments": _ragged(where, ends * step, n), "colors": "yellow",
+                       "linewidths": 2.0},
+        }  # fmt: skip
+
+    loops = at(run.loops(series=sid))
+    axes = loops["major_px"].notna() & loops["minor_px"].notna()
+    fitted, bare = loops[axes], loops[~axes]
+    if not fitted.empty:
+        where = fitted["frame"].map(place).to_numpy(int)
+        xy = fitted[["x_px", "y_px"]].to_numpy(float) * step
+        angle = np.nan_to_num(fitted["angle_deg"].to_numpy(float))
+        out["loops"] = {
+            "class": "Ellipses", "name": "loops", "plot_on_signal": True,
+            "offset_transform": "data", "transform": "display",
+            "kwargs": {"offsets": _ragged(where, xy, n),
+                       "widths": _ragged(where, fitted["major_px"].to_numpy(float) * step, n),
+                       "heights": _ragged(where, fitted["minor_px"].to_numpy(float) * step, n),
+                       "angles": _ragged(where, angle, n), "units": "xy",
+                       "facecolors": "none", "edgecolors": "cyan", "linewidths": 1.5},
+        }  # fmt: skip
+    if not bare.empty:
+        where = bare["frame"].map(place).to_numpy(int)
+        out["loop_centres"] = {
+            "class": "Points", "name": "loop_centres", "plot_on_signal": True,
+            "offset_transform": "data", "transform": "display",
+            "kwargs": {"offsets": _ragged(where, bare[["x_px", "y_px"]].to_numpy(float) * step,
+                                          n),
+                       "sizes": 10.0, "units": "points", "facecolors": "none",
+                       "edgecolors": "cyan"},
+        }  # fmt: skip
+    return out
+
+
 def signal_dict(run: Run | str | Path, *, series: str | None = None,
                 frames: np.ndarray | None = None) -> dict[str, Any]:  # fmt: skip
     """The RosettaSciIO signal dictionary of a run (what :func:`to_hspy` writes).
@@ -115,14 +189,18 @@ def signal_dict(run: Run | str | Path, *, series: str | None = None,
         "units": {"time": "s", "y": unit, "x": unit},
         "frame_index": rows["frame"].to_numpy(np.int64),
     }
+    metadata: dict[str, Any] = {
+        "General": {"title": title, "original_filename": src.name if src else ""},
+        "Signal": {"signal_type": "", "quantity": "Intensity"},
+        "loopline": loopline_md,
+    }
+    markers = _markers(run, sid, rows["frame"].to_numpy(np.int64), float(step))
+    if markers:
+        metadata["Markers"] = markers
     return {
         "data": data,
         "axes": axes,
-        "metadata": {
-            "General": {"title": title, "original_filename": src.name if src else ""},
-            "Signal": {"signal_type": "", "quantity": "Intensity"},
-            "loopline": loopline_md,
-        },
+        "metadata": metadata,
         "original_metadata": {},
         "learning_results": {},
         "attributes": {"_lazy": False},

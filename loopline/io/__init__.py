@@ -3,6 +3,7 @@ and the run folder's tables (:mod:`.runfolder`, written by ``analyze`` and ``ser
 
 from .frames import (
     DM_SUFFIXES,
+    EMD_SUFFIXES,
     IMAGE_SUFFIXES,
     TIFF_SUFFIXES,
     VIDEO_SUFFIXES,
@@ -18,6 +19,7 @@ from .frames import (
 
 __all__ = [
     "DM_SUFFIXES",
+    "EMD_SUFFIXES",
     "IMAGE_SUFFIXES",
     "TIFF_SUFFIXES",
     "VIDEO_SUFFIXES",

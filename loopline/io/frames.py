@@ -1,4 +1,4 @@
-"""Frames from recorded files: videos, TIFF stacks, image folders, DM3/DM4.
+"""Frames from recorded files: videos, TIFF stacks, image folders, DM3/DM4, EMD.
 
 One reader for ``loopline analyze`` (:mod:`loopline.pipelines.sources`), the daemon's file
 replay (:class:`loopline.daemon.sources.files.FileSource`) and the camera simulator.
@@ -11,12 +11,16 @@ input                              read with                   own rate / pixel 
 folder of ``.png .tif .jpg .bmp``  OpenCV / tifffile           ``truth.json`` (synthetic
 (or its ``images/`` subfolder)                                 datasets: ``fps``, ``nm_per_px``)
 ``.dm3 .dm4``                      RosettaSciIO                time axis scale / signal axes
+``.emd`` (Velox, Berkeley/NCEM)    RosettaSciIO                time axis / signal axes
 =================================  ==========================  ==================================
 
 Frames come out as 2-D uint8 / uint16 / float32 (colour is turned to grey, other dtypes to
-float32). Folders are read in natural order (``f2`` before ``f10``). Each frame's time on the
-file's own axis comes with it from :meth:`FrameFile.stamped` (a video's container timestamps,
-else index / the file's rate); both ``loopline analyze`` and ``loopline serve --from`` take
+float32). Folders are read in natural order (``f2`` before ``f10``). An EMD file (Velox from
+Thermo Fisher, or Berkeley/NCEM) may hold several signals: its image series is read (a 2-D
+image or a frames × y × x stack; of several, the one with most frames), the rest (spectra,
+spectrum images, diffraction) is left. Each frame's time on the file's own axis comes with it
+from :meth:`FrameFile.stamped` (a video's container timestamps, an EMD file's time axis, else
+index / the file's rate); both ``loopline analyze`` and ``loopline serve --from`` take
 their time axis from there unless a calibration profile gives one (``fps``,
 ``frame_times_s``), and name the series after the file (:func:`series_id`).
 """
@@ -39,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DM_SUFFIXES",
+    "EMD_SUFFIXES",
     "IMAGE_SUFFIXES",
     "TIFF_SUFFIXES",
     "VIDEO_SUFFIXES",
@@ -55,6 +60,7 @@ __all__ = [
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".wmv", ".mpg", ".mpeg")
 TIFF_SUFFIXES = (".tif", ".tiff")
 DM_SUFFIXES = (".dm3", ".dm4")
+EMD_SUFFIXES = (".emd",)
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
 #: Length unit (lower case, as found in file metadata) -> nm.
@@ -73,7 +79,7 @@ class FrameFile:
     """
 
     path: Path
-    kind: str  # "video", "tiff", "folder", "dm", "image"
+    kind: str  # "video", "tiff", "folder", "dm", "emd", "image"
     read: Callable[[], Iterator[np.ndarray]]
     count: int | None = None
     fps: float | None = None
@@ -93,8 +99,9 @@ class FrameFile:
         """The frames with their times on the file's own time axis, s.
 
         Videos: the container's timestamp of each frame (index / rate where the container
-        gives none); other files: index / the file's rate (TIFF ``finterval``, DM time axis,
-        ``truth.json``); None where the file states no time.
+        gives none); an EMD file: its time axis (offset + index × step); other files: index /
+        the file's rate (TIFF ``finterval``, DM time axis, ``truth.json``); None where the
+        file states no time.
         """
         if self.read_stamped is not None:
             return self.read_stamped()
@@ -167,8 +174,9 @@ def pixel_size_from_file(path: str | Path) -> float | None:
     """Pixel size (nm/px) from an image file's metadata, or None where it holds none.
 
     TIFF: ImageJ ``unit`` with the XResolution tag (pixels per unit), else the resolution
-    tags with ResolutionUnit inch/cm. DM3/DM4 (RosettaSciIO): the scale and units of the
-    last (x) signal axis. Unreadable metadata is logged and gives None.
+    tags with ResolutionUnit inch/cm. DM3/DM4 and EMD (RosettaSciIO): the scale and units of
+    the last (x) signal axis (of the EMD file's image series). Unreadable metadata is logged
+    and gives None.
     """
     p = Path(path)
     suf = p.suffix.lower()
@@ -180,6 +188,8 @@ def pixel_size_from_file(path: str | Path) -> float | None:
                 return _tiff_pixel_size(tif)
         if suf in DM_SUFFIXES:
             return _dm_scales(_dm_signal(p)["axes"])[1]
+        if suf in EMD_SUFFIXES:
+            return _dm_scales(_emd_signal(p)["axes"])[1]
     except (OSError, ValueError, KeyError, IndexError, ZeroDivisionError) as e:
         logger.warning("could not read the pixel size of %s: %s", p, e)
     return None
@@ -223,7 +233,8 @@ def _dm_signal(path: Path) -> dict[str, Any]:
 
 
 def _dm_scales(axes: list[dict[str, Any]]) -> tuple[float | None, float | None]:
-    """(fps, nm/px) of a DM signal: a navigation axis in s, ms or µs; the last signal (x) axis."""
+    """(fps, nm/px) of a DM (or EMD) signal: a navigation axis in s, ms or µs; the last signal
+    (x) axis."""
     fps = None
     for a in axes:
         scale = a.get("scale")
@@ -240,6 +251,110 @@ def _dm_scales(axes: list[dict[str, Any]]) -> tuple[float | None, float | None]:
         if unit in UNIT_TO_NM and scale > 0:
             pixel = scale * UNIT_TO_NM[unit]
     return fps, pixel
+
+
+_UNITLESS = ("", "px", "pixel", "pixels", "<undefined>", "none")
+
+
+def _units(axis: dict[str, Any]) -> str:
+    return str(axis.get("units") or "").strip()
+
+
+def _emd_layout(sig: dict[str, Any]) -> tuple[int, ...] | None:
+    """The axis order (frames, y, x) or (y, x) of an EMD signal that is an image series.
+
+    None for anything else: spectra, spectrum images, 4-D data, complex (FFT, DPC) images,
+    axes in other units than lengths (nm, µm, Å, pm, ...) or none (px). Velox marks a stack's
+    frame axis as the navigation axis; the Berkeley (NCEM) reader marks none, so the frame
+    axis is the one in time units, else the one of no unit beside two length axes, else the
+    first. Axes named ``y`` and ``x`` are taken in that order; else a stack read with its
+    frame axis last (a file written frames-first, as NCEM's ``dim1`` = time, which the reader
+    reverses) is reversed whole.
+    """
+    data = sig.get("data")
+    axes = sig.get("axes") or []
+    shape = tuple(np.shape(data))
+    if len(shape) not in (2, 3) or len(axes) != len(shape):
+        return None
+    if np.dtype(getattr(data, "dtype", np.float32)).kind == "c":
+        return None
+
+    def length(a: dict[str, Any]) -> bool:
+        u = _units(a).lower()
+        return u in UNIT_TO_NM or u in _UNITLESS
+
+    nav = [i for i, a in enumerate(axes) if a.get("navigate")]
+    frame: int | None = None
+    if len(shape) == 3:
+        if len(nav) == 1:
+            frame = nav[0]
+        elif nav:
+            return None
+        else:
+            timed = [i for i, a in enumerate(axes) if _units(a) in _UNIT_TO_S]
+            other = [i for i, a in enumerate(axes) if _units(a).lower() not in UNIT_TO_NM]
+            frame = timed[0] if len(timed) == 1 else other[0] if len(other) == 1 else 0
+        a = axes[frame]
+        if _units(a) not in _UNIT_TO_S and _units(a).lower() not in _UNITLESS:
+            return None
+    elif nav:
+        return None
+    yx = [i for i in range(len(shape)) if i != frame]
+    if not all(length(axes[i]) for i in yx):
+        return None
+    names = [str(axes[i].get("name") or "").strip().lower() for i in yx]
+    if sorted(names) == ["x", "y"]:
+        yx = [yx[names.index("y")], yx[names.index("x")]]
+    elif frame is not None and frame == len(shape) - 1:
+        yx = yx[::-1]
+    return tuple(yx) if frame is None else (frame, *yx)
+
+
+def _emd_describe(sig: dict[str, Any]) -> str:
+    title = ((sig.get("metadata") or {}).get("General") or {}).get("title") or "untitled"
+    units = ", ".join(_units(a) or "no unit" for a in sig.get("axes") or [])
+    return f"{title!r} of shape {tuple(np.shape(sig.get('data')))} ({units})"
+
+
+def _emd_signal(path: Path, *, log: bool = True) -> dict[str, Any]:
+    """The image series of an EMD file (Velox or Berkeley/NCEM), read lazily.
+
+    Its ``data`` is (frames, y, x) or (y, x), its ``axes`` in that order with the frame axis
+    marked as the navigation axis (see :func:`_emd_layout`); of several series the one with
+    the most frames (the first of those), said in a DEBUG log (``log``).
+    """
+    try:
+        import h5py  # noqa: F401  (rsciio's EMD reader needs it)
+        from rsciio.emd import file_reader
+    except ImportError:
+        raise ImportError("reading EMD needs RosettaSciIO and h5py, which are not installed: "
+                          "pip install 'loopline[hyperspy]'") from None  # fmt: skip
+    try:
+        # Velox: images only (a spectrum image is slow to read, and not wanted)
+        signals = file_reader(str(path), lazy=True, select_type="images")
+    except ModuleNotFoundError as e:  # Velox with a spectrum image asks for `sparse`
+        raise ImportError(f"reading {path.name} needs a package that is not installed: "
+                          f"{' '.join(str(e).split())}") from None  # fmt: skip
+    except (OSError, KeyError, ValueError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"cannot read {path.name} as an EMD file (Velox or Berkeley/NCEM): "
+                         f"{msg}") from None  # fmt: skip
+    found = [(i, s, lay) for i, s in enumerate(signals) if (lay := _emd_layout(s)) is not None]
+    if not found:
+        what = "; ".join(_emd_describe(s) for s in signals) or "no signal"
+        raise ValueError(f"no image series in {path}: expected a 2-D image or a frames × y × x "
+                         f"stack with length (or no) units, found {what}")  # fmt: skip
+    i, sig, order = max(found, key=lambda f: (np.shape(f[1]["data"])[f[2][0]]
+                                              if len(f[2]) == 3 else 1, -f[0]))  # fmt: skip
+    if log and len(signals) > 1:
+        rest = "; ".join(_emd_describe(s) for j, s in enumerate(signals) if j != i)
+        logger.debug("%s holds %d signals; reading #%d, %s, as the image series (skipped: %s)",
+                     path.name, len(signals), i, _emd_describe(sig), rest)  # fmt: skip
+    axes = [dict(sig["axes"][k], navigate=len(order) == 3 and k == order[0]) for k in order]
+    data = sig["data"]
+    if tuple(order) != tuple(range(len(order))):
+        data = data.transpose(order)
+    return {**sig, "data": data, "axes": axes}
 
 
 # ----------------------------------------------------------------------------- readers
@@ -358,8 +473,33 @@ def _dm(path: Path) -> FrameFile:
     return FrameFile(path, "dm", frames, count, fps, pixel)
 
 
+def _emd(path: Path) -> FrameFile:
+    sig = _emd_signal(path)
+    fps, pixel = _dm_scales(sig["axes"])
+    shape = tuple(int(s) for s in np.shape(sig["data"]))
+    count = shape[0] if len(shape) == 3 else 1
+    t0 = 0.0
+    if fps and len(shape) == 3:  # the time axis' offset, s
+        ax = sig["axes"][0]
+        t0 = float(ax.get("offset") or 0.0) * _UNIT_TO_S[_units(ax)]
+
+    def stamped() -> Iterator[tuple[np.ndarray, float | None]]:
+        data = _emd_signal(path, log=False)["data"]
+        if len(shape) == 2:
+            yield as_gray(np.asarray(data), bgr=False), None
+            return
+        for i in range(count):
+            t = round(t0 + i / fps, 9) if fps else None
+            yield as_gray(np.asarray(data[i]), bgr=False), t
+
+    def frames() -> Iterator[np.ndarray]:
+        return (img for img, _ in stamped())
+
+    return FrameFile(path, "emd", frames, count, fps, pixel, read_stamped=stamped)
+
+
 def open_frames(path: str | Path) -> FrameFile:
-    """Open a video, TIFF (stack), image folder, single image or DM3/DM4 file.
+    """Open a video, TIFF (stack), image folder, single image, DM3/DM4 or EMD file.
 
     Metadata (frame count, rate, pixel size) is read now; frames are read when the
     returned :class:`FrameFile` is iterated.
@@ -371,7 +511,7 @@ def open_frames(path: str | Path) -> FrameFile:
     ValueError
         For an unknown file type or a file its reader cannot open.
     ImportError
-        For DM3/DM4 without RosettaSciIO.
+        For DM3/DM4 or EMD without RosettaSciIO (and h5py).
     """
     p = Path(path)
     if not p.exists():
@@ -385,10 +525,12 @@ def open_frames(path: str | Path) -> FrameFile:
         return _tiff(p)
     if suffix in DM_SUFFIXES:
         return _dm(p)
+    if suffix in EMD_SUFFIXES:
+        return _emd(p)
     if suffix in IMAGE_SUFFIXES:
         return FrameFile(p, "image", lambda: iter([read_image(p)]), 1)
     raise ValueError(
         f"unsupported input {p.name}: unknown file type {suffix!r}; expected a video "
-        f"({', '.join(VIDEO_SUFFIXES)}), a TIFF stack, a DM3/DM4 file, an image "
+        f"({', '.join(VIDEO_SUFFIXES)}), a TIFF stack, a DM3/DM4 or EMD file, an image "
         f"({', '.join(IMAGE_SUFFIXES)}) or an image folder"
     )

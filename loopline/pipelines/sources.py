@@ -1,6 +1,6 @@
 """Offline frame sources for ``loopline analyze`` and ground-truth detections.
 
-:func:`open_source` reads a video file (MP4/AVI/... through OpenCV), a TIFF stack, a DM3/DM4
+:func:`open_source` reads a video file (MP4/AVI/... through OpenCV), a TIFF stack, a DM3/DM4/EMD
 file (RosettaSciIO), a folder of images (all through :mod:`loopline.io.frames`, the reader
 the daemon replays files with), or a ``loopline synth --video`` dataset (with its
 ``truth.json``), and yields :class:`Frame` records with grey frames, their times on the file's
@@ -70,7 +70,7 @@ class FrameSource:
 
 
 def open_source(path: str | Path, *, sequence: int = 0) -> FrameSource:
-    """Open a video, TIFF stack, DM3/DM4 file, image, image folder or synthetic dataset.
+    """Open a video, TIFF stack, DM3/DM4 or EMD file, image, image folder or synthetic dataset.
 
     Files and plain folders are read by :func:`loopline.io.frames.open_frames`; a folder
     with a ``truth.json`` is read as a ``loopline synth`` dataset (its frame list, times
