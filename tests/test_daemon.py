@@ -465,7 +465,7 @@ def test_warm_up_runs_every_batch_size_and_compiles_the_kernels():
     """Cold start: before the daemon says ready, the engine ran every batch size the batcher
     sends (a runtime that compiles per shape does it then) and the Numba kernels that only
     frames with detections reach are compiled."""
-    from loopline.daemon.workers import warm_up
+    from loopline.daemon.stages.engine import warm_up
     from loopline.engines import ops
 
     calls: list[int] = []

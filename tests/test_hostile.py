@@ -807,10 +807,10 @@ def test_a_restarted_receiver_settles_the_frame_it_was_killed_on(monkeypatch):
     recorder got its header, else counted in receiver_errors and its slot freed."""
     from types import SimpleNamespace
 
-    from loopline.daemon import workers
     from loopline.daemon.shm import SlotPool
+    from loopline.daemon.stages import receiver
 
-    monkeypatch.setattr(workers, "_RECONCILE_WAIT_S", 0.05)
+    monkeypatch.setattr(receiver, "_RECONCILE_WAIT_S", 0.05)
     pool = SlotPool.create(4, 32, 32, 1)
     try:
         st = pool.stats
@@ -824,7 +824,7 @@ def test_a_restarted_receiver_settles_the_frame_it_was_killed_on(monkeypatch):
             st["receiver_open"] = 1
             if header_arrived:
                 st["output_next_seq"] = seq + 1
-            workers.Receiver._reconcile(rx)
+            receiver.Receiver._reconcile(rx)
 
         killed_mid_frame(seq=0, header_arrived=True)
         assert (st["received"], st["receiver_errors"], st["skipped"]) == (1, 0, 0)
@@ -835,7 +835,7 @@ def test_a_restarted_receiver_settles_the_frame_it_was_killed_on(monkeypatch):
         assert not st["receiver_open"]
         # killed after counting it: nothing more to do
         st["receiver_open"], st["receiver_open_received"] = 1, st["received"] - 1
-        workers.Receiver._reconcile(rx)
+        receiver.Receiver._reconcile(rx)
         assert (st["received"], st["receiver_errors"]) == (2, 1) and not st["receiver_open"]
     finally:
         pool.close()

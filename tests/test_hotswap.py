@@ -27,8 +27,8 @@ from test_daemon import Daemon, frames
 from loopline.cli import main
 from loopline.daemon.config import ConfigError, load_config
 from loopline.daemon.control import ControlError, ControlServer, parse_request, request
+from loopline.daemon.stages.engine import check_engine
 from loopline.daemon.standins import ThresholdEngine
-from loopline.daemon.workers import check_engine
 from loopline.engines.base import Detections
 from loopline.io.runfolder import model_id
 from loopline.models import MODEL_DIR
@@ -258,7 +258,8 @@ def test_a_swapped_model_keeps_the_running_runtime_where_it_can(tmp_path):
     """OpenVINO (the shipped model's runtime where installed) reads a new .onnx itself: the
     swap does not move it to the slower ONNX Runtime; a format it cannot read goes by suffix;
     a configured runtime always wins."""
-    from loopline.daemon.workers import one_line, swap_runtime
+    from loopline.daemon.stages.base import one_line
+    from loopline.daemon.stages.engine import swap_runtime
 
     auto, pinned = load_config(), load_config(overrides={"engine.engine": "onnx"})
     assert swap_runtime(auto, "openvino", str(tmp_path / "new.onnx")) == "openvino"

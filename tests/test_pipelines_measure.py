@@ -231,7 +231,8 @@ def test_instances_without_a_mask_are_counted_and_measured_from_their_box():
 def test_mask_priority_and_det_message():
     """Dislocations get the mask places first, then loops, each by score; a det message
     with every box and the first n masks splits into masked and box-only instances."""
-    from loopline.daemon.workers import detections_of, mask_priority
+    from loopline.daemon.stages.engine import mask_priority
+    from loopline.daemon.stages.measure import detections_of
 
     order = mask_priority(np.array([1, 0, 1, 0, 1]), np.array([0.9, 0.3, 0.95, 0.8, 0.9]))
     assert order.tolist() == [3, 1, 2, 0, 4]

@@ -2,7 +2,7 @@
 
 Engines finish batches in any order: with two workers, frame 1 can come back before frame 0.
 The tracker takes a series' frames in increasing index only, so the measure worker puts the
-results back in the batcher's order (:class:`~loopline.daemon.workers.Reorder`), within a
+results back in the batcher's order (:class:`~loopline.daemon.stages.measure.Reorder`), within a
 bounded window; a frame that comes back after its successors were tracked is measured without
 tracking, counted (``late_after_successor``) and recorded (fate ``analysed_untracked``).
 
@@ -28,16 +28,11 @@ import zmq
 from loopline.daemon.config import load_config
 from loopline.daemon.shm import SlotPool
 from loopline.daemon.sources.base import Frame, SeriesEnd, SeriesStart
+from loopline.daemon.stages import EngineWorker, MeasureWorker, OutputWorker, Receiver
+from loopline.daemon.stages.base import UNTRACKED
+from loopline.daemon.stages.measure import Reorder
 from loopline.daemon.validate import NOT_RECORDED
 from loopline.daemon.wire import Endpoints, recv_json, socket
-from loopline.daemon.workers import (
-    UNTRACKED,
-    EngineWorker,
-    MeasureWorker,
-    OutputWorker,
-    Receiver,
-    Reorder,
-)
 
 FAST = "loopline.daemon.standins:ThresholdEngine"
 SIDE = 64

@@ -371,7 +371,7 @@ def test_a_bad_inference_value_is_one_clear_error():
 @needs_onnx
 def test_daemon_engine_section_reaches_the_engine():
     from loopline.daemon.config import load_config
-    from loopline.daemon.workers import make_engine
+    from loopline.daemon.stages.engine import make_engine
 
     base = {"engine.model": "defects", "engine.engine": "onnx", "engine.threads": 1}
     e = make_engine(load_config(overrides=base))

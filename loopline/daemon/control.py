@@ -15,7 +15,7 @@ A client sends one JSON object (a REQ socket: ``[b"", request]``; a DEALER may l
 empty frame) and gets one JSON object back:
 
 - ``{"t": "use_model", "path": "/abs/new.onnx"}``: every engine worker loads and checks the
-  model beside the one it runs (:mod:`.workers`, ``EngineWorker``), then the batcher switches
+  model beside the one it runs (:mod:`.stages.engine`, ``EngineWorker``), then the batcher switches
   all of them between two batches; the reply comes when that is decided:
   ``{"ok": true, "model": "new.onnx@1a2b3c4d", "previous": "defects.onnx@9c3e3b90",
   "message": ...}`` or ``{"ok": false, "error": "one line"}`` (the old model keeps running).

@@ -59,7 +59,7 @@ COUNTERS: tuple[str, ...] = (
     # were not one (loopline.daemon.control)
     "model_swaps", "models_refused", "control_errors",
     # analysed frames that came back from their engine after later frames were tracked:
-    # measured, not tracked (frames.csv fate analysed_untracked; workers.MeasureWorker)
+    # measured, not tracked (frames.csv fate analysed_untracked; stages.measure.MeasureWorker)
     "late_after_successor",
     # the run folder's disk full or failing (ENOSPC, EDQUOT, EIO, EROFS): frames not recorded,
     # and analysed frames whose table rows were not written, while recording was stopped

@@ -108,7 +108,7 @@ STAT_NAMES: tuple[str, ...] = (
     "engine_ms_per_frame", "measure_ms_per_frame", "record_ms_per_frame",
     "source_fps", "stopping", "series_done",
     # the frame in the receiver's hands, and what the recorder has seen, so that a restarted
-    # receiver settles the one its predecessor was killed on (workers.Receiver._reconcile)
+    # receiver settles the one its predecessor was killed on (stages.receiver.Receiver._reconcile)
     "receiver_open", "receiver_open_received", "receiver_open_seq", "receiver_open_slot",
     "receiver_open_gen", "receiver_next_seq", "receiver_lost_seq", "output_next_seq",
     *(f"frames_{s}" for s in STAGES),

@@ -21,7 +21,7 @@ socket every worker reports to, the Prometheus endpoint and the systemd notifica
   the same clean-up, so that systemd (``Restart=on-failure``) starts the daemon again.
 - Model swaps: the supervisor answers the control socket (:mod:`.control`). A ``use_model``
   request goes to the batcher, which has every engine worker load and check the model beside
-  the running one and then switches them all between two batches (:mod:`.workers`); the
+  the running one and then switches them all between two batches (:mod:`.stages`); the
   caller gets the new model's id, or the one-line reason it was refused (the old model runs
   on). A worker restarted later loads the model in use. ``engine.watch`` names a folder where
   a new model file makes the same request.
@@ -58,7 +58,7 @@ __all__ = ["RestartBudget", "Supervisor", "WorkerError"]
 
 _ANALYSIS_STAGES = ("batcher", "engine", "measure")
 #: how long a model swap may take before its caller is told it failed (s): the batcher's own
-#: limit (workers._SWAP_TIMEOUT_S) and a margin
+#: limit (stages.batcher._SWAP_TIMEOUT_S) and a margin
 _SWAP_TIMEOUT_S = 330.0
 #: model files that are pickles (torch checkpoints): a swap, asked for over the control socket
 #: or by a file in ``engine.watch``, never loads one (loading a pickle runs its code)
@@ -181,7 +181,7 @@ class Supervisor:
 
     # -- processes
     def _spawn(self, w: _Worker) -> None:
-        from .workers import worker_main
+        from .stages import worker_main
 
         ctx = mp.get_context("spawn")
         assert self.pool is not None and self.eps is not None
