@@ -212,3 +212,46 @@ def test_series_parquet_is_written_in_closed_parts_a_kill_loses_nothing_flushed(
     empty = RunTables(tmp_path / "empty", parquet="series.parquet", csv=False)
     empty.close()
     assert pq.read_table(tmp_path / "empty" / "series.parquet").num_rows == 0
+
+
+def _numbered_folder(folder: Path, numbers: list[int]) -> Path:
+    """Frames of a line moving 1 px a frame, named by an irregular frame number."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for k, num in enumerate(numbers):
+        img = (rng.random((96, 96)) * 40 + 170).astype(np.uint8)
+        cv2.line(img, (20 + k, 10), (40 + k, 86), 40, 3)
+        cv2.imwrite(str(folder / f"scan_{num:04d}.png"), img)
+    return folder
+
+
+def test_serve_from_a_folder_takes_times_from_the_file_names(tmp_path: Path) -> None:
+    """serve --from FOLDER --times-from-names --fps 10 (irregular sampling), as analyze: the
+    same time axis in both run folders; and serve's --nm-per-px wins over a profile's, as
+    analyze's does (calibration.override)."""
+    numbers = [0, 2, 3, 7, 8, 12]
+    src = _numbered_folder(tmp_path / "scan", numbers)
+    prof = tmp_path / "cal.toml"
+    prof.write_text("nm_per_px = 0.5\n")
+    a, s = tmp_path / "analyze", tmp_path / "serve"
+    common = ["--model", "ridge", "--fps", "10", "--times-from-names", "--calibration",
+              str(prof), "--nm-per-px", "2"]  # fmt: skip
+    assert main(["analyze", str(src), "--out", str(a), *common]) == 0
+    assert main(["serve", "--from", str(src), "--out", str(s), *common, "--publish",
+                 f"tcp://127.0.0.1:{_free_port()}", "--until-series-end"]) == 0  # fmt: skip
+    want = [n / 10.0 for n in numbers]
+    for run in (a, s):
+        series = pd.read_csv(run / "series.csv")
+        np.testing.assert_allclose(series["time_s"], want, atol=1e-9, err_msg=str(run))
+        assert (series["nm_per_px"] == 2.0).all(), run
+
+
+def test_serve_times_from_names_needs_a_folder(tmp_path: Path, capsys) -> None:
+    clip = tmp_path / "glide.mp4"
+    _glide_video(clip, 4, 10.0)
+    code = main(["serve", "--from", str(clip), "--out", str(tmp_path / "run"),
+                 "--times-from-names", "--fps", "10", "--model", "ridge", "--publish",
+                 f"tcp://127.0.0.1:{_free_port()}"])  # fmt: skip
+    assert code != 0
+    err = capsys.readouterr().err
+    assert "folder of image files" in err, err

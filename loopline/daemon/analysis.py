@@ -81,8 +81,10 @@ class Analyzer:
     """
 
     def __init__(self, *, nm_per_px: float = 0.0, calibration_profile: str = "",
-                 fps: float = 0.0, alarms: AlarmConfig | None = None) -> None:  # fmt: skip
+                 fps: float = 0.0, alarms: AlarmConfig | None = None,
+                 override: bool = False) -> None:  # fmt: skip
         self.nm_per_px = nm_per_px
+        self.override = override  # nm_per_px and fps win over the profile and the headers
         self.alarms = alarms
         self.fps = fps
         self.profile = calibration_profile
@@ -96,9 +98,13 @@ class Analyzer:
         from ..calibration import Calibration, load_calibration
 
         cal = load_calibration(self.profile) if self.profile else Calibration()
+        if self.override and self.nm_per_px:  # given by the user: it wins (analyze's rule)
+            cal = cal.replace(nm_per_px=self.nm_per_px)
         px = px_nm or self.nm_per_px or None
         if px and cal.nm_per_px is None:
             cal = cal.replace(nm_per_px=px)
+        if self.override and self.fps:
+            cal = cal.replace(fps=self.fps, frame_times_s=None)
         if self.fps and cal.fps is None and cal.frame_times_s is None:
             cal = cal.replace(fps=self.fps)
         return cal

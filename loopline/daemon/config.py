@@ -45,6 +45,7 @@ class SourceConfig:
     pace: bool
     rate: float = field(metadata=_rng(0.0, 10000.0))
     rcvhwm: int = field(metadata=_rng(1, 10_000_000))
+    times_from_names: str
     curve_server_key: str
     curve_client_secret: str
     curve_clients: str
@@ -84,6 +85,7 @@ class CalibrationConfig:
     profile: str
     nm_per_px: float = field(metadata=_rng(0.0, 1e6))
     fps: float = field(metadata=_rng(0.0, 1e6))
+    override: bool
 
 
 @dataclass(frozen=True)

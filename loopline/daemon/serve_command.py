@@ -69,11 +69,17 @@ _FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "--workers": ("engine.workers", {"type": int, "metavar": "N",
                                      "help": "engine worker processes"}),
     "--nm-per-px": ("calibration.nm_per_px", _shared(
-        "--nm-per-px", "given, it is used where the profile and the frame headers state none "
-                       "(calibration.nm_per_px)")),
+        "--nm-per-px", "given, it wins over the profile and the frame headers, as in analyze "
+                       "(calibration.nm_per_px with calibration.override)")),
     "--fps": ("calibration.fps", _shared(
-        "--fps", "given, it wins over the file's axis and the camera clock, not over the "
-                 "profile (calibration.fps)")),
+        "--fps", "given, it wins over the profile, the file's axis and the camera clock, as "
+                 "in analyze (calibration.fps with calibration.override)")),
+    "--times-from-names": ("source.times_from_names", {
+        "nargs": "?", "const": "number", "metavar": "REGEX",
+        "help": "with --from FOLDER: each frame's time from a number in its file name "
+                "(irregular sampling), as in analyze. Alone: the last number of the name is "
+                "the frame number, at number / --fps s; REGEX: its first group is the number, "
+                "a group named s, ms or us a time in that unit (source.times_from_names)"}),
     "--calibration": ("calibration.profile", {"metavar": "FILE", "help": "calibration profile"}),
     "--publish": ("publish.endpoint", {"metavar": "URL", "help": "PUB endpoint for viewers"}),
     "--prometheus-port": ("metrics.prometheus_port", {"type": int, "metavar": "PORT",
@@ -112,6 +118,8 @@ def build_config(a: argparse.Namespace):
                 overrides[key] = v
         if getattr(a, "until_series_end", None):
             overrides["run.until_series_end"] = True
+        if a.opt_calibration__nm_per_px is not None or a.opt_calibration__fps is not None:
+            overrides.setdefault("calibration.override", True)  # as analyze: the flag wins
         if overrides.get("source.path") and "source.protocol" not in overrides:
             overrides["source.protocol"] = "file"
         return load_config(a.config, overrides=overrides)

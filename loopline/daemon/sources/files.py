@@ -59,6 +59,12 @@ class FileSource(Source):
         ``max_frames``.
     pixel_size_nm : float, optional
         Overrides what the file says.
+    times_from_names : str, optional
+        An image folder's frame times from its file names (irregular sampling): a pattern of
+        :func:`loopline.calibration.frame_times_from_names` ("" = the last number of each
+        name is the frame number, at number / ``names_fps`` s). None: the folder's own axis.
+    names_fps : float, optional
+        The frame rate that turns frame numbers in names into times (else the folder's own).
 
     Notes
     -----
@@ -78,10 +84,22 @@ class FileSource(Source):
         max_frames: int | None = None,
         loop: bool = False,
         pixel_size_nm: float | None = None,
+        times_from_names: str | None = None,
+        names_fps: float | None = None,
     ):
         super().__init__()
         self.path = Path(path)
         self._ff = open_frames(self.path)
+        #: frame times from the file names (times_from_names), else None: the file's own
+        self.name_times: tuple[float, ...] | None = None
+        if times_from_names is not None:
+            from ...calibration import frame_times_from_names
+
+            if self._ff.kind != "folder":
+                raise ValueError(f"times from file names need a folder of image files, got a "
+                                 f"{self._ff.kind} ({self.path.name})")  # fmt: skip
+            self.name_times = frame_times_from_names(self._ff.files, times_from_names,
+                                                     fps=names_fps or self._ff.fps)  # fmt: skip
         self._frames: Iterator[tuple[np.ndarray, float | None]] = self._ff.stamped()
         rate = fps if fps is not None else (self._ff.fps or DEFAULT_FPS)
         if not rate > 0:
@@ -147,6 +165,8 @@ class FileSource(Source):
                 base = now if (self._due is None or late) else self._due
                 self._due = base + self._interval
             (img, t_file), self._pending = self._pending, None
+            if self.name_times is not None and self._file_index < len(self.name_times):
+                t_file = self.name_times[self._file_index] if not self.loop else None
             frame = Frame(self.series, self._index, time.time(), img,
                           pixel_size_nm=self.pixel_size_nm,
                           meta={"file_index": self._file_index, "time_s": t_file})  # fmt: skip

@@ -261,6 +261,8 @@ class EngineWorker(Stage):
 
             c = self.cfg.calibration
             self.nm_per_px = (load_calibration(c.profile).nm_per_px if c.profile else None) or None
+            if c.override and c.nm_per_px:  # given by the user: it wins
+                self.nm_per_px = c.nm_per_px
         self._ready = _dumps({"t": "ready", "pid": os.getpid(), "model": self.model})
         self.ctl_send("model", model=self.model, runtime=self.label, path=self.model_path)
 

@@ -178,7 +178,8 @@ class MeasureWorker(Stage):
 
         c = self.cfg.calibration
         self.analyzer = Analyzer(nm_per_px=c.nm_per_px, calibration_profile=c.profile,
-                                 fps=c.fps, alarms=alarm_config(self.cfg))  # fmt: skip
+                                 fps=self._fps(), alarms=alarm_config(self.cfg),
+                                 override=c.override)  # fmt: skip
         self.analyzer.warmup()  # compile the kernels before frames arrive, not on frame 1
         self.pull = self.sock(zmq.PULL, bind=self.eps.det, rcvhwm=100_000)
         self.to_out = self.sock(zmq.PUSH, connect=self.eps.out, sndhwm=1_000_000)
@@ -195,6 +196,11 @@ class MeasureWorker(Stage):
         self._segment: tuple[str, Any] | None = None
         self._warned_budget = False
         self._warned_late = 0.0
+
+    def _fps(self) -> float:
+        """calibration.fps as the time axis; with times from file names (the file source's
+        frame times) it only turned their numbers into times there."""
+        return 0.0 if self.cfg.source.times_from_names else self.cfg.calibration.fps
 
     def _lost(self, h: dict[str, Any], why: str, *, late: bool = False) -> None:
         self.pool.release(h["slot"], h["gen"], ANALYSIS)
@@ -231,8 +237,10 @@ class MeasureWorker(Stage):
             keys = ("series", "index", "seq", "ts", "recv", "shape")
             out = {k: h[k] for k in keys}
             out["time_s"] = t
-            # the camera's pixel size, else the calibration's (profile or calibration.nm_per_px)
-            out["px_nm"] = h.get("px_nm") or row.get("nm_per_px")
+            # the camera's pixel size, else the calibration's (profile or calibration.nm_per_px);
+            # the calibration's where the user made it win (calibration.override)
+            out["px_nm"] = ((row.get("nm_per_px") if self.cfg.calibration.override else None)
+                            or h.get("px_nm") or row.get("nm_per_px"))  # fmt: skip
             # row and tables: this frame's rows of the run folder's tables (io/runfolder.py)
             out.update(t="result", row=row, instances=instances, pairs=pairs, timings_ms=timings,
                        engine=h.get("engine"), model=h.get("model"),
@@ -276,7 +284,8 @@ class MeasureWorker(Stage):
         from ..analysis import Analyzer
 
         c = self.cfg.calibration
-        one = Analyzer(nm_per_px=c.nm_per_px, calibration_profile=c.profile, fps=c.fps)
+        one = Analyzer(nm_per_px=c.nm_per_px, calibration_profile=c.profile, fps=self._fps(),
+                       override=c.override)
         one.new_series(h["series"], h.get("px_nm") or 0.0)
         t = one.time_of(h["index"], h["time_s"])
         row, instances, timings, pairs, _ = one.process(det, index=h["index"], time_s=t,

@@ -48,7 +48,9 @@ def open_source(cfg: DaemonConfig):
 
     s = cfg.source
     if s.protocol == "file":  # unpaced unless told to pace like a camera (s.rate 0: own rate)
-        return _open(s.path, "file", fps=(s.rate or None) if s.pace else math.inf)
+        names = {"": None, "number": ""}.get(s.times_from_names, s.times_from_names)
+        return _open(s.path, "file", fps=(s.rate or None) if s.pace else math.inf,
+                     times_from_names=names, names_fps=cfg.calibration.fps or None)  # fmt: skip
     kw: dict[str, Any] = {"socket": s.socket, "bind": s.bind, "rcvhwm": s.rcvhwm,
                           "max_queued_frames": 256}  # fmt: skip
     # nothing larger than the largest frame the pool can grow to (pool.max_memory_mb) is read
