@@ -116,6 +116,27 @@ def check_accounting(c: dict, n: int) -> None:
 # ----------------------------------------------------------------------------- config
 
 
+def test_one_config_file_for_serve_and_view(tmp_path):
+    """The daemon's sections and the viewer's [view] live in one file: serve reads its own and
+    leaves [view] to `loopline view`, which validates it; both raise one ConfigError type."""
+    from loopline.errors import ConfigError as BaseConfigError
+    from loopline.viewers.config import load_view_config
+
+    p = tmp_path / "lab.toml"
+    p.write_text('[batch]\nsize = 8\n[publish]\nendpoint = "tcp://127.0.0.1:6001"\n'
+                 '[view]\nhistory = 60\n[view.alarms]\nmin_spacing_nm = 20.0\n')  # fmt: skip
+    assert load_config(p).batch.size == 8
+    v = load_view_config(p)
+    assert (v.history, v.alarms.min_spacing_nm, v.endpoint) == (60, 20.0, "tcp://127.0.0.1:6001")
+    bad = tmp_path / "typo.toml"
+    bad.write_text("[view]\nhistroy = 60\n[vew]\nx = 1\n")
+    with pytest.raises(BaseConfigError, match="histroy"):
+        load_view_config(bad)
+    with pytest.raises(BaseConfigError, match="unknown config section 'vew'"):
+        load_config(bad)
+    assert ConfigError is BaseConfigError
+
+
 def test_config_defaults_and_overrides(tmp_path):
     cfg = load_config()
     assert cfg.source.endpoint.startswith("tcp://127.0.0.1")  # loopback by default

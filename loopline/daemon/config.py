@@ -20,11 +20,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError  # one error type for every config section (also [view])
+
 __all__ = ["ConfigError", "DaemonConfig", "load_config", "parse_set"]
-
-
-class ConfigError(ValueError):
-    """A configuration key is unknown or its value is invalid."""
 
 
 def _rng(lo: float | None = None, hi: float | None = None) -> dict[str, Any]:
@@ -307,9 +305,16 @@ def _build(tree: dict[str, dict[str, Any]]) -> DaemonConfig:
     return cfg
 
 
+#: sections of the one config file that belong to other commands: ``[view]`` (and
+#: ``[view.alarms]``) is read and validated by ``loopline view`` (loopline.viewers.config)
+OTHER_SECTIONS = ("view",)
+
+
 def _flatten_file(data: dict[str, Any], origin: str) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for sec, kv in data.items():
+        if sec in OTHER_SECTIONS:
+            continue
         if not isinstance(kv, dict):
             raise ConfigError(f"{origin}: top-level key {sec!r} must be a [section] table")
         for k, v in kv.items():

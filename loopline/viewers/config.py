@@ -19,6 +19,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
+
 __all__ = [
     "AlarmConfig",
     "ViewConfig",
@@ -35,8 +37,8 @@ def allowed_host_names(text: str) -> list[str]:
     return [h.strip().lower().rstrip(".") for h in text.split(",") if h.strip()]
 
 
-class ViewConfigError(ValueError):
-    """A viewer configuration key is unknown or its value is invalid."""
+class ViewConfigError(ConfigError):
+    """A viewer configuration key (``[view]``) is unknown or its value is invalid."""
 
 
 def _rng(lo: float, hi: float) -> dict[str, Any]:
