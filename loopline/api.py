@@ -66,8 +66,6 @@ __all__ = [
 #: the current folder (``-2``, ``-3``, ... appended when that folder already holds files).
 DEFAULT_RUNS = Path("runs")
 
-_TABLES = ("series", "tracks", "pairs", "track_summary")
-
 
 # --------------------------------------------------------------------------------- Run
 class Run:

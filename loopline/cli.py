@@ -8,22 +8,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import logging
 import sys
-from collections.abc import Callable
 
 from ._version import __version__
 from .errors import CliError
 
 logger = logging.getLogger("loopline")
 
-NOT_YET = 3  # exit status of a subcommand that this version does not implement yet
-
-
 # Every subcommand lives in a module of the feature it drives; the module defines ``HELP``,
 # ``add_arguments(parser)`` and ``run(args) -> int`` and keeps heavy imports inside ``run``.
-# A module that this version does not ship yet makes its command say so (exit status 3).
 COMMANDS: dict[str, str] = {
     "synth": "loopline.synth.command",
     "import": "loopline.synth.import_command",
@@ -41,36 +35,6 @@ COMMANDS: dict[str, str] = {
     "model": "loopline.daemon.model_command",
 }
 
-_PENDING_HELP = {
-    "eval": "evaluate a model on a dataset (mAP, LAR, loop F1)",
-    "analyze": "measure lines, loops and tracks in a video offline",
-    "export": "export a model to ONNX / OpenVINO / TensorRT",
-    "serve": "run the live analysis daemon",
-    "simulate": "publish frames like a camera",
-    "view": "live terminal or browser viewer",
-    "report": "figures and tables of a run folder",
-    "label": "label frames in the browser (YOLO-seg + COCO + polylines)",
-    "adapt": "fine-tune a model on a few labelled frames of your sample",
-    "model": "swap the model of a running daemon",
-}
-
-
-def _not_yet(name: str) -> Callable[[argparse.Namespace], int]:
-    def run(_a: argparse.Namespace) -> int:
-        print(f"loopline {name}: not yet implemented in this version.", file=sys.stderr)
-        return NOT_YET
-
-    return run
-
-
-def _module(path: str):
-    try:
-        if importlib.util.find_spec(path) is None:
-            return None
-    except ModuleNotFoundError:  # the feature's package itself is not there yet
-        return None
-    return importlib.import_module(path)
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -81,12 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, path in COMMANDS.items():
-        mod = _module(path)
-        if mod is None:
-            text = _PENDING_HELP.get(name, name)
-            p = sub.add_parser(name, help=f"{text} [not yet implemented]", description=text)
-            p.set_defaults(func=_not_yet(name))
-            continue
+        mod = importlib.import_module(path)
         p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
         mod.add_arguments(p)
         p.set_defaults(func=mod.run)

@@ -1,4 +1,4 @@
-"""The `loopline` command: every subcommand has --help; unfinished ones say so plainly."""
+"""The `loopline` command: every subcommand has --help; a command runs its module."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from loopline.cli import COMMANDS, NOT_YET, _module, build_parser, main
+from loopline.cli import COMMANDS, build_parser, main
 
 
 def test_top_level_help_lists_every_command(capsys):
@@ -27,13 +27,13 @@ def test_each_command_has_help(name, capsys):
     assert "usage: loopline " + name in capsys.readouterr().out
 
 
-def test_unimplemented_commands_say_so(capsys, monkeypatch):
+def test_missing_command_module_raises(monkeypatch):
+    """Every command ships its module: a missing one is a broken install, not a placeholder."""
     import loopline.cli as cli
 
     monkeypatch.setitem(cli.COMMANDS, "future", "loopline.no_such_feature.command")
-    assert _module("loopline.no_such_feature.command") is None
-    assert main(["future"]) == NOT_YET
-    assert "loopline future: not yet implemented in this version" in capsys.readouterr().err
+    with pytest.raises(ModuleNotFoundError):
+        build_parser()
 
 
 def test_no_command_prints_help(capsys):

@@ -130,7 +130,8 @@ def test_scripted_avalanche_raises_one_alarm_at_its_frame(tmp_path: Path) -> Non
 def test_alarm_is_published_on_a_real_zmq_socket(tmp_path: Path) -> None:
     zmq = pytest.importorskip("zmq")
     from loopline.daemon.config import load_config
-    from loopline.daemon.publisher import ALARM_SCHEMA, Publisher, decode
+    from loopline.daemon.publisher import ALARM_SCHEMA, Publisher
+    from loopline.viewers.schema import parse_message
 
     cfg = load_config(overrides={"publish.endpoint": "tcp://127.0.0.1:*"}).publish
     ctx = zmq.Context()
@@ -153,7 +154,7 @@ def test_alarm_is_published_on_a_real_zmq_socket(tmp_path: Path) -> None:
         pub.close()
         ctx.term()
     assert got is not None, "no alarm message arrived"
-    topic, header, payload = decode(got)
+    topic, header, payload = parse_message(got)
     assert topic == "alarm" and payload is None
     assert header["schema"] == ALARM_SCHEMA
     assert {k: header[k] for k in ev} == ev

@@ -62,9 +62,9 @@ def pick_model(requested: str) -> tuple[str, str]:
     """The model to run (requested one if it loads, else ``ridge``) and why."""
     if requested == "ridge":
         return "ridge", "requested"
-    try:
-        from ..engines import create_engine
+    from ..engines import create_engine
 
+    try:
         create_engine(requested, imgsz=512).load()
         return requested, "shipped model"
     except Exception as e:  # no trained weights in this checkout, or no runtime

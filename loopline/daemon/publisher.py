@@ -140,8 +140,7 @@ from .wire import clean_json, socket
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ALARM_SCHEMA", "FRAME_SCHEMA", "METRICS_SCHEMA", "SERIES_SCHEMA", "Publisher",
-           "decode"]
+__all__ = ["ALARM_SCHEMA", "FRAME_SCHEMA", "METRICS_SCHEMA", "SERIES_SCHEMA", "Publisher"]
 
 ALARM_SCHEMA = "loopline.alarm/1"
 FRAME_SCHEMA = "loopline.frame/1"
@@ -244,10 +243,3 @@ class Publisher:
         body = {k: v for k, v in msg.items() if k not in ("t", "ts")}
         body.update(schema=SERIES_SCHEMA, timestamp=msg.get("ts"))
         self._send([b"series", _dumps(body)])
-
-
-def decode(parts: list[bytes]) -> tuple[str, dict[str, Any], bytes | None]:
-    """Viewer side: ``(topic, header, jpeg_or_None)`` from one received multipart message."""
-    topic = parts[0].decode()
-    header = json.loads(parts[1])
-    return topic, header, parts[2] if len(parts) > 2 else None

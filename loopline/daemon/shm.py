@@ -66,7 +66,6 @@ def largest_frame_px(cap_bytes: int, primary_bytes: int, max_instances: int) -> 
 
 RECORD = 0
 ANALYSIS = 1
-_HOLDERS = 2
 
 # control columns per slot (int64)
 _GEN, _ACQ_NS, _H0, _H1 = 0, 1, 2, 3
@@ -319,10 +318,6 @@ class SlotPool:
                 seg.unlink()
 
     # -- slots
-    def _slot_offset(self, slot: int) -> int:
-        _, base, spec, i, _ = self._where(slot)
-        return base + i * spec.slot_bytes
-
     def fits(self, shape: tuple[int, ...], dtype: np.dtype) -> bool:
         return self._fits_shape(shape) and np.dtype(dtype).name in _DTYPES
 

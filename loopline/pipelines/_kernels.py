@@ -1,8 +1,8 @@
 """Hot loops of the per-frame measurement, written once in Numba-compatible Python.
 
-Every kernel here is plain Python over NumPy arrays; ``KERNELS["numba"]`` holds the same
-source compiled by ``numba.njit`` and ``KERNELS["python"]`` the interpreted twin (the pattern
-of ``trackpy.try_numba``), so one test suite checks both and they cannot drift apart.
+Every kernel here is plain Python over NumPy arrays; ``get_kernels("numba")`` holds the same
+source compiled by ``numba.njit`` and ``get_kernels("python")`` the interpreted twin (the
+pattern of ``trackpy.try_numba``), so one test suite checks both and they cannot drift apart.
 ``trace`` fuses the whole per-line stage (largest piece, thinning, graph walk, smoothing, end
 extension, resampling, curvature) into one call; compiled kernels call compiled kernels because
 each is compiled with a namespace of compiled kernels as its globals (``_compile``).
@@ -18,11 +18,7 @@ from types import FunctionType, SimpleNamespace
 
 import numpy as np
 
-__all__ = ["KERNELS", "get_kernels"]
-
-# 8-neighbourhood in order x1..x8 around the pixel: E, NE, N, NW, W, SW, S, SE (dy, dx).
-_DY = np.array([0, -1, -1, -1, 0, 1, 1, 1], np.int64)
-_DX = np.array([1, 1, 0, -1, -1, -1, 0, 1], np.int64)
+__all__ = ["get_kernels"]
 
 
 def _deletable_table() -> np.ndarray:
@@ -511,17 +507,6 @@ def bbox(mask):
     return y0, y1 + 1, x0, x1 + 1
 
 
-def largest_piece(crop, out):
-    """Copy the largest 8-connected piece of ``crop`` (H, W) into ``out`` (H+2, W+2) at (1, 1).
-
-    Returns ``(pieces, area)``: the number of 8-connected pieces and the kept piece's pixels.
-    """
-    h, w = crop.shape
-    ys = np.empty(h * w, np.int64)
-    xs = np.empty(h * w, np.int64)
-    return largest_piece_px(crop, out, ys, xs)
-
-
 def _root(parent, r):
     """Root of run ``r`` in the union-find forest ``parent`` (path halving)."""
     while parent[r] != r:
@@ -531,7 +516,10 @@ def _root(parent, r):
 
 
 def largest_piece_px(crop, out, ys, xs):
-    """``largest_piece`` that also lists the kept pixels (``out`` coordinates, raster order).
+    """Copy the largest 8-connected piece of ``crop`` (H, W) into ``out`` (H+2, W+2) at (1, 1)
+    and list its pixels (``out`` coordinates, raster order).
+
+    Returns ``(pieces, area)``: the number of 8-connected pieces and the kept piece's pixels.
 
     ``ys``, ``xs`` hold at least H*W entries; the first ``area`` are filled. Pieces are found
     on horizontal runs, not pixels: each row's runs are joined (union-find, the lower run
@@ -931,7 +919,7 @@ def chain_spacing(lines, order):
 
 _NAMES = ("thin", "thin_px", "longest_path", "path_px", "smooth", "polyline_length", "resample",
           "nearest_vertex_dist", "mean_closest", "mean_closest_pair",
-          "ray_exit", "bbox", "_root", "largest_piece", "largest_piece_px", "trim_ends",
+          "ray_exit", "bbox", "_root", "largest_piece_px", "trim_ends",
           "extend_ends",
           "curvature_gauss",
           "trace", "trace_many", "line_geometry", "neighbours", "components",
@@ -969,6 +957,3 @@ def get_kernels(impl: str = "numba") -> SimpleNamespace:
     if _NB is None:
         _NB = _compile()
     return _NB
-
-
-KERNELS = ("numba", "python")

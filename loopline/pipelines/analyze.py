@@ -110,13 +110,8 @@ def _make_detector(opt: AnalyzeOptions, nm_per_px: float | None = None, *,
             return out
 
         return detect
-    try:
-        from ..engines import create_engine
-    except ImportError as e:
-        raise RuntimeError(
-            f"cannot run model {opt.model!r}: loopline.engines.create_engine is not available "
-            f"in this installation ({e}); use --model truth on a labelled dataset"
-        ) from e
+    from ..engines import create_engine
+
     point = {k: v for k, v in (("line_snap", opt.line_snap), ("line_dedupe", opt.line_dedupe),
                                ("imgsz", opt.imgsz), ("conf", opt.conf), ("device", opt.device))
              if v is not None}  # None: the model's own operating point

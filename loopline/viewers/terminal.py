@@ -33,8 +33,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["alarm_lines", "detect_preview", "kitty_image", "render_dashboard", "run_dashboard",
            "sixel_image"]
 
-PREVIEW_MODES = ("auto", "kitty", "sixel", "off")
-
 
 def _f(v: float | None, fmt: str = ".1f", unit: str = "") -> str:
     if v is None or not math.isfinite(v):
