@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError  # one error type for every config section (also [view])
+from .sources import SERVE_PROTOCOLS
 
 __all__ = ["ConfigError", "DaemonConfig", "load_config", "parse_set"]
 
@@ -35,7 +36,7 @@ def _choice(*values: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class SourceConfig:
-    protocol: str = field(metadata=_choice("loopline", "dectris1", "dectris2", "file"))
+    protocol: str = field(metadata=_choice(*SERVE_PROTOCOLS))
     endpoint: str
     socket: str = field(metadata=_choice("pull", "sub"))
     bind: bool

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..cli_args import argument_kwargs
 from ..errors import CliError
+from .sources import SERVE_PROTOCOLS
 
 HELP = "run the live analysis daemon (ZeroMQ in, results, recording and metrics out)"
 
@@ -48,7 +49,7 @@ logger = logging.getLogger(__name__)
 # flag -> (config key, argparse kwargs)
 _FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "--endpoint": ("source.endpoint", {"metavar": "URL", "help": "camera / simulator URL"}),
-    "--protocol": ("source.protocol", {"choices": ("loopline", "dectris1", "dectris2", "file"),
+    "--protocol": ("source.protocol", {"choices": SERVE_PROTOCOLS,
                                        "help": "frame protocol"}),
     "--socket": ("source.socket", {"choices": ("pull", "sub"), "help": "PULL or SUB"}),
     "--from": ("source.path", {"metavar": "FILE",

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from loopline.errors import CliError
 
+from .sources import CAMERA_PROTOCOLS
+
 logger = logging.getLogger(__name__)
 
 HELP = "publish frames like a camera (loopline protocol or DECTRIS Stream v1/v2)"
@@ -36,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fps", type=float, default=None,
                    help="frames per second (default: the source's own rate, else 25; "
                         "'inf' = as fast as possible)")  # fmt: skip
-    p.add_argument("--protocol", choices=("loopline", "dectris1", "dectris2"),
+    p.add_argument("--protocol", choices=CAMERA_PROTOCOLS,
                    default="loopline", help="wire format (default: %(default)s)")  # fmt: skip
     p.add_argument("--endpoint", default=DEFAULT_ENDPOINT,
                    help="ZeroMQ URL (default: %(default)s)")  # fmt: skip

@@ -28,8 +28,10 @@ if TYPE_CHECKING:
     from .zmq_loopline import LooplineSource
 
 __all__ = [
+    "CAMERA_PROTOCOLS",
     "COUNTER_NAMES",
     "PROTOCOLS",
+    "SERVE_PROTOCOLS",
     "DectrisSource",
     "Event",
     "FileSource",
@@ -49,8 +51,13 @@ _LAZY = {
     "MemorySource": ".memory",
 }
 
-#: Protocol names understood by :func:`open_source` (and ``--protocol`` of the commands).
-PROTOCOLS: tuple[str, ...] = ("loopline", "dectris1", "dectris2", "dectris", "file")
+#: The protocols a camera sends (``loopline simulate --protocol`` speaks them).
+CAMERA_PROTOCOLS: tuple[str, ...] = ("loopline", "dectris1", "dectris2")
+#: What ``serve`` takes (``source.protocol``, ``--protocol``): a camera's, or a file replayed.
+SERVE_PROTOCOLS: tuple[str, ...] = (*CAMERA_PROTOCOLS, "file")
+#: Protocol names understood by :func:`open_source`: those, and ``dectris`` (v1 or v2,
+#: detected per message).
+PROTOCOLS: tuple[str, ...] = (*CAMERA_PROTOCOLS, "dectris", "file")
 _ZMQ_SCHEMES = ("tcp://", "ipc://", "inproc://", "pgm://", "epgm://", "udp://")
 
 
