@@ -129,6 +129,8 @@ def _frames_only(tmp_path, data, *, labels: bool):
         ("holdout_all", "--holdout 4 leaves no frame to train on (4 labelled frames)"),
         ("bad_name", "--name must be letters, digits"),
         ("bad_source", "no model file"),
+        ("thin_lines", "the dislocation labels are 1.0 px wide (median); expected lines at "
+                       "least 2.5 px wide"),
     ],
 )
 def test_errors_are_one_line(case, message, data, tmp_path, capsys):
@@ -151,6 +153,12 @@ def test_errors_are_one_line(case, message, data, tmp_path, capsys):
         args += ["--name", "../x"]
     elif case == "bad_source":
         args += ["--from", "no-such-model"]
+    elif case == "thin_lines":  # 1-px strokes (an import without --label-width)
+        d = _frames_only(tmp_path, data, labels=False)
+        for img in (d / "images").iterdir():  # a 100 x 1 px ribbon in a 128 x 128 frame
+            (d / "labels" / f"{img.stem}.txt").write_text(
+                "0 0.1 0.5 0.88125 0.5 0.88125 0.5078125 0.1 0.5078125\n")
+        args[2] = str(d)
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("loopline adapt: error: ")

@@ -35,12 +35,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..io import image_files
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CARD_ROWS", "AdaptConfig", "AdaptResult", "adapt", "format_value", "model_card",
-           "split_frames"]  # fmt: skip
+__all__ = ["CARD_ROWS", "MIN_LINE_LABEL_PX", "AdaptConfig", "AdaptResult", "adapt",
+           "format_value", "line_label_width", "model_card", "split_frames"]  # fmt: skip
 
 #: Ultralytics train arguments of an adaptation run; ``AdaptConfig.extra`` (``--set``) wins.
 #: Chosen for fine-tuning a trained model, not training one: a low learning rate and no warmup
@@ -207,6 +209,48 @@ def _check_scale(frames: Sequence[Path], imgsz: int) -> None:
                        "frames", side, imgsz, side / imgsz, -(-side // 32) * 32)  # fmt: skip
 
 
+#: dislocation labels thinner than this (px, median over the training frames) are refused:
+#: YOLOv8-seg's masks (decoded at 1/4 of the input) cannot follow 1-2 px strokes, the mask
+#: loss then drives every line mask towards nothing (measured: tanaka, 10 frames of 1 px
+#: labels: mask mAP50 0 for the whole run, line F1@3px 0.897 -> 0.833, LAR@3px 0.68 -> 0.37;
+#: the same frames at 4 px: see the README). The shipped model learnt 4-6 px wide lines.
+MIN_LINE_LABEL_PX = 2.5
+
+
+def line_label_width(frames: Sequence[Path]) -> float | None:
+    """Median width (px) of the dislocation labels of ``frames`` (each polygon's area over
+    half its perimeter, the width of a ribbon); None without one."""
+    from ..evaluation.data import read_image
+    from ..synth.writers import read_labels
+
+    widths = []
+    for img in frames:
+        lab = img.parent.parent / "labels" / f"{img.stem}.txt"
+        if not lab.is_file():
+            continue
+        h, w = read_image(img).shape[:2]
+        for cls, poly in read_labels(lab, w, h)[0]:
+            if cls != 0 or len(poly) < 3:
+                continue
+            x, y = poly[:, 0], poly[:, 1]
+            area = 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+            half = 0.5 * float(np.hypot(*np.diff(np.vstack([poly, poly[:1]]), axis=0).T).sum())
+            if half > 0:
+                widths.append(area / half)
+    return float(np.median(widths)) if widths else None
+
+
+def _check_line_width(frames: Sequence[Path]) -> None:
+    """Refuse dislocation labels too thin to train masks on (:data:`MIN_LINE_LABEL_PX`)."""
+    width = line_label_width(frames)
+    if width is not None and width < MIN_LINE_LABEL_PX:
+        raise ValueError(f"the dislocation labels are {width:.1f} px wide (median); expected "
+                         f"lines at least {MIN_LINE_LABEL_PX:g} px wide (the shipped model "
+                         "learnt 4-6 px): their masks would train to nothing. Re-import with "
+                         "`loopline import ... --label-width 4`, or draw them wider in "
+                         "`loopline label`")  # fmt: skip
+
+
 def _copy_frames(root: Path, frames: Sequence[Path], dest: Path, *, truth: bool) -> Path:
     """A dataset folder ``dest`` with ``frames`` of ``root``: images and labels, with the
     per-frame masks and ``truth.json`` too where ``truth`` (what the evaluation reads)."""
@@ -356,6 +400,7 @@ def adapt(
 
         Dataset(cfg.test)  # raises ValueError naming what a dataset folder holds
     _check_scale(train_frames, cfg.imgsz)
+    _check_line_width(train_frames)
     folder = Path(cfg.out) / cfg.model_name
     if (folder / "model.pt").exists():
         raise FileExistsError(f"{folder} already holds a model: choose another --name")
