@@ -17,9 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
+from test_runfolder import _glide_video
 
 UNIT = Path(__file__).resolve().parents[1] / "systemd" / "loopline.service"
 
@@ -78,17 +77,6 @@ def _allowed() -> set[str]:
     return allow - deny
 
 
-def _clip(path: Path, n: int = 12) -> None:
-    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (256, 256))
-    assert vw.isOpened()
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        img = (rng.random((256, 256)) * 40 + 170).astype(np.uint8)
-        cv2.line(img, (40 + i, 20), (90 + i, 230), 40, 4)
-        vw.write(cv2.cvtColor(img, cv2.COLOR_GRAY2BGR))
-    vw.release()
-
-
 @pytest.mark.timeout(600)
 def test_daemon_syscalls_are_allowed_by_the_unit(tmp_path):
     strace = shutil.which("strace")
@@ -97,7 +85,7 @@ def test_daemon_syscalls_are_allowed_by_the_unit(tmp_path):
     allowed = _allowed()
     assert {"read", "write", "mmap", "futex"} <= allowed  # the expansion worked
     clip = tmp_path / "clip.mp4"
-    _clip(clip)
+    _glide_video(clip, 12, 10.0)
     trace = tmp_path / "strace.txt"
     cmd = [strace, "-f", "-qq", "-c", "-o", str(trace), sys.executable, "-m", "loopline",
            "serve", "--from", str(clip), "--out", str(tmp_path / "run"),

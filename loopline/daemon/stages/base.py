@@ -10,13 +10,14 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import zmq
 
 from ..config import DaemonConfig
 from ..shm import SlotPool
-from ..wire import Endpoints, send_json, socket
+from ..wire import Endpoints, recv_json, send_json, socket
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,18 @@ class Stage:
             cpu = time.process_time()
             st.add(f"cpu_s_{self.name}", cpu - self._cpu)
             self._cpu = cpu
+
+    def drain(self, sock: zmq.Socket, handle: Callable[[dict[str, Any]], None], *,
+              most: int = 1000) -> None:  # fmt: skip
+        """Up to ``most`` messages already waiting on ``sock`` (never blocks), each decoded
+        one to ``handle`` (one that does not decode was counted by :func:`recv_json`)."""
+        for _ in range(most):
+            try:
+                msg = recv_json(sock)
+            except zmq.Again:
+                return
+            if msg is not None:
+                handle(msg)
 
     def ctl_send(self, kind: str, **kw: Any) -> None:
         send_json(self.ctl, {"t": kind, "stage": self.name, "pid": os.getpid(), **kw}, block=True)

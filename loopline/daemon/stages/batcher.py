@@ -11,7 +11,7 @@ from typing import Any
 import zmq
 
 from ..shm import ANALYSIS
-from ..wire import recv_json, send_json
+from ..wire import send_json
 from .base import _POLL_MS, Stage, _dumps, _loads
 
 logger = logging.getLogger(__name__)
@@ -206,13 +206,7 @@ class Batcher(Stage):
                 wait = max(0, min(wait, int(left * 1e3) + 1))
             events = dict(poller.poll(wait))
             if self.pull in events:
-                for _ in range(1000):
-                    try:
-                        msg = recv_json(self.pull)
-                    except zmq.Again:
-                        break
-                    if msg is not None:
-                        self._on_frame_msg(msg)
+                self.drain(self.pull, self._on_frame_msg)
             if self.router in events:
                 while True:
                     try:

@@ -11,7 +11,7 @@ import numpy as np
 import zmq
 
 from ..shm import ANALYSIS
-from ..wire import recv_json, send_json
+from ..wire import send_json
 from .base import _POLL_MS, UNTRACKED, Stage, _log_frame_error, alarm_config
 
 logger = logging.getLogger(__name__)
@@ -353,13 +353,7 @@ class MeasureWorker(Stage):
     def loop(self) -> None:
         while not self.terminate:
             if self.pull.poll(_POLL_MS):
-                for _ in range(1000):
-                    try:
-                        msg = recv_json(self.pull)
-                    except zmq.Again:
-                        break
-                    if msg is not None:
-                        self._take(msg, time.monotonic())
+                self.drain(self.pull, lambda msg: self._take(msg, time.monotonic()))
             self._advance()
             self.beat()
             if self._drained(time.monotonic()):

@@ -14,7 +14,6 @@ import zmq
 
 from ..config import DaemonConfig
 from ..shm import RECORD
-from ..wire import recv_json
 from .base import UNTRACKED, Stage, _log_frame_error, alarm_config
 
 logger = logging.getLogger(__name__)
@@ -345,20 +344,17 @@ class OutputWorker(Stage):
         self.recorder.close(self.stats.snapshot(), latency=lat, ingest_latency=ing,
                             metrics=self.metrics.last, names=self.names)  # fmt: skip
 
+    def _on_guarded(self, msg: dict[str, Any]) -> None:
+        try:
+            self._on(msg)
+        except Exception as e:  # costs this message (an overlay, a row)
+            self.stats.add("output_errors")
+            _log_frame_error(f"output ({msg.get('t')})", msg, e)
+
     def loop(self) -> None:
         while not self.terminate:
             if self.pull.poll(20):
-                for _ in range(2000):
-                    try:
-                        msg = recv_json(self.pull)
-                    except zmq.Again:
-                        break
-                    if msg is not None:
-                        try:
-                            self._on(msg)
-                        except Exception as e:  # costs this message (an overlay, a row)
-                            self.stats.add("output_errors")
-                            _log_frame_error(f"output ({msg.get('t')})", msg, e)
+                self.drain(self.pull, self._on_guarded, most=2000)
             self._write_ready()
             self.recorder.tick()  # a stopped recording resumes when the disk has room
             self._maybe_metrics()
