@@ -498,6 +498,14 @@ def test_warm_up_runs_every_batch_size_and_compiles_the_kernels():
 
     warm_up(Recording(), (96, 128), 4)
     assert calls == [2, 3, 4]
+    calls.clear()  # and a larger frame, tiled: its tile batches are other shapes
+    warm_up(Recording(), (96, 128), 3, more=((200, 300),))
+    assert calls == [2, 3, 1, 2, 3]
+    from loopline.daemon.stages.engine import warm_shapes
+
+    assert warm_shapes(load_config(), (512, 512)) == [(512, 512), (1024, 1024)]
+    letterbox = load_config(overrides={"engine.inference": "letterbox"})
+    assert warm_shapes(letterbox, (512, 512)) == [(512, 512)]
     if ops.NUMBA_AVAILABLE:
         assert ops._nms_nb.signatures and ops._decode_nb.signatures
 

@@ -139,10 +139,21 @@ def check_engine(engine: Any, shape: tuple[int, int]) -> None:
         raise ValueError(f"expected a model of {len(CLASS_NAMES)} classes ({names}), got {nc}")
 
 
-def warm_up(engine: Any, shape: tuple[int, int], batch: int) -> None:
+def warm_shapes(cfg: DaemonConfig, shape: tuple[int, int]) -> list[tuple[int, int]]:
+    """The frame shapes to warm an engine up on: ``shape`` (the network's input), and with
+    ``engine.inference = "tiles"`` the pool's frame size where it is larger (its tiles and
+    tile batches are other input shapes)."""
+    big = (cfg.pool.max_height, cfg.pool.max_width)
+    tiles = cfg.engine.inference == "tiles" and max(big) > cfg.engine.imgsz
+    return [shape, big] if tiles and big != tuple(shape) else [shape]
+
+
+def warm_up(engine: Any, shape: tuple[int, int], batch: int, *,
+            more: tuple[tuple[int, int], ...] = ()) -> None:  # fmt: skip
     """Run the engine once at every batch size from 2 to ``batch`` on synthetic frames of
-    ``shape`` (:func:`check_engine` ran 1): a runtime that compiles per input shape (OpenVINO)
-    does it now, before the daemon says ready, not on the first frames of a series."""
+    ``shape`` (:func:`check_engine` ran 1), and from 1 to ``batch`` on frames of each shape
+    of ``more``: a runtime that compiles per input shape (OpenVINO) does it now, before the
+    daemon says ready, not on the first frames of a series."""
     from ...engines import ops
     from ...engines.base import Detections
     from ...engines.duplicates import suppress_duplicate_lines
@@ -152,6 +163,10 @@ def warm_up(engine: Any, shape: tuple[int, int], batch: int) -> None:
     frame = probe_frame(shape)
     for b in range(2, batch + 1):
         engine([frame] * b)
+    for other in more:  # e.g. the pool's frame size, tiled
+        big = probe_frame(other)
+        for b in range(1, batch + 1):
+            engine([big] * b)
     # and what runs only on frames with detections (the probe may have none): the Numba
     # kernels compiled, the line geometry's modules imported
     ops.warmup()
@@ -161,7 +176,8 @@ def warm_up(engine: Any, shape: tuple[int, int], batch: int) -> None:
     boxes = np.array([[w // 8, h // 2 - 2, w - w // 8, h // 2 + 2]] * 2, np.float32)
     det = Detections(masks, boxes, np.array([0.9, 0.8], np.float32), np.zeros(2, np.int64))
     suppress_duplicate_lines(snap_lines(frame, det), tol=1.5)
-    logger.info("engine: warmed up for batches 1-%d of %dx%d in %.2f s", batch, *shape,
+    sizes = ", ".join(f"{h}x{w}" for h, w in (shape, *more))
+    logger.info("engine: warmed up for batches 1-%d of %s in %.2f s", batch, sizes,
                 time.perf_counter() - t0)  # fmt: skip
 
 
@@ -196,7 +212,7 @@ def load_model(cfg: DaemonConfig, path: str, *, shape: tuple[int, int],
     engine = make_engine(cfg.replace(engine={
         "model": path, "engine": cfg.engine.engine if runtime is None else runtime}))  # fmt: skip
     check_engine(engine, shape)
-    warm_up(engine, shape, cfg.batch.size)
+    warm_up(engine, shape, cfg.batch.size)  # the running stream's frame shape: that is all
     return engine
 
 
@@ -233,7 +249,8 @@ class EngineWorker(Stage):
         # classes stops the daemon at start-up, named), and the runtime's first call, slow in
         # most, is not the first frame's
         check_engine(engine, self._shape)
-        warm_up(engine, self._shape, c.batch.size)
+        warm_up(engine, self._shape, c.batch.size,
+                more=tuple(warm_shapes(c, self._shape)[1:]))  # fmt: skip
         self._adopt(engine)
         logger.info("engine: %r (%s)", self.engine, self.model)
         self.dealer = self.sock(zmq.DEALER, connect=self.eps.work)
