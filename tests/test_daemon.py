@@ -492,6 +492,8 @@ def test_warm_up_runs_every_batch_size_and_compiles_the_kernels():
     calls: list[int] = []
 
     class Recording:
+        compiles_per_shape = True  # as OpenVINO
+
         def __call__(self, imgs):
             calls.append(len(imgs))
             return []
@@ -506,6 +508,10 @@ def test_warm_up_runs_every_batch_size_and_compiles_the_kernels():
     assert warm_shapes(load_config(), (512, 512)) == [(512, 512), (1024, 1024)]
     letterbox = load_config(overrides={"engine.inference": "letterbox"})
     assert warm_shapes(letterbox, (512, 512)) == [(512, 512)]
+    calls.clear()  # a runtime that compiles nothing per shape (ridge, ONNX Runtime, torch)
+    Recording.compiles_per_shape = False
+    warm_up(Recording(), (96, 128), 4, more=((200, 300),))
+    assert calls == []
     if ops.NUMBA_AVAILABLE:
         assert ops._nms_nb.signatures and ops._decode_nb.signatures
 

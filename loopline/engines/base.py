@@ -152,6 +152,9 @@ class Engine(ABC):
     """
 
     name: str = "base"
+    #: the runtime builds a network per input shape (batch size, side) on first use, so the
+    #: daemon runs every shape it will send once before it says ready (OpenVINO, TensorRT)
+    compiles_per_shape: bool = False
 
     def __init__(
         self,

@@ -49,6 +49,7 @@ class OpenVinoEngine(YoloEngine):
     """
 
     name = "openvino"
+    compiles_per_shape = True  # one compiled network per (batch, side): see _request
 
     def __init__(self, model=None, *, hint: str = "LATENCY", threads: int | None = None,
                  precision: str | None = None, **kwargs) -> None:  # fmt: skip

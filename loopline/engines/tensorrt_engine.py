@@ -256,6 +256,7 @@ class TensorRTEngine(YoloEngine):
     """
 
     name = "tensorrt"
+    compiles_per_shape = True  # an optimisation profile's shapes are set per (batch, side)
 
     def __init__(self, model=None, *, device: str = "cuda", **kwargs) -> None:
         super().__init__(model, device=device, **kwargs)

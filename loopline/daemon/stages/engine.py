@@ -150,10 +150,12 @@ def warm_shapes(cfg: DaemonConfig, shape: tuple[int, int]) -> list[tuple[int, in
 
 def warm_up(engine: Any, shape: tuple[int, int], batch: int, *,
             more: tuple[tuple[int, int], ...] = ()) -> None:  # fmt: skip
-    """Run the engine once at every batch size from 2 to ``batch`` on synthetic frames of
+    """A runtime that compiles per input shape (``engine.compiles_per_shape``: OpenVINO,
+    TensorRT) runs once at every batch size from 2 to ``batch`` on synthetic frames of
     ``shape`` (:func:`check_engine` ran 1), and from 1 to ``batch`` on frames of each shape
-    of ``more``: a runtime that compiles per input shape (OpenVINO) does it now, before the
-    daemon says ready, not on the first frames of a series."""
+    of ``more``: it compiles now, before the daemon says ready, not on the first frames of a
+    series. Every engine then compiles the kernels and imports the modules that only frames
+    with detections reach."""
     from ...engines import ops
     from ...engines.base import Detections
     from ...engines.duplicates import suppress_duplicate_lines
@@ -161,7 +163,11 @@ def warm_up(engine: Any, shape: tuple[int, int], batch: int, *,
 
     t0 = time.perf_counter()
     frame = probe_frame(shape)
-    for b in range(2, batch + 1):
+    if not getattr(engine, "compiles_per_shape", False):
+        more, batch_sizes = (), range(0)  # nothing to compile: no network runs twice
+    else:
+        batch_sizes = range(2, batch + 1)
+    for b in batch_sizes:
         engine([frame] * b)
     for other in more:  # e.g. the pool's frame size, tiled
         big = probe_frame(other)
@@ -177,8 +183,8 @@ def warm_up(engine: Any, shape: tuple[int, int], batch: int, *,
     det = Detections(masks, boxes, np.array([0.9, 0.8], np.float32), np.zeros(2, np.int64))
     suppress_duplicate_lines(snap_lines(frame, det), tol=1.5)
     sizes = ", ".join(f"{h}x{w}" for h, w in (shape, *more))
-    logger.info("engine: warmed up for batches 1-%d of %s in %.2f s", batch, sizes,
-                time.perf_counter() - t0)  # fmt: skip
+    logger.info("engine: warmed up (%s) in %.2f s", f"batches 1-{batch} of {sizes}"
+                if len(batch_sizes) or more else "kernels", time.perf_counter() - t0)  # fmt: skip
 
 
 #: runtime -> the model files it reads, by suffix ("": a folder, an OpenVINO IR)
