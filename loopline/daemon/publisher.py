@@ -99,7 +99,8 @@ nothing is drawn twice. ``annotated.mp4`` keeps its burnt-in overlay.
 ``schema = "loopline.metrics/1"``: ``counters`` (received, analysed, skipped, malformed,
 recorded, skipped_backpressure, skipped_lost, dropped_no_slot, ... — see
 :data:`loopline.daemon.metrics.COUNTERS`), ``fps`` per stage (receiver, batcher, engine,
-measure, output), ``busy`` fraction per stage, ``queues`` (queue_batcher, queue_engine,
+measure, output), ``busy`` fraction and ``cpu`` (cores used: CPU s / s of the stage's
+processes, all threads) per stage, ``queues`` (queue_batcher, queue_engine,
 queue_output, slots_in_use), ``latency_ms`` {p50, p99, max}, ``ingest_latency_ms``,
 ``stage_ms_per_frame``, ``uptime_s``, ``source`` {``protocol``, ``endpoint``} (a path for file
 replay) and ``engine`` (model and runtime, e.g. ``"defects/openvino"``; null until the first
