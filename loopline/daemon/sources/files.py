@@ -165,8 +165,8 @@ class FileSource(Source):
                 base = now if (self._due is None or late) else self._due
                 self._due = base + self._interval
             (img, t_file), self._pending = self._pending, None
-            if self.name_times is not None and self._file_index < len(self.name_times):
-                t_file = self.name_times[self._file_index] if not self.loop else None
+            if self.name_times is not None and not self.loop:  # looped: no time axis
+                t_file = self.name_times[self._file_index]
             frame = Frame(self.series, self._index, time.time(), img,
                           pixel_size_nm=self.pixel_size_nm,
                           meta={"file_index": self._file_index, "time_s": t_file})  # fmt: skip

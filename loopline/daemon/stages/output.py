@@ -251,20 +251,17 @@ class OutputWorker(Stage):
             key, e = next(iter(self.pending.items()))
             fate = e.get("fate")
             if fate is None:
-                if force:  # the run ends: what has not come back will not
+                # the run ends (what has not come back will not), or an unpaced file's
+                # analysis made no progress for the timeout: lost
+                if force or (self.waits and
+                             now - max(e["_arr"], self.last_progress) >= self.timeout):  # fmt: skip
                     fate = e["fate"] = "lost"
                     self.stats.add("skipped")
                     self.stats.add("skipped_lost")
                     logger.warning("frame %s/%d: no analysis after %.1f s; recorded "
                                    "unannotated", e["series"], e["index"], now - e["_arr"])
                 elif self.waits:
-                    if now - max(e["_arr"], self.last_progress) < self.timeout:
-                        break
-                    fate = e["fate"] = "lost"
-                    self.stats.add("skipped")
-                    self.stats.add("skipped_lost")
-                    logger.warning("frame %s/%d: no analysis after %.1f s; recorded "
-                                   "unannotated", e["series"], e["index"], now - e["_arr"])
+                    break
                 else:
                     if now - e["_arr"] < self.record_wait and not crowded:
                         break
