@@ -220,15 +220,14 @@ class Run:
         return t.loc[sel].reset_index(drop=True)
 
     def lines(self, frame: int | None = None, *, series: str | None = None) -> pd.DataFrame:
-        """Dislocation lines (``tracks`` rows of kind ``line``) with a drawable segment.
+        """Dislocation lines (``tracks`` rows of kind ``line``) with their centre lines.
 
-        The tables keep each line's centre (``x_px``, ``y_px``: the mean of its centre-line
-        points), its arc length and its pile-up's glide direction, not the centre line's
-        points; ``x0_px, y0_px, x1_px, y1_px`` are the ends of a straight segment of that
-        length through the centre, across the glide direction (a pile-up's lines lie across
-        the direction they glide in; a lone line's glide direction is its normal). Drawn,
-        it matches a straight line; a bowed line is longer than its chord, so the segment
-        overshoots its ends. The live stream (:func:`live`) carries the exact centre lines.
+        ``points`` holds each line's centre line, a (K, 2) array of (x, y) px ordered from one
+        end to the other (``tracks.csv``'s ``points_px``: the measured points thinned to
+        0.25 px); ``x0_px, y0_px, x1_px, y1_px`` are its ends. A run written before
+        ``points_px`` existed keeps only each line's centre, arc length and glide direction:
+        its ``points`` are then the straight segment of that length through the centre,
+        across the glide direction (:func:`line_segments`; it overshoots a bowed line's ends).
 
         Parameters
         ----------
@@ -237,9 +236,23 @@ class Run:
         series : str, optional
             One series of a multi-series run.
         """
+        import pandas as pd
+
+        from .io.runfolder import read_points
+
         d = self._rows("line", frame, series)
         x0, y0, x1, y1 = line_segments(d)
-        return d.assign(x0_px=x0, y0_px=y0, x1_px=x1, y1_px=y1)
+        cells = d["points_px"] if "points_px" in d.columns else [None] * len(d)
+        points = []
+        for i, cell in enumerate(cells):
+            p = np.array(read_points(cell), float).reshape(-1, 2)
+            if len(p) < 2:
+                p = np.array([[x0[i], y0[i]], [x1[i], y1[i]]])
+            points.append(p)
+        ends = np.array([[*p[0], *p[-1]] for p in points]).reshape(-1, 4)
+        return d.assign(points=pd.Series(points, index=d.index, dtype=object),
+                        x0_px=ends[:, 0], y0_px=ends[:, 1], x1_px=ends[:, 2],
+                        y1_px=ends[:, 3])  # fmt: skip
 
     def loops(self, frame: int | None = None, *, series: str | None = None) -> pd.DataFrame:
         """Loops (``tracks`` rows of kind ``loop``): ellipse centre ``x_px, y_px``, full axes
@@ -252,7 +265,9 @@ _DTYPES = {"int": "Int64", "float": "float64", "str": "object"}
 
 
 def line_segments(lines: pd.DataFrame) -> tuple[np.ndarray, ...]:
-    """Ends ``(x0, y0, x1, y1)`` (px) of each line's straight segment (see :meth:`Run.lines`).
+    """Ends ``(x0, y0, x1, y1)`` (px) of each line's straight segment of its length through its
+    centre, across its glide direction: what a ``tracks`` row says of a line without its
+    ``points_px`` (see :meth:`Run.lines`).
 
     A line without a glide direction (no pile-up) is drawn horizontally; one without a
     length is a point.

@@ -58,9 +58,10 @@ def test_to_napari_layer_data_matches_the_tables(run, caplog) -> None:
     lines = run.lines()
     assert kw["shape_type"] == "path" and len(paths) == len(lines)
     for p, r in zip(paths, lines.itertuples(), strict=True):
-        assert p.shape == (2, 3) and (p[:, 0] == r.frame).all()  # t, y, x
-        np.testing.assert_allclose(p.mean(axis=0)[1:], [r.y_px, r.x_px])
-        np.testing.assert_allclose(np.hypot(*(p[1, 1:] - p[0, 1:])), r.length_px)
+        assert p.shape == (len(r.points), 3) and (p[:, 0] == r.frame).all()  # t, y, x
+        np.testing.assert_allclose(p[:, 1:], r.points[:, ::-1])  # the centre line
+        arc = np.hypot(*np.diff(r.points, axis=0).T).sum()
+        assert arc == pytest.approx(r.length_px, rel=0.05, abs=1.0)
     np.testing.assert_array_equal(kw["features"]["track_id"], lines["track_id"])
 
     polys, kw, _ = layers["loops"]
@@ -170,15 +171,13 @@ def test_to_hspy_markers_match_the_tables(run, tmp_path) -> None:
     for ragged in (segs, kw["offsets"], kw["widths"], kw["heights"], kw["angles"]):
         assert ragged.dtype == object and ragged.shape == (6,)  # one entry per frame
     nm, t = 2.0, run.tracks  # positions in nm, as the signal's y/x axes
-    assert sum(len(s) for s in segs) == (t.kind == "line").sum() > 0
+    lines_all = run.lines()
+    assert sum(len(s) for s in segs) == sum(len(p) - 1 for p in lines_all["points"]) > 0
     assert sum(len(o) for o in kw["offsets"]) == (t.kind == "loop").sum() > 0
     for j, frame in enumerate(run.series["frame"]):
-        ln = t[(t.kind == "line") & (t.frame == frame)]
-        s = segs[j]
-        assert s.shape == (len(ln), 2, 2)  # [[x0, y0], [x1, y1]] per line
-        np.testing.assert_allclose(s.mean(axis=1), ln[["x_px", "y_px"]].to_numpy(float) * nm)
-        np.testing.assert_allclose(np.hypot(*(s[:, 1] - s[:, 0]).T),
-                                   ln["length_px"].to_numpy(float) * nm)  # fmt: skip
+        ln = lines_all[lines_all.frame == frame]
+        want = [np.stack([p[:-1], p[1:]], axis=1) for p in ln["points"]]  # [[x0, y0], [x1, y1]]
+        np.testing.assert_allclose(segs[j], np.concatenate(want) * nm)  # each line's pieces
         lp = t[(t.kind == "loop") & (t.frame == frame)]
         np.testing.assert_allclose(kw["offsets"][j], lp[["x_px", "y_px"]].to_numpy(float) * nm)
         np.testing.assert_allclose(kw["widths"][j], lp["major_px"].to_numpy(float) * nm)
@@ -208,7 +207,7 @@ def test_to_hspy_markers_load_in_hyperspy(run, tmp_path) -> None:
     assert type(m).__name__ == "Lines"
     lines = run.lines(frame=int(run.series["frame"].iloc[-1]))
     s.axes_manager.indices = (len(run.series) - 1,)
-    want = lines[["x0_px", "y0_px", "x1_px", "y1_px"]].to_numpy(float).reshape(-1, 2, 2) * 2.0
+    want = np.concatenate([np.stack([p[:-1], p[1:]], axis=1) for p in lines["points"]]) * 2.0
     np.testing.assert_allclose(m.get_current_kwargs()["segments"], want)
     assert type(s.metadata.Markers.loops).__name__ == "Ellipses"
 

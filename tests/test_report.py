@@ -219,7 +219,7 @@ def test_figures_fit_their_data_have_legends_and_draw_centre_lines(
         run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """Issue 20: y limits fitted to the data (no empty band, never below 0 for spacings and
     counts), a legend on every multi-curve panel, and the contact sheet draws each line as
-    recorded (a bar across the glide direction) and each loop's ellipse, not dots."""
+    recorded (its centre line, ``points_px``) and each loop's ellipse, not dots."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -246,8 +246,16 @@ def test_figures_fit_their_data_have_legends_and_draw_centre_lines(
         for ax in figs["density_vs_time"].axes:
             assert ax.get_ylim()[0] >= 0
         sheet = figs["contact_sheet"].axes[0]
-        bars = [ln for ln in sheet.get_lines() if len(ln.get_xdata()) == 2]
-        assert len(bars) >= 3, "lines drawn as dots"
+        drawn = [np.column_stack([ln.get_xdata(), ln.get_ydata()]) for ln in sheet.get_lines()
+                 if len(ln.get_xdata()) >= 2]  # fmt: skip
+        assert len(drawn) >= 3, "lines drawn as dots"
+        from loopline.io.runfolder import read_points
+
+        frame0 = run.tracks[(run.tracks.kind == "line") & (run.tracks.frame == 0)]
+        want = [np.array(read_points(c)) for c in frame0["points_px"]]
+        assert len(want) >= 3 and all(len(w) >= 2 for w in want)
+        for w in want:  # every centre line drawn as recorded
+            assert any(d.shape == w.shape and np.allclose(d, w) for d in drawn)
         assert any(isinstance(p, Ellipse) for p in sheet.patches)
     finally:
         plt.close("all")

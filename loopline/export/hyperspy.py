@@ -19,9 +19,8 @@
   arrays with one entry per frame), in the units of the ``y``/``x`` axes (nm, else px):
 
   - ``dislocation_lines``: ``Lines``, ``segments`` (n, 2, 2) ``[[x0, y0], [x1, y1]]`` per
-    frame. The run folder keeps each line's centre, arc length and glide direction, not its
-    centre-line points: the segment is the straight one of that length through the centre,
-    across the glide direction (:meth:`loopline.api.Run.lines`, as the napari export draws it);
+    frame: the pieces of every line's centre line (``tracks.csv``'s ``points_px``, see
+    :meth:`loopline.api.Run.lines`), one segment between each two neighbouring points;
   - ``loops``: ``Ellipses``, ``offsets`` (n, 2) centres, ``widths`` the full major and
     ``heights`` the full minor axes, ``angles`` the major axis' angle to x in degrees (image
     coordinates, y down, as plotted); ``loop_centres``: ``Points`` at the centres of loops
@@ -109,8 +108,9 @@ def _markers(run: Run, sid: str | None, frames: np.ndarray, step: float) -> dict
 
     lines = at(run.lines(series=sid))
     if not lines.empty:
-        ends = lines[["x0_px", "y0_px", "x1_px", "y1_px"]].to_numpy(float).reshape(-1, 2, 2)
-        where = lines["frame"].map(place).to_numpy(int)
+        pieces = [np.stack([p[:-1], p[1:]], axis=1) for p in lines["points"]]
+        ends = np.concatenate(pieces).reshape(-1, 2, 2)
+        where = np.repeat(lines["frame"].map(place).to_numpy(int), [len(p) for p in pieces])
         out["dislocation_lines"] = {
             "class": "Lines", "name": "dislocation_lines", "plot_on_signal": True,
             "offset_transform": "display", "transform": "data",

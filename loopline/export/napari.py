@@ -21,8 +21,7 @@ Layers
 ``masks`` (Labels)
     Not made: a run folder keeps no masks (only the measurements); logged once.
 ``centre lines`` (Shapes, ``path``)
-    One straight segment per line and frame, of the line's length through its centre,
-    across its pile-up's glide direction (the tables keep no centre-line points, see
+    Each line's centre line in each frame (``tracks.csv``'s ``points_px``, see
     :meth:`loopline.api.Run.lines`); features: track id, pile-up, rank, length, velocity.
 ``loops`` (Shapes, ``polygon``)
     The fitted ellipse of each loop and frame (48 points); features: track id, axes, growth.
@@ -39,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..api import Run, ellipse_polygon, line_segments
+from ..api import Run, ellipse_polygon
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -142,10 +141,9 @@ def to_napari(run: Run | str | Path, *, series: str | None = None, frames: bool 
     lines = run.lines(series=sid)
     lines = lines[lines["frame"].isin(place)]
     if not lines.empty:
-        x0, y0, x1, y1 = line_segments(lines)
         t = lines["frame"].map(place).to_numpy(float)
-        paths = [np.array([[ti, a, b], [ti, c, d]]) for ti, a, b, c, d in
-                 zip(t, y0, x0, y1, x1, strict=True)]  # fmt: skip
+        paths = [np.column_stack([np.full(len(p), ti), p[:, 1], p[:, 0]])
+                 for ti, p in zip(t, lines["points"], strict=True)]  # fmt: skip
         feats = _feature(lines, ("track_id", "pileup_id", "rank", "length_nm",
                                  "velocity_nm_per_s"))  # fmt: skip
         layers.append((paths, {**kw, "name": "centre lines", "shape_type": "path",

@@ -64,6 +64,8 @@ __all__ = [
     "json_safe",
     "model_id",
     "parquet_parts",
+    "points_cell",
+    "read_points",
     "recover_parquet",
     "write_summary",
 ]
@@ -166,6 +168,10 @@ _TRACKS: tuple[tuple[str, str, str], ...] = (
     ("major_nm_se", "float", "loop: standard error of `major_nm` from the ellipse fit's "
                              "residuals, nm (empty for `from_box`)"),
     ("growth_nm_per_s_se", "float", "loop: standard error of `growth_nm_per_s`, nm/s"),
+    ("points_px", "str", "line: its centre line, ordered from one end to the other: `x y` "
+                         "pairs (frame px, 0.1 px) separated by `;`, the measured 50 points "
+                         "thinned to those that keep it within 0.25 px (Douglas-Peucker); "
+                         "`loopline.io.runfolder.read_points` reads one"),
 )  # fmt: skip
 
 _PAIRS: tuple[tuple[str, str, str], ...] = (
@@ -288,6 +294,29 @@ def _cell(v: Any) -> str:
     if hasattr(v, "item"):  # a numpy scalar
         return _cell(v.item())
     return csv_cell(str(v))  # a sender's series id may read as a spreadsheet formula
+
+
+def points_cell(points: Any) -> str:
+    """A ``points_px`` cell: (K, 2) points (x, y) px as ``"x y;x y;..."``, 0.1 px."""
+    return ";".join(f"{x:.1f} {y:.1f}" for x, y in points)
+
+
+def read_points(cell: Any) -> list[tuple[float, float]]:
+    """The (x, y) px points of a ``points_px`` cell; [] for an empty cell (a loop, a run
+    written before the column existed). A cell that starts with ``-`` was written with the
+    spreadsheet guard ``'`` in front (:func:`~loopline.io.sanitize.csv_cell`); it is dropped.
+
+    >>> read_points("'-1.0 2.5;3 4")
+    [(-1.0, 2.5), (3.0, 4.0)]
+    """
+    if cell is None or (isinstance(cell, float) and math.isnan(cell)):
+        return []
+    text = str(cell).strip().lstrip("'")
+    out = []
+    for pair in text.split(";") if text else ():
+        x, y = pair.split()
+        out.append((float(x), float(y)))
+    return out
 
 
 def json_safe(v: Any) -> Any:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from ..calibration import Calibration
@@ -44,6 +45,7 @@ from ..io.runfolder import (
     TRACK_SUMMARY_COLUMNS,
     RunTables,
     json_safe,
+    points_cell,
     write_summary,
 )
 from .alarms import AlarmConfig, AlarmEvaluator
@@ -71,6 +73,15 @@ __all__ = [
 
 _P95_FRAMES = 1000  # the p95 of a stage's time is taken over this many recent frames
 _DEFAULT_ALARMS = AlarmConfig()
+
+
+def thin_polyline(points: np.ndarray, tol_px: float = 0.25) -> np.ndarray:
+    """The points of an ordered (K, 2) polyline that keep it within ``tol_px`` of the whole
+    (Douglas-Peucker, ends kept): what ``tracks.csv``'s ``points_px`` stores of a line."""
+    p = np.asarray(points, np.float32).reshape(-1, 1, 2)
+    if len(p) <= 2:
+        return p.reshape(-1, 2).astype(float)
+    return cv2.approxPolyDP(p, tol_px, False).reshape(-1, 2).astype(float)
 
 
 def _slope(x: np.ndarray, y: np.ndarray) -> float:
@@ -330,6 +341,7 @@ class SeriesAccumulator:
                 position_nm=pos_px * nm, velocity_nm_per_s=vel_s, velocity_px_per_frame=vel_f,
                 velocity_nm_per_s_se=vel_se, velocity_window=n_win,
                 length_nm_se=float(len_se[i]) * nm, position_px=pos_px,
+                points_px=points_cell(thin_polyline(r.line_points_px[i])),
             ))  # fmt: skip
         lcorr = r.loop_center_px - r.drift_px
         for j in range(r.n_loops):

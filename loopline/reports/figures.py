@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..io.runfolder import EVENT_TABLES, SCHEMA_VERSION, TABLES
+from ..io.runfolder import EVENT_TABLES, SCHEMA_VERSION, TABLES, read_points
 from ..viewers.schema import mean_se
 
 logger = logging.getLogger(__name__)
@@ -516,8 +516,7 @@ def fig_contact_sheet(run: RunData, rep: Report, *, n: int = 8) -> None:
             ax.text(w - 8 - px / 2, h - 16, f"{bar_nm:g} nm", color="w", fontsize=7,
                     ha="center")  # fmt: skip
     what = "annotated frames (annotated.mp4: masks, centre lines, track ids)" if annotated_mp4 \
-        else ("lines: a straight bar of the measured centre-line length through its centroid, "
-              "across its pile-up's glide direction (the tables keep no line shape); "
+        else ("lines: the measured centre line (tracks.csv points_px); "
               "loops: the fitted ellipse; numbers: track ids")  # fmt: skip
     fig.suptitle("Contact sheet", fontsize=10)
     fig.text(0.5, 0.005, what, ha="center", va="bottom", fontsize=7, wrap=True)
@@ -526,10 +525,11 @@ def fig_contact_sheet(run: RunData, rep: Report, *, n: int = 8) -> None:
 
 
 def _draw_objects(ax: Any, objs: pd.DataFrame, cmap: Any) -> None:
-    """What tracks.csv records of one frame's objects, drawn as it is recorded: a line as a
-    bar of its centre-line length through its centroid, across its pile-up's glide direction
-    (a line lies across the direction it glides in; a dot where the glide direction came from
-    the calibration, which says nothing of the line), a loop as its fitted ellipse."""
+    """What tracks.csv records of one frame's objects, drawn as it is recorded: a line as its
+    centre line (``points_px``; a run written before that column: a bar of its centre-line
+    length through its centroid, across its pile-up's glide direction, or a dot where the
+    glide direction came from the calibration, which says nothing of the line), a loop as
+    its fitted ellipse."""
     from matplotlib.patches import Ellipse
 
     for _, r in objs[objs["kind"] == "line"].iterrows():
@@ -537,7 +537,10 @@ def _draw_objects(ax: Any, objs: pd.DataFrame, cmap: Any) -> None:
         x, y, n = r["x_px"], r["y_px"], r.get("length_px")
         gx, gy = r.get("glide_x"), r.get("glide_y")
         known = r.get("glide_source") in ("normal", "convention", "spacing")
-        if known and all(v is not None and np.isfinite(v) for v in (gx, gy, n)):
+        pts = np.array(read_points(r.get("points_px")), float).reshape(-1, 2)
+        if len(pts) >= 2:
+            ax.plot(pts[:, 0], pts[:, 1], "-", lw=1.6, color=c, solid_capstyle="round")
+        elif known and all(v is not None and np.isfinite(v) for v in (gx, gy, n)):
             dx, dy = -gy * n / 2, gx * n / 2  # the line: across the glide direction
             ax.plot([x - dx, x + dx], [y - dy, y + dy], "-", lw=1.6, color=c,
                     solid_capstyle="round")  # fmt: skip
