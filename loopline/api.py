@@ -535,9 +535,10 @@ def live(endpoint: str = "tcp://127.0.0.1:5556", timeout: float = 10.0, *,
 
     Uses the viewers' subscriber (:class:`loopline.viewers.stream.ResultSubscriber`) and
     their decoder (:func:`loopline.viewers.schema.to_view`): each item is a
-    :class:`~loopline.viewers.stream.Message` with ``header`` (the published JSON, schema in
-    :mod:`loopline.daemon.publisher`: instances with centre lines ``skeleton`` and outlines
-    ``contour``, pairs, the ``series.csv`` row), ``view`` (the decoded
+    :class:`~loopline.viewers.stream.Message` with ``header`` (the published frame message,
+    :mod:`loopline.pipelines.message`: the frame's ``series.csv`` row, its ``tracks.csv`` rows
+    with outlines ``contour_px`` and centre lines ``points_px``, its ``pairs.csv`` rows),
+    ``view`` (the decoded
     :class:`~loopline.viewers.schema.FrameView`: ``lines``, ``loops``, ``pileups``, nm
     values) and ``jpeg`` (the bare frame, or None; the overlay is drawn by
     :func:`loopline.viewers.overlay.draw_overlay`). Latest wins, as in the viewers: a

@@ -174,11 +174,12 @@ def test_engine_one_frame_or_a_batch() -> None:
 
 
 def _frame_msg(seq: int) -> list[bytes]:
-    h = {"schema": "loopline.frame/1", "seq": seq, "series": "s", "index": seq,
+    h = {"schema": "loopline.frame/2", "seq": seq, "series": "s", "index": seq,
          "time_s": seq / 25, "shape": [64, 64], "px_nm": 2.0,
-         "instances": [{"id": 4, "cls": 0, "class": "dislocation", "score": 0.9,
-                        "centroid": [30, 20], "box": [10, 18, 50, 22], "length_px": 40.0,
-                        "skeleton": [[10, 20], [30, 20], [50, 20]], "pileup": 0, "rank": 0}]}
+         "tracks": [{"kind": "line", "track_id": 4, "cls": 0, "score": 0.9, "x_px": 30,
+                     "y_px": 20, "box_px": [10, 18, 50, 22], "length_px": 40.0,
+                     "length_nm": 80.0, "points_px": "10 20;30 20;50 20", "pileup_id": 0,
+                     "rank": 0}]}
     return [b"frame", json.dumps(h).encode()]
 
 
@@ -211,7 +212,8 @@ def test_live_iterates_over_published_frames() -> None:
     assert idx == sorted(idx) and len(set(idx)) == 3
     v = got[0].view
     assert v.nm_per_px == 2.0 and len(v.lines) == 1 and v.lines[0].length_nm == 80.0
-    assert got[0].header["instances"][0]["skeleton"][1] == [30, 20]
+    assert got[0].header["tracks"][0]["points_px"] == "10 20;30 20;50 20"
+    assert v.lines[0].points == [[10, 20], [30, 20], [50, 20]]
 
 
 def test_live_ends_when_nothing_comes() -> None:

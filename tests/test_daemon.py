@@ -258,9 +258,15 @@ def test_end_to_end_300_frames(tmp_path, sim, daemons):
     frames_msgs = [m for m in got if m[0] == b"frame"]
     assert frames_msgs, "no frame message published"
     header = json.loads(frames_msgs[-1][1])
-    assert header["schema"] == "loopline.frame/1" and header["series"] == "e2e"
-    for key in ("seq", "index", "timestamp", "latency_ms", "instances", "row", "counters"):
+    assert header["schema"] == "loopline.frame/2" and header["series"] == "e2e"
+    for key in ("seq", "index", "timestamp", "latency_ms", "tracks", "pairs", "row",
+                "counters"):  # fmt: skip
         assert key in header
+    # its rows are the run folder's rows: the same columns, the same values
+    last = tracks[(tracks.series == "e2e") & (tracks.frame == header["index"])]
+    assert [r["track_id"] for r in header["tracks"]] == last["track_id"].tolist()
+    for r in header["tracks"]:
+        assert set(r) - {"cls", "contour_px", "box_px"} <= set(tracks.columns)
     jpeg = cv2.imdecode(np.frombuffer(frames_msgs[-1][2], np.uint8), cv2.IMREAD_COLOR)
     assert jpeg.shape[:2] == (256, 256)
     assert header["px_nm"] == 2.0

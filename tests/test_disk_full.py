@@ -67,7 +67,7 @@ class Feed:
         self.c.add("analysed")
         msg = {"series": "s", "index": i, "time_s": 0.1 * i,
                "row": {"series": "s", "frame": i, "time_s": 0.1 * i, "n_loops": i % 3},
-               "tables": {"tracks": [{"series": "s", "frame": i, "track_id": 1}]}}  # fmt: skip
+               "tracks": [{"series": "s", "frame": i, "track_id": 1}]}  # fmt: skip
         if not self.rec.append_result(msg, latency_ms=5.0):
             self.c.add("results_not_recorded_disk")
         hdr = {"series": "s", "index": i, "seq": i, "ts": 1e9 + i, "time_s": 0.1 * i,

@@ -11,7 +11,8 @@ import pytest
 from loopline.calibration import Calibration
 from loopline.engines.base import Detections
 from loopline.pipelines import FrameResult, MeasureOptions, OnlineTracker, measure_frame
-from loopline.pipelines.series import SERIES_COLUMNS, SeriesWriter
+from loopline.pipelines.message import frame_tables, read_objects
+from loopline.pipelines.series import SERIES_COLUMNS, SeriesAccumulator, SeriesWriter
 from loopline.pipelines.sources import detections_from_masks
 
 CAL = Calibration(nm_per_px=2.0, fps=10.0, foil_thickness_nm=100.0, visibility_factor=1.75)
@@ -46,7 +47,23 @@ def test_measure_frame_lines_pileup_loop(impl):
     assert d["loop_areal_density_per_um2"] == pytest.approx(1.75 / area_um2)
     assert d["loop_density_per_m3"] == pytest.approx(1.75 / (area_um2 * 1e-12 * 100e-9))
     assert set(r.timings_ms) >= {"lines", "loops", "pileups", "measure"}
-    json.dumps(r.to_dict())  # JSON-safe
+    # its frame message, written and read by the one module (pipelines/message.py)
+    det = _frame()
+    tracked = OnlineTracker(CAL).update(r, np.zeros((96, 128), np.uint8))
+    rows = SeriesAccumulator(CAL).add(tracked).to_json()
+    body = frame_tables(tracked, rows["tracks"], det.masks, det.classes)
+    header = json.loads(json.dumps({"index": 0, "tracks": body, "pairs": rows["pairs"]},
+                                   allow_nan=False))  # fmt: skip
+    lines, loops, pileups = read_objects(header)
+    assert len(lines) == 3 and len(loops) == 1 and len(pileups) == 1
+    for ln, i in zip(lines, range(3), strict=True):
+        assert ln.length_nm == pytest.approx(tracked.line_length_nm[i])
+        assert len(ln.points) >= 2 and len(ln.contour) >= 4  # centre line, mask outline
+        assert ln.fields["width_px"] == pytest.approx(tracked.line_width_px[i])
+    assert sorted(pileups[0].spacings_nm) == pytest.approx(sorted(tracked.pair_spacing_nm))
+    assert loops[0].axes[0] == pytest.approx(tracked.loop_major_px[0] / 2, abs=0.01)
+    with pytest.raises(ValueError, match=r"expected 4 tracks rows"):
+        frame_tables(tracked, rows["tracks"][:2], det.masks, det.classes)
 
 
 def test_empty_detections_give_an_empty_result():
@@ -54,7 +71,6 @@ def test_empty_detections_give_an_empty_result():
     assert r.n_lines == r.n_loops == r.n_pileups == 0
     assert r.line_points_px.shape == (0, 50, 2)
     assert r.densities["line_count"] == 0
-    json.dumps(r.to_dict())
     tracked = OnlineTracker(CAL).update(r, np.zeros((64, 64), np.uint8))
     assert tracked.line_track_id.shape == (0,)
 
@@ -170,16 +186,17 @@ def test_daemon_analyzer_publishes_glide_velocity():
     an = Analyzer(nm_per_px=2.0)
     an.new_series("s1")
     for i in range(6):
-        _, inst, *_ = an.process(_frame(shift=i), index=i, time_s=i / 10.0)
+        inst = an.process(_frame(shift=i), index=i, time_s=i / 10.0)["tracks"]
         lines = [d for d in inst if d["cls"] == 0]
-        assert len(lines) == 3
+        assert len(lines) == 3 and all(d["kind"] == "line" for d in lines)
         if i == 0:  # one sample: no velocity yet, but a position
-            assert all(d["velocity_nm_s"] is None and d["position_nm"] is not None for d in lines)
+            assert all(d["velocity_nm_per_s"] is None and d["position_nm"] is not None
+                       for d in lines)  # fmt: skip
     # 1 px/frame at 10 frames/s (no fps in the calibration: the frame times) and 2 nm/px
-    assert all(abs(abs(d["velocity_nm_s"]) - 20.0) < 1e-3 for d in lines)
+    assert all(abs(abs(d["velocity_nm_per_s"]) - 20.0) < 1e-3 for d in lines)
     assert all(abs(abs(d["velocity_px_per_frame"]) - 1.0) < 1e-3 for d in lines)
     loops = [d for d in inst if d["cls"] == 1]
-    assert loops and "velocity_nm_s" not in loops[0]
+    assert loops and "velocity_nm_per_s" not in loops[0]
 
 
 def test_instances_without_a_mask_are_counted_and_measured_from_their_box():
@@ -221,9 +238,9 @@ def test_instances_without_a_mask_are_counted_and_measured_from_their_box():
     # the daemon's Analyzer: the published loops say which had no mask
     an = Analyzer(nm_per_px=2.0)
     an.new_series("s")
-    row, inst, *_ = an.process(_frame(), index=0, time_s=0.0, box_only=extra)
-    assert [i["from_box"] for i in inst if i["cls"] == 1] == [False, True, True]
-    assert row["instances_without_mask"] == 3
+    body = an.process(_frame(), index=0, time_s=0.0, box_only=extra)
+    assert [i["from_box"] for i in body["tracks"] if i["cls"] == 1] == [0, 1, 1]
+    assert body["row"]["instances_without_mask"] == 3
     with pytest.raises(ValueError, match=r"boxes must have shape \(2, 4\), got \(2, 3\)"):
         BoxOnly(np.zeros((2, 3)), np.zeros(2), np.zeros(2, np.int64))
 

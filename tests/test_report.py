@@ -146,9 +146,8 @@ def test_report_on_a_daemon_run_folder(tmp_path: Path, capsys: pytest.CaptureFix
     an.new_series("s1")
     for i in range(n):
         t = an.time_of(i, 0.1 * i)
-        row, _inst, _ms, _pairs, tables = an.process(_lines_and_loop(i), index=i, time_s=t)
-        rec.append_result({"series": "s1", "index": i, "row": row, "tables": tables},
-                          latency_ms=12.0)  # fmt: skip
+        body = an.process(_lines_and_loop(i), index=i, time_s=t)
+        rec.append_result({**body, "series": "s1", "index": i}, latency_ms=12.0)
     rec.analysis(an.finish())
     rec.close({"received": n, "analysed": n, "recorded": n}, latency={}, ingest_latency={},
               metrics={})  # fmt: skip
@@ -178,10 +177,8 @@ def test_report_without_pixel_size(tmp_path: Path, capsys: pytest.CaptureFixture
     rec = Recorder(tmp_path, load_config().output)
     an.new_series("s1")
     for i in range(6):
-        row, _inst, _ms, _pairs, tables = an.process(_lines_and_loop(i), index=i,
-                                                     time_s=an.time_of(i, 0.1 * i))  # fmt: skip
-        rec.append_result({"series": "s1", "index": i, "row": row, "tables": tables},
-                          latency_ms=12.0)  # fmt: skip
+        body = an.process(_lines_and_loop(i), index=i, time_s=an.time_of(i, 0.1 * i))
+        rec.append_result({**body, "series": "s1", "index": i}, latency_ms=12.0)
     rec.analysis(an.finish())
     rec.close({"received": 6}, latency={}, ingest_latency={}, metrics={})
     assert pd.read_csv(tmp_path / "pairs.csv")["spacing_nm"].isna().all()

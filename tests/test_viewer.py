@@ -13,17 +13,10 @@ import zmq
 from viewer_standin import build_messages
 from viewer_support import live_stream, make_synth_video, wait_for
 
+from loopline.pipelines.message import LineView, PileupView
+from loopline.pipelines.uncertainty import mean_se
 from loopline.viewers.config import ViewConfig, ViewConfigError, load_view_config
-from loopline.viewers.schema import (
-    AlarmEvent,
-    FrameView,
-    LineView,
-    PileupView,
-    mean_se,
-    parse_message,
-    to_alarm,
-    to_view,
-)
+from loopline.viewers.schema import AlarmEvent, FrameView, parse_message, to_alarm, to_view
 from loopline.viewers.state import ViewState, reconcile_alarms, sparkline
 from loopline.viewers.stream import ResultSubscriber
 from loopline.viewers.terminal import detect_preview, kitty_image, render_dashboard, sixel_image
@@ -37,46 +30,51 @@ def _synth_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # -- schema ---------------------------------------------------------------------------------
-def test_frame_result_message_gives_pileups_spacings_and_contours(synth_video: Path) -> None:
+def test_published_frame_gives_pileups_spacings_and_contours(synth_video: Path) -> None:
+    """The real publisher's message (the truth through the daemon's measure step) read back."""
     header, jpeg = build_messages(synth_video)[0]
+    assert header["schema"] == "loopline.frame/2"
     topic, h, j = parse_message([b"frame", json.dumps(header).encode(), jpeg])
     assert topic == "frame" and j == jpeg
     v = to_view(h, jpeg=j)
     doc = json.loads((synth_video / "truth.json").read_text())
     truth = doc["sequences"][0]
     n_lines = len(truth["frames"][0]["lines"])
-    assert v.frame == 0 and v.nm_per_px == doc["nm_per_px"]
+    assert v.frame == 0 and v.nm_per_px == doc["nm_per_px"] and v.has_jpeg
     assert len(v.lines) == n_lines == v.n_dislocations
     assert len(v.loops) == v.n_loops == len(truth["frames"][0]["loops"])
-    assert all(len(ln.points) == 50 and ln.ordered for ln in v.lines)
-    assert all(len(ln.contour) > 3 for ln in v.lines)  # masks from the instances, by track id
+    assert all(len(ln.points) >= 2 for ln in v.lines)  # centre lines (points_px)
+    assert all(len(ln.contour) > 3 for ln in v.lines)  # mask outlines (contour_px)
+    assert all("width_px" in ln.fields and "mean_abs_curvature_per_nm" in ln.fields
+               for ln in v.lines)  # every other number of the tracks.csv row  # fmt: skip
     multi = [p for p in v.pileups if len(p.spacings_nm) >= 1]
     assert multi and all(s > 0 for p in multi for s in p.spacings_nm)
-    lead = {p.id: p.lead_id for p in v.pileups}
-    visible = {ln["id"] for ln in truth["frames"][0]["lines"]}
-    for pu in truth["pileups"]:
-        if pu["id"] in lead:  # the leader is the first of the pile-up's visible lines
-            assert lead[pu["id"]] == next(i for i in pu["dislocation_ids"] if i in visible)
+    pairs = {(q["pileup_id"], q["rank"]): q["spacing_nm"] for q in h["pairs"]}
+    for p in v.pileups:
+        assert p.spacings_nm == [pairs[(p.id, r)] for r in range(len(p.spacings_nm))]
+        lead = [ln for ln in v.lines if ln.pileup == p.id and ln.rank == 0]
+        assert [ln.id for ln in lead] == [p.lead_id]
 
 
-RASTER = [[x, 0] for x in range(5)] + [[x, 1] for x in range(20, 25)]  # skeleton pixels
+def _row(kind: str, tid: int, **kw: object) -> dict:
+    return {"series": "s1", "frame": 7, "time_s": 0.28, "kind": kind, "track_id": tid, **kw}
 
 
-def test_instances_only_message() -> None:
-    """The daemon's loopline.frame/1 layout with no pipelines result."""
-    h = {"schema": "loopline.frame/1", "seq": 3, "series": "s1", "index": 7, "time_s": 0.28,
+def test_frame_message_read_by_its_one_name_per_field() -> None:
+    """The loopline.frame/2 layout written by hand: tracks.csv and pairs.csv rows."""
+    h = {"schema": "loopline.frame/2", "seq": 3, "series": "s1", "index": 7, "time_s": 0.28,
          "shape": [64, 64], "px_nm": 0.5, "jpeg": {"width": 32, "height": 32, "scale": 0.5},
-         "instances": [
-             {"id": 4, "cls": 0, "class": "dislocation", "centroid": [10, 20],
-              "length_px": 30.0, "length_nm": 15.0, "contour": [[0, 0], [1, 0], [1, 1]],
-              "skeleton": RASTER, "pileup": 0, "rank": 0},
-             {"id": 6, "cls": 0, "class": "dislocation", "centroid": [12, 30],
-              "length_px": 30.0, "length_nm": 15.0, "contour": [[0, 0], [1, 0], [1, 1]],
-              "skeleton": [[10, 20], [11, 22], [12, 24], [13, 26]], "pileup": 0, "rank": 1},
-             {"id": 5, "cls": 1, "class": "loop", "centroid": [40, 40], "length_px": 8.0,
-              "length_nm": 4.0, "contour": [[38, 38], [42, 38], [42, 42]], "skeleton": []}],
-         "pairs": [{"a": 4, "b": 6, "pileup": 0, "rank": 0, "spacing_px": 8.0,
-                    "spacing_nm": 4.0}],
+         "tracks": [
+             _row("line", 4, cls=0, x_px=10, y_px=20, length_px=30.0, length_nm=15.0,
+                  contour_px=[[0, 0], [1, 0], [1, 1]], points_px="0.0 0.0;4.0 0.0;'bad",
+                  pileup_id=0, rank=0, velocity_nm_per_s=2.5, width_px=3.0),
+             _row("line", 6, cls=0, x_px=12, y_px=30, length_px=30.0, length_nm=15.0,
+                  contour_px=[[0, 0], [1, 0], [1, 1]], points_px="10 20;11 22;12 24;13 26",
+                  pileup_id=0, rank=1, glide_x=1.0, glide_y=0.0, velocity_nm_per_s=None),
+             _row("loop", 5, cls=1, x_px=40, y_px=40, major_px=8.0, minor_px=4.0,
+                  major_nm=4.0, angle_deg=30.0, contour_px=[[38, 38], [42, 38], [42, 42]])],
+         "pairs": [{"series": "s1", "frame": 7, "pileup_id": 0, "rank": 0, "track_id": 4,
+                    "partner_id": 6, "spacing_px": 8.0, "spacing_nm": 4.0}],
          "row": {"n_dislocations": 2, "n_loops": 1}, "timings_ms": {"engine": 9.0},
          "counters": {"received": 8, "skipped": 1}}  # fmt: skip
     v = to_view(h, metrics={"fps": {"engine": 30.0}, "latency_ms": {"p50": 40, "p99": 90},
@@ -85,10 +83,12 @@ def test_instances_only_message() -> None:
     assert v.counters == {"received": 8, "skipped": 1, "recorded": 8}  # frame's are fresher
     assert v.fps == {"engine": 30.0} and v.latency_p99_ms == 90 and v.stage_ms == {"engine": 9.0}
     (ln, ln2), (lp,) = v.lines, v.loops
-    assert ln.id == 4 and not ln.ordered and ln.points == RASTER and ln.length_nm == 15
-    assert ln2.ordered  # a centre line is drawn as a line, skeleton pixels as dots
-    assert v.pileups == [PileupView(0, [4.0], None, lead_id=4, spacings_nm_se=[None])]
-    assert lp.id == 5 and lp.center == [40, 40] and lp.axes == [4.0, 4.0] and lp.major_nm == 4.0
+    assert ln.id == 4 and ln.points == [] and ln.length_nm == 15  # a bad centre line: none
+    assert ln.velocity_nm_s == 2.5 and ln.fields["width_px"] == 3.0
+    assert ln2.points == [[10, 20], [11, 22], [12, 24], [13, 26]] and ln2.glide_dir == [1, 0]
+    assert v.pileups == [PileupView(0, [4.0], 2.5, lead_id=4, spacings_nm_se=[None])]
+    assert lp.id == 5 and lp.center == [40, 40] and lp.axes == [4.0, 2.0] and lp.major_nm == 4.0
+    assert lp.angle_deg == 30.0 and lp.contour == [[38, 38], [42, 38], [42, 42]]
 
 
 @pytest.mark.parametrize("parts", [[b"frame", b"{not json"], [b"frame", b"[1, 2]"], [b"\xff"]])
@@ -98,7 +98,7 @@ def test_malformed_messages_raise_value_error(parts: list[bytes]) -> None:
 
 
 def test_header_without_frame_number() -> None:
-    with pytest.raises(ValueError, match="no frame number"):
+    with pytest.raises(ValueError, match="expected a frame message with an index, got keys series"):
         to_view({"series": "x"})
 
 
@@ -155,8 +155,8 @@ def _pub(ctx: zmq.Context, endpoint: str = "tcp://127.0.0.1:*") -> tuple[zmq.Soc
 
 
 def _frame(seq: int, index: int | None = None) -> list[bytes]:
-    h = {"schema": "loopline.frame/1", "seq": seq, "series": "s", "index": seq if index is None
-         else index, "time_s": seq / 25, "instances": []}  # fmt: skip
+    h = {"schema": "loopline.frame/2", "seq": seq, "series": "s", "index": seq if index is None
+         else index, "time_s": seq / 25, "tracks": [], "pairs": []}  # fmt: skip
     return [b"frame", json.dumps(h).encode()]
 
 
@@ -280,8 +280,9 @@ def test_overlay_drawn_for_image_players():
 
     assert nice_bar(512, 2.0) == (100.0, "200 nm")
     assert nice_bar(500, None)[1] == "100 px"
-    v = to_view({"index": 0, "px_nm": 1.0, "shape": [64, 64], "instances": [
-        {"id": 1, "cls": 1, "centroid": [30, 30], "contour": [[20, 20], [40, 20], [40, 40]]}]})
+    v = to_view({"index": 0, "px_nm": 1.0, "shape": [64, 64], "tracks": [
+        {"kind": "loop", "track_id": 1, "cls": 1, "x_px": 30, "y_px": 30, "major_px": 20,
+         "contour_px": [[20, 20], [40, 20], [40, 40]]}]})
     img = np.full((64, 64, 3), 128, np.uint8)
     out = draw_overlay(img, v)
     assert (img == 128).all() and (out != 128).any()
@@ -316,23 +317,23 @@ def test_alarm_decoder_and_mean_se() -> None:
 
 
 def test_uncertainties_of_the_daemons_frame_message() -> None:
-    h = {"schema": "loopline.frame/1", "seq": 0, "series": "s", "index": 5, "time_s": 0.5,
+    h = {"schema": "loopline.frame/2", "seq": 0, "series": "s", "index": 5, "time_s": 0.5,
          "px_nm": 2.0, "shape": [64, 64], "alarms_active": ["spacing_low"],
-         "instances": [
-             {"id": 1, "cls": 0, "class": "dislocation", "centroid": [10, 10], "pileup": 0,
-              "rank": 0, "length_nm": 40.0, "length_nm_se": 1.5, "velocity_nm_s": 12.0,
-              "velocity_nm_s_se": 0.7, "skeleton": [[10, 0], [10, 20]]},
-             {"id": 2, "cls": 0, "class": "dislocation", "centroid": [20, 10], "pileup": 0,
-              "rank": 1, "length_nm": 40.0, "velocity_nm_s": 9.0, "velocity_nm_s_se": None,
-              "skeleton": [[20, 0], [20, 20]]},
-             {"id": 3, "cls": 0, "class": "dislocation", "centroid": [30, 10], "pileup": 0,
-              "rank": 2, "skeleton": [[30, 0], [30, 20]]},
-             {"id": 9, "cls": 1, "class": "loop", "centroid": [50, 50], "length_px": 8.0,
-              "length_nm": 16.0, "length_nm_se": 0.4}],
-         "pairs": [{"a": 1, "b": 2, "pileup": 0, "rank": 0, "spacing_nm": 20.0,
-                    "spacing_nm_se": 0.3},
-                   {"a": 2, "b": 3, "pileup": 0, "rank": 1, "spacing_nm": 24.0,
-                    "spacing_nm_se": 0.4}],
+         "tracks": [
+             {"kind": "line", "track_id": 1, "cls": 0, "x_px": 10, "y_px": 10, "pileup_id": 0,
+              "rank": 0, "length_nm": 40.0, "length_nm_se": 1.5, "velocity_nm_per_s": 12.0,
+              "velocity_nm_per_s_se": 0.7, "points_px": "10 0;10 20"},
+             {"kind": "line", "track_id": 2, "cls": 0, "x_px": 20, "y_px": 10, "pileup_id": 0,
+              "rank": 1, "length_nm": 40.0, "velocity_nm_per_s": 9.0,
+              "velocity_nm_per_s_se": None, "points_px": "20 0;20 20"},
+             {"kind": "line", "track_id": 3, "cls": 0, "x_px": 30, "y_px": 10, "pileup_id": 0,
+              "rank": 2, "points_px": "30 0;30 20"},
+             {"kind": "loop", "track_id": 9, "cls": 1, "x_px": 50, "y_px": 50, "major_px": 8.0,
+              "major_nm": 16.0, "major_nm_se": 0.4}],
+         "pairs": [{"track_id": 1, "partner_id": 2, "pileup_id": 0, "rank": 0,
+                    "spacing_nm": 20.0, "spacing_nm_se": 0.3},
+                   {"track_id": 2, "partner_id": 3, "pileup_id": 0, "rank": 1,
+                    "spacing_nm": 24.0, "spacing_nm_se": 0.4}],
          "row": {"n_dislocations": 3, "n_loops": 1, "mean_spacing_nm_se": 2.0,
                  "spacing_sd_nm": 2.83, "n_loops_lo": 0.17, "n_loops_hi": 2.3}}  # fmt: skip
     v = to_view(h)

@@ -99,6 +99,10 @@ def test_overlay_page_shows_live_frames_with_overlay(browser, tmp_path_factory, 
             assert coloured > 200, f"only {coloured} coloured pixels: no overlay drawn"
             drops = browser.find_element("id", "drops").text
             assert drops.isdigit()
+            # every number of a track's tracks.csv row, on its table row (hover)
+            titles = browser.execute_script(  # the table is redrawn with every frame
+                "return [...document.querySelectorAll('#tracks tr[title]')].map(r => r.title)")
+            assert any("width_px " in t and "mean_abs_curvature_per_nm " in t for t in titles)
             _check_charts(browser)
             assert browser.execute_script("return window.loopline.drawn") >= 2
             # switching the layers off leaves the bare frame (no coloured pixels but the bar)

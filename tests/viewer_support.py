@@ -207,8 +207,8 @@ class AnalysedFeed:
                     return
                 img, det = self.frames[j]
                 t = an.time_of(i, i / self.fps)
-                row, inst, timings, pairs, tables = an.process(det, index=i, time_s=t, image=img)
-                for ev in tables["alarms"]:
+                body = an.process(det, index=i, time_s=t, image=img)
+                for ev in body["alarms"]:
                     if ev["state"] == "raise":
                         active[ev["rule"]] = ev
                     else:
@@ -223,9 +223,8 @@ class AnalysedFeed:
                                       "latency_ms": {"p50": 30.0, "p99": 60.0, "max": 70.0},
                                       "source": {"protocol": "synthetic", "endpoint": "test"},
                                       "engine": "truth"})  # fmt: skip
-                msg = {"series": series, "index": i, "time_s": t, "ts": time.time(),
-                       "shape": list(img.shape), "px_nm": self.nm, "instances": inst,
-                       "pairs": pairs, "row": row, "timings_ms": timings, "model": "truth",
+                msg = {**body, "series": series, "index": i, "time_s": t, "ts": time.time(),
+                       "shape": list(img.shape), "px_nm": self.nm, "model": "truth",
                        "alarms_active": sorted(active)}  # fmt: skip
                 self.pub.frame(msg, img, latency_ms=30.0, counters=counters)
                 time.sleep(max(0.0, t0 + sent / self.fps - time.monotonic()))

@@ -1,34 +1,20 @@
-"""The measure/track step of the daemon, kept thin: detections in; rows, instances, pairs out.
+"""The measure/track step of the daemon, kept thin: detections in, a frame message out.
 
 :class:`Analyzer` wraps ``loopline.pipelines`` (``measure_frame``, ``OnlineTracker`` and the
 :class:`~loopline.pipelines.series.SeriesAccumulator` that ``loopline analyze`` writes its
-run folder with). What leaves here is plain JSON-able data:
-
-- ``row``: this frame's ``series.csv`` row (see :mod:`loopline.io.runfolder`);
-- ``tables``: its ``tracks.csv``, ``pairs.csv``, ``track_summary.csv`` and ``alarms.csv``
-  rows (the last: the frame rules' raise/clear events), which the recorder writes as they
-  are, so that ``serve`` and ``analyze`` write the same tables;
-- ``instances``: one dict per instance (``id``, ``cls``, ``score``, ``centroid`` [x, y] px,
-  ``length_px``, ``length_nm``, ``contour`` [[x, y], ...] px, ``skeleton`` [[x, y], ...] px;
-  dislocations also ``pileup``, ``rank``, their pile-up's unit ``glide_dir`` [x, y], and the
-  drift-corrected ``position_nm`` along it with the glide velocity ``velocity_nm_s`` and
-  ``velocity_px_per_frame``: the ``tracks.csv`` values; loops also ``minor_px``,
-  ``angle_deg`` and ``from_box``: True where the loop had no mask and is the ellipse of its
-  box) for the overlay and the published message. Dislocations without a mask are counted in
-  the row (``n_dislocations``, ``instances_without_mask``) but have no geometry, so no
-  instance;
-- ``pairs``: neighbouring dislocations of a pile-up (track ids ``a``, ``b``, ``spacing_px``,
-  ``spacing_nm``, ``pileup``, ``rank``).
+run folder with). What leaves here is the body of the frame message
+(:mod:`loopline.pipelines.message`): the frame's rows of the run folder's tables, which the
+recorder writes as they are (so that ``serve`` and ``analyze`` write the same tables), its
+``tracks`` rows carrying what a viewer draws. Dislocations without a mask are counted in the
+row (``n_dislocations``, ``instances_without_mask``) but have no geometry, so no row.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Any
 
-import cv2
 import numpy as np
 
 from ..calibration import CalibrationError, frame_time_s
@@ -37,31 +23,11 @@ from ..io.runfolder import json_safe
 from ..pipelines import OnlineTracker, SeriesAccumulator, measure_frame
 from ..pipelines.alarms import AlarmConfig
 from ..pipelines.measure import BoxOnly
+from ..pipelines.message import frame_tables
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Analyzer", "contour_of"]
-
-_MAX_CONTOUR_POINTS = 200
-_NO_KINEMATICS = {"position_nm": None, "velocity_nm_s": None, "velocity_px_per_frame": None,
-                  "velocity_nm_s_se": None}
-
-
-def contour_of(mask: np.ndarray) -> list[list[float]]:
-    """Outer contour of the largest blob of a (H, W) bool mask, simplified, [[x, y], ...] px."""
-    cs, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    if not cs:
-        return []
-    c = max(cs, key=cv2.contourArea)
-    c = cv2.approxPolyDP(c, 1.0, True).reshape(-1, 2)
-    if len(c) > _MAX_CONTOUR_POINTS:
-        c = c[:: math.ceil(len(c) / _MAX_CONTOUR_POINTS)]
-    return c.astype(float).tolist()
-
-
-def _finite(v: Any, nd: int = 3) -> float | None:
-    v = float(v)
-    return round(v, nd) if math.isfinite(v) else None
+__all__ = ["Analyzer"]
 
 
 class Analyzer:
@@ -77,7 +43,7 @@ class Analyzer:
         Frame rate where the profile gives no time axis (0 = the source's frame times).
     alarms : AlarmConfig, optional
         The frame rules (:mod:`loopline.pipelines.alarms`); their events are the ``alarms``
-        rows of ``tables``. None: no alarms.
+        rows of each frame message. None: no alarms.
     """
 
     def __init__(self, *, nm_per_px: float = 0.0, calibration_profile: str = "",
@@ -159,13 +125,14 @@ class Analyzer:
     def process(
         self, det: Detections, *, index: int, time_s: float, image: np.ndarray | None = None,
         box_only: BoxOnly | None = None,
-    ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, float], list[dict[str, Any]],
-               dict[str, list[dict[str, Any]]]]:  # fmt: skip
-        """One frame of the current series: (row, instances, timings_ms, pairs, tables).
+    ) -> dict[str, Any]:  # fmt: skip
+        """One frame of the current series: the body of its frame message
+        (:mod:`loopline.pipelines.message`): ``row``, ``tracks`` (with what a viewer draws),
+        ``pairs``, ``track_summary``, ``alarms`` and ``timings_ms``.
 
         ``box_only``: the frame's instances whose masks were not kept (see
-        :func:`~loopline.pipelines.measure.measure_frame`). See the module docstring;
-        :meth:`new_series` must have been called first.
+        :func:`~loopline.pipelines.measure.measure_frame`). :meth:`new_series` must have been
+        called first.
         """
         if self._tracker is None or self._series is None:
             raise RuntimeError("Analyzer.process: call new_series() first")
@@ -175,82 +142,9 @@ class Analyzer:
         res = self._tracker.update(res, image)
         t1 = time.perf_counter()
         rows = self._series.add(res, timings_ms={"measure_track": (t1 - t0) * 1e3}).to_json()
-        kin = {r["track_id"]: r for r in rows["tracks"] if r["kind"] == "line"
-               and r["track_id"] >= 0}  # fmt: skip
-        nm = res.nm_per_px
-        line_masks = [i for i in range(len(det)) if int(det.classes[i]) == 0]
-        instances: list[dict[str, Any]] = []
-        cents = res.line_centroid_px
-        h, w = det.shape
-        for i in range(res.n_lines):
-            pts = res.line_points_px[i]
-            # the detection this line was measured from: the class-0 mask its points lie on
-            contour: list[list[float]] = []
-            if line_masks:
-                xs = np.clip(np.round(pts[:, 0]).astype(int), 0, w - 1)
-                ys = np.clip(np.round(pts[:, 1]).astype(int), 0, h - 1)
-                hits = [int(det.masks[j][ys, xs].sum()) for j in line_masks]
-                j = line_masks[int(np.argmax(hits))]
-                if max(hits) > 0:
-                    contour = contour_of(det.masks[j])
-            x0, y0 = pts.min(axis=0)
-            x1, y1 = pts.max(axis=0)
-            glide = None
-            if res.n_pileups:
-                gx, gy = res.pileup_glide_dir[res.line_pileup[i]]
-                glide = [_finite(gx, 4), _finite(gy, 4)]
-            k = kin.get(int(res.line_track_id[i]))
-            instances.append({
-                "id": int(res.line_track_id[i]), "cls": 0, "class": "dislocation",
-                "score": _finite(res.line_score[i]),
-                "centroid": [_finite(cents[i, 0], 2), _finite(cents[i, 1], 2)],
-                "box": [_finite(x0, 1), _finite(y0, 1), _finite(x1, 1), _finite(y1, 1)],
-                "length_px": _finite(res.line_length_px[i]),
-                "length_nm": _finite(res.line_length_px[i] * nm),
-                "width_px": _finite(res.line_width_px[i]),
-                "pileup": int(res.pileup_id[res.line_pileup[i]]) if res.n_pileups else -1,
-                "rank": int(res.line_rank[i]), "glide_dir": glide,
-                **(_NO_KINEMATICS if k is None else {
-                    "position_nm": _rounded(k["position_nm"]),
-                    "velocity_nm_s": _rounded(k["velocity_nm_per_s"]),
-                    "velocity_px_per_frame": _rounded(k["velocity_px_per_frame"], 4),
-                    "velocity_nm_s_se": _rounded(k.get("velocity_nm_per_s_se"))}),
-                "length_nm_se": _rounded(k.get("length_nm_se")) if k else None,
-                "contour": contour, "skeleton": np.round(pts, 2).tolist(),
-            })  # fmt: skip
-        for i in range(res.n_loops):
-            cx, cy = res.loop_center_px[i]
-            a, b = res.loop_major_px[i] / 2, res.loop_minor_px[i] / 2
-            poly = cv2.ellipse2Poly((round(cx), round(cy)), (max(round(a), 1), max(round(b), 1)),
-                                    round(float(res.loop_angle_deg[i])), 0, 360, 15)  # fmt: skip
-            instances.append({
-                "id": int(res.loop_track_id[i]), "cls": 1, "class": "loop",
-                "score": _finite(res.loop_score[i]), "centroid": [_finite(cx, 2), _finite(cy, 2)],
-                "box": [_finite(cx - a, 1), _finite(cy - a, 1), _finite(cx + a, 1),
-                        _finite(cy + a, 1)],
-                "length_px": _finite(res.loop_major_px[i]),
-                "length_nm": _finite(res.loop_major_px[i] * nm),
-                "minor_px": _finite(res.loop_minor_px[i]),
-                "angle_deg": _finite(res.loop_angle_deg[i]),
-                "from_box": bool(res.loop_from_box[i]),
-                "length_nm_se": _finite(res.loop_major_se_px[i] * nm),
-                "contour": poly.astype(float).tolist(), "skeleton": [],
-            })  # fmt: skip
-        pairs = []
-        for q in range(len(res.pair_spacing_px)):
-            la, lb = res.pair_lines[q]
-            pairs.append({
-                "a": int(res.line_track_id[la]), "b": int(res.line_track_id[lb]),
-                "pileup": int(res.pileup_id[res.pair_pileup[q]]), "rank": int(res.pair_rank[q]),
-                "spacing_px": _finite(res.pair_spacing_px[q]),
-                "spacing_nm": _finite(res.pair_spacing_px[q] * nm),
-                "spacing_nm_se": _rounded(rows["pairs"][q].get("spacing_nm_se")),
-            })  # fmt: skip
         timings = {k: float(v) for k, v in res.timings_ms.items()}
         timings["measure_track"] = (t1 - t0) * 1e3
-        tables = {k: rows[k] for k in ("tracks", "pairs", "track_summary", "alarms")}
-        return rows["series"], instances, timings, pairs, tables
-
-
-def _rounded(v: float | None, nd: int = 3) -> float | None:
-    return None if v is None else _finite(v, nd)
+        return {"row": rows["series"],
+                "tracks": frame_tables(res, rows["tracks"], det.masks, det.classes),
+                "pairs": rows["pairs"], "track_summary": rows["track_summary"],
+                "alarms": rows["alarms"], "timings_ms": timings}  # fmt: skip

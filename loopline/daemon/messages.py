@@ -182,7 +182,8 @@ class BatcherEos(TypedDict):
 
 class Result(TypedDict):
     """A frame measured and tracked (or measured only: ``fate``): measure worker → output
-    worker."""
+    worker. The frame message of :mod:`loopline.pipelines.message`, with the recorder's
+    bookkeeping (``seq``, ``ts``, ``recv``, ``model_path``)."""
 
     t: Literal["result"]
     series: str
@@ -194,13 +195,14 @@ class Result(TypedDict):
     time_s: float
     px_nm: float | None
     row: dict[str, Any]  # its series.csv row
-    instances: list[dict[str, Any]]
-    pairs: list[dict[str, Any]]
+    tracks: list[dict[str, Any]]  # its tracks.csv rows, with outlines (contour_px, box_px)
+    pairs: list[dict[str, Any]]  # its pairs.csv rows
+    track_summary: list[dict[str, Any]]  # summary rows of the tracks that ended with it
+    alarms: list[dict[str, Any]]  # alarms.csv rows: the frame rules raised or cleared
     timings_ms: dict[str, float]
     engine: str | None
     model: str | None
     model_path: str | None
-    tables: dict[str, Any]  # its rows of the run folder's tables (io/runfolder.py)
     fate: NotRequired[Literal["analysed_untracked"]]  # came back after its successors
 
 

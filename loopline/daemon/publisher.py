@@ -26,68 +26,12 @@ handshake.
 Topics
 ------
 ``b"frame"`` — one analysed frame: ``[b"frame", header, jpeg]``, or ``[b"frame", header]`` when
-JPEGs are off. Header (``schema = "loopline.frame/1"``)::
-
-    {
-      "schema": "loopline.frame/1",
-      "seq": 1234,                 # message counter (gaps = messages this viewer lost)
-      "series": "s0001",           # series (acquisition) id
-      "index": 57,                 # frame index within the series
-      "time_s": 2.28,              # frame time, s: series.csv's time_s (a calibration's
-                                   # axis, a replayed file's own, else the camera clock
-                                   # since the series' first frame)
-      "timestamp": 1716400000.12,  # camera timestamp, s since the UNIX epoch
-      "published": 1716400000.19,  # when this message left the daemon (same clock)
-      "latency_ms": 70.3,          # timestamp -> published (null if the camera clock is off)
-      "shape": [512, 512],         # frame (H, W) px; all coordinates below are frame px
-      "px_nm": 2.0,                # pixel size in nm: the camera's, else the calibration's
-                                   # (null if neither gives one)
-      "jpeg": {"width": 512, "height": 512, "scale": 1.0, "overlay": false} | null,
-                                   # the JPEG's size; jpeg px = frame px * scale; overlay:
-                                   # false = the bare frame (viewers draw the overlay)
-      "instances": [               # one per detected object
-        {"id": 12,                 # track id, stable across frames within a series
-         "cls": 0, "class": "dislocation",    # 0 dislocation, 1 loop
-         "score": 0.91,
-         "centroid": [x, y],       # px
-         "box": [x0, y0, x1, y1],  # px
-         "length_px": 96.0,        # centre-line length (dislocation) or major axis (loop)
-         "length_nm": 192.0,       # null when px_nm is unknown
-         "contour": [[x, y], ...], # outer contour, simplified (<= 200 points)
-         "skeleton": [[x, y], ...],# centre line, ordered points (50 per line; [] for loops)
-         "width_px": 4.1,          # dislocations only: line width
-         "pileup": 0, "rank": 2,   # dislocations only: pile-up id, place from the leader (0)
-         "glide_dir": [gx, gy],    # dislocations only: unit glide direction of the pile-up
-                                   # (x, y), from tail to leader (null: no pile-up)
-         "position_nm": 310.2,     # dislocations only: drift-corrected position along
-                                   # glide_dir (null when px_nm is unknown)
-         "velocity_nm_s": 41.5,    # dislocations only: glide velocity, least-squares fit over
-         "velocity_px_per_frame": 0.83,  # the track's last 7 frames (null for a new track)
-         "minor_px": 30.0, "angle_deg": 15.0, # loops only: minor axis, major axis angle
-         "from_box": false         # loops only: true = no mask kept (pool.max_instances), the
-                                   # ellipse inscribed in its box; dislocations without a mask
-                                   # are only counted (row: n_dislocations,
-                                   # instances_without_mask)
-        }, ...],
-      "pairs": [                   # neighbouring dislocations of each pile-up
-        {"a": 12, "b": 13,         # track ids (a is on the leader's side)
-         "pileup": 0, "rank": 0,   # pile-up id; 0 = the pair that includes the leader
-         "spacing_px": 21.5, "spacing_nm": 43.0}, ...],
-      "row": {...},                # this frame's series.csv row (README: Run folder)
-      "timings_ms": {...},         # per-stage times of this frame (engine, measure, track, ...)
-      "model": "defects.onnx@9c3e3b90",  # the model that analysed this frame: file name @
-                                   # SHA-256[:8] (frames.csv's model; it changes when
-                                   # `loopline model use` swaps models)
-      "counters": {"received": n, "analysed": n, "skipped": n, "malformed": n, "recorded": n},
-      "alarms_active": ["avalanche"]   # alarm rules raised now (see the alarm topic)
-    }
-
-Uncertainties (issue 22): dislocations carry ``velocity_nm_s_se`` (standard error of
-``velocity_nm_s``) and ``length_nm_se``; loops ``length_nm_se`` (of the major axis); pairs
-``spacing_nm_se``; ``row`` carries the ``series.csv`` columns ``mean_spacing_nm_se``,
-``spacing_sd_nm``, ``n_loops_lo``/``n_loops_hi`` and the loop densities' ``*_lo``/``*_hi``
-(null where not measured). An error bar is the value ± its ``*_se``; a band is
-``[*_lo, *_hi]``.
+JPEGs are off. The header is the frame message, ``schema = "loopline.frame/2"``, whose layout
+:mod:`loopline.pipelines.message` defines for the daemon and the viewers alike: the frame's
+identity and times, its ``series.csv`` row, its ``tracks.csv`` rows (each with its outline
+``contour_px`` and ``box_px``; a line's centre line is its ``points_px``), its ``pairs.csv``
+rows, stage timings, the model, the daemon's counters and the alarm rules raised now. Its
+numbers carry their standard errors beside them (``*_se``; ``n_loops_lo``/``_hi``: a band).
 
 The JPEG (third part) is the frame itself, display-stretched as in ``annotated.mp4`` and
 downscaled so its longer side is at most ``publish.jpeg_max_side``, with no overlay burnt in:
@@ -135,16 +79,16 @@ import cv2
 import numpy as np
 import zmq
 
+from ..pipelines.message import frame_header
 from .config import PublishConfig
 from .curve import ClientAllowList, apply_curve, load_allowed_keys, load_curve_key
 from .wire import clean_json, socket
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ALARM_SCHEMA", "FRAME_SCHEMA", "METRICS_SCHEMA", "SERIES_SCHEMA", "Publisher"]
+__all__ = ["ALARM_SCHEMA", "METRICS_SCHEMA", "SERIES_SCHEMA", "Publisher"]
 
 ALARM_SCHEMA = "loopline.alarm/1"
-FRAME_SCHEMA = "loopline.frame/1"
 METRICS_SCHEMA = "loopline.metrics/1"
 SERIES_SCHEMA = "loopline.series/1"
 
@@ -214,15 +158,8 @@ class Publisher:
                 jpeg = buf.tobytes()
                 info = {"width": img.shape[1], "height": img.shape[0], "scale": round(scale, 6),
                         "overlay": False}  # fmt: skip
-        header = {
-            "schema": FRAME_SCHEMA, "seq": self.sent, "series": msg["series"],
-            "index": msg["index"], "time_s": msg["time_s"], "timestamp": msg["ts"],
-            "published": time.time(), "latency_ms": latency_ms,
-            "shape": msg.get("shape"), "px_nm": msg.get("px_nm"), "jpeg": info,
-            "instances": msg["instances"], "pairs": msg.get("pairs", []), "row": msg["row"],
-            "timings_ms": msg["timings_ms"], "model": msg.get("model"),
-            "counters": counters, "alarms_active": msg.get("alarms_active", []),
-        }  # fmt: skip
+        header = frame_header(msg, seq=self.sent, published=time.time(), latency_ms=latency_ms,
+                              counters=counters, jpeg=info)  # fmt: skip
         parts = [b"frame", _dumps(header)]
         if jpeg is not None:
             parts.append(jpeg)

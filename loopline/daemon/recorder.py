@@ -78,7 +78,14 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..io.runfolder import RunTables, finish_parquet, parquet_parts, write_all, write_summary
+from ..io.runfolder import (
+    RunTables,
+    finish_parquet,
+    parquet_parts,
+    read_points,
+    write_all,
+    write_summary,
+)
 from ..io.sanitize import csv_cell, inside, safe_filename
 from ..io.video import VideoWriter
 from .config import OutputConfig
@@ -167,42 +174,37 @@ def _boxed_text(img: np.ndarray, text: str, org: tuple[int, int], scale: float,
 
 def annotate(image: np.ndarray, result: dict[str, Any] | None, *, px_nm: float | None = None,
              mark: str | None = None, title: str = "") -> np.ndarray:  # fmt: skip
-    """The overlay frame (BGR uint8): instance fills and outlines, skeletons, ids, scale bar.
+    """The overlay frame (BGR uint8): instance fills and outlines, centre lines, ids, scale
+    bar.
 
-    ``result`` is a result message (instances as described in :mod:`.publisher`); None
-    draws the frame with ``mark`` (e.g. "SKIPPED") instead. A loop without a mask (``from_box``,
-    the ellipse of its box) is outlined, not filled; the title counts what the row counts.
+    ``result`` is a frame message (:mod:`loopline.pipelines.message`: its ``tracks`` rows
+    with their outlines); None draws the frame with ``mark`` (e.g. "SKIPPED") instead. A loop
+    without a mask (``from_box``, the ellipse of its box) is outlined, not filled; the title
+    counts what the row counts.
     """
     g = to_display(image)
     bgr = cv2.cvtColor(g, cv2.COLOR_GRAY2BGR)
-    h, w = g.shape
     if result is not None:
         fill = bgr.copy()
-        insts = result.get("instances", [])
+        insts = result.get("tracks", [])
         for inst in insts:
-            c = np.asarray(inst.get("contour") or [], np.int32).reshape(-1, 1, 2)
+            c = np.asarray(inst.get("contour_px") or [], np.int32).reshape(-1, 1, 2)
             if len(c) >= 3 and not inst.get("from_box"):
                 cv2.fillPoly(fill, [c], _COLORS.get(inst["cls"], (200, 200, 200)))
         cv2.addWeighted(fill, 0.35, bgr, 0.65, 0, dst=bgr)
         for inst in insts:
             col = _COLORS.get(inst["cls"], (200, 200, 200))
-            c = np.asarray(inst.get("contour") or [], np.int32).reshape(-1, 1, 2)
+            c = np.asarray(inst.get("contour_px") or [], np.int32).reshape(-1, 1, 2)
             if len(c) >= 2:
                 cv2.polylines(bgr, [c], True, col, 1, cv2.LINE_AA)
-            sk = np.asarray(inst.get("skeleton") or [], np.float64).reshape(-1, 2)
-            if "rank" in inst and len(sk) >= 2:  # an ordered centre line
-                cv2.polylines(bgr, [np.round(sk * 16).astype(np.int32).reshape(-1, 1, 2)], False,
-                              (255, 255, 255), 1, cv2.LINE_AA, 4)  # fmt: skip
-            elif len(sk):  # skeleton pixels
-                sk = sk.astype(np.int32)
-                xs = np.clip(sk[:, 0], 0, w - 1)
-                ys = np.clip(sk[:, 1], 0, h - 1)
-                bgr[ys, xs] = (255, 255, 255)
-            x, y = inst["centroid"]
-            org = (int(x) + 4, int(y) - 4)  # outlined: readable on bright and dark frames
-            cv2.putText(bgr, str(inst.get("id", "")), org, _FONT, 0.4, (0, 0, 0), 3, cv2.LINE_AA)
-            cv2.putText(bgr, str(inst.get("id", "")), org, _FONT, 0.4, (255, 255, 255), 1,
-                        cv2.LINE_AA)  # fmt: skip
+            line = np.asarray(read_points(inst.get("points_px")), np.float64).reshape(-1, 2)
+            if len(line) >= 2:  # the centre line
+                cv2.polylines(bgr, [np.round(line * 16).astype(np.int32).reshape(-1, 1, 2)],
+                              False, (255, 255, 255), 1, cv2.LINE_AA, 4)  # fmt: skip
+            org = (int(inst.get("x_px") or 0) + 4, int(inst.get("y_px") or 0) - 4)  # outlined:
+            tid = str(inst.get("track_id", ""))  # readable on bright and dark frames
+            cv2.putText(bgr, tid, org, _FONT, 0.4, (0, 0, 0), 3, cv2.LINE_AA)
+            cv2.putText(bgr, tid, org, _FONT, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
         row = result.get("row") or {}
         n_l = row.get("n_dislocations", sum(1 for i in insts if i["cls"] == 0))
         n_o = row.get("n_loops", sum(1 for i in insts if i["cls"] == 1))
@@ -495,11 +497,13 @@ class Recorder:
 
     # -- results
     def append_result(self, msg: dict[str, Any], *, latency_ms: float | None) -> bool:
-        """One analysed frame's table rows (``row``, ``tables``), as the measure worker made
-        them; the recorder adds only the latency it measured. False: not written, recording
+        """One analysed frame's table rows (the frame message's ``row``, ``tracks``, ``pairs``,
+        ``track_summary``, ``alarms``), as the measure worker made them; the recorder adds only
+        the latency it measured. False: not written, recording
         is stopped (counted ``results_not_recorded_disk``; its alarm events are kept)."""
         row = {**msg["row"], "latency_ms": latency_ms}
-        tables = msg.get("tables") or {}
+        # a frame no tracker saw (fate analysed_untracked): its series.csv row only
+        tables = {} if msg.get("fate") else msg
         self._last = {"series": msg["series"], "frame": msg["index"],
                       "time_s": msg.get("time_s", 0.0)}  # fmt: skip
         if self.stopped is not None and not self._resume():

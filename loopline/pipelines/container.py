@@ -3,8 +3,8 @@
 :class:`FrameResult` is frozen and validated once, on construction, with errors of the form
 "line_points_px must have shape (3, 50, 2), got (3, 40, 2)". Its arrays are made read-only.
 Lengths are stored in pixels with the frame's pixel size beside them; the ``*_nm`` properties
-convert (NaN when the pixel size is unknown). Format adapters (CSV rows, JSON) live with the
-writers in ``series.py``; ``to_dict`` is the one JSON-safe view for publishing.
+convert (NaN when the pixel size is unknown). Its table rows are made by ``series.py`` and its
+published form, the frame message, by ``message.py``.
 """
 
 from __future__ import annotations
@@ -47,20 +47,6 @@ _ARRAYS: dict[str, tuple[type, tuple, str]] = {
     "loop_from_box": (np.bool_, (), "M"),
     "loop_major_se_px": (np.float64, (), "M"),
 }
-
-
-def _json(v: Any) -> Any:
-    if isinstance(v, np.ndarray):
-        return _json(v.tolist())
-    if isinstance(v, list | tuple):
-        return [_json(x) for x in v]
-    if isinstance(v, Mapping):
-        return {str(k): _json(x) for k, x in v.items()}
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
 
 
 @dataclass(frozen=True, eq=False)
@@ -323,47 +309,3 @@ class FrameResult:
             arrays[name] = np.zeros((0, *dims), dtype)
         return cls(index=index, time_s=time_s, shape=shape, nm_per_px=nm_per_px,
                    pileup_glide_source=(), **arrays, **extra)  # fmt: skip
-
-    def to_dict(self, *, points: bool = True) -> dict[str, Any]:
-        """JSON-safe view: lists for arrays, None for NaN, nm values beside px values.
-
-        Parameters
-        ----------
-        points : bool
-            Include the (N, 50, 2) line points and (N, 50) curvatures (the bulk of the size).
-        """
-        nm = self.nm_per_px
-        lines = {
-            "track_id": self.line_track_id, "score": self.line_score,
-            "length_px": self.line_length_px, "length_nm": self.line_length_nm,
-            "width_px": self.line_width_px, "pieces": self.line_pieces,
-            "pileup": self.line_pileup, "rank": self.line_rank,
-            "centroid_px": self.line_centroid_px,
-            "mean_abs_curvature_per_nm": (np.abs(self.line_curvature_per_px).mean(axis=1) / nm
-                                          if self.n_lines else np.zeros(0)),
-        }  # fmt: skip
-        if points:
-            lines["points_px"] = self.line_points_px
-            lines["curvature_per_px"] = self.line_curvature_per_px
-        d = {
-            "index": self.index, "time_s": self.time_s, "shape": list(self.shape),
-            "nm_per_px": nm, "drift_px": self.drift_px, "dose_dpa": self.dose_dpa,
-            "lines": lines,
-            "pileups": {"id": self.pileup_id, "glide_dir": self.pileup_glide_dir,
-                        "glide_source": list(self.pileup_glide_source),
-                        "mean_spacing_px": self.pileup_mean_spacing_px,
-                        "mean_spacing_nm": self.pileup_mean_spacing_px * nm},
-            "pairs": {"lines": self.pair_lines, "pileup": self.pair_pileup,
-                      "rank": self.pair_rank, "spacing_px": self.pair_spacing_px,
-                      "spacing_nm": self.pair_spacing_nm},
-            "loops": {"track_id": self.loop_track_id, "score": self.loop_score,
-                      "center_px": self.loop_center_px, "major_px": self.loop_major_px,
-                      "major_nm": self.loop_major_nm, "minor_px": self.loop_minor_px,
-                      "minor_nm": self.loop_minor_nm, "angle_deg": self.loop_angle_deg,
-                      "area_px2": self.loop_area_px2, "area_nm2": self.loop_area_nm2,
-                      "from_box": self.loop_from_box},
-            "lines_without_mask": self.lines_without_mask,
-            "densities": dict(self.densities),
-            "timings_ms": dict(self.timings_ms),
-        }  # fmt: skip
-        return _json(d)

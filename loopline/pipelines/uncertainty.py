@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -35,6 +36,7 @@ __all__ = [
     "combine_se",
     "ellipse_axis_se_px",
     "line_length_se_px",
+    "mean_se",
     "poisson_interval",
     "residual_sd",
     "slope_se",
@@ -192,3 +194,22 @@ def poisson_interval(k: np.ndarray | float, *, cl: float = CL68) -> tuple[np.nda
         lo = np.where(kk > 0, chi2.ppf(alpha / 2, 2 * np.maximum(kk, 1e-300)) / 2, 0.0)
         hi = chi2.ppf(1 - alpha / 2, 2 * kk + 2) / 2
     return lo, hi
+
+
+def mean_se(ses: Iterable[float | None]) -> float | None:
+    """Standard error of a mean of ``n`` values with independent standard errors ``ses``:
+    ``sqrt(sum se²) / n``. Values without one yet (a pair tracked for fewer than four frames)
+    count with the mean variance of the others; None when fewer than half have one.
+
+    >>> mean_se([3.0, 4.0])
+    2.5
+    >>> mean_se([3.0, 4.0, None]) == mean_se([3.0, 4.0, 12.5 ** 0.5])
+    True
+    >>> mean_se([1.0, None, None]) is None
+    True
+    """
+    vals = [None if v is None or not math.isfinite(v) else float(v) for v in ses]
+    known = [v for v in vals if v is not None]
+    if not known or 2 * len(known) < len(vals):
+        return None
+    return math.sqrt(sum(v * v for v in known) / len(known) / len(vals))

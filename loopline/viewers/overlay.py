@@ -47,7 +47,7 @@ def draw_overlay(jpeg_bgr: np.ndarray, view: FrameView) -> np.ndarray:
     for ln in view.lines:
         if len(ln.contour) > 2:
             cv2.polylines(img, [_pts(ln.contour, s)], True, _LINE, 1, cv2.LINE_AA)
-        if ln.points and ln.ordered:
+        if len(ln.points) >= 2:
             cv2.polylines(img, [_pts(ln.points, s)], False, (255, 255, 255), 1, cv2.LINE_AA)
     for lp in view.loops:
         if len(lp.contour) > 2:

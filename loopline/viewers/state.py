@@ -78,6 +78,8 @@ class TrackRow:
     centroids: deque[tuple[float, float, float]] | None = None  # (t s, x px, y px)
     velocity_nm_s_se: float | None = None  # the daemon's standard error (None if derived)
     length_nm_se: float | None = None
+    #: every other number of its newest tracks.csv row (LineView.fields / LoopView.fields)
+    fields: dict[str, float] = field(default_factory=dict)
 
     @property
     def age_frames(self) -> int:
@@ -237,10 +239,12 @@ class ViewState:
             if ln.id is not None:
                 self._track("line", ln.id, view, t, ln.length_nm, ln.velocity_nm_s,
                             ln.centroid, ln.glide_dir, se=(ln.velocity_nm_s_se,
-                                                           ln.length_nm_se))  # fmt: skip
+                                                           ln.length_nm_se),
+                            fields=ln.fields)  # fmt: skip
         for lp in view.loops:
             if lp.id is not None:
-                self._track("loop", lp.id, view, t, lp.major_nm, None, se=(None, lp.major_nm_se))
+                self._track("loop", lp.id, view, t, lp.major_nm, None, se=(None, lp.major_nm_se),
+                            fields=lp.fields)  # fmt: skip
         alarms: list[str] = []
         for pu in view.pileups:
             h = self.pileups.get(pu.id)
@@ -276,7 +280,8 @@ class ViewState:
     def _track(self, kind: str, tid: int, view: FrameView, t: float, length: float | None,
                velocity: float | None, centroid: list[float] | None = None,
                glide_dir: list[float] | None = None,
-               se: tuple[float | None, float | None] = (None, None)) -> None:  # fmt: skip
+               se: tuple[float | None, float | None] = (None, None),
+               fields: dict[str, float] | None = None) -> None:  # fmt: skip
         row = self.tracks.get((kind, tid))
         if row is None:
             row = self.tracks[(kind, tid)] = TrackRow(tid, kind, view.frame, view.frame, t, t,
@@ -284,6 +289,7 @@ class ViewState:
         row.last_frame, row.last_time_s = view.frame, t
         row.length_nm, row.velocity_nm_s, row.derived = length, velocity, False
         row.velocity_nm_s_se, row.length_nm_se = se
+        row.fields = dict(fields or {})
         if centroid is not None and row.centroids is not None:
             row.centroids.append((t, centroid[0], centroid[1]))
         if velocity is None and view.nm_per_px and row.centroids and len(row.centroids) >= 3:

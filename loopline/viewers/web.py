@@ -22,7 +22,7 @@ overlay, ``jpeg.overlay`` true, gets no second scale bar). The curves are on the
 time axis (``time_s``, as in series.csv), with 1-2-5 ticks, units and a legend; each curve
 has a translucent band of ± 1 standard error where the stream gives one: a pile-up's mean
 spacing ± the standard error of that mean from its pairs' own errors (``spacing_nm_se``,
-:func:`~loopline.viewers.schema.mean_se`), the leading line's velocity ± its fit's
+:func:`~loopline.pipelines.uncertainty.mean_se`), the leading line's velocity ± its fit's
 ``velocity_nm_s_se``, the loop count's 68 % Poisson interval (``n_loops_lo``/``_hi``). The
 alarms panel lists the daemon's alarms raised now, highlighted, and its recent raise/clear
 events (time, rule, message); a banner over the page shows while one is raised. Nothing on
@@ -204,7 +204,8 @@ class ViewerServer:
         tracks = [
             {"id": r.id, "kind": r.kind, "length_nm": r.length_nm,
              "velocity_nm_s": r.velocity_nm_s, "age_frames": r.age_frames,
-             "velocity_nm_s_se": r.velocity_nm_s_se, "length_nm_se": r.length_nm_se}
+             "velocity_nm_s_se": r.velocity_nm_s_se, "length_nm_se": r.length_nm_se,
+             "fields": r.fields}
             for r in st.track_rows(self.cfg.track_rows)
         ]  # fmt: skip
         counts = {"t": _nan_to_none(st.count_time_s),

@@ -53,7 +53,6 @@ def detections_of(msg: dict[str, Any], masks: np.ndarray):
 
 
 #: what only a tracker knows about an instance: unknown (None) for an untracked frame
-_TRACKED_KEYS = ("position_nm", "velocity_nm_s", "velocity_px_per_frame")
 
 
 class Reorder:
@@ -145,19 +144,6 @@ class Reorder:
         return out
 
 
-def _untracked(row: dict[str, Any], instances: list[dict[str, Any]],
-               pairs: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]],
-                                                      list[dict[str, Any]]]:  # fmt: skip
-    """A one-frame analysis without what only the series' tracker knows: track and pile-up
-    ids (-1, as :func:`~loopline.pipelines.measure_frame` leaves them), drift and kinematics
-    (None: not measured)."""
-    row = {**row, "drift_x_px": None, "drift_y_px": None}
-    instances = [{**i, "id": -1, **({"pileup": -1} if "pileup" in i else {}),
-                  **{k: None for k in _TRACKED_KEYS if k in i}} for i in instances]  # fmt: skip
-    pairs = [{**p, "a": -1, "b": -1, "pileup": -1} for p in pairs]
-    return row, instances, pairs
-
-
 class MeasureWorker(Stage):
     """Detections in analysis order → measurements and track ids → the output worker.
 
@@ -227,13 +213,11 @@ class MeasureWorker(Stage):
         try:
             det, box_only = detections_of(h, masks)
             if late:
-                t, row, instances, timings, pairs, tables = self._measure_untracked(
-                    h, det, box_only)  # fmt: skip
+                t, body = self._measure_untracked(h, det, box_only)
             else:
-                t, row, instances, timings, pairs, tables = self._measure(
-                    h, det, box_only, image)  # fmt: skip
+                t, body = self._measure(h, det, box_only, image)
+            row = body["row"]
             self._without_mask(h, row, len(det))
-            timings = {**h["timings_ms"], **timings}
             keys = ("series", "index", "seq", "ts", "recv", "shape")
             out = {k: h[k] for k in keys}
             out["time_s"] = t
@@ -241,12 +225,10 @@ class MeasureWorker(Stage):
             # the calibration's where the user made it win (calibration.override)
             out["px_nm"] = ((row.get("nm_per_px") if self.cfg.calibration.override else None)
                             or h.get("px_nm") or row.get("nm_per_px"))  # fmt: skip
-            # row and tables: this frame's rows of the run folder's tables (io/runfolder.py)
-            out.update(t="result", row=row, instances=instances, pairs=pairs, timings_ms=timings,
+            # the frame message (pipelines/message.py): its rows of the run folder's tables
+            out.update(body, t="result", timings_ms={**h["timings_ms"], **body["timings_ms"]},
                        engine=h.get("engine"), model=h.get("model"),
-                       model_path=h.get("model_path"), tables=tables)  # fmt: skip
-            if late:
-                out["fate"] = UNTRACKED
+                       model_path=h.get("model_path"))  # fmt: skip
             send_json(self.to_out, out, block=True)  # strict JSON: raises before it sends
         except Exception as e:  # costs this frame; the next one starts a fresh tracker
             if not late:  # a late frame never touched the series' tracker
@@ -264,8 +246,7 @@ class MeasureWorker(Stage):
         self.beat(1, dt)
 
     def _measure(self, h: dict[str, Any], det: Any, box_only: Any, image: np.ndarray):
-        """One frame of the series being tracked: (time_s, row, instances, timings, pairs,
-        tables)."""
+        """One frame of the series being tracked: (time_s, frame message body)."""
         seg = (h["series"], h.get("segment"))
         if seg != self._segment:
             self._segment = seg
@@ -273,14 +254,14 @@ class MeasureWorker(Stage):
                                                          h.get("px_nm") or 0.0))  # fmt: skip
         # the calibration profile's time axis, else the header's (the file's own, the camera's)
         t = self.analyzer.time_of(h["index"], h["time_s"])
-        row, instances, timings, pairs, tables = self.analyzer.process(
-            det, index=h["index"], time_s=t, image=image, box_only=box_only
-        )
-        return t, row, instances, timings, pairs, tables
+        return t, self.analyzer.process(det, index=h["index"], time_s=t, image=image,
+                                        box_only=box_only)  # fmt: skip
 
     def _measure_untracked(self, h: dict[str, Any], det: Any, box_only: Any):
         """A late frame, measured by an analyzer of its own (the series' tracker has gone past
-        it): as :meth:`_measure`, without tracks (:func:`_untracked`) or track tables."""
+        it): as :meth:`_measure`, without tracks or track tables
+        (:func:`~loopline.pipelines.message.untracked`)."""
+        from ...pipelines.message import untracked
         from ..analysis import Analyzer
 
         c = self.cfg.calibration
@@ -288,10 +269,8 @@ class MeasureWorker(Stage):
                        override=c.override)
         one.new_series(h["series"], h.get("px_nm") or 0.0)
         t = one.time_of(h["index"], h["time_s"])
-        row, instances, timings, pairs, _ = one.process(det, index=h["index"], time_s=t,
-                                                        box_only=box_only)  # fmt: skip
-        row, instances, pairs = _untracked(row, instances, pairs)
-        return t, row, instances, timings, pairs, {}
+        body = untracked(one.process(det, index=h["index"], time_s=t, box_only=box_only))
+        return t, {**body, "fate": UNTRACKED}
 
     def _without_mask(self, h: dict[str, Any], row: dict[str, Any], masked: int) -> None:
         """Count the frame's instances measured without a mask; say so once at WARNING."""

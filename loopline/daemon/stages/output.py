@@ -208,7 +208,7 @@ class OutputWorker(Stage):
                                         disk_gb_per_h=self.disk_gb_per_h)  # fmt: skip
         if own:
             self.recorder.alarms(own)
-        for ev in [*((msg.get("tables") or {}).get("alarms") or ()), *own]:
+        for ev in [*(msg.get("alarms") or ()), *own]:
             self._alarm_event(ev)
 
     def _disk_rate(self, now: float, free_gb: float) -> None:
