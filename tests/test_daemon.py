@@ -158,7 +158,12 @@ def test_config_defaults_and_overrides(tmp_path):
         ("[batch]\nsize = 'four'\n", "batch.size must be a int"),
         ("[output]\nraw = 'png'\n", "output.raw must be one of none, npy, tiff"),
         ("[engine]\nimgsz = 500\n", "multiple of 32"),
-        ("[engine]\nmask_threshold = 1.0\n", r"engine.mask_threshold must lie in \[0.0, 0.99\]"),
+        ("[engine]\nmask_threshold = 1.0\n",
+         r"engine.mask_threshold: mask_threshold must lie in \(0, 1\), one value or one per "
+         r"class \(2\), got 1.0 \(\[\] = the model's own\)"),
+        ("[engine]\nmask_threshold = [0.4, 0.5, 0.6]\n", r"one per class \(2\)"),
+        ("[engine]\nmask_threshold = \"high\"\n",
+         r"engine.mask_threshold must be \[\] \(the model's own\), a number or a list"),
         ("[source]\nendpoint = 'localhost'\n", "ZeroMQ URL"),
         ("[output]\nmp4 = 1\n", "output.mp4 must be a bool"),
         ("batch = 3\n", "must be a \\[section\\] table"),
@@ -170,6 +175,14 @@ def test_config_errors(tmp_path, text, match):
     p.write_text(text)
     with pytest.raises(ConfigError, match=match):
         load_config(p)
+
+
+def test_mask_threshold_is_one_key_per_class_or_for_all():
+    assert load_config().engine.mask_threshold == ()  # the model's own
+    assert load_config(overrides={"engine.mask_threshold": 0.45}).engine.mask_threshold == (0.45,)
+    cfg = load_config(overrides={"engine.mask_threshold": [0.3, 0.5]})
+    assert cfg.engine.mask_threshold == (0.3, 0.5)
+    assert cfg.replace(batch={"size": 2}).engine.mask_threshold == (0.3, 0.5)
 
 
 def test_serve_cli_rejects_bad_config(capsys):
@@ -518,8 +531,7 @@ def test_warm_up_runs_every_batch_size_and_compiles_the_kernels():
     Recording.compiles_per_shape = False
     warm_up(Recording(), (96, 128), 4, more=((200, 300),))
     assert calls == []
-    if ops.NUMBA_AVAILABLE:
-        assert ops._nms_nb.signatures and ops._decode_nb.signatures
+    assert ops._nms_nb.signatures and ops._decode_nb.signatures
 
 
 def _fates(run: Path) -> dict[str, int]:

@@ -184,9 +184,13 @@ def test_cli_eval_mask_threshold(synth: Path, tmp_path: Path, monkeypatch, capsy
     monkeypatch.setattr(loopline.engines, "create_engine", create_engine, raising=False)
     args = ["eval", "--model", "fake", "--data", str(synth), "--figure", str(tmp_path / "f.png")]
     assert main([*args, "--mask-threshold", "0.3"]) == 0
-    assert made["mask_threshold"] == 0.3
-    assert main([*args, "--mask-threshold", "1.5"]) == 2
-    assert "--mask-threshold must lie in (0, 1), got 1.5" in capsys.readouterr().err
+    assert made["mask_threshold"] == (0.3,)
+    assert main([*args, "--mask-threshold", "0.3,0.45"]) == 0  # dislocation, loop
+    assert made["mask_threshold"] == (0.3, 0.45)
+    with pytest.raises(SystemExit):
+        main([*args, "--mask-threshold", "1.5"])
+    assert "--mask-threshold must lie in (0, 1), one value or one per class (2), got 1.5" in \
+        capsys.readouterr().err  # fmt: skip
 
 
 def test_cli_eval_bad_data(tmp_path: Path, capsys):

@@ -26,23 +26,13 @@ that the tests run against it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from numba import jit  # a core dependency: the Python twins are for checking it
 
-try:  # numba is a core dependency; the Python twins keep working without it
-    from numba import jit, prange
-
-    NUMBA_AVAILABLE = True
-except ImportError:  # pragma: no cover
-    NUMBA_AVAILABLE = False
-    prange = range
-
-    def jit(*_a, **_k):
-        return lambda f: f
-
+from ..models import mask_thresholds
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +43,6 @@ __all__ = [
     "decode_masks",
     "letterbox_params",
     "mask_iou",
-    "mask_thresholds",
     "match_instances",
     "nms",
     "non_max_suppression",
@@ -66,10 +55,6 @@ __all__ = [
 PAD_VALUE = 114  # ultralytics' letterbox grey
 _MAX_WH = 7680.0  # class offset for class-aware NMS (as ultralytics)
 _MAX_NMS = 30000  # candidates kept before NMS (as ultralytics)
-
-
-def _default_impl() -> str:
-    return "numba" if NUMBA_AVAILABLE else "python"
 
 
 # --------------------------------------------------------------------------- pre-processing
@@ -251,7 +236,7 @@ def nms(
     if len(boxes) == 0:
         return np.zeros(0, np.int64)
     order = np.argsort(-scores, kind="stable")
-    impl = impl or _default_impl()
+    impl = impl or "numba"
     if impl == "numba":
         return _nms_nb(boxes, order.astype(np.int64), float(iou))
     if impl == "python":
@@ -399,19 +384,6 @@ def _decode_nb(protos, coeffs, ranges, ry0, ry1, wy, cx0, cx1, wx, thr, out, hit
                     hit[n] = True
 
 
-def mask_thresholds(value: float | Sequence[float] | np.ndarray, n: int | None = None, *,
-                    per: str = "class") -> np.ndarray:  # fmt: skip
-    """Validated mask probability cut(s) as a 1-D float64 array: one value, or ``n`` (one per
-    ``per``). Each lies in (0, 1)."""
-    thr = np.atleast_1d(np.asarray(value, np.float64))
-    ok = thr.ndim == 1 and thr.size > 0 and bool(np.all((thr > 0.0) & (thr < 1.0)))
-    if not ok or (n is not None and len(thr) not in (1, n)):
-        count = f" ({n})" if n is not None else ""
-        raise ValueError(f"mask_threshold must lie in (0, 1), one value or one per {per}{count}, "
-                         f"got {value}")  # fmt: skip
-    return thr
-
-
 def decode_masks(
     protos: np.ndarray,
     coeffs: np.ndarray,
@@ -464,7 +436,7 @@ def decode_masks(
     ry0, ry1, wy = _sample_axis(h, lb.gain, lb.top, lb.imgsz / mh, mh)
     cx0, cx1, wx = _sample_axis(w, lb.gain, lb.left, lb.imgsz / mw, mw)
     ranges = _box_ranges(boxes, (h, w))
-    impl = impl or _default_impl()
+    impl = impl or "numba"
     if impl == "numba":
         _decode_nb(protos, coeffs, ranges, ry0, ry1, wy, cx0, cx1, wx, thr, out, hit)
     elif impl == "python":

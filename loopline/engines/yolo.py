@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..models import mask_thresholds
 from . import ops, tiling
 from .base import Detections, Engine
 
@@ -47,7 +48,7 @@ class YoloEngine(Engine):
         super().__init__(model, **kwargs)
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        thr = ops.mask_thresholds(mask_threshold)
+        thr = mask_thresholds(mask_threshold)
         self.mask_threshold: float | tuple[float, ...] = (
             float(thr[0]) if thr.size == 1 else tuple(float(t) for t in thr))
         self.max_batch = max_batch

@@ -19,6 +19,17 @@ _SHAPE_ROWS = {"mask mAP50", "mask mAP50-95", "LAR", "LAR@tol", "line F1@tol", "
                "spacing_re", "slip-trace confusion"}  # fmt: skip
 
 
+
+def _cuts(text: str) -> tuple[float, ...]:
+    """``--mask-threshold 0.4`` or ``0.4,0.5`` (per class), checked by the one rule."""
+    from ..models import mask_thresholds
+
+    try:
+        return tuple(float(v) for v in mask_thresholds([float(x) for x in text.split(",")], 2))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).replace("mask_threshold", "--mask-threshold")
+                                         .replace("got [", "got ").rstrip("]")) from None
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(
         p, defaults={"--model": DEFAULT_MODEL, "--conf": 0.25},
@@ -33,9 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "eval-<DIR name>.png)")  # fmt: skip
     p.add_argument("--map-conf", type=float, default=0.001,
                    help="engine score floor for mAP (default 0.001, as ultralytics)")  # fmt: skip
-    p.add_argument("--mask-threshold", type=float, default=None, metavar="P",
-                   help="mask probability cut of the YOLO runtimes, in (0, 1) (default: the "
-                        "shipped model's operating point, 0.5 for other models)")  # fmt: skip
+    p.add_argument("--mask-threshold", type=_cuts, default=None, metavar="P[,P]",
+                   help="mask probability cut of the YOLO runtimes, in (0, 1): one for every "
+                        "class or one per class (dislocation,loop) (default: the shipped "
+                        "model's operating point, 0.5 for other models)")  # fmt: skip
     p.add_argument("--inference", choices=("tiles", "letterbox"), default=None,
                    help="frames larger than --imgsz: native-scale overlapping tiles merged "
                         "across seams, or the whole frame shrunk (default: tiles)")  # fmt: skip

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from ..engines.base import Detections
+from ..models import mask_thresholds
 from ..synth.render import CLASSES
 from . import metrics as M
 from .data import Dataset, Frame
@@ -426,7 +427,7 @@ def make_engine(
     map_conf: float = 0.001,
     imgsz: int | None = None,
     device: str | None = None,
-    mask_threshold: float | None = None,
+    mask_threshold: float | Sequence[float] | None = None,
     inference: str | None = None,
     tile_overlap: int | None = None,
     line_dedupe: float | None = None,
@@ -437,7 +438,8 @@ def make_engine(
 
     The engine's own score floor is the lower of ``conf`` and ``map_conf``: mAP ranks every
     detection down to ``map_conf``, the other metrics keep those at ``conf`` or more.
-    ``mask_threshold`` None keeps a shipped model's operating point (0.5 for other models).
+    ``mask_threshold``: one cut for every class or one per class (dislocation, loop); None
+    keeps a shipped model's operating point (0.5 for other models).
     ``inference`` (``"tiles"`` or ``"letterbox"``) and ``tile_overlap`` (px): how frames larger
     than ``imgsz`` are fed to the network; None: the engine's default (tiles, 64 px).
     ``line_dedupe`` (px): duplicate-line suppression (``loopline.engines.duplicates``); None:
@@ -450,8 +452,9 @@ def make_engine(
     Raises
     ------
     ValueError
-        ``mask_threshold`` outside (0, 1), or what ``loopline.engines.create_engine`` raises
-        (with FileNotFoundError, ImportError, KeyError, TypeError).
+        ``mask_threshold`` not in (0, 1) or not one per class, or what
+        ``loopline.engines.create_engine`` raises (with FileNotFoundError, ImportError,
+        KeyError, TypeError).
     """
     from ..engines import create_engine
 
@@ -461,9 +464,7 @@ def make_engine(
     if device is not None:
         opts["device"] = device
     if mask_threshold is not None:
-        if not 0.0 < mask_threshold < 1.0:
-            raise ValueError(f"--mask-threshold must lie in (0, 1), got {mask_threshold}")
-        opts["mask_threshold"] = mask_threshold
+        opts["mask_threshold"] = tuple(mask_thresholds(mask_threshold, 2))
     if inference is not None:
         opts["inference"] = inference
     if line_dedupe is not None:

@@ -14,9 +14,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["MODEL_DIR", "SETTINGS", "SHIPPED", "resolve_model", "shipped_settings"]
+__all__ = ["MODEL_DIR", "SETTINGS", "SHIPPED", "mask_thresholds", "resolve_model",
+           "shipped_settings"]
 
 MODEL_DIR = Path(__file__).resolve().parent
 
@@ -35,6 +38,30 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "defects": {"mask_threshold": (0.4, 0.4), "model_nm_per_px": None, "line_snap": 4.0,
                 "line_dedupe": 1.5},
 }
+
+
+def mask_thresholds(value: Any, n: int | None = None, *, per: str = "class") -> np.ndarray:
+    """The one rule for a mask probability cut: one value for every class, or one per class
+    (dislocation, loop; or ``n`` per ``per``), each in (0, 1); as a 1-D float64 array.
+    Every command, config key and engine checks its cut here.
+
+    >>> mask_thresholds([0.4, 0.5]).tolist()
+    [0.4, 0.5]
+    >>> mask_thresholds(1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: mask_threshold must lie in (0, 1), one value or one per class, got 1.0
+    """
+    try:
+        thr = np.atleast_1d(np.asarray(value, np.float64))
+    except (TypeError, ValueError):
+        thr = np.zeros(0)
+    ok = thr.ndim == 1 and thr.size > 0 and bool(np.all((thr > 0.0) & (thr < 1.0)))
+    if not ok or (n is not None and len(thr) not in (1, n)):
+        count = f" ({n})" if n is not None else ""
+        raise ValueError(f"mask_threshold must lie in (0, 1), one value or one per {per}{count}, "
+                         f"got {value}")  # fmt: skip
+    return thr
 
 
 def shipped_settings(model: str | Path) -> dict[str, Any]:
