@@ -172,6 +172,7 @@ _TRACKS: tuple[tuple[str, str, str], ...] = (
                          "pairs (frame px, 0.1 px) separated by `;`, the measured 50 points "
                          "thinned to those that keep it within 0.25 px (Douglas-Peucker); "
                          "`loopline.io.runfolder.read_points` reads one"),
+    ("max_abs_curvature_per_nm", "float", "line: the largest |curvature| along it, 1/nm"),
 )  # fmt: skip
 
 _PAIRS: tuple[tuple[str, str, str], ...] = (

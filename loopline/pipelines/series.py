@@ -342,6 +342,7 @@ class SeriesAccumulator:
                 velocity_nm_per_s_se=vel_se, velocity_window=n_win,
                 length_nm_se=float(len_se[i]) * nm, position_px=pos_px,
                 points_px=points_cell(thin_polyline(r.line_points_px[i])),
+                max_abs_curvature_per_nm=float(np.abs(r.line_curvature_per_px[i]).max()) / nm,
             ))  # fmt: skip
         lcorr = r.loop_center_px - r.drift_px
         for j in range(r.n_loops):
