@@ -20,7 +20,7 @@ logger = logging.getLogger("loopline")
 # ``add_arguments(parser)`` and ``run(args) -> int`` and keeps heavy imports inside ``run``.
 COMMANDS: dict[str, str] = {
     "synth": "loopline.synth.command",
-    "import": "loopline.synth.import_command",
+    "import": "loopline.datasets.import_command",
     "train": "loopline.training.command",
     "eval": "loopline.evaluation.command",
     "analyze": "loopline.pipelines.command",

@@ -48,14 +48,16 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # frame times (calibration), the shipped models and their operating points (models).
     # calibration imports io (within the layer, one way).
     ("shared", ("io", "calibration", "models")),
-    # synth: the frame generator, the dataset writers and the real-label importers. It is a
-    # source of frames and labelled datasets, i.e. the ingest end of the flow, and it sits
-    # here because of who imports it: engines (INT8 calibration frames are rendered by it),
-    # pipelines (a dataset's labels as a stand-in engine), daemon (demo scene, simulator),
-    # and evaluation, training, viewers (reading and writing the dataset layout). It needs
-    # only io and errors, so nothing forces it higher; placing it at the lowest of its
-    # importers (below engines) is the only place where none of those imports runs up.
-    ("ingest", ("synth",)),
+    # datasets: the dataset layout, the label geometry rules and the real-label importers;
+    # synth: the frame generator, which writes that layout. Both are sources of frames and
+    # labelled datasets, i.e. the ingest end of the flow, and they sit here because of who
+    # imports them: engines (INT8 calibration frames are rendered by synth), pipelines (a
+    # dataset's labels as a stand-in engine), daemon (demo scene, simulator), and
+    # evaluation, training, viewers (reading and writing the dataset layout). They need only
+    # io, geometry and errors (synth imports datasets, one way), so nothing forces them
+    # higher; the lowest of their importers (below engines) is the only place where none of
+    # those imports runs up.
+    ("ingest", ("datasets", "synth")),
     # One interface, one file per runtime: frames in, Detections out.
     ("engine", ("engines",)),
     # Detections → lines, loops, pile-ups (measure) → OnlineTracker (track) → series rows.
@@ -81,7 +83,7 @@ _MODULE_STRING = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+(?::[A-Za-z_]\w*)?"
 class Import:
     """One import of a package module by another module of the same package."""
 
-    file: str  # relative to the package's parent folder, e.g. ``loopline/synth/importers.py``
+    file: str  # relative to the package's parent folder, e.g. ``loopline/datasets/importers.py``
     line: int
     importer: str  # dotted module name of the importing module
     target: str  # dotted module name imported

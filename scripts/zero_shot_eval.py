@@ -50,9 +50,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loopline.datasets.importers import import_dataset
 from loopline.evaluation.evaluate import EvalResult, evaluate, make_engine
 from loopline.evaluation.metrics import size_bin_names
-from loopline.synth.importers import import_dataset
 
 logger = logging.getLogger("zero_shot_eval")
 

@@ -204,7 +204,7 @@ def traced(tmp_path_factory) -> Path:
     """An imported tanaka-style frame: two dislocation strokes and a slip trace apart from them."""
     from PIL import Image
 
-    from loopline.synth.importers import import_dataset
+    from loopline.datasets.importers import import_dataset
 
     src = tmp_path_factory.mktemp("traced") / "src"
     for sub in ("original", "ds", "st"):
@@ -264,8 +264,8 @@ def test_slip_trace_confusion_off_and_on_the_traces(traced: Path):
 
 
 def test_loop_recall_by_size(tmp_path: Path):
+    from loopline.datasets.importers import import_dataset
     from loopline.evaluation.command import write_json
-    from loopline.synth.importers import import_dataset
 
     masks, imgs = tmp_path / "masks", tmp_path / "imgs"
     masks.mkdir()
@@ -298,7 +298,7 @@ def test_loop_recall_by_size(tmp_path: Path):
 
 @pytest.mark.real
 def test_real_tanaka_strokes_and_creme_loops(tmp_path: Path):
-    from loopline.synth.importers import import_dataset
+    from loopline.datasets.importers import import_dataset
 
     tan, creme = REAL / "tanaka-twip-2um", REAL / "creme-loops-512"
     if not tan.is_dir() or not creme.is_dir():

@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 
 from loopline.cli import main
+from loopline.datasets.importers import import_dataset
+from loopline.datasets.layout import read_yolo_labels
+from loopline.datasets.raster import polygon_mask
 from loopline.evaluation.data import Dataset
-from loopline.synth.importers import import_dataset
-from loopline.synth.render import polygon_mask
-from loopline.synth.writers import read_yolo_labels
 
 REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real"
 
@@ -298,3 +298,10 @@ def test_real_tanaka_086um_is_distractors_only(tmp_path: Path):
             np.testing.assert_array_equal(d != 0, np.array(im) != 0)
         on.append(bool(d.any()))
     assert on == [False, True, True]  # frame 001 has no planar fault labelled yet
+
+
+def test_one_default_label_width_for_the_generator_and_the_importers() -> None:
+    from loopline.datasets.importers import default_label_width
+    from loopline.synth.params import load_preset
+
+    assert default_label_width() == float(load_preset("M2").fixed("label_width"))

@@ -12,12 +12,12 @@ import pytest
 from rich.console import Console
 
 from loopline.cli import main
+from loopline.datasets.importers import import_dataset, read_labels
+from loopline.datasets.raster import polygon_mask
 from loopline.engines.base import Detections
 from loopline.evaluation.command import _table, write_json
 from loopline.evaluation.data import Dataset, Frame
 from loopline.evaluation.evaluate import BOX_ONLY_NOTE, evaluate
-from loopline.synth.importers import import_dataset, read_labels
-from loopline.synth.render import polygon_mask
 
 H, W = 48, 64
 
@@ -414,7 +414,7 @@ def test_eval_polygon_dataset_has_box_f1_and_no_note(tmp_path: Path):
 
 
 def test_command_line_lists_every_format():
-    from loopline.synth import import_command, importers
+    from loopline.datasets import import_command, importers
 
     assert import_command._FORMATS == importers.FORMATS
 

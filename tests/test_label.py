@@ -151,8 +151,8 @@ def test_parse_labels_normalises_and_names_the_bad_field() -> None:
 
 
 def test_save_load_round_trip_and_dataset(server: LabelServer, tmp_path: Path) -> None:
+    from loopline.datasets.layout import read_yolo_labels
     from loopline.evaluation.data import Dataset
-    from loopline.synth.writers import read_yolo_labels
 
     code, frames = _request(f"{server.url}api/frames")
     assert code == 200 and [f["labelled"] for f in frames["frames"]] == [False, False]

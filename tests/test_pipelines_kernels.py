@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 
+from loopline.datasets.raster import line_polygon
 from loopline.pipelines._kernels import get_kernels
 from loopline.pipelines.lines import curvature, mean_closest_distance, trace_line, trace_lines
 from loopline.pipelines.loops import fit_loop
 from loopline.pipelines.pileups import group_pileups
-from loopline.synth.render import line_polygon
 
 IMPLS = ["python", "numba"]
 

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from skimage.morphology import skeletonize
 
+from loopline.datasets.layout import read_yolo_labels, write_yolo_labels
+from loopline.datasets.raster import polygon_mask
 from loopline.synth.background import perlin, render_background
 from loopline.synth.generate import generate
 from loopline.synth.params import PRESETS, ParameterError, load_preset, parse_override
-from loopline.synth.render import BackgroundCache, polygon_mask, render_frame
+from loopline.synth.render import BackgroundCache, render_frame
 from loopline.synth.scene import lines_at, sample_scene
-from loopline.synth.writers import read_yolo_labels, write_yolo_labels
 
 SMALL = {"width": 256, "height": 256}
 

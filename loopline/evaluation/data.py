@@ -27,9 +27,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..datasets.importers import BOX_FIELDS, read_labels
+from ..datasets.raster import polygon_mask
 from ..io.frames import IMAGE_SUFFIXES
-from ..synth.importers import BOX_FIELDS, read_labels
-from ..synth.render import polygon_mask
 
 logger = logging.getLogger(__name__)
 

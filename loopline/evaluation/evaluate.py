@@ -45,9 +45,9 @@ from typing import Any
 
 import numpy as np
 
+from ..datasets.layout import CLASSES
 from ..engines.base import Detections
 from ..models import mask_thresholds
-from ..synth.render import CLASSES
 from . import metrics as M
 from .data import Dataset, Frame
 

@@ -171,8 +171,8 @@ def detections_from_masks(
 
 def truth_detections(label_file: Path | None, shape: tuple[int, int]):
     """Detections from a frame's YOLO-seg label file (all scores 1); empty without a file."""
+    from ..datasets.layout import read_labels
     from ..engines.base import Detections
-    from ..synth.writers import read_labels
 
     h, w = shape
     if label_file is None:

@@ -28,10 +28,16 @@ from typing import Any
 
 import numpy as np
 
+from ..datasets.layout import (
+    CocoBuilder,
+    dump_json,
+    write_data_yaml,
+    write_image,
+    write_yolo_labels,
+)
 from .params import Preset, load_preset
 from .render import BackgroundCache, render_frame
 from .scene import list_backgrounds, sample_scene
-from .writers import CocoBuilder, dump_json, write_data_yaml, write_image, write_yolo_labels
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .writers import read_labels
+from ..datasets.layout import read_labels
 
 __all__ = ["contact_sheet"]
 

@@ -18,6 +18,10 @@ import cv2
 import numpy as np
 from scipy.spatial import cKDTree
 
+from ..datasets.layout import CLASSES
+from ..datasets.raster import SHIFT as _SHIFT
+from ..datasets.raster import fixed as _fixed
+from ..datasets.raster import line_polygon, resample_polyline
 from .background import render_background
 from .distractors import draw_distractors, draw_overlays, strip_rect
 from .scene import Line, Loop, band_polygons, drift_at, lines_at, loops_at, trace_segments
@@ -25,10 +29,6 @@ from .scene import Line, Loop, band_polygons, drift_at, lines_at, loops_at, trac
 __all__ = ["CLASSES", "Instance", "Rendered", "render_frame", "resample_polyline"]
 
 #: Class table shared by every label format: YOLO class index -> name (COCO id = index + 1).
-CLASSES: tuple[str, ...] = ("dislocation", "loop")
-
-_SHIFT = 4  # sub-pixel bits for cv2 drawing
-_SCALE = 1 << _SHIFT
 
 
 @dataclass(frozen=True)
@@ -47,24 +47,6 @@ class Rendered:
     truth: dict[str, Any]  # this frame's ground truth (lines, loops, drift)
 
 
-def resample_polyline(pts: np.ndarray, step: float) -> np.ndarray:
-    """Resample an (N, 2) polyline at equal arc-length ``step`` (px), keeping both ends."""
-    seg = np.hypot(*np.diff(pts, axis=0).T)
-    s = np.concatenate([[0.0], np.cumsum(seg)])
-    n = max(int(np.ceil(s[-1] / step)), 1) + 1
-    t = np.linspace(0.0, s[-1], n)
-    return np.stack([np.interp(t, s, pts[:, 0]), np.interp(t, s, pts[:, 1])], axis=1)
-
-
-def line_polygon(pts: np.ndarray, width: float) -> np.ndarray:
-    """Outline of a polyline buffered by ``width / 2`` on each side (flat ends), (M, 2) px."""
-    p = resample_polyline(pts, 1.5)
-    d = np.gradient(p, axis=0)
-    d /= np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)[:, None]
-    nrm = np.stack([-d[:, 1], d[:, 0]], axis=1) * (width / 2.0)
-    return np.concatenate([p + nrm, (p - nrm)[::-1]])
-
-
 def ellipse_polygon(loop: Loop, n: int = 48) -> np.ndarray:
     """Filled-ellipse outline of a loop, (n, 2) px."""
     th = np.linspace(0.0, 2.0 * np.pi, n, endpoint=False)
@@ -76,9 +58,6 @@ def ellipse_polygon(loop: Loop, n: int = 48) -> np.ndarray:
         [cx + x * np.cos(ang) - y * np.sin(ang), cy + x * np.sin(ang) + y * np.cos(ang)], axis=1
     )
 
-
-def _fixed(pts: np.ndarray) -> np.ndarray:
-    return np.round(pts * _SCALE).astype(np.int32).reshape(-1, 1, 2)
 
 
 def _draw_lines(
@@ -122,8 +101,8 @@ def _draw_loops(shape: tuple[int, int], loops: list[Loop], dark: np.ndarray) -> 
         if x1 <= x0 or y1 <= y0:
             continue
         roi = np.zeros((y1 - y0, x1 - x0), np.float32)
-        center = (round((cx - x0) * _SCALE), round((cy - y0) * _SCALE))
-        axes = (round(lp.major / 2 * _SCALE), round(lp.minor / 2 * _SCALE))
+        center = (round((cx - x0) * (1 << _SHIFT)), round((cy - y0) * (1 << _SHIFT)))
+        axes = (round(lp.major / 2 * (1 << _SHIFT)), round(lp.minor / 2 * (1 << _SHIFT)))
         if lp.ring:
             thick = max(round(lp.rim), 1)
             cv2.ellipse(roi, center, axes, lp.angle, 0, 360, 1.0, thick, cv2.LINE_AA, _SHIFT)
@@ -309,10 +288,3 @@ def _unhidden(
     kept_loops = [lp for lp in loops
                   if lp.center[1] + lp.minor / 2 < y0 or lp.center[1] - lp.minor / 2 > y1]
     return kept_lines, kept_loops
-
-
-def polygon_mask(polygon: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Rasterise a polygon (N, 2) px into a boolean (H, W) mask."""
-    mask = np.zeros(shape, np.uint8)
-    cv2.fillPoly(mask, [_fixed(polygon)], 1, cv2.LINE_8, _SHIFT)
-    return mask.astype(bool)

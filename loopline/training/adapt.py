@@ -220,8 +220,8 @@ MIN_LINE_LABEL_PX = 2.5
 def line_label_width(frames: Sequence[Path]) -> float | None:
     """Median width (px) of the dislocation labels of ``frames`` (each polygon's area over
     half its perimeter, the width of a ribbon); None without one."""
+    from ..datasets.layout import read_labels
     from ..evaluation.data import read_image
-    from ..synth.writers import read_labels
 
     widths = []
     for img in frames:
@@ -274,7 +274,7 @@ def _train_yaml(work: Path, repeat: int) -> Path:
     themselves once."""
     import yaml
 
-    from ..synth.render import CLASSES
+    from ..datasets.layout import CLASSES
 
     doc = {
         "path": str(work),

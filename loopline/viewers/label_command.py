@@ -66,7 +66,7 @@ def run(a: argparse.Namespace) -> int:
     if not 0 <= a.port <= 65535:
         raise CliError(f"--port must lie in [0, 65535], got {a.port}")
     if a.label_width is None:
-        from ..synth.importers import default_label_width
+        from ..datasets.importers import default_label_width
 
         a.label_width = default_label_width()
     lo, hi = WIDTH_RANGE

@@ -18,12 +18,12 @@ in frame pixels (x right, y down, the frame spanning [0, W] x [0, H]); lines are
 dislocations (class 0), ellipses (full axes, the major axis at ``angle_deg`` to x) and
 polygons are loops (class 1). Slip traces are straight traces that are *not* dislocations:
 they never become instances. :class:`LabelStore` writes, after every edit, the dataset
-layout of ``loopline synth`` and ``loopline import`` (:mod:`loopline.synth.writers`) in
+layout of ``loopline synth`` and ``loopline import`` (:mod:`loopline.datasets.layout`) in
 ``DIR``:
 
 - ``images/<stem>.png`` (the frame as read: grey uint8 or uint16),
 - ``labels/<stem>.txt`` (YOLO-seg; a line is its polyline buffered to its width with
-  :func:`loopline.synth.render.line_polygon`, as the importers and the generator do),
+  :func:`loopline.datasets.raster.line_polygon`, as the importers and the generator do),
 - ``polylines/<stem>.json`` (the document above, with the frame's size and origin: the
   labeller's own record, from which everything else can be rebuilt),
 - ``distractors/<stem>.png`` (frames with slip traces: 255 on them, the importers' mask of
@@ -329,7 +329,7 @@ def _instance(item: Any, where: str, w: int, h: int) -> dict[str, Any]:
     if kind == "polygon":
         item = _keys(item, where, {"kind", "class", "points", "from"})
         pts = _points(item.get("points"), f"{where}.points", w, h, 3)
-        from ..synth.writers import polygon_area
+        from ..datasets.layout import polygon_area
 
         if polygon_area(np.asarray(pts)) <= 0:
             raise LabelError(f"{where}.points: the polygon has zero area")
@@ -410,7 +410,7 @@ def ellipse_outline(center: list[float], axes: list[float], angle_deg: float,
 
 def instance_polygons(doc: dict[str, Any]) -> list[tuple[int, np.ndarray]]:
     """(class, polygon px) of every instance of a frame's labels, in order."""
-    from ..synth.render import line_polygon
+    from ..datasets.raster import line_polygon
 
     out = []
     for it in doc["instances"]:
@@ -497,7 +497,7 @@ class LabelStore:
         self._replace(tmp, dest)
 
     def _write_png(self, dest: Path, image: np.ndarray) -> None:
-        from ..synth.writers import write_image
+        from ..datasets.layout import write_image
 
         tmp = self._tmp(dest.name)  # ends in .png: cv2 picks the format from it
         write_image(tmp, image)
@@ -516,7 +516,7 @@ class LabelStore:
 
         Returns the frame's document as written to ``polylines/<stem>.json``.
         """
-        from ..synth.writers import write_yolo_labels
+        from ..datasets.layout import write_yolo_labels
 
         img = dataset_image(image)
         h, w = img.shape
@@ -566,7 +566,7 @@ class LabelStore:
                                 "another folder")  # fmt: skip
 
     def _write_distractors(self, stem: str, doc: dict[str, Any]) -> None:
-        from ..synth.render import line_polygon, polygon_mask
+        from ..datasets.raster import line_polygon, polygon_mask
 
         dest = self._path("distractors", f"{stem}.png")
         if not doc["slip_traces"]:
@@ -580,8 +580,7 @@ class LabelStore:
 
     def _write_shared(self) -> None:
         """coco.json, data.yaml and label.json from every labelled frame (lock held)."""
-        from ..synth.render import CLASSES
-        from ..synth.writers import CocoBuilder, write_data_yaml
+        from ..datasets.layout import CLASSES, CocoBuilder, write_data_yaml
 
         coco = CocoBuilder()
         for stem in sorted(self.docs):

@@ -1,4 +1,4 @@
-"""Dataset layout shared by the generator and the importers of real labels.
+"""Dataset layout shared by the generator, the importers of real labels and the labelling page.
 
 A dataset folder holds ``images/``, ``labels/`` (YOLO-seg: one ``.txt`` per image, a line
 ``class x1 y1 x2 y2 ...`` with coordinates normalised to [0, 1]), ``coco.json`` (COCO
@@ -14,10 +14,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .render import CLASSES
-
 __all__ = [
     "BOX_FIELDS",
+    "CLASSES",
+    "LABEL_WIDTH_PX",
     "CocoBuilder",
     "box_polygon",
     "dump_json",
@@ -28,6 +28,14 @@ __all__ = [
     "yolo_box_line",
 ]
 
+
+
+#: class names, by YOLO class id
+CLASSES: tuple[str, ...] = ("dislocation", "loop")
+
+#: width (px) of a dislocation's label polygon where a dataset says none: the generator's
+#: (``loopline synth``'s ``label_width``) and the importers' default
+LABEL_WIDTH_PX = 6.0
 
 
 def dump_json(obj: Any, path: Path, *, indent: int | None = None) -> None:

@@ -62,9 +62,10 @@ import cv2
 import numpy as np
 
 from ..io.frames import IMAGE_SUFFIXES
-from .render import CLASSES, line_polygon
-from .writers import (
+from .layout import (
     BOX_FIELDS,
+    CLASSES,
+    LABEL_WIDTH_PX,
     CocoBuilder,
     box_polygon,
     dump_json,
@@ -74,6 +75,7 @@ from .writers import (
     yolo_box_line,
     yolo_line,
 )
+from .raster import line_polygon
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +197,7 @@ def components(mask: np.ndarray) -> tuple[np.ndarray, int]:
 def mask_polygon(mask: np.ndarray) -> np.ndarray:
     """Outline polygon (K, 2) px of a one-component mask, K >= 3.
 
-    The outer contour (pixel centres, OpenCV's convention, as ``render.polygon_mask`` draws
+    The outer contour (pixel centres, OpenCV's convention, as ``raster.polygon_mask`` draws
     it); a component too small for a contour of three points gets its bounding box.
     """
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
@@ -600,9 +602,7 @@ def _import_labelme(src: Path, w: _Writer, images: Path | None, cls: int | None,
 
 
 def default_label_width() -> float:
-    from .params import load_preset
-
-    return float(load_preset("M2").fixed("label_width"))
+    return LABEL_WIDTH_PX
 
 
 _IMPORTERS = {
@@ -617,7 +617,7 @@ def _importer(fmt: str):
     """The reader of ``fmt``; the formats of ``importers_formats`` are imported on demand."""
     if fmt in _IMPORTERS:
         return _IMPORTERS[fmt]
-    from .importers_formats import IMPORTERS
+    from .formats import IMPORTERS
 
     return IMPORTERS[fmt]
 

@@ -71,7 +71,7 @@ from .importers import (
     read_grey,
     rotated_ellipse,
 )
-from .render import CLASSES
+from .layout import CLASSES
 
 logger = logging.getLogger(__name__)
 
