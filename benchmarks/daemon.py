@@ -91,7 +91,7 @@ def _first_latency(run: Path) -> float | None:
 def run_daemon(engine_model: str, frames: list[np.ndarray], fps: float, out: Path,
                sets: dict[str, object]) -> dict:  # fmt: skip
     from loopline.daemon.config import load_config
-    from loopline.daemon.simulator import Simulator
+    from loopline.daemon.ingest.simulator import Simulator
     from loopline.daemon.supervisor import Supervisor
 
     sim = Simulator("tcp://127.0.0.1:0", sndhwm=4000, linger_s=1)

@@ -45,7 +45,7 @@ def ctx():
     """A ZeroMQ context that must terminate within 5 s: a leaked socket fails instead of hanging."""
     import zmq
 
-    from loopline.daemon.sources._zmq import term_context
+    from loopline.daemon.ingest._zmq import term_context
 
     c = zmq.Context()
     yield c
@@ -55,7 +55,7 @@ def ctx():
 @pytest.fixture
 def sim():
     """A loopline/1 camera simulator bound on loopback (port 0), for daemon tests."""
-    from loopline.daemon.simulator import Simulator
+    from loopline.daemon.ingest.simulator import Simulator
 
     s = Simulator("tcp://127.0.0.1:0", sndhwm=1000, linger_s=2)
     yield s

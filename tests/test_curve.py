@@ -15,13 +15,13 @@ import pytest
 import zmq
 import zmq.auth
 
-from loopline.daemon import protocol
 from loopline.daemon.config import load_config
 from loopline.daemon.curve import load_allowed_keys, load_curve_key
+from loopline.daemon.ingest import LooplineSource
+from loopline.daemon.ingest.base import Frame
+from loopline.daemon.ingest.loopline1 import protocol
+from loopline.daemon.ingest.simulator import Simulator
 from loopline.daemon.publisher import Publisher
-from loopline.daemon.simulator import Simulator
-from loopline.daemon.sources import LooplineSource
-from loopline.daemon.sources.base import Frame
 from loopline.viewers.config import ViewConfigError, load_view_config
 from loopline.viewers.stream import ResultSubscriber
 

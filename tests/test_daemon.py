@@ -22,8 +22,8 @@ import pytest
 import zmq
 from test_video_recovery import record
 
-from loopline.daemon import protocol
 from loopline.daemon.config import ConfigError, load_config, parse_set
+from loopline.daemon.ingest.loopline1 import protocol
 from loopline.daemon.shm import ANALYSIS, RECORD, SlotPool
 from loopline.daemon.supervisor import Supervisor
 

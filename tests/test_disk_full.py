@@ -344,7 +344,7 @@ def test_daemon_on_a_full_disk_goes_on_analysing_and_publishing(tmp_path, sim, d
     from test_daemon import _free_port
     from test_hostile import Daemon, check_counters, image, send_frame
 
-    from loopline.daemon import protocol
+    from loopline.daemon.ingest.loopline1 import protocol
 
     with tmpfs(tmp_path / "disk", "8m") as disk:
         d = Daemon(disk, sim.endpoint, **{

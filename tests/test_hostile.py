@@ -36,11 +36,11 @@ import zmq
 from test_daemon import Daemon as DaemonBase
 from test_daemon import mp4_frames
 
-from loopline.daemon import protocol
 from loopline.daemon.config import ConfigError, load_config
+from loopline.daemon.ingest.base import Frame, SeriesEnd, SeriesStart, SeriesTracker, new_counters
+from loopline.daemon.ingest.loopline1 import protocol
+from loopline.daemon.ingest.simulator import Simulator
 from loopline.daemon.metrics import COUNTERS
-from loopline.daemon.simulator import Simulator
-from loopline.daemon.sources.base import Frame, SeriesEnd, SeriesStart, SeriesTracker, new_counters
 from loopline.daemon.standins import mark_for_failure
 from loopline.daemon.supervisor import RestartBudget, Supervisor
 from loopline.daemon.validate import (
@@ -302,8 +302,8 @@ def test_log_messages_escape_control_characters():
 
 def test_dectris_frames_bounded_before_decompression():
     pytest.importorskip("cbor2")
-    from loopline.daemon.protocol import MalformedMessage
-    from loopline.daemon.sources import dectris as dx
+    from loopline.daemon.ingest.dectris import source as dx
+    from loopline.daemon.ingest.loopline1.protocol import MalformedMessage
 
     big = np.zeros((2048, 2048), np.uint16)  # bslz4: a few kB that decompress to 8 MB
     v1 = dx.encode_v1_frame(1, 0, big)
@@ -533,7 +533,7 @@ def test_web_viewer_answers_only_to_local_host_names():
 
 
 def test_zmq_source_connects_again_after_an_oversize_message(ctx):
-    from loopline.daemon.sources import LooplineSource
+    from loopline.daemon.ingest import LooplineSource
 
     push = ctx.socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 0)

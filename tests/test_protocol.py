@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loopline.daemon import protocol as lp
-from loopline.daemon.protocol import MalformedMessage, decode
-from loopline.daemon.sources import Frame, SeriesEnd, SeriesStart
+from loopline.daemon.ingest import Frame, SeriesEnd, SeriesStart
+from loopline.daemon.ingest.loopline1 import protocol as lp
+from loopline.daemon.ingest.loopline1.protocol import MalformedMessage, decode
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -130,8 +130,9 @@ def test_decoded_image_is_a_view_not_a_copy():
 
 
 def test_no_pickle_in_the_ingest_code():
-    root = Path(lp.__file__).parent
-    files = [root / "protocol.py", root / "simulator.py", *sorted((root / "sources").glob("*.py"))]
+    root = Path(lp.__file__).parents[1]  # loopline/daemon/ingest: every detector's folder
+    files = sorted(root.rglob("*.py"))
+    assert {f.name for f in files} >= {"protocol.py", "simulator.py", "source.py", "files.py"}
     banned = re.compile(r"import pickle|from pickle|pickle\.|_pyobj|cloudpickle|dill")
     for f in files:
         assert not banned.search(f.read_text("utf-8")), f

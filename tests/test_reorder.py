@@ -26,8 +26,8 @@ import pytest
 import zmq
 
 from loopline.daemon.config import load_config
+from loopline.daemon.ingest.base import Frame, SeriesEnd, SeriesStart
 from loopline.daemon.shm import SlotPool
-from loopline.daemon.sources.base import Frame, SeriesEnd, SeriesStart
 from loopline.daemon.stages import EngineWorker, MeasureWorker, OutputWorker, Receiver
 from loopline.daemon.stages.base import UNTRACKED
 from loopline.daemon.stages.measure import Reorder

@@ -152,7 +152,7 @@ def test_one_time_axis_rule_for_both_commands(tmp_path: Path) -> None:
 
     from loopline.calibration import Calibration, frame_time_s
     from loopline.daemon.analysis import Analyzer
-    from loopline.daemon.sources import FileSource, Frame
+    from loopline.daemon.ingest import FileSource, Frame
 
     prof = tmp_path / "cal.toml"
     prof.write_text("nm_per_px = 2.0\nframe_times_s = [0.0, 0.5, 2.0]\n")

@@ -17,8 +17,7 @@ import tifffile
 import zmq
 
 from loopline.cli import main
-from loopline.daemon.simulator import Simulator, SimulatorThread, file_supply, synth_supply
-from loopline.daemon.sources import (
+from loopline.daemon.ingest import (
     DectrisSource,
     Frame,
     LooplineSource,
@@ -26,6 +25,7 @@ from loopline.daemon.sources import (
     SeriesStart,
     open_source,
 )
+from loopline.daemon.ingest.simulator import Simulator, SimulatorThread, file_supply, synth_supply
 
 pytestmark = pytest.mark.timeout(60)
 LOOPBACK = "tcp://127.0.0.1"

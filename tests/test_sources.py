@@ -12,8 +12,7 @@ import pytest
 import tifffile
 from dm_writer import write_dm
 
-from loopline.daemon import protocol as lp
-from loopline.daemon.sources import (
+from loopline.daemon.ingest import (
     COUNTER_NAMES,
     FileSource,
     Frame,
@@ -22,8 +21,9 @@ from loopline.daemon.sources import (
     SeriesStart,
     open_source,
 )
-from loopline.daemon.sources.base import SeriesTracker, new_counters
-from loopline.daemon.sources.files import as_gray, open_frames
+from loopline.daemon.ingest.base import SeriesTracker, new_counters
+from loopline.daemon.ingest.files import as_gray, open_frames
+from loopline.daemon.ingest.loopline1 import protocol as lp
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import zmq
 
-from loopline.daemon.protocol import MalformedMessage
-from loopline.daemon.sources import DectrisSource, Frame, MemorySource, SeriesEnd, SeriesStart
-from loopline.daemon.sources import _compression as comp
-from loopline.daemon.sources import dectris as dx
+from loopline.daemon.ingest import DectrisSource, Frame, MemorySource, SeriesEnd, SeriesStart
+from loopline.daemon.ingest.dectris import compression as comp
+from loopline.daemon.ingest.dectris import source as dx
+from loopline.daemon.ingest.loopline1.protocol import MalformedMessage
 
 pytestmark = pytest.mark.timeout(60)
 LOOPBACK = "tcp://127.0.0.1"

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import zmq
 
-from loopline.daemon import protocol as lp
-from loopline.daemon.simulator import Simulator, SimulatorThread
-from loopline.daemon.sources import Frame, LooplineSource, SeriesEnd, SeriesStart, open_source
+from loopline.daemon.ingest import Frame, LooplineSource, SeriesEnd, SeriesStart, open_source
+from loopline.daemon.ingest.loopline1 import protocol as lp
+from loopline.daemon.ingest.simulator import Simulator, SimulatorThread
 
 pytestmark = pytest.mark.timeout(30)
 LOOPBACK = "tcp://127.0.0.1"
@@ -215,7 +215,7 @@ def test_open_source_builds_zmq_sources(ctx):
     src = open_source(f"{LOOPBACK}:1", "loopline", context=ctx)
     assert isinstance(src, LooplineSource)
     src.close()
-    from loopline.daemon.sources import DectrisSource
+    from loopline.daemon.ingest import DectrisSource
 
     for proto, version in [("dectris1", 1), ("dectris2", 2), ("dectris", "auto")]:
         src = open_source(f"{LOOPBACK}:1", proto, context=ctx)

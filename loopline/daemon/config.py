@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError  # one error type for every config section (also [view])
-from .sources import SERVE_PROTOCOLS
+from .ingest import SERVE_PROTOCOLS
 
 __all__ = ["ConfigError", "DaemonConfig", "load_config", "parse_set"]
 

@@ -20,7 +20,7 @@ Roles:
 A failed handshake (a plain peer, a wrong key, a client not on the list) closes that
 connection; libzmq then gives the connecting side up for good. Connecting sockets watch for
 :data:`HANDSHAKE_FAILED` on their monitor and connect again after a back-off
-(:mod:`loopline.daemon.sources._zmq`).
+(:mod:`loopline.daemon.ingest._zmq`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 1. Renders the bundled scene (``loopline/data/demo_scene.json``: one pile-up of six
    dislocations gliding and closing up, 512², 25 fps, rendered deterministically by
    ``loopline.synth``, with its exact ground truth).
-2. Starts the camera simulator (``loopline.daemon.simulator``, binding a loopback port) and
+2. Starts the camera simulator (``loopline.daemon.ingest.simulator``, binding a loopback port) and
    the daemon (``loopline.daemon.supervisor``, its worker processes) with the shipped model
    (``defects``; ``ridge`` if no trained model is installed).
 3. Streams ``--seconds`` of video at the scene's frame rate, lets the daemon drain, and prints
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     con = Console()
     from ..synth.render import BackgroundCache, render_frame
     from .config import load_config
-    from .simulator import Simulator
+    from .ingest.simulator import Simulator
     from .supervisor import Supervisor, install_signal_handlers
 
     scene = load_scene()

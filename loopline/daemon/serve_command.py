@@ -13,7 +13,7 @@ from typing import Any
 
 from ..cli_args import argument_kwargs
 from ..errors import CliError
-from .sources import SERVE_PROTOCOLS
+from .ingest import SERVE_PROTOCOLS
 
 HELP = "run the live analysis daemon (ZeroMQ in, results, recording and metrics out)"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from loopline.errors import CliError
 
-from .sources import CAMERA_PROTOCOLS
+from .ingest import CAMERA_PROTOCOLS
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _supply(a: argparse.Namespace):
-    from .simulator import file_supply, synth_supply
+    from .ingest.simulator import file_supply, synth_supply
 
     if a.source == "synth":
         try:
@@ -88,7 +88,7 @@ def _supply(a: argparse.Namespace):
 
 
 def run(a: argparse.Namespace) -> int:
-    from .simulator import Simulator
+    from .ingest.simulator import Simulator
 
     if a.fps is not None and not (a.fps > 0):
         raise CliError(f"--fps must be > 0, got {a.fps}")

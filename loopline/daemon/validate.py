@@ -1,6 +1,7 @@
 """Meaning, not form: what the daemon does with a frame that decodes but makes no sense.
 
-:func:`loopline.daemon.protocol.decode` (and the DECTRIS decoders) check a message's *form*.
+:func:`loopline.daemon.ingest.loopline1.protocol.decode` (and the DECTRIS decoders) check a
+message's *form*.
 A well-formed frame can still be hostile or odd: an index going backwards, the same index
 twice, a timestamp of 1e308, a pixel size of 1e308 nm, a 1 x 1 image. The receiver puts every
 decoded frame through one :class:`FrameValidator` before it takes a slot, and each case has
@@ -31,7 +32,7 @@ analysed), and is not recorded; so ``received = recorded + sum(NOT_RECORDED coun
 ``received = analysed + skipped``.
 
 Two series that interleave their frames are resolved before the receiver, by the source's
-:class:`~loopline.daemon.sources.base.SeriesTracker` (``rejected_interleaved``); frames that a
+:class:`~loopline.daemon.ingest.base.SeriesTracker` (``rejected_interleaved``); frames that a
 source rejects that way, like malformed messages, never count as ``received``.
 
 Segments: the measure worker tracks objects through one segment at a time; a segment is a run

@@ -1,7 +1,7 @@
 """Frames from recorded files: videos, TIFF stacks, image folders, DM3/DM4, EMD.
 
 One reader for ``loopline analyze`` (:mod:`loopline.pipelines.sources`), the daemon's file
-replay (:class:`loopline.daemon.sources.files.FileSource`) and the camera simulator.
+replay (:class:`loopline.daemon.ingest.files.FileSource`) and the camera simulator.
 
 =================================  ==========================  ==================================
 input                              read with                   own rate / pixel size from

@@ -11,7 +11,7 @@ re-raises it, or restarts the stage). Frames move through shared memory slots
 sends each to whom, in :mod:`loopline.daemon.messages`. In pipeline order:
 
 :mod:`.receiver` (:class:`~.receiver.Receiver`) takes frames and series start/end events from
-the configured source (:mod:`loopline.daemon.sources`: a camera's socket, or a file replayed)
+the configured source (:mod:`loopline.daemon.ingest`: a camera's socket, or a file replayed)
 and checks them (:mod:`loopline.daemon.validate`). It writes each frame into a slot and gives
 its header (``frame``) to the batcher and to the output worker, the ``series`` events to both,
 a ``skip`` to the output worker for a frame it will not have analysed (a duplicate index, the

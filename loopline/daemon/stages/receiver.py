@@ -43,8 +43,8 @@ _SOURCE_COUNTERS = {"malformed": "malformed", "dropped_source": "dropped",
 
 
 def open_source(cfg: DaemonConfig):
-    """The configured frame source (:func:`loopline.daemon.sources.open_source`), listening."""
-    from ..sources import open_source as _open
+    """The configured frame source (:func:`loopline.daemon.ingest.open_source`), listening."""
+    from ..ingest import open_source as _open
 
     s = cfg.source
     if s.protocol == "file":  # unpaced unless told to pace like a camera (s.rate 0: own rate)
@@ -81,7 +81,7 @@ class Receiver(Stage):
     name = "receiver"
 
     def setup(self) -> None:
-        from ..sources.base import Frame, SeriesEnd, SeriesStart
+        from ..ingest.base import Frame, SeriesEnd, SeriesStart
 
         self._types = (Frame, SeriesStart, SeriesEnd)
         self.src = open_source(self.cfg)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..protocol import MalformedMessage
+from ..loopline1.protocol import MalformedMessage
 
 __all__ = ["bslz4_decode", "bslz4_encode", "lz4_block_decode", "lz4_framed_decode"]
 

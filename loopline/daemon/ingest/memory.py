@@ -5,7 +5,7 @@ very decoder the ZeroMQ source uses, so malformed input is counted the same way)
 be given up front (an iterable, consumed lazily) and/or pushed while a consumer runs.
 
 >>> import numpy as np
->>> from loopline.daemon.sources import Frame, MemorySource, SeriesEnd, SeriesStart
+>>> from loopline.daemon.ingest import Frame, MemorySource, SeriesEnd, SeriesStart
 >>> src = MemorySource([SeriesStart("s", 0.0), Frame("s", 0, 0.0, np.zeros((2, 2), np.uint8)),
 ...                     SeriesEnd("s", 0.1)])
 >>> [type(ev).__name__ for ev in src]
@@ -22,8 +22,8 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from ..protocol import MalformedMessage
 from .base import Event, Frame, SeriesTracker, Source, _RateLimitedWarning
+from .loopline1.protocol import MalformedMessage
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +33,8 @@ __all__ = ["MemorySource", "decoder_for"]
 def decoder_for(protocol: str):
     """The decoder object of a protocol name (``loopline``, ``dectris1``, ``dectris2``,
     ``dectris``)."""
-    from .dectris import Dectris1Decoder, Dectris2Decoder, DectrisAutoDecoder
-    from .zmq_loopline import LooplineDecoder
+    from .dectris.source import Dectris1Decoder, Dectris2Decoder, DectrisAutoDecoder
+    from .loopline1.source import LooplineDecoder
 
     table = {"loopline": LooplineDecoder, "dectris1": Dectris1Decoder,
              "dectris2": Dectris2Decoder, "dectris": DectrisAutoDecoder}  # fmt: skip

@@ -36,8 +36,8 @@ from ..curve import (
     load_allowed_keys,
     load_curve_key,
 )
-from ..protocol import MalformedMessage
 from .base import Event, ThreadedSource
+from .loopline1.protocol import MalformedMessage
 
 logger = logging.getLogger(__name__)
 

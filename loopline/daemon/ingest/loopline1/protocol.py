@@ -69,7 +69,7 @@ from typing import Any
 
 import numpy as np
 
-from .sources.base import Frame, SeriesEnd, SeriesStart
+from ..base import Frame, SeriesEnd, SeriesStart
 
 __all__ = [
     "DEFAULT_ENDPOINT",

@@ -1,13 +1,24 @@
-"""Frame sources of the daemon: every one an iterator of events with ``close()``.
+"""Ingest: everything that brings frames into the daemon, in one place, a folder per detector.
 
-=====================  ===================================  ==================================
-class                  input                                module
-=====================  ===================================  ==================================
-:class:`LooplineSource`  loopline protocol, ZeroMQ PULL/SUB   :mod:`.zmq_loopline`
-:class:`DectrisSource`   DECTRIS Stream v1 (JSON) / v2 (CBOR)  :mod:`.dectris`
-:class:`FileSource`      video, TIFF, image folder, DM3/DM4   :mod:`.files`
-:class:`MemorySource`    events or raw messages in memory     :mod:`.memory` (the tests' twin)
-=====================  ===================================  ==================================
+Every source is an iterator of events with ``close()``:
+
+=======================  ====================================  ==================================
+class                    input                                 module
+=======================  ====================================  ==================================
+:class:`LooplineSource`  loopline/1 protocol, ZeroMQ PULL/SUB  :mod:`.loopline1.source`
+:class:`DectrisSource`   DECTRIS Stream v1 (JSON) / v2 (CBOR)  :mod:`.dectris.source`
+:class:`FileSource`      video, TIFF, image folder, DM3/DM4    :mod:`.files`
+:class:`MemorySource`    events or raw messages in memory      :mod:`.memory` (the tests' twin)
+=======================  ====================================  ==================================
+
+- ``loopline1/``: our protocol (:mod:`.loopline1.protocol`: the message format, its encoder
+  and decoder) and its source;
+- ``dectris/``: the DECTRIS Stream decoders and source, and their bitshuffle/LZ4 decompression
+  (:mod:`.dectris.compression`);
+- :mod:`.simulator`: the camera simulator (``loopline simulate``), which sends either protocol
+  at a chosen rate;
+- :mod:`.base` (events, the series tracker, the threaded source) and :mod:`._zmq` (the ZeroMQ
+  socket every network source shares, with CURVE).
 
 Events: :class:`SeriesStart`, :class:`Frame`, :class:`SeriesEnd` (:mod:`.base`). Build the
 one a configuration names with :func:`open_source`. Submodules are imported on first use,
@@ -22,10 +33,10 @@ from typing import TYPE_CHECKING, Any
 from .base import COUNTER_NAMES, Event, Frame, SeriesEnd, SeriesStart, Source
 
 if TYPE_CHECKING:
-    from .dectris import DectrisSource
+    from .dectris.source import DectrisSource
     from .files import FileSource
+    from .loopline1.source import LooplineSource
     from .memory import MemorySource
-    from .zmq_loopline import LooplineSource
 
 __all__ = [
     "CAMERA_PROTOCOLS",
@@ -45,8 +56,8 @@ __all__ = [
 ]
 
 _LAZY = {
-    "LooplineSource": ".zmq_loopline",
-    "DectrisSource": ".dectris",
+    "LooplineSource": ".loopline1.source",
+    "DectrisSource": ".dectris.source",
     "FileSource": ".files",
     "MemorySource": ".memory",
 }
@@ -98,10 +109,10 @@ def open_source(endpoint: str, protocol: str = "loopline", **options: Any) -> So
         path = endpoint.removeprefix("file://")
         return FileSource(path, **options)
     if protocol == "loopline":
-        from .zmq_loopline import LooplineSource
+        from .loopline1.source import LooplineSource
 
         return LooplineSource(endpoint, **options)
-    from .dectris import DectrisSource
+    from .dectris.source import DectrisSource
 
     version: int | str = {"dectris1": 1, "dectris2": 2, "dectris": "auto"}[protocol]
     return DectrisSource(endpoint, version=version, **options)

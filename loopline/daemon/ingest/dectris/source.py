@@ -50,16 +50,16 @@ from typing import Any
 import numpy as np
 import zmq
 
-from ..protocol import MalformedMessage
-from ._compression import (
+from .._zmq import ZmqSource
+from ..base import Event, Frame, SeriesEnd, SeriesStart
+from ..loopline1.protocol import MalformedMessage
+from .compression import (
     bslz4_decode,
     bslz4_encode,
     lz4_block_decode,
     lz4_block_encode,
     lz4_framed_decode,
 )
-from ._zmq import ZmqSource
-from .base import Event, Frame, SeriesEnd, SeriesStart
 
 __all__ = [
     "Dectris1Decoder",
@@ -648,7 +648,7 @@ class DectrisSource(ZmqSource):
     channel : str, optional
         Stream v2 channel to use (default: the first in each image message).
     socket, bind, rcvhwm, max_queued_frames, context, max_message_bytes
-        As :class:`~loopline.daemon.sources._zmq.ZmqSource`.
+        As :class:`~loopline.daemon.ingest._zmq.ZmqSource`.
     max_shape : (int, int) or int, optional
         Largest image (H, W), or largest pixel count, accepted; larger ones are malformed,
         rejected undecompressed.

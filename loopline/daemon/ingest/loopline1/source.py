@@ -1,7 +1,7 @@
 """The loopline protocol source: ZeroMQ PULL (default) or SUB, ``[JSON header, pixels]``.
 
-See :mod:`loopline.daemon.protocol` for the message format and the pairing convention
-(the sender binds, the daemon connects).
+See :mod:`loopline.daemon.ingest.loopline1.protocol` for the message format and the pairing
+convention (the sender binds, the daemon connects).
 """
 
 from __future__ import annotations
@@ -11,15 +11,16 @@ from typing import Any
 
 import zmq
 
-from .. import protocol
-from ._zmq import ZmqSource
-from .base import Event
+from .._zmq import ZmqSource
+from ..base import Event
+from . import protocol
 
 __all__ = ["LooplineDecoder", "LooplineSource"]
 
 
 class LooplineDecoder:
-    """Stateless: one message, one event (see :func:`loopline.daemon.protocol.decode`)."""
+    """Stateless: one message, one event (see
+    :func:`loopline.daemon.ingest.loopline1.protocol.decode`)."""
 
     def feed(self, parts: Sequence[Any]) -> list[Event]:
         return [protocol.decode(parts)]

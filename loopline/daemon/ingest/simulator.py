@@ -29,9 +29,8 @@ from typing import Any
 import numpy as np
 import zmq
 
-from . import protocol as lp
-from .curve import apply_curve, load_curve_key
-from .sources.dectris import (
+from ..curve import apply_curve, load_curve_key
+from .dectris.source import (
     encode_v1_end,
     encode_v1_frame,
     encode_v1_header,
@@ -39,6 +38,7 @@ from .sources.dectris import (
     encode_v2_frame,
     encode_v2_start,
 )
+from .loopline1 import protocol as lp
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class FrameSupply:
 
 def file_supply(path: str | Path, *, frames: int | None = None, loop: bool = False) -> FrameSupply:
     """Frames of a video, TIFF, image folder or DM3/DM4 file (optionally looped / cut)."""
-    from ..io.frames import open_frames
+    from ...io.frames import open_frames
 
     ff = open_frames(path)
 
@@ -445,7 +445,7 @@ class Simulator:
     def send_supply(self, supply: FrameSupply, *, series: str, fps: float | None = None,
                     end: bool = True) -> SimStats:  # fmt: skip
         """:meth:`send_series` over a :class:`FrameSupply` (its own rate unless ``fps``)."""
-        from .sources.files import DEFAULT_FPS
+        from .files import DEFAULT_FPS
 
         rate = fps if fps is not None else (supply.fps or DEFAULT_FPS)
         return self.send_series(supply.frames, series=series, fps=rate, count=supply.count,
