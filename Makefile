@@ -55,7 +55,7 @@ test: $(VENV)/.test-installed system-test-deps
 
 bench: $(VENV)/.test-installed
 	$(BIN)/python benchmarks/synth.py
-	$(BIN)/python benchmarks/pipelines.py
+	$(BIN)/python benchmarks/analysis.py
 	$(BIN)/python benchmarks/engines.py --quick
 
 # The wheel and sdist into dist/ (what the README's systemd section installs), built with

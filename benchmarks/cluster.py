@@ -2,8 +2,8 @@
 
 Measures, on one synthetic video (``loopline synth``, frames of ``--size`` px):
 
-- frames/s of single-machine :func:`loopline.pipelines.analyze.analyze`;
-- frames/s of :func:`loopline.pipelines.cluster.analyze_cluster` on a ``LocalCluster`` of 1 and
+- frames/s of single-machine :func:`loopline.analysis.analyze.analyze`;
+- frames/s of :func:`loopline.analysis.cluster.analyze_cluster` on a ``LocalCluster`` of 1 and
   of 2 worker processes (one thread each), after a warm-up run that loads the model on every
   worker (each timed run is a second run on the same workers);
 - the overhead per chunk: the round trip of an empty chunk (``analyze_chunk`` on no frames:
@@ -50,9 +50,9 @@ def make_video(root: Path, frames: int, size: int) -> Path:
 
 def empty_chunks(client, video: Path, opt, n: int) -> tuple[float, float]:
     """Seconds per empty chunk: one at a time (latency), and ``n`` in flight (throughput)."""
-    from loopline.pipelines.analyze import resolve_calibration
-    from loopline.pipelines.cluster import Chunk, analyze_chunk
-    from loopline.pipelines.sources import open_source
+    from loopline.analysis.analyze import resolve_calibration
+    from loopline.analysis.cluster import Chunk, analyze_chunk
+    from loopline.analysis.sources import open_source
 
     cal = resolve_calibration(open_source(video), None)
     c = Chunk(str(video), 0, 0)
@@ -69,11 +69,11 @@ def empty_chunks(client, video: Path, opt, n: int) -> tuple[float, float]:
 
 def client_feed(video: Path, opt, root: Path) -> float:
     """Seconds per frame to track and write measured frames (the client's serial part)."""
-    from loopline.pipelines.analyze import resolve_calibration
-    from loopline.pipelines.cluster import Chunk, analyze_chunk
-    from loopline.pipelines.series import SeriesWriter
-    from loopline.pipelines.sources import open_source
-    from loopline.pipelines.tracking import OnlineTracker
+    from loopline.analysis.analyze import resolve_calibration
+    from loopline.analysis.cluster import Chunk, analyze_chunk
+    from loopline.analysis.series import SeriesWriter
+    from loopline.analysis.sources import open_source
+    from loopline.analysis.tracking import OnlineTracker
 
     cal = resolve_calibration(open_source(video), None)
     cr = analyze_chunk(Chunk(str(video), 0, None), opt, cal, cal)
@@ -99,8 +99,8 @@ def main() -> None:
 
     logging.getLogger("distributed").setLevel(logging.WARNING)
 
-    from loopline.pipelines.analyze import AnalyzeOptions, analyze
-    from loopline.pipelines.cluster import analyze_cluster
+    from loopline.analysis.analyze import AnalyzeOptions, analyze
+    from loopline.analysis.cluster import analyze_cluster
 
     print(f"CPU: {cpu_model()}")
     opt = AnalyzeOptions(model=a.model)

@@ -43,10 +43,10 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
+    from .analysis.container import FrameResult
+    from .analysis.sources import Frame
     from .calibration import Calibration
     from .engines.base import Detections
-    from .pipelines.container import FrameResult
-    from .pipelines.sources import Frame
     from .viewers.stream import Message
 
 logger = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ class Run:
     def frames(self) -> Iterator[Frame]:
         """The analysed frames, read again from the recorded input, in ``series`` order.
 
-        Yields :class:`loopline.pipelines.sources.Frame` records (``index``, grey ``image``
+        Yields :class:`loopline.analysis.sources.Frame` records (``index``, grey ``image``
         (H, W), ``time_s`` on the file's own axis, ``name``); only frames with a row in
         ``series`` (``max_frames`` and frames a live run skipped are left out).
 
@@ -185,7 +185,7 @@ class Run:
             The summary records no input (a camera run keeps no frames but ``raw/``), or
             the input is gone.
         """
-        from .pipelines.sources import open_source
+        from .analysis.sources import open_source
 
         src = self.input
         if src is None:
@@ -334,8 +334,8 @@ def _default_out(source: Path) -> Path:
 
 
 def _options(model: str, options: dict[str, Any]):
-    from .pipelines.analyze import AnalyzeOptions
-    from .pipelines.measure import MeasureOptions
+    from .analysis.analyze import AnalyzeOptions
+    from .analysis.measure import MeasureOptions
 
     own = {f.name for f in dataclasses.fields(AnalyzeOptions)} - {"model", "measure"}
     meas = {f.name for f in dataclasses.fields(MeasureOptions)}
@@ -399,9 +399,9 @@ def analyze(
         A calibration profile (TOML/JSON, as ``--calibration``) or a
         :class:`loopline.calibration.Calibration`.
     **options
-        Fields of :class:`loopline.pipelines.analyze.AnalyzeOptions` (``imgsz``, ``conf``,
+        Fields of :class:`loopline.analysis.analyze.AnalyzeOptions` (``imgsz``, ``conf``,
         ``device``, ``engine``, ``inference``, ``batch``, ``max_frames``, ...) and of
-        :class:`loopline.pipelines.measure.MeasureOptions` (``min_score``,
+        :class:`loopline.analysis.measure.MeasureOptions` (``min_score``,
         ``max_spacing_px``, ...).
 
     Returns
@@ -422,7 +422,7 @@ def analyze(
     >>> run = loopline.analyze("frames/", "runs/a", nm_per_px=0.8, fps=25.0,
     ...                        model="ridge", max_frames=10)             # doctest: +SKIP
     """
-    from .pipelines.analyze import analyze as run_analysis
+    from .analysis.analyze import analyze as run_analysis
 
     src = Path(source)
     if not src.exists():
@@ -493,7 +493,7 @@ def measure_frame(
     """Measure one frame's detections: lines (length, curvature), loops (ellipses), pile-ups
     (glide direction, spacings). Untracked: track ids are -1.
 
-    Wraps :func:`loopline.pipelines.measure.measure_frame` with defaults for one frame.
+    Wraps :func:`loopline.analysis.measure.measure_frame` with defaults for one frame.
 
     Parameters
     ----------
@@ -505,7 +505,7 @@ def measure_frame(
         Pixel size; overrides the calibration's. Without one, nm values are NaN.
     calibration : Calibration, optional
     **options
-        Fields of :class:`loopline.pipelines.measure.MeasureOptions`.
+        Fields of :class:`loopline.analysis.measure.MeasureOptions`.
 
     Examples
     --------
@@ -517,9 +517,9 @@ def measure_frame(
     >>> len(r.line_length_px), bool(44 < r.line_length_px[0] < 50)
     (1, True)
     """
+    from .analysis.measure import MeasureOptions
+    from .analysis.measure import measure_frame as measure
     from .calibration import Calibration
-    from .pipelines.measure import MeasureOptions
-    from .pipelines.measure import measure_frame as measure
 
     cal = calibration or Calibration(source="api")
     if nm_per_px is not None:
@@ -536,7 +536,7 @@ def live(endpoint: str = "tcp://127.0.0.1:5556", timeout: float = 10.0, *,
     Uses the viewers' subscriber (:class:`loopline.viewers.stream.ResultSubscriber`) and
     their decoder (:func:`loopline.viewers.schema.to_view`): each item is a
     :class:`~loopline.viewers.stream.Message` with ``header`` (the published frame message,
-    :mod:`loopline.pipelines.message`: the frame's ``series.csv`` row, its ``tracks.csv`` rows
+    :mod:`loopline.analysis.message`: the frame's ``series.csv`` row, its ``tracks.csv`` rows
     with outlines ``contour_px`` and centre lines ``points_px``, its ``pairs.csv`` rows),
     ``view`` (the decoded
     :class:`~loopline.viewers.schema.FrameView`: ``lines``, ``loops``, ``pileups``, nm

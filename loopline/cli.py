@@ -23,7 +23,7 @@ COMMANDS: dict[str, str] = {
     "import": "loopline.datasets.import_command",
     "train": "loopline.training.command",
     "eval": "loopline.evaluation.command",
-    "analyze": "loopline.pipelines.command",
+    "analyze": "loopline.analysis.command",
     "export": "loopline.engines.command",
     "serve": "loopline.daemon.serve_command",
     "simulate": "loopline.daemon.simulate_command",

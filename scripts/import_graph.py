@@ -51,7 +51,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # datasets: the dataset layout, the label geometry rules and the real-label importers;
     # synth: the frame generator, which writes that layout. Both are sources of frames and
     # labelled datasets, i.e. the ingest end of the flow, and they sit here because of who
-    # imports them: engines (INT8 calibration frames are rendered by synth), pipelines (a
+    # imports them: engines (INT8 calibration frames are rendered by synth), analysis (a
     # dataset's labels as a stand-in engine), daemon (demo scene, simulator), and
     # evaluation, training, viewers (reading and writing the dataset layout). They need only
     # io, geometry and errors (synth imports datasets, one way), so nothing forces them
@@ -61,7 +61,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # One interface, one file per runtime: frames in, Detections out.
     ("engine", ("engines",)),
     # Detections → lines, loops, pile-ups (measure) → OnlineTracker (track) → series rows.
-    ("measure+track", ("pipelines",)),
+    ("measure+track", ("analysis",)),
     # The live daemon: sources (ingest), batcher, engine and measure workers, publisher and
     # recorder (publish/record), supervisor. At package granularity it drives everything
     # below, so it sits on top of the flow it orchestrates.

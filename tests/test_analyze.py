@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
+from loopline.analysis.sources import open_source
 from loopline.cli import main
-from loopline.pipelines.sources import open_source
 from loopline.synth.generate import generate
 
 
@@ -136,7 +136,7 @@ def test_analyze_defaults_to_the_shipped_model(unlabelled, tmp_path, capsys):
 
 def test_analyze_passes_imgsz_conf_device_to_the_engine(monkeypatch):
     import loopline.engines as engines
-    from loopline.pipelines.analyze import AnalyzeOptions, _make_detector
+    from loopline.analysis.analyze import AnalyzeOptions, _make_detector
 
     seen = {}
     real = engines.create_engine
@@ -184,7 +184,7 @@ def test_analyze_leaks_no_runtime_warning(tmp_path):
     numpy warned "invalid value encountered in cast" on every frame."""
     import tifffile
 
-    from loopline.pipelines.analyze import AnalyzeOptions, analyze
+    from loopline.analysis.analyze import AnalyzeOptions, analyze
 
     a = np.random.default_rng(0).random((3, 96, 96)).astype(np.float32)
     a[:, :4, :4] = np.nan

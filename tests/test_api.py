@@ -124,8 +124,8 @@ def test_run_tables_geometry_and_frames(video: Path, tmp_path: Path) -> None:
     lines = run.lines(frame=2)
     assert len(lines) == run.series.set_index("frame").loc[2, "n_dislocations"]
     # each line's centre line, as measured (thinned to 0.25 px, 0.1 px rounding)
+    from loopline.analysis.sources import open_source, truth_detections
     from loopline.calibration import Calibration
-    from loopline.pipelines.sources import open_source, truth_detections
 
     fr = next(f for f in open_source(video) if f.index == 2)
     res = loopline.measure_frame(truth_detections(fr.labels, fr.image.shape),

@@ -15,9 +15,8 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
-from loopline.cli import main  # noqa: E402
-from loopline.pipelines.analyze import AnalyzeOptions, analyze  # noqa: E402
-from loopline.pipelines.cluster import (  # noqa: E402
+from loopline.analysis.analyze import AnalyzeOptions, analyze  # noqa: E402
+from loopline.analysis.cluster import (  # noqa: E402
     ChunkError,
     analyze_chunk,
     analyze_cluster,
@@ -25,7 +24,8 @@ from loopline.pipelines.cluster import (  # noqa: E402
     connect,
     read_frames,
 )
-from loopline.pipelines.sources import open_source  # noqa: E402
+from loopline.analysis.sources import open_source  # noqa: E402
+from loopline.cli import main  # noqa: E402
 from loopline.synth.generate import generate  # noqa: E402
 
 TRUTH = AnalyzeOptions(model="truth")
@@ -195,7 +195,7 @@ def test_ridge_engine_on_workers_equals_single_machine(video, client, tmp_path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["frames"] == 14
 
     def models() -> int:
-        from loopline.pipelines import cluster
+        from loopline.analysis import cluster
 
         return sum("ridge" in key[0] for key in cluster._DETECTORS)
 

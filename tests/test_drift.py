@@ -1,6 +1,6 @@
 """Stage drift to a few hundredths of a pixel, and glide velocities that do not drift with it.
 
-- :func:`~loopline.pipelines.tracking.phase_drift` is not pulled towards whole pixels;
+- :func:`~loopline.analysis.tracking.phase_drift` is not pulled towards whole pixels;
 - the tracker registers frames to keyframes, so that the drift after many frames is as good
   as after one, the same from images or from shifts measured elsewhere (the cluster's way);
 - issue 17's done-criterion: ``analyze --model truth`` on the synthetic M1 glide video of
@@ -16,17 +16,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loopline.calibration import Calibration
-from loopline.pipelines.analyze import AnalyzeOptions, analyze
-from loopline.pipelines.measure import measure_frame
-from loopline.pipelines.sources import open_source, truth_detections
-from loopline.pipelines.tracking import (
+from loopline.analysis.analyze import AnalyzeOptions, analyze
+from loopline.analysis.measure import measure_frame
+from loopline.analysis.sources import open_source, truth_detections
+from loopline.analysis.tracking import (
     KEYFRAME_EVERY,
     OnlineTracker,
     frame_shift,
     keyframe_position,
     phase_drift,
 )
+from loopline.calibration import Calibration
 from loopline.synth.generate import generate
 
 

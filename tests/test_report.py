@@ -22,7 +22,7 @@ SHOT = Path(os.environ.get("LOOPLINE_REPORT_FIGURE", "/tmp/loopline-report.png")
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from loopline.pipelines.analyze import AnalyzeOptions, analyze
+    from loopline.analysis.analyze import AnalyzeOptions, analyze
     from loopline.synth.generate import generate
 
     base = tmp_path_factory.mktemp("report")
@@ -90,9 +90,9 @@ def test_every_axis_has_a_unit(run_dir: Path, tmp_path: Path,
 
 
 def test_report_errors_and_missing_data(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from loopline.analysis import FrameResult
+    from loopline.analysis.series import SeriesWriter
     from loopline.calibration import Calibration
-    from loopline.pipelines import FrameResult
-    from loopline.pipelines.series import SeriesWriter
 
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "run folder not found" in capsys.readouterr().err
@@ -117,7 +117,7 @@ def _lines_and_loop(i: int):
     """Three vertical lines gliding 3, 2 and 2 px/frame and a growing loop (96 x 160 px)."""
     import numpy as np
 
-    from loopline.pipelines.sources import detections_from_masks
+    from loopline.analysis.sources import detections_from_masks
 
     h, w = 96, 160
     masks = []
@@ -136,7 +136,7 @@ def test_report_on_a_daemon_run_folder(tmp_path: Path, capsys: pytest.CaptureFix
     The folder is made by the daemon's own producer, in memory: the measure worker's
     Analyzer and the output worker's Recorder, with the messages that pass between them.
     """
-    from loopline.daemon.analysis import Analyzer
+    from loopline.daemon.analyzer import Analyzer
     from loopline.daemon.config import load_config
     from loopline.daemon.recorder import Recorder
 
@@ -169,7 +169,7 @@ def test_report_on_a_daemon_run_folder(tmp_path: Path, capsys: pytest.CaptureFix
 def test_report_without_pixel_size(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A daemon run with no pixel size: spacings and loop axes in px (from pairs.csv and
     tracks.csv), not "no pile-up spacings"; the summary says the pixel size is unknown."""
-    from loopline.daemon.analysis import Analyzer
+    from loopline.daemon.analyzer import Analyzer
     from loopline.daemon.config import load_config
     from loopline.daemon.recorder import Recorder
 
@@ -269,8 +269,8 @@ def test_report_draws_error_bands_and_lists_alarms(tmp_path_factory: pytest.Temp
     import matplotlib.pyplot as plt
     from matplotlib.collections import PolyCollection
 
-    from loopline.pipelines.alarms import AlarmConfig
-    from loopline.pipelines.analyze import AnalyzeOptions, analyze
+    from loopline.analysis.alarms import AlarmConfig
+    from loopline.analysis.analyze import AnalyzeOptions, analyze
     from loopline.reports import figures as F
     from loopline.synth.generate import generate
 

@@ -151,7 +151,7 @@ def test_one_time_axis_rule_for_both_commands(tmp_path: Path) -> None:
     import tifffile
 
     from loopline.calibration import Calibration, frame_time_s
-    from loopline.daemon.analysis import Analyzer
+    from loopline.daemon.analyzer import Analyzer
     from loopline.daemon.ingest import FileSource, Frame
 
     prof = tmp_path / "cal.toml"

@@ -2,7 +2,7 @@
 
 - the reported 68 % intervals (value ± its ``*_se``) of glide velocities and pair spacings
   contain the exact synthetic truth in 55-80 % of cases (``--model truth`` through
-  :func:`loopline.pipelines.analyze.analyze`, several seeds);
+  :func:`loopline.analysis.analyze.analyze`, several seeds);
 - a scripted avalanche in the generator raises exactly one ``avalanche`` alarm at its frame,
   in ``alarms.csv`` and as an ``alarm`` message on a real ZeroMQ publisher (and through the
   daemon, end to end);
@@ -21,13 +21,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from loopline.analysis.alarms import AlarmConfig, DaemonAlarms, Hysteresis, avalanche_score
+from loopline.analysis.analyze import AnalyzeOptions, analyze
+from loopline.analysis.evaluate import _resample
+from loopline.analysis.lines import mean_closest_distance
+from loopline.analysis.uncertainty import poisson_interval, residual_sd, slope_se, t68
 from loopline.calibration import calibration_from_truth
 from loopline.io.runfolder import ALARM_COLUMNS, EVENT_TABLES
-from loopline.pipelines.alarms import AlarmConfig, DaemonAlarms, Hysteresis, avalanche_score
-from loopline.pipelines.analyze import AnalyzeOptions, analyze
-from loopline.pipelines.evaluate import _resample
-from loopline.pipelines.lines import mean_closest_distance
-from loopline.pipelines.uncertainty import poisson_interval, residual_sd, slope_se, t68
 from loopline.synth.generate import generate
 
 pytestmark = pytest.mark.timeout(300)

@@ -13,8 +13,8 @@ import zmq
 from viewer_standin import build_messages
 from viewer_support import live_stream, make_synth_video, wait_for
 
-from loopline.pipelines.message import LineView, PileupView
-from loopline.pipelines.uncertainty import mean_se
+from loopline.analysis.message import LineView, PileupView
+from loopline.analysis.uncertainty import mean_se
 from loopline.viewers.config import ViewConfig, ViewConfigError, load_view_config
 from loopline.viewers.schema import AlarmEvent, FrameView, parse_message, to_alarm, to_view
 from loopline.viewers.state import ViewState, reconcile_alarms, sparkline
@@ -416,7 +416,7 @@ def test_real_publisher_alarms_and_errors_reach_the_web_snapshot(synth_video: Pa
     raised by the daemon's own rules, and the standard errors of the measure worker."""
     from viewer_support import AnalysedFeed
 
-    from loopline.pipelines.alarms import AlarmConfig
+    from loopline.analysis.alarms import AlarmConfig
     from loopline.viewers.web import ViewerServer
 
     with AnalysedFeed(synth_video, fps=20) as feed, \

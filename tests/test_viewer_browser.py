@@ -173,7 +173,7 @@ def test_page_shows_error_bands_and_the_daemons_alarms(browser, tmp_path_factory
 
     from viewer_support import AnalysedFeed
 
-    from loopline.pipelines.alarms import AlarmConfig
+    from loopline.analysis.alarms import AlarmConfig
 
     video = make_synth_video(tmp_path_factory)
     with AnalysedFeed(video, fps=10) as feed:

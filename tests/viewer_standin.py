@@ -23,12 +23,12 @@ import zmq
 def build_messages(folder: Path) -> list[tuple[dict, bytes]]:
     """One (header, JPEG) per frame of the first sequence of a synth video folder, as the
     daemon publishes them: the frames' truth detections through the daemon's own measure
-    step (:class:`~loopline.daemon.analysis.Analyzer`) and its own publisher, received on a
+    step (:class:`~loopline.daemon.analyzer.Analyzer`) and its own publisher, received on a
     SUB socket (in memory, ``inproc://``)."""
-    from loopline.daemon.analysis import Analyzer
+    from loopline.analysis.sources import open_source, truth_detections
+    from loopline.daemon.analyzer import Analyzer
     from loopline.daemon.config import PublishConfig
     from loopline.daemon.publisher import Publisher
-    from loopline.pipelines.sources import open_source, truth_detections
 
     truth = json.loads((folder / "truth.json").read_text())
     nm, fps = float(truth["nm_per_px"]), float(truth["fps"])

@@ -141,7 +141,7 @@ def wait_for(pred, timeout: float, what: str, interval: float = 0.1):
 
 class AnalysedFeed:
     """A small daemon in this process for the viewer tests: the measure worker's
-    :class:`~loopline.daemon.analysis.Analyzer` on a synthetic video's true masks, published by
+    :class:`~loopline.daemon.analyzer.Analyzer` on a synthetic video's true masks, published by
     the daemon's own :class:`~loopline.daemon.publisher.Publisher` (its encoder, its topics).
 
     The video is played back and forth, one series per pass (as a camera's acquisitions); each
@@ -158,9 +158,9 @@ class AnalysedFeed:
         import cv2
         import zmq
 
+        from loopline.analysis.sources import truth_detections
         from loopline.daemon.config import load_config
         from loopline.daemon.publisher import Publisher
-        from loopline.pipelines.sources import truth_detections
 
         truth = json.loads((folder / "truth.json").read_text())
         seq = truth["sequences"][0]
@@ -181,12 +181,12 @@ class AnalysedFeed:
         self._thread = threading.Thread(target=self._run, name="analysed-feed", daemon=True)
 
     def arm(self, alarms) -> None:
-        """Alarm thresholds (a :class:`~loopline.pipelines.alarms.AlarmConfig`) for the
+        """Alarm thresholds (a :class:`~loopline.analysis.alarms.AlarmConfig`) for the
         series that starts next."""
         self.alarms = alarms
 
     def _run(self) -> None:
-        from loopline.daemon.analysis import Analyzer
+        from loopline.daemon.analyzer import Analyzer
 
         an = Analyzer(nm_per_px=self.nm)
         active: dict[str, dict] = {}

@@ -151,7 +151,7 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class AlarmsConfig:
-    """``[alarms]``: the thresholds of :class:`loopline.pipelines.alarms.AlarmConfig` (same
+    """``[alarms]``: the thresholds of :class:`loopline.analysis.alarms.AlarmConfig` (same
     names; 0 turns a rule off)."""
 
     enabled: bool

@@ -87,7 +87,7 @@ def accuracy(run_dir: Path, scene: dict[str, Any], *, max_match_px: float = 12.0
     each published pair of neighbours against the mean closest distance of the two true
     lines in the same frame.
     """
-    from ..pipelines import mean_closest_distance
+    from ..analysis import mean_closest_distance
     from ..synth.scene import lines_at
 
     fps, nm = float(scene["fps"]), float(scene["nm_per_px"])

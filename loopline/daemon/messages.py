@@ -182,7 +182,7 @@ class BatcherEos(TypedDict):
 
 class Result(TypedDict):
     """A frame measured and tracked (or measured only: ``fate``): measure worker → output
-    worker. The frame message of :mod:`loopline.pipelines.message`, with the recorder's
+    worker. The frame message of :mod:`loopline.analysis.message`, with the recorder's
     bookkeeping (``seq``, ``ts``, ``recv``, ``model_path``)."""
 
     t: Literal["result"]

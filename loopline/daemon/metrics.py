@@ -194,7 +194,7 @@ class _Collector:
         lat.add_metric(["0.99"], snap["latency_p99_ms"])
         yield lat
         active = GaugeMetricFamily("loopline_alarm_active", "1 while the alarm rule is raised "
-                                   "(loopline.pipelines.alarms)", labels=["rule"])  # fmt: skip
+                                   "(loopline.analysis.alarms)", labels=["rule"])  # fmt: skip
         raised = CounterMetricFamily("loopline_alarms_raised", "Times each alarm rule was "
                                      "raised", labels=["rule"])  # fmt: skip
         for r in ALARM_RULES:

@@ -27,7 +27,7 @@ Topics
 ------
 ``b"frame"`` — one analysed frame: ``[b"frame", header, jpeg]``, or ``[b"frame", header]`` when
 JPEGs are off. The header is the frame message, ``schema = "loopline.frame/2"``, whose layout
-:mod:`loopline.pipelines.message` defines for the daemon and the viewers alike: the frame's
+:mod:`loopline.analysis.message` defines for the daemon and the viewers alike: the frame's
 identity and times, its ``series.csv`` row, its ``tracks.csv`` rows (each with its outline
 ``contour_px`` and ``box_px``; a line's centre line is its ``points_px``), its ``pairs.csv``
 rows, stage timings, the model, the daemon's counters and the alarm rules raised now. Its
@@ -50,7 +50,7 @@ queue_output, slots_in_use), ``latency_ms`` {p50, p99, max}, ``ingest_latency_ms
 replay) and ``engine`` (model and runtime, e.g. ``"defects/openvino"``; null until the first
 frame is analysed). summary.json carries the same ``source`` and ``engine``.
 
-``b"alarm"`` — an alarm raised or cleared (:mod:`loopline.pipelines.alarms`):
+``b"alarm"`` — an alarm raised or cleared (:mod:`loopline.analysis.alarms`):
 ``[b"alarm", header]`` with ``schema = "loopline.alarm/1"``, ``seq`` (alarm messages sent),
 ``timestamp`` (when it was sent, s since the epoch) and the ``alarms.csv`` row: ``series``,
 ``frame``, ``time_s``, ``rule`` (``spacing_low``, ``lead_velocity_high``, ``avalanche``,
@@ -79,7 +79,7 @@ import cv2
 import numpy as np
 import zmq
 
-from ..pipelines.message import frame_header
+from ..analysis.message import frame_header
 from .config import PublishConfig
 from .curve import ClientAllowList, apply_curve, load_allowed_keys, load_curve_key
 from .wire import clean_json, socket

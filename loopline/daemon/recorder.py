@@ -177,7 +177,7 @@ def annotate(image: np.ndarray, result: dict[str, Any] | None, *, px_nm: float |
     """The overlay frame (BGR uint8): instance fills and outlines, centre lines, ids, scale
     bar.
 
-    ``result`` is a frame message (:mod:`loopline.pipelines.message`: its ``tracks`` rows
+    ``result`` is a frame message (:mod:`loopline.analysis.message`: its ``tracks`` rows
     with their outlines); None draws the frame with ``mark`` (e.g. "SKIPPED") instead. A loop
     without a mask (``from_box``, the ellipse of its box) is outlined, not filled; the title
     counts what the row counts.

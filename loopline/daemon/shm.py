@@ -97,7 +97,7 @@ STAT_NAMES: tuple[str, ...] = (
     "not_recorded_disk", "results_not_recorded_disk",
     # frames recorded before their analysis came back (output.record_wait_s; fate late)
     "recorded_late",
-    # alarms raised, per rule (loopline.pipelines.alarms; the output worker counts them)
+    # alarms raised, per rule (loopline.analysis.alarms; the output worker counts them)
     *(f"alarms_raised_{r}" for r in ALARM_RULES),
     # gauges
     *(f"alarm_active_{r}" for r in ALARM_RULES),

@@ -4,7 +4,7 @@ One rule for every dataset: the generator (:mod:`loopline.synth.render`), the im
 real labels, the labelling page and the evaluation's ground truth all draw a dislocation's
 label as its centre line buffered by half the label width (:func:`line_polygon`) and rasterise
 label polygons with :func:`polygon_mask`. (``--model truth`` measures masks from the pixel-centre
-rule instead, :func:`loopline.pipelines.sources.truth_detections`, whose docstring says why.)
+rule instead, :func:`loopline.analysis.sources.truth_detections`, whose docstring says why.)
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Frames from recorded files: videos, TIFF stacks, image folders, DM3/DM4, EMD.
 
-One reader for ``loopline analyze`` (:mod:`loopline.pipelines.sources`), the daemon's file
+One reader for ``loopline analyze`` (:mod:`loopline.analysis.sources`), the daemon's file
 replay (:class:`loopline.daemon.ingest.files.FileSource`) and the camera simulator.
 
 =================================  ==========================  ==================================

@@ -3,7 +3,7 @@
 Both commands write the same four tables, with the same columns, units and meanings
 (:data:`TABLES`, documented in the README's *Run folder* section) and a ``schema_version``
 (:data:`SCHEMA_VERSION`) in ``summary.json``; ``loopline report`` reads them as they are.
-The rows come from :class:`loopline.pipelines.series.SeriesAccumulator`: in ``analyze``
+The rows come from :class:`loopline.analysis.series.SeriesAccumulator`: in ``analyze``
 directly, in the daemon through the measure worker's result message (JSON) to the recorder.
 
 =====================  ====================================================================
@@ -218,7 +218,7 @@ _TRACK_SUMMARY: tuple[tuple[str, str, str], ...] = (
                                     "residuals), nm/s"),
 )  # fmt: skip
 
-#: The alarm rules (``alarms.csv`` ``rule``; :mod:`loopline.pipelines.alarms`): four on the
+#: The alarm rules (``alarms.csv`` ``rule``; :mod:`loopline.analysis.alarms`): four on the
 #: measured numbers (``analyze`` and ``serve``), two on the daemon itself (``serve`` only).
 ALARM_RULES = ("spacing_low", "lead_velocity_high", "avalanche", "loop_growth_stalled",
                "behind", "disk_low", "recording_stopped")  # fmt: skip

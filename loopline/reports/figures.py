@@ -13,7 +13,7 @@ All figures use matplotlib's Agg backend, are written as PNG and PDF, and carry 
 every axis. Where the tables carry uncertainties (issue 22) they are drawn as translucent
 bands of ± 1 standard error: each pair's ``spacing_nm`` ± ``spacing_nm_se`` and a pile-up's
 mean spacing ± the standard error of that mean from its pairs' errors (``sqrt(Σ se²) / n``,
-:func:`loopline.pipelines.uncertainty.mean_se`; not ``series.csv``'s ``mean_spacing_nm_se``, which
+:func:`loopline.analysis.uncertainty.mean_se`; not ``series.csv``'s ``mean_spacing_nm_se``, which
 is the spread over the pairs), each line's
 ``velocity_nm_per_s`` ± ``velocity_nm_per_s_se``, and the loop count and densities' 68 %
 Poisson intervals (``*_lo``/``*_hi``). A band never stretches an axis by more than the span
@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..analysis.uncertainty import mean_se
 from ..io.runfolder import EVENT_TABLES, SCHEMA_VERSION, TABLES, read_points
-from ..pipelines.uncertainty import mean_se
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def _band(ax: Any, t: Any, y: Any, se: Any, color: Any, label: str | None = None
 
 def _pileup_mean_se(se: pd.Series) -> float:
     """Standard error of a mean over pairs from their own standard errors, as the viewers
-    have it (:func:`loopline.pipelines.uncertainty.mean_se`; NaN where it gives none)."""
+    have it (:func:`loopline.analysis.uncertainty.mean_se`; NaN where it gives none)."""
     v = mean_se(pd.to_numeric(se, errors="coerce").tolist())
     return math.nan if v is None else v
 

@@ -7,8 +7,8 @@ HTTP server (:mod:`loopline.viewers.web`: the same ``Host`` check against DNS re
 - ``GET /api/frame/STEM.png``: the frame as an 8-bit PNG;
 - ``GET /api/proposals/STEM``: the model's instances on that frame (run once per frame,
   on first view, server-side; the next frame's are made in the background meanwhile):
-  dislocations as centre-line polylines (:func:`loopline.pipelines.lines.trace_line`),
-  loops as ellipses (:func:`loopline.pipelines.loops.fit_loop`);
+  dislocations as centre-line polylines (:func:`loopline.analysis.lines.trace_line`),
+  loops as ellipses (:func:`loopline.analysis.loops.fit_loop`);
 - ``GET /api/labels/STEM``: the frame's saved labels (an empty set if none);
 - ``POST /api/labels/STEM``: the frame's labels after an edit (JSON, see
   :func:`~loopline.viewers.label_store.parse_labels`), saved at once in the dataset folder
@@ -75,8 +75,8 @@ def proposals_from(det: Any, *, label_width: float) -> list[dict[str, Any]]:
     (class 1) their fitted ellipses; an instance that cannot be traced is left out. Ids are
     ``p<k>``, ``k`` the instance's index, so they are stable for the same model and frame.
     """
-    from ..pipelines.lines import trace_line
-    from ..pipelines.loops import fit_loop
+    from ..analysis.lines import trace_line
+    from ..analysis.loops import fit_loop
 
     h, w = det.shape
     out: list[dict[str, Any]] = []

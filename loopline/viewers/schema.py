@@ -1,8 +1,8 @@
 """One published result message → one :class:`FrameView`, the only thing the viewers draw.
 
 The daemon publishes, per analysed frame, a multipart message ``[b"frame", JSON header,
-JPEG?]``: the frame message of :mod:`loopline.pipelines.message`, which defines its layout
-for the producer and for this reader alike (:func:`~loopline.pipelines.message.read_objects`
+JPEG?]``: the frame message of :mod:`loopline.analysis.message`, which defines its layout
+for the producer and for this reader alike (:func:`~loopline.analysis.message.read_objects`
 gives its lines, loops and pile-ups). Each field has one name; a value that is missing or
 not a number reads as None, so a damaged message shows blank cells, not a crashed dashboard
 at the microscope. The ``metrics`` message (:mod:`loopline.daemon.metrics`) adds fps per
@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..pipelines.message import (
+from ..analysis.message import (
     LineView,
     LoopView,
     PileupView,

@@ -4,7 +4,7 @@
 holds nothing that a redraw could not recompute; it owns no socket and no thread, so it is
 tested on literal views.
 
-Two kinds of alarm are shown. The daemon's (:mod:`loopline.pipelines.alarms`, published as
+Two kinds of alarm are shown. The daemon's (:mod:`loopline.analysis.alarms`, published as
 ``alarm`` messages and written to ``alarms.csv``) are fed with :meth:`ViewState.on_alarm`:
 :meth:`ViewState.active_alarms` holds the rules raised now, :meth:`ViewState.alarm_log` the
 newest raise/clear events. A viewer that joins late, or lost an ``alarm`` message, learns the

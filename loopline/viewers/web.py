@@ -22,7 +22,7 @@ overlay, ``jpeg.overlay`` true, gets no second scale bar). The curves are on the
 time axis (``time_s``, as in series.csv), with 1-2-5 ticks, units and a legend; each curve
 has a translucent band of ± 1 standard error where the stream gives one: a pile-up's mean
 spacing ± the standard error of that mean from its pairs' own errors (``spacing_nm_se``,
-:func:`~loopline.pipelines.uncertainty.mean_se`), the leading line's velocity ± its fit's
+:func:`~loopline.analysis.uncertainty.mean_se`), the leading line's velocity ± its fit's
 ``velocity_nm_s_se``, the loop count's 68 % Poisson interval (``n_loops_lo``/``_hi``). The
 alarms panel lists the daemon's alarms raised now, highlighted, and its recent raise/clear
 events (time, rule, message); a banner over the page shows while one is raised. Nothing on

@@ -36,7 +36,7 @@ the model before it says ready (:func:`~.engine.make_engine`, :func:`~.engine.ch
 :mod:`.measure` (:class:`~.measure.MeasureWorker`) takes ``det``/``lost`` messages from the
 engines, in any order, and ``eos`` from the batcher. It puts them back in analysis order
 (:class:`~.measure.Reorder`), measures and tracks each frame
-(:class:`~loopline.daemon.analysis.Analyzer`) and gives the output worker a ``result`` per
+(:class:`~loopline.daemon.analyzer.Analyzer`) and gives the output worker a ``result`` per
 frame (or ``lost``), an ``analysis`` summary per ended series and, drained, ``eos_analysis``.
 
 :mod:`.output` (:class:`~.output.OutputWorker`) takes the frame headers, series events and

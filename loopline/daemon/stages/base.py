@@ -138,10 +138,10 @@ def one_line(e: BaseException) -> str:
 
 
 def alarm_config(cfg: DaemonConfig):
-    """The ``[alarms]`` section as :class:`loopline.pipelines.alarms.AlarmConfig`."""
+    """The ``[alarms]`` section as :class:`loopline.analysis.alarms.AlarmConfig`."""
     import dataclasses
 
-    from ...pipelines.alarms import AlarmConfig
+    from ...analysis.alarms import AlarmConfig
 
     values = dataclasses.asdict(cfg.alarms)
     values.pop("disk_check_s")

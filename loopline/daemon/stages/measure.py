@@ -24,15 +24,15 @@ def detections_of(msg: dict[str, Any], masks: np.ndarray):
 
     The message lists every instance's box, score and class, the ``n`` with masks first (the
     mask budget, package docstring); the rest become a
-    :class:`~loopline.pipelines.measure.BoxOnly`.
+    :class:`~loopline.analysis.measure.BoxOnly`.
 
     Raises
     ------
     ValueError
         When the lists' lengths disagree with each other or with the masks.
     """
+    from ...analysis.measure import BoxOnly
     from ...engines.base import Detections
-    from ...pipelines.measure import BoxOnly
 
     boxes = np.asarray(msg["boxes"], np.float32)
     scores = np.asarray(msg["scores"], np.float32)
@@ -160,7 +160,7 @@ class MeasureWorker(Stage):
     name = "measure"
 
     def setup(self) -> None:
-        from ..analysis import Analyzer
+        from ..analyzer import Analyzer
 
         c = self.cfg.calibration
         self.analyzer = Analyzer(nm_per_px=c.nm_per_px, calibration_profile=c.profile,
@@ -225,7 +225,7 @@ class MeasureWorker(Stage):
             # the calibration's where the user made it win (calibration.override)
             out["px_nm"] = ((row.get("nm_per_px") if self.cfg.calibration.override else None)
                             or h.get("px_nm") or row.get("nm_per_px"))  # fmt: skip
-            # the frame message (pipelines/message.py): its rows of the run folder's tables
+            # the frame message (analysis/message.py): its rows of the run folder's tables
             out.update(body, t="result", timings_ms={**h["timings_ms"], **body["timings_ms"]},
                        engine=h.get("engine"), model=h.get("model"),
                        model_path=h.get("model_path"))  # fmt: skip
@@ -260,9 +260,9 @@ class MeasureWorker(Stage):
     def _measure_untracked(self, h: dict[str, Any], det: Any, box_only: Any):
         """A late frame, measured by an analyzer of its own (the series' tracker has gone past
         it): as :meth:`_measure`, without tracks or track tables
-        (:func:`~loopline.pipelines.message.untracked`)."""
-        from ...pipelines.message import untracked
-        from ..analysis import Analyzer
+        (:func:`~loopline.analysis.message.untracked`)."""
+        from ...analysis.message import untracked
+        from ..analyzer import Analyzer
 
         c = self.cfg.calibration
         one = Analyzer(nm_per_px=c.nm_per_px, calibration_profile=c.profile, fps=self._fps(),

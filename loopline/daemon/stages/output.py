@@ -69,7 +69,7 @@ class OutputWorker(Stage):
         self.last_progress = time.monotonic()
         # names for viewers and summary.json; the engine's comes with the first result
         self.names: dict[str, Any] = {"source": source_label(self.cfg), "engine": None}
-        from ...pipelines.alarms import DaemonAlarms
+        from ...analysis.alarms import DaemonAlarms
 
         # alarms: the daemon's own rules here; the frame rules' events come with the results
         self.daemon_alarms = DaemonAlarms(alarm_config(self.cfg))

@@ -7,7 +7,7 @@ for ``tracks.csv``, one per neighbour pair for ``pairs.csv``, and one for
 :mod:`loopline.io.runfolder`). It adds what needs history: a line's position along its
 pile-up's glide direction (drift-corrected; accumulated from frame-to-frame displacements
 measured along the glide direction between the two lines, see
-:func:`~loopline.pipelines.lines.glide_displacement`, so that a line entering or leaving the
+:func:`~loopline.analysis.lines.glide_displacement`, so that a line entering or leaving the
 field of view does not seem to move) and its velocity, a loop's growth rate. Velocities and
 growth rates are causal: the slope of a least-squares line through the object's last
 ``window`` samples, so they can be published as the frame arrives (a constant velocity is
@@ -21,7 +21,7 @@ drift-corrected positions. A track unseen for ``forget_after`` frames has ended:
 the rest at the end of the series.
 
 ``loopline analyze`` writes the rows with :class:`SeriesWriter`; the daemon's measure worker
-(:mod:`loopline.daemon.analysis`) sends the same rows to its recorder, which writes them with
+(:mod:`loopline.daemon.analyzer`) sends the same rows to its recorder, which writes them with
 the same :class:`~loopline.io.runfolder.RunTables`.
 """
 
@@ -240,7 +240,7 @@ class SeriesAccumulator:
     forget_after : int
         A track unseen for more than this many frames has ended.
     alarms : AlarmConfig, optional
-        The rules evaluated on every frame's rows (:mod:`loopline.pipelines.alarms`); their
+        The rules evaluated on every frame's rows (:mod:`loopline.analysis.alarms`); their
         raise/clear events are the frame's ``alarms`` rows (``alarms.csv``). Default: the
         default rules; None: none.
     """

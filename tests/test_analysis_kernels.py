@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 
+from loopline.analysis._kernels import get_kernels
+from loopline.analysis.lines import curvature, mean_closest_distance, trace_line, trace_lines
+from loopline.analysis.loops import fit_loop
+from loopline.analysis.pileups import group_pileups
 from loopline.datasets.raster import line_polygon
-from loopline.pipelines._kernels import get_kernels
-from loopline.pipelines.lines import curvature, mean_closest_distance, trace_line, trace_lines
-from loopline.pipelines.loops import fit_loop
-from loopline.pipelines.pileups import group_pileups
 
 IMPLS = ["python", "numba"]
 
@@ -284,7 +284,7 @@ def test_group_pileups_orders_from_the_tight_end(impl):
 
 
 def test_glide_displacement_ignores_clipping():
-    from loopline.pipelines.lines import glide_displacement
+    from loopline.analysis.lines import glide_displacement
 
     v = np.linspace(-40, 40, 50)
     line = np.stack([0.3 * v, v], axis=1)  # inclined to the glide direction x

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from loopline.analysis import OnlineTracker, measure_frame
+from loopline.analysis.analyze import AnalyzeOptions, analyze
+from loopline.analysis.evaluate import evaluate_against_truth
+from loopline.analysis.sources import open_source, truth_detections
 from loopline.calibration import Calibration, CalibrationError
-from loopline.pipelines import OnlineTracker, measure_frame
-from loopline.pipelines.analyze import AnalyzeOptions, analyze
-from loopline.pipelines.evaluate import evaluate_against_truth
-from loopline.pipelines.sources import open_source, truth_detections
 from loopline.synth.generate import generate
 
 BASE = {"width": 320, "height": 320, "lead_pinned_prob": 0.0}

@@ -1,9 +1,9 @@
 """The measure/track step of the daemon, kept thin: detections in, a frame message out.
 
-:class:`Analyzer` wraps ``loopline.pipelines`` (``measure_frame``, ``OnlineTracker`` and the
-:class:`~loopline.pipelines.series.SeriesAccumulator` that ``loopline analyze`` writes its
+:class:`Analyzer` wraps ``loopline.analysis`` (``measure_frame``, ``OnlineTracker`` and the
+:class:`~loopline.analysis.series.SeriesAccumulator` that ``loopline analyze`` writes its
 run folder with). What leaves here is the body of the frame message
-(:mod:`loopline.pipelines.message`): the frame's rows of the run folder's tables, which the
+(:mod:`loopline.analysis.message`): the frame's rows of the run folder's tables, which the
 recorder writes as they are (so that ``serve`` and ``analyze`` write the same tables), its
 ``tracks`` rows carrying what a viewer draws. Dislocations without a mask are counted in the
 row (``n_dislocations``, ``instances_without_mask``) but have no geometry, so no row.
@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from ..analysis import OnlineTracker, SeriesAccumulator, measure_frame
+from ..analysis.alarms import AlarmConfig
+from ..analysis.measure import BoxOnly
+from ..analysis.message import frame_tables
 from ..calibration import CalibrationError, frame_time_s
 from ..engines.base import Detections
 from ..io.runfolder import json_safe
-from ..pipelines import OnlineTracker, SeriesAccumulator, measure_frame
-from ..pipelines.alarms import AlarmConfig
-from ..pipelines.measure import BoxOnly
-from ..pipelines.message import frame_tables
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class Analyzer:
     fps : float
         Frame rate where the profile gives no time axis (0 = the source's frame times).
     alarms : AlarmConfig, optional
-        The frame rules (:mod:`loopline.pipelines.alarms`); their events are the ``alarms``
+        The frame rules (:mod:`loopline.analysis.alarms`); their events are the ``alarms``
         rows of each frame message. None: no alarms.
     """
 
@@ -127,11 +127,11 @@ class Analyzer:
         box_only: BoxOnly | None = None,
     ) -> dict[str, Any]:  # fmt: skip
         """One frame of the current series: the body of its frame message
-        (:mod:`loopline.pipelines.message`): ``row``, ``tracks`` (with what a viewer draws),
+        (:mod:`loopline.analysis.message`): ``row``, ``tracks`` (with what a viewer draws),
         ``pairs``, ``track_summary``, ``alarms`` and ``timings_ms``.
 
         ``box_only``: the frame's instances whose masks were not kept (see
-        :func:`~loopline.pipelines.measure.measure_frame`). :meth:`new_series` must have been
+        :func:`~loopline.analysis.measure.measure_frame`). :meth:`new_series` must have been
         called first.
         """
         if self._tracker is None or self._series is None:

@@ -1,4 +1,4 @@
-"""loopline.pipelines: masks → lines and loops → tracks → spacing, velocity, growth.
+"""loopline.analysis: masks → lines and loops → tracks → spacing, velocity, growth.
 
 Per frame, :func:`measure_frame` turns an engine's :class:`~loopline.engines.base.Detections`
 into a :class:`FrameResult`; across frames, :class:`OnlineTracker` links them and corrects

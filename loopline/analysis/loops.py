@@ -45,7 +45,7 @@ class LoopFit:
         :func:`box_loop`).
     major_se_px : float
         Standard error of ``major_px`` from the contour's residuals about the ellipse
-        (:func:`~loopline.pipelines.uncertainty.ellipse_axis_se_px`); NaN where nothing was
+        (:func:`~loopline.analysis.uncertainty.ellipse_axis_se_px`); NaN where nothing was
         fitted (a box, a piece of fewer than 5 contour points).
     """
 

@@ -77,7 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     p.add_argument("--impl", choices=("numba", "python"), default="numba",
                    help="kernel implementation (default numba)")  # fmt: skip
-    # --cluster: the same analysis on dask.distributed (pipelines/cluster.py, docs/cluster.md)
+    # --cluster: the same analysis on dask.distributed (analysis/cluster.py, docs/cluster.md)
     p.add_argument("--cluster", default=None, metavar="ADDRESS|local:N",
                    help="analyse on a Dask cluster you run (Dask pickles tasks: a trusted "
                         "network or tls://, see docs/cluster.md): a scheduler address "
@@ -115,7 +115,7 @@ def run(a: argparse.Namespace) -> int:
             memory=a.memory, drift="none" if a.no_drift else "phase", window=a.window,
             max_frames=a.max_frames, measure=MeasureOptions(impl=a.impl),
         )  # fmt: skip
-        if a.cluster:  # loopline analyze --cluster (pipelines/cluster.py)
+        if a.cluster:  # loopline analyze --cluster (analysis/cluster.py)
             from .cluster import run_command
 
             return run_command(a, opt, cal)

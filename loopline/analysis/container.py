@@ -108,7 +108,7 @@ class FrameResult:
         Ellipse area, px².
     loop_from_box : (M,) bool
         True where the loop had no mask and is the ellipse inscribed in its detection box
-        (:func:`~loopline.pipelines.loops.box_loop`; the daemon keeps ``pool.max_instances``
+        (:func:`~loopline.analysis.loops.box_loop`; the daemon keeps ``pool.max_instances``
         masks a frame). None: all False.
     loop_major_se_px : (M,) float64
         Standard error of ``loop_major_px`` from the ellipse fit's residuals (NaN: not

@@ -16,7 +16,7 @@ objects left out, the interpolation of the frames, the peak estimate); summed fr
 it grows with the number of frames (0.5-1 px over 40 frames of a synthetic video, 20-35 %
 of a 0.1 px/frame glide velocity), against keyframes it grows only with the number of
 keyframes. Keyframes sit at fixed positions so that a worker measuring a chunk of frames
-(:mod:`loopline.pipelines.cluster`) registers each frame to the same keyframe as the tracker
+(:mod:`loopline.analysis.cluster`) registers each frame to the same keyframe as the tracker
 on one machine would. A frame's shift from its keyframe must stay under half the field of
 view (phase correlation is cyclic): at 512² and a keyframe every 16 frames, drift up to
 15 px/frame is measured to 0.1 px; for faster drift lower ``keyframe_every``.
@@ -201,7 +201,7 @@ def frame_shift(
     """The shift (dx, dy, response) of ``current`` relative to ``previous`` as
     :meth:`OnlineTracker.update` measures it (the objects of both frames left out); None
     where the frames differ in shape. Lets the images stay where they were measured (a Dask
-    worker, :mod:`loopline.pipelines.cluster`): with ``previous`` the frame's keyframe (at
+    worker, :mod:`loopline.analysis.cluster`): with ``previous`` the frame's keyframe (at
     :func:`keyframe_position`), pass the result as ``update(shift=...)``.
     """
     a = np.asarray(previous, np.float32)

@@ -1,18 +1,18 @@
 """``loopline analyze --cluster``: the offline analysis spread over a Dask cluster.
 
 The frames of each input are cut into chunks (frame ranges, :data:`DEFAULT_CHUNK` frames by
-default). A chunk is the expensive part of :func:`~loopline.pipelines.analyze.analyze`, run on
+default). A chunk is the expensive part of :func:`~loopline.analysis.analyze.analyze`, run on
 a ``dask.distributed`` worker (:func:`analyze_chunk`): detection (the model is loaded once per
 worker process and kept, its runtime threads set from the worker's ``nthreads``),
-:func:`~loopline.pipelines.measure.measure_frame`, and the stage shift the tracker corrects
-drift with (:func:`~loopline.pipelines.tracking.frame_shift`), of each frame relative to its
-keyframe (the frame at :func:`~loopline.pipelines.tracking.keyframe_position`, a fixed
+:func:`~loopline.analysis.measure.measure_frame`, and the stage shift the tracker corrects
+drift with (:func:`~loopline.analysis.tracking.frame_shift`), of each frame relative to its
+keyframe (the frame at :func:`~loopline.analysis.tracking.keyframe_position`, a fixed
 position, so the same as on one machine). For that shift a chunk also reads and measures the
 keyframe before its first frame (an overlap of one frame), so no image has to leave the
 worker. The client takes the measured frames back (no masks: a
-:class:`~loopline.pipelines.container.FrameResult` holds lines, loops and pairs only) and
-feeds them in frame order to one :class:`~loopline.pipelines.tracking.OnlineTracker` and one
-:class:`~loopline.pipelines.series.SeriesWriter` per input, so that tracks link across chunk
+:class:`~loopline.analysis.container.FrameResult` holds lines, loops and pairs only) and
+feeds them in frame order to one :class:`~loopline.analysis.tracking.OnlineTracker` and one
+:class:`~loopline.analysis.series.SeriesWriter` per input, so that tracks link across chunk
 seams and the run folder holds the same rows as a single-machine ``loopline analyze``.
 
 Data: workers open the input by its path (shared storage: the same path on every worker), or,
@@ -213,12 +213,12 @@ def analyze_chunk(
     chunk : Chunk
     options : AnalyzeOptions
     calibration : Calibration
-        The input's calibration (:func:`~loopline.pipelines.analyze.resolve_calibration`).
+        The input's calibration (:func:`~loopline.analysis.analyze.resolve_calibration`).
     timing : Calibration or None
         Where frame times come from, as in ``analyze`` (None: the file's own).
     frames : optional
         The chunk's frames, after the keyframe of its first one
-        (:func:`~loopline.pipelines.tracking.keyframe_position`) where it has one
+        (:func:`~loopline.analysis.tracking.keyframe_position`) where it has one
         (``scatter``); None: read from ``chunk.input`` (a path every worker can open).
     """
     t_start = time.perf_counter()
@@ -419,7 +419,7 @@ def analyze_cluster(
     cluster : str or distributed.Client
         ``"local:N"``, a scheduler address, or a client (see :func:`connect`).
     calibration, options
-        As :func:`~loopline.pipelines.analyze.analyze`.
+        As :func:`~loopline.analysis.analyze.analyze`.
     chunk : int
         Frames per chunk.
     scatter : bool

@@ -8,12 +8,12 @@ import math
 import numpy as np
 import pytest
 
+from loopline.analysis import FrameResult, MeasureOptions, OnlineTracker, measure_frame
+from loopline.analysis.message import frame_tables, read_objects
+from loopline.analysis.series import SERIES_COLUMNS, SeriesAccumulator, SeriesWriter
+from loopline.analysis.sources import detections_from_masks
 from loopline.calibration import Calibration
 from loopline.engines.base import Detections
-from loopline.pipelines import FrameResult, MeasureOptions, OnlineTracker, measure_frame
-from loopline.pipelines.message import frame_tables, read_objects
-from loopline.pipelines.series import SERIES_COLUMNS, SeriesAccumulator, SeriesWriter
-from loopline.pipelines.sources import detections_from_masks
 
 CAL = Calibration(nm_per_px=2.0, fps=10.0, foil_thickness_nm=100.0, visibility_factor=1.75)
 
@@ -47,7 +47,7 @@ def test_measure_frame_lines_pileup_loop(impl):
     assert d["loop_areal_density_per_um2"] == pytest.approx(1.75 / area_um2)
     assert d["loop_density_per_m3"] == pytest.approx(1.75 / (area_um2 * 1e-12 * 100e-9))
     assert set(r.timings_ms) >= {"lines", "loops", "pileups", "measure"}
-    # its frame message, written and read by the one module (pipelines/message.py)
+    # its frame message, written and read by the one module (analysis/message.py)
     det = _frame()
     tracked = OnlineTracker(CAL).update(r, np.zeros((96, 128), np.uint8))
     rows = SeriesAccumulator(CAL).add(tracked).to_json()
@@ -154,7 +154,7 @@ def test_series_writer_appends_and_computes_velocity(tmp_path):
 
 def test_series_is_bounded_and_track_summaries_come_when_tracks_end():
     """One mode for analyze and the daemon: running sums per track, no history kept."""
-    from loopline.pipelines.series import SeriesAccumulator
+    from loopline.analysis.series import SeriesAccumulator
 
     lean = SeriesAccumulator(CAL, window=5, forget_after=4)
     tracker = OnlineTracker(CAL, drift="none")
@@ -181,7 +181,7 @@ def test_series_is_bounded_and_track_summaries_come_when_tracks_end():
 
 
 def test_daemon_analyzer_publishes_glide_velocity():
-    from loopline.daemon.analysis import Analyzer
+    from loopline.daemon.analyzer import Analyzer
 
     an = Analyzer(nm_per_px=2.0)
     an.new_series("s1")
@@ -202,10 +202,10 @@ def test_daemon_analyzer_publishes_glide_velocity():
 def test_instances_without_a_mask_are_counted_and_measured_from_their_box():
     """The daemon's mask budget: loops beyond it are the ellipse of their box (marked), lines
     beyond it are counted, not traced; nothing pretends a mask was measured."""
-    from loopline.daemon.analysis import Analyzer
-    from loopline.pipelines.loops import box_loop
-    from loopline.pipelines.measure import BoxOnly
-    from loopline.pipelines.series import SeriesAccumulator
+    from loopline.analysis.loops import box_loop
+    from loopline.analysis.measure import BoxOnly
+    from loopline.analysis.series import SeriesAccumulator
+    from loopline.daemon.analyzer import Analyzer
 
     extra = BoxOnly(np.array([[10, 10, 24, 18], [50, 60, 56, 70], [0, 0, 40, 4],
                               [5, 5, 5, 9]], np.float32),  # the last: no area, no loop

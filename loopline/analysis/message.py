@@ -1,8 +1,8 @@
 """The frame message: one analysed frame, from the measure stage to every consumer.
 
 One layout, defined here and nowhere else, travels from the daemon's measure stage (which
-builds it with :func:`frame_tables` from the pipelines' :class:`FrameResult` and the
-:class:`~loopline.pipelines.series.SeriesAccumulator`'s rows) to the output stage, where the
+builds it with :func:`frame_tables` from the analysis' :class:`FrameResult` and the
+:class:`~loopline.analysis.series.SeriesAccumulator`'s rows) to the output stage, where the
 recorder writes its rows into the run folder as they are and draws its objects into
 ``annotated.mp4``, and the publisher sends it (:func:`frame_header`) to the viewers, which
 read it back with :func:`read_objects` (``loopline.viewers.schema.to_view``). Its rows *are*
@@ -191,7 +191,7 @@ _TRACKED = ("position_nm", "position_px", "velocity_nm_per_s", "velocity_px_per_
 
 def untracked(msg: dict[str, Any]) -> dict[str, Any]:
     """A one-frame analysis without what only the series' tracker knows: track and pile-up
-    ids (-1, as :func:`~loopline.pipelines.measure_frame` leaves them), drift and kinematics
+    ids (-1, as :func:`~loopline.analysis.measure_frame` leaves them), drift and kinematics
     (None: not measured), no track summary, no alarm."""
     tracks = [{**r, "track_id": -1, **({"pileup_id": -1} if r.get("kind") == "line" else {}),
                **{k: None for k in _TRACKED if k in r}} for r in msg["tracks"]]  # fmt: skip
@@ -261,7 +261,7 @@ class PileupView:
     ``spacings_nm_se`` is parallel to ``spacings_nm`` (None where a pair has no standard error
     yet: the daemon needs four spacings of a tracked pair); ``mean_spacing_nm_se`` is the
     standard error of the mean of ``spacings_nm`` from the pairs' own errors
-    (:func:`~loopline.pipelines.uncertainty.mean_se`; None while fewer than half have one).
+    (:func:`~loopline.analysis.uncertainty.mean_se`; None while fewer than half have one).
     """
 
     id: int

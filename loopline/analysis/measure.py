@@ -42,11 +42,11 @@ class MeasureOptions:
     min_line_length_px : float
         Shorter lines (after measuring) are dropped.
     max_spacing_px, max_angle_deg : float
-        Pile-up grouping (see :func:`loopline.pipelines.pileups.group_pileups`).
+        Pile-up grouping (see :func:`loopline.analysis.pileups.group_pileups`).
     curvature_method : {"gaussian", "spline"}
-        See :func:`loopline.pipelines.lines.curvature`.
+        See :func:`loopline.analysis.lines.curvature`.
     loop_edge_correction_px : float
-        See :func:`loopline.pipelines.loops.fit_loop`.
+        See :func:`loopline.analysis.loops.fit_loop`.
     impl : {"numba", "python"}
         Kernel implementation.
     """
@@ -166,7 +166,7 @@ def measure_frame(
     options : MeasureOptions, optional
     box_only : BoxOnly, optional
         Further instances of the frame whose masks were not kept: each loop is the ellipse
-        inscribed in its box (:func:`~loopline.pipelines.loops.box_loop`, marked in
+        inscribed in its box (:func:`~loopline.analysis.loops.box_loop`, marked in
         ``loop_from_box``, after the loops measured from masks); each dislocation is counted
         in ``lines_without_mask``, not traced. ``min_score`` applies to them too.
 

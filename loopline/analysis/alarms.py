@@ -41,7 +41,7 @@ once. A NaN value (not measured in this frame) changes nothing. A threshold of 0
 rule off.
 
 :class:`AlarmEvaluator` is fed one frame's rows at a time (``loopline analyze`` and the
-daemon's measure worker, both through :class:`~loopline.pipelines.series.SeriesAccumulator`);
+daemon's measure worker, both through :class:`~loopline.analysis.series.SeriesAccumulator`);
 :class:`DaemonAlarms` the daemon's own numbers (latency, free disk). Both return events, one
 ``alarms.csv`` row each (:data:`~loopline.io.runfolder.ALARM_COLUMNS`).
 """

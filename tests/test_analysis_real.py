@@ -16,7 +16,7 @@ pytestmark = pytest.mark.real
 
 @pytest.mark.skipif(not TANAKA.is_dir(), reason=f"real data not present at {TANAKA}")
 def test_tanaka_spacing_series(tmp_path):
-    from loopline.pipelines.plots import plot_spacing_series, spacing_series_from_masks
+    from loopline.analysis.plots import plot_spacing_series, spacing_series_from_masks
 
     files = sorted((p for p in (TANAKA / "ds").iterdir() if p.suffix.lower() == ".png"),
                    key=lambda p: int(re.findall(r"\d+", p.stem)[-1]))  # fmt: skip

@@ -40,7 +40,7 @@ class AnalyzeOptions:
     ``times_from_names``: an image folder's frame times from its file names (see
     :func:`loopline.calibration.frame_times_from_names`; "" = the last number of each name as
     the frame number, with the calibration's ``fps``); None: off. ``alarms``: the alarm
-    rules whose events go to ``alarms.csv`` (:mod:`loopline.pipelines.alarms`; None: none).
+    rules whose events go to ``alarms.csv`` (:mod:`loopline.analysis.alarms`; None: none).
     """
 
     model: str = "defects"

@@ -3,10 +3,10 @@
 Both turn N line masks of one frame into lengths, 50-point representations and the spacings
 of neighbouring lines:
 
-- loopline: :func:`loopline.pipelines.lines.trace_lines` (one kernel call for all masks, each
+- loopline: :func:`loopline.analysis.lines.trace_lines` (one kernel call for all masks, each
   on its bounding-box crop: run-based largest piece, Numba thinning, graph walk, smoothing,
   resampling) and
-  :func:`loopline.pipelines.pileups.group_pileups` (grouping, ordering, mean closest distance);
+  :func:`loopline.analysis.pileups.group_pileups` (grouping, ordering, mean closest distance);
 - baseline: ``skimage.morphology.skeletonize(method="lee")`` on the full mask, the pixel graph
   with ``scipy.spatial.cKDTree`` and ``scipy.sparse.csgraph.dijkstra`` (two sweeps for the
   longest path), a 7-point moving average, ``np.interp`` to 50 points, and
@@ -15,7 +15,7 @@ of neighbouring lines:
 asv-style (``time_*`` functions parametrised over frame size and line count); run as a script
 to print both, in milliseconds per frame, and their ratio, measured in the same run::
 
-    .venv/bin/python benchmarks/pipelines.py [--repeat 20]
+    .venv/bin/python benchmarks/analysis.py [--repeat 20]
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ def make_frame(size: int, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray
 
 
 def loopline_frame(masks: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from loopline.pipelines.lines import trace_lines
-    from loopline.pipelines.pileups import group_pileups
+    from loopline.analysis.lines import trace_lines
+    from loopline.analysis.pileups import group_pileups
 
     traces = trace_lines(masks, boxes)
     pts = np.stack([t.points for t in traces])
