@@ -156,16 +156,20 @@ def preprocess(
 # --------------------------------------------------------------------------- NMS
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix (N, M) of xyxy boxes a (N, 4) and b (M, 4)."""
-    a = np.asarray(a, np.float32)
-    b = np.asarray(b, np.float32)
+def box_iou(a: np.ndarray, b: np.ndarray, *, dtype: type = np.float32) -> np.ndarray:
+    """IoU matrix (N, M) of xyxy boxes a (N, 4) and b (M, 4), computed in ``dtype`` (float32
+    for NMS, as ultralytics; :func:`loopline.evaluation.metrics.box_iou` asks float64); 0
+    where both boxes are empty. The one box IoU of loopline."""
+    a = np.asarray(a, dtype).reshape(-1, 4)
+    b = np.asarray(b, dtype).reshape(-1, 4)
     lt = np.maximum(a[:, None, :2], b[None, :, :2])
     rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+    wh = np.clip(rb - lt, 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
+    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 def _nms_py(boxes: np.ndarray, order: np.ndarray, iou: float) -> np.ndarray:
@@ -502,12 +506,27 @@ def postprocess(
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix (N, M) of bool masks a (N, H, W) and b (M, H, W)."""
-    fa = a.reshape(len(a), -1).astype(np.float32)
-    fb = b.reshape(len(b), -1).astype(np.float32)
-    inter = fa @ fb.T
-    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
-    return inter / np.maximum(union, 1.0)
+    """IoU matrix (N, M) float64 of bool masks a (N, H, W) and b (M, H, W); 0 where both are
+    empty. Sparse products: lines are thin, so this is far lighter than (N, H*W) dense floats.
+    The one mask IoU of loopline (the evaluation's checks its inputs, then calls this)."""
+    from scipy import sparse
+
+    n, m = len(a), len(b)
+    if n == 0 or m == 0:
+        return np.zeros((n, m))
+
+    def csr(x: np.ndarray):
+        flat = np.asarray(x, bool).reshape(len(x), -1)
+        rows, cols = np.nonzero(flat)
+        return sparse.csr_matrix((np.ones(rows.size, np.float32), (rows, cols)),
+                                 shape=flat.shape)  # fmt: skip
+
+    sa, sb = csr(a), csr(b)
+    inter = (sa @ sb.T).toarray().astype(np.float64)
+    area_a = np.asarray(sa.sum(axis=1)).ravel()
+    area_b = np.asarray(sb.sum(axis=1)).ravel()
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 def match_instances(a: np.ndarray, b: np.ndarray, *, min_iou: float = 0.5) -> np.ndarray:

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
-from scipy import sparse
 from scipy.spatial import cKDTree
 
+from ..analysis._kernels import get_kernels
+from ..engines import ops
 from ..geometry import _skeleton_crop, skeleton, skeleton_polyline
 
 __all__ = [
@@ -125,24 +126,7 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     array([[0.5]])
     """
     a = _stack(a, "a")
-    b = _stack(b, "b", a.shape[1:])
-    n, m = len(a), len(b)
-    if n == 0 or m == 0:
-        return np.zeros((n, m))
-    # Sparse products: lines are thin, so this is far lighter than (N, H*W) dense floats.
-    sa, sb = _sparse(a), _sparse(b)
-    inter = (sa @ sb.T).toarray().astype(np.float64)
-    area_a = np.asarray(sa.sum(axis=1)).ravel()
-    area_b = np.asarray(sb.sum(axis=1)).ravel()
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-
-
-def _sparse(m: np.ndarray) -> sparse.csr_matrix:
-    flat = m.reshape(len(m), -1)
-    rows, cols = np.nonzero(flat)
-    data = np.ones(rows.size, np.float32)
-    return sparse.csr_matrix((data, (rows, cols)), shape=flat.shape)
+    return ops.mask_iou(a, _stack(b, "b", a.shape[1:]))
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -163,15 +147,7 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     >>> box_iou(np.array([[0, 0, 2, 2]]), np.array([[1, 0, 3, 2]]))
     array([[0.33333333]])
     """
-    a, b = _boxes(a, "a"), _boxes(b, "b")
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(rb - lt, 0.0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0.0, None), axis=1)
-    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0.0, None), axis=1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    return ops.box_iou(_boxes(a, "a"), _boxes(b, "b"), dtype=np.float64)
 
 
 def mask_boxes(masks: np.ndarray) -> np.ndarray:
@@ -231,11 +207,7 @@ def resample_polyline(points: np.ndarray, n: int) -> np.ndarray:
     p = np.asarray(points, float)
     if p.ndim != 2 or p.shape[1] != 2 or len(p) == 0:
         raise ValueError(f"points must have shape (K, 2) with K >= 1, got {p.shape}")
-    if len(p) == 1:
-        return np.repeat(p, n, axis=0)
-    s = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(p, axis=0).T))])
-    t = np.linspace(0.0, s[-1], n)
-    return np.stack([np.interp(t, s, p[:, 0]), np.interp(t, s, p[:, 1])], axis=1)
+    return get_kernels("numba").resample(np.ascontiguousarray(p), int(n))  # the one resampler
 
 
 # ---------------------------------------------------------------------------------------------
