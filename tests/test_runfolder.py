@@ -237,8 +237,13 @@ def test_serve_from_a_folder_takes_times_from_the_file_names(tmp_path: Path) -> 
     common = ["--model", "ridge", "--fps", "10", "--times-from-names", "--calibration",
               str(prof), "--nm-per-px", "2"]  # fmt: skip
     assert main(["analyze", str(src), "--out", str(a), *common]) == 0
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     assert main(["serve", "--from", str(src), "--out", str(s), *common, "--publish",
                  f"tcp://127.0.0.1:{_free_port()}", "--until-series-end"]) == 0  # fmt: skip
+    # the daemon's drain handlers go with it: a process that goes on keeps its own
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
     want = [n / 10.0 for n in numbers]
     for run in (a, s):
         series = pd.read_csv(run / "series.csv")

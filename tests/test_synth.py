@@ -145,6 +145,25 @@ def test_same_seed_gives_identical_bytes(tmp_path):
     assert _files(c.out)["coco.json"] != fa["coco.json"]
 
 
+def test_pool_workers_end_whatever_handler_the_parent_installed(tmp_path):
+    """A parent whose SIGTERM handler does not exit (a daemon's drain handler left behind):
+    the forked workers still die on the pool's terminate, so generate() returns."""
+    import signal
+
+    from loopline.synth.generate import worker_pool
+
+    old = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        with worker_pool(2) as pool:  # what each worker would do on SIGTERM: die
+            got = pool.map(signal.getsignal, [signal.SIGTERM] * 4)
+        res = generate(tmp_path / "p", preset="M2", count=3, seed=5, overrides=SMALL,
+                       progress=False, jobs=2)  # fmt: skip
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert got == [signal.SIG_DFL] * 4
+    assert len(list((res.out / "images").iterdir())) == 3
+
+
 def test_params_json_regenerates_the_image(tmp_path):
     res = generate(tmp_path / "d", preset="M2", count=2, seed=7, overrides=SMALL, progress=False)
     params = sorted((res.out / "params").glob("*.json"))[1]

@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     ready = threading.Event()
     sup = Supervisor(cfg, on_ready=lambda _s: ready.set(),
                      log_level=logging.INFO if a.verbose else logging.WARNING)  # fmt: skip
-    install_signal_handlers(sup)
+    restore = install_signal_handlers(sup)
     result: dict[str, int] = {}
     th = threading.Thread(target=lambda: result.setdefault("code", sup.run()), daemon=True)
     th.start()
@@ -225,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         if th.is_alive():
             sup.request_stop("demo ending")
             th.join(60)
+        restore()
     code = result.get("code", 1)
     summ_path = a.out / "summary.json"
     if not summ_path.exists():

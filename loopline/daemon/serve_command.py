@@ -140,8 +140,11 @@ def run(a: argparse.Namespace) -> int:
     _check_run_dir(cfg.output.dir)
     sup = Supervisor(cfg, log_level=logging.getLogger("loopline").getEffectiveLevel())
     sup.quiet_startup_errors = True  # said here in one line; the traceback only with -v
-    install_signal_handlers(sup)
-    code = sup.run()
+    restore = install_signal_handlers(sup)
+    try:
+        code = sup.run()
+    finally:
+        restore()
     if sup.error is not None and sup.error.startup:
         from ..io.sanitize import escape_control
 

@@ -38,6 +38,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -604,11 +605,20 @@ class _Notifier:
             self._n.notify(state)
 
 
-def install_signal_handlers(sup: Supervisor) -> None:
-    """SIGTERM and SIGINT drain the pipeline (a second SIGINT is not special: drain is bounded)."""
+def install_signal_handlers(sup: Supervisor) -> Callable[[], None]:
+    """SIGTERM and SIGINT drain the pipeline (a second SIGINT is not special: drain is
+    bounded). Returns the function that puts the handlers before back: call it when the run
+    ends, so that a process that goes on (a test, a notebook, the demo's report) and the
+    processes it forks later do not keep a handler of a finished daemon (a forked pool worker
+    that ignores SIGTERM cannot be terminated)."""
 
     def handler(signum: int, _frame: Any) -> None:
         sup.request_stop(f"received {signal.Signals(signum).name}")
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    before = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for s, h in before.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+    return restore

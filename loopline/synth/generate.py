@@ -110,12 +110,27 @@ def _work(args: tuple) -> dict[str, Any]:
     return render_scene_files(scene, out, fmt=fmt, backgrounds=bg_dir)
 
 
+def _default_signals() -> None:
+    """A forked worker dies on SIGTERM and leaves Ctrl-C to its parent, whatever handlers
+    the parent had installed (``Pool.terminate`` sends SIGTERM and waits)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def worker_pool(jobs: int):
+    """The generator's process pool: forked workers (spawned on Windows) that die on SIGTERM
+    whatever handler the parent had installed (:func:`_default_signals`)."""
+    ctx = mp.get_context("spawn" if os.name == "nt" else "fork")
+    return ctx.Pool(jobs, initializer=_default_signals)
+
+
 def _results(tasks: list[tuple], jobs: int) -> Iterator[dict[str, Any]]:
     if jobs <= 1 or len(tasks) <= 1:
         yield from map(_work, tasks)
         return
-    ctx = mp.get_context("spawn" if os.name == "nt" else "fork")
-    with ctx.Pool(jobs) as pool:
+    with worker_pool(jobs) as pool:
         yield from pool.imap(_work, tasks, chunksize=1)
 
 
