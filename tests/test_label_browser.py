@@ -207,3 +207,71 @@ def test_label_two_frames_reload_and_read_back(browser, frames: Path, tmp_path: 
     ds = Dataset(out)
     assert [ds.frame(i).classes.tolist() for i in range(len(ds))] == [[0, 0], [1, 1]]
     assert ds.frame(0).distractors is not None and ds.frame(0).distractors.any()
+
+
+def test_label_frames_from_the_live_viewer(browser, tmp_path_factory, tmp_path: Path) -> None:
+    """Issue 16: ``loopline view --web --label-out DIR``: 'label this frame' on the viewer
+    adds the frame on screen to the labelling page at /label/ (same server), which opens in
+    its own tab; two frames labelled, the page reloaded, the labels still there and in DIR."""
+    from selenium.webdriver.common.keys import Keys
+    from viewer_support import live_stream, make_synth_video
+
+    from loopline.evaluation.data import Dataset
+
+    if _skip_reason():
+        pytest.skip(_skip_reason())
+    video = make_synth_video(tmp_path_factory)
+    out = tmp_path / "labelled"
+    with live_stream(video, fps=10) as endpoint:
+        viewer = subprocess.Popen(
+            [sys.executable, "-m", "loopline", "view", "--web", "--port", "0", "--endpoint",
+             endpoint, "--label-out", str(out), "--label-model", "defects", "--duration", "100"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env(),
+        )  # fmt: skip
+        try:
+            url = _url_of(viewer)
+            line = viewer.stdout.readline() if viewer.stdout else ""
+            assert f"labelling page {url}label/" in line, line
+            browser.get(url)
+            grab = browser.find_element("id", "grab")
+            wait_for(lambda: grab.is_displayed() and browser.execute_script(
+                "return window.loopline.drawn") >= 2, 30, "the viewer's frames")  # fmt: skip
+            viewer_tab = browser.current_window_handle
+            stems = []
+            for k in range(2):
+                seq = browser.execute_script("window.loopline.grabbed = null; "
+                                             "return window.loopline.seq")  # fmt: skip
+                grab.click()
+                wait_for(lambda k=k: len(browser.window_handles) == 2
+                         and browser.execute_script("return window.loopline.grabbed"), 15,
+                         "the labelling tab")  # fmt: skip
+                stem = browser.execute_script("return window.loopline.grabbed")
+                assert stem not in stems, (stem, seq)
+                stems.append(stem)
+                browser.switch_to.window(next(h for h in browser.window_handles
+                                          if h != viewer_tab))  # fmt: skip
+                wait_for(lambda s=stem: _settled(browser, s), 40, f"{stem} and its proposals")
+                assert browser.current_url.startswith(f"{url}label/")
+                _keys(browser, "d")  # a dislocation: three clicks, Enter
+                _click_at(browser, [(20, 100), (60, 90), (100, 70)])
+                _keys(browser, Keys.ENTER)
+                _saved(browser, 1)
+                assert _canvas(browser, "labels") == "1"
+                browser.switch_to.window(viewer_tab)
+                wait_for(lambda s=seq: browser.execute_script("return window.loopline.seq") > s
+                         + 3, 20, "newer frames on the viewer")  # fmt: skip
+            # the labelling tab reloaded: both frames and their labels are still there
+            browser.switch_to.window(next(h for h in browser.window_handles if h != viewer_tab))
+            browser.refresh()
+            wait_for(lambda: _settled(browser, stems[1]), 40, "the page after the reload")
+            assert _canvas(browser, "labels") == "1"
+            frames = browser.execute_script(
+                "return fetch('api/frames').then((r) => r.json())")  # fmt: skip
+            assert [f["stem"] for f in frames["frames"]] == stems and frames["live"]
+            assert all(f["labelled"] and f["instances"] == 1 for f in frames["frames"])
+            assert browser.execute_script("return window.labeller.jsErrors") == []
+        finally:
+            stop(viewer)
+    ds = Dataset(out)  # what loopline adapt and eval read
+    assert len(ds) == 2 and all(ds.frame(i).classes.tolist() == [0] for i in range(2))
+    assert sorted(p.stem for p in (out / "images").iterdir()) == sorted(stems)

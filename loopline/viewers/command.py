@@ -36,6 +36,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="draw in the normal screen, not the alternate one")  # fmt: skip
     p.add_argument("--duration", type=float, default=0.0,
                    help="stop after this many seconds (0: until Ctrl-C)")  # fmt: skip
+    p.add_argument("--label-out", type=Path, metavar="DIR",
+                   help="--web: a labelling mode: 'label this frame' adds the frame on screen to "
+                   "a labelling page at /label/ (the model's instances as proposals), saved in "
+                   "this dataset folder after every edit, ready for loopline adapt")  # fmt: skip
+    p.add_argument("--label-model", default="defects", metavar="defects|PATH|ridge|none",
+                   help="--label-out: model whose instances are proposed (default the "
+                   "shipped 'defects'; 'none': no proposals)")  # fmt: skip
     p.add_argument("--min-spacing-nm", type=float, help="alarm: a spacing below this (nm)")
     p.add_argument("--max-velocity-nm-s", type=float,
                    help="alarm: a leading dislocation faster than this (nm/s)")  # fmt: skip
@@ -61,13 +68,33 @@ def run(a: argparse.Namespace) -> int:
         raise CliError(str(e)) from None
     if a.duration < 0:
         raise CliError(f"--duration must be >= 0, got {a.duration}")
+    if a.label_out is not None and not a.web:
+        raise CliError("--label-out needs --web (the labelling page is a browser page)")
     if a.web:
         from .web import run_web
 
+        label = _label_session(a, cfg) if a.label_out is not None else None
         try:
-            return run_web(cfg, duration_s=a.duration, open_browser=a.open)
+            return run_web(cfg, duration_s=a.duration, open_browser=a.open, label=label)
         except OSError as e:  # port in use, address not local
             raise CliError(f"cannot serve on {cfg.host}:{cfg.port}: {e.strerror or e}") from None
     from .terminal import run_dashboard
 
     return run_dashboard(cfg, preview=a.preview, duration_s=a.duration, screen=not a.no_screen)
+
+
+def _label_session(a: argparse.Namespace, cfg):
+    """The labelling page of ``view --web --label-out``: frames come from the viewer."""
+    from ..datasets.importers import default_label_width
+    from .label import LabelServer
+    from .label_command import proposal_engine
+
+    engine = proposal_engine(a.label_model, None, flag="--label-model")
+    try:
+        return LabelServer([], a.label_out, engine=engine,
+                           model=a.label_model if engine else None,
+                           label_width=default_label_width(), host=cfg.host, port=cfg.port,
+                           allowed_hosts=cfg.allowed_hosts,
+                           meta={"source": f"live {cfg.endpoint}"}, live=True)  # fmt: skip
+    except FileExistsError as e:
+        raise CliError(str(e)) from None

@@ -12,7 +12,14 @@ HTTP server (:mod:`loopline.viewers.web`: the same ``Host`` check against DNS re
 - ``GET /api/labels/STEM``: the frame's saved labels (an empty set if none);
 - ``POST /api/labels/STEM``: the frame's labels after an edit (JSON, see
   :func:`~loopline.viewers.label_store.parse_labels`), saved at once in the dataset folder
-  (:class:`~loopline.viewers.label_store.LabelStore`).
+  (:class:`~loopline.viewers.label_store.LabelStore`);
+- ``POST /api/grab``: where frames come in while the session runs (``loopline view --web
+  --label-out DIR``: the frame on the viewer's screen, ``{"seq": N}``), one more frame to
+  label; answers its name.
+
+``loopline label`` serves the page at ``/`` on a server of its own; ``loopline view --web
+--label-out`` mounts it at ``/label/`` on the viewer's server (the page's requests are
+relative, so they reach the server that served it).
 
 A request that makes no sense gets 400 with a one-line message; a frame name that is not a
 plain file name is refused before anything is looked up, and only frames of this session
@@ -28,6 +35,7 @@ import queue
 import re
 import threading
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from importlib import resources
 from pathlib import Path
@@ -50,7 +58,7 @@ from .web import BaseHandler, _Server, host_allowed
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LabelServer", "proposals_from", "run_label"]
+__all__ = ["LabelServer", "handler_type", "proposals_from", "run_label"]
 
 _STEM = re.compile(r"[A-Za-z0-9._-]{1,80}")
 
@@ -116,6 +124,9 @@ class LabelServer:
         An :class:`~loopline.engines.base.Engine` for the proposals, or None for none.
     model
         The model's name as the user gave it (recorded with each frame's labels).
+    live, grab
+        ``live``: frames come while the session runs (``frames`` may be empty), each from
+        ``grab`` (a request's JSON → a frame) on ``POST /api/grab``.
     label_width
         Default width (px) of a dislocation's label.
     host, port
@@ -125,11 +136,17 @@ class LabelServer:
     def __init__(self, frames: list[LabelFrame], out: str | Path, *, engine: Any = None,
                  model: str | None = None, label_width: float = 6.0, host: str = "127.0.0.1",
                  port: int = 0, allowed_hosts: str = "",
-                 meta: dict[str, Any] | None = None) -> None:  # fmt: skip
-        if not frames:
+                 meta: dict[str, Any] | None = None, live: bool = False,
+                 grab: Callable[[dict[str, Any]], LabelFrame] | None = None) -> None:  # fmt: skip
+        if not frames and not live:
             raise ValueError("no frames to label")
-        self.frames = frames
-        self.by_stem = {f.stem: i for i, f in enumerate(frames)}
+        self.frames = list(frames)
+        self.by_stem = {f.stem: i for i, f in enumerate(self.frames)}
+        #: where ``POST /api/grab`` takes a new frame from (None: a fixed set of frames; a
+        #: ``live`` session gets it from the viewer that mounts it)
+        self.grab = grab
+        self.live = live
+        self._frames_lock = threading.Lock()
         self.cfg = ViewConfig(host=host, port=port, allowed_hosts=allowed_hosts)
         self.engine = engine
         self.model = model if engine is not None else None
@@ -153,13 +170,16 @@ class LabelServer:
         host, port = self._http.server_address[:2]
         return f"http://{host}:{port}/"
 
-    def start(self) -> LabelServer:
-        handler = type("Handler", (_Handler,), {"app": self})
-        self._http = _Server((self.cfg.host, self.cfg.port), handler)
-        self._http_thread = threading.Thread(target=self._http.serve_forever,
-                                             kwargs={"poll_interval": 0.2},
-                                             name="loopline-label-http", daemon=True)  # fmt: skip
-        self._http_thread.start()
+    def start(self, *, serve: bool = True) -> LabelServer:
+        """Start the HTTP server (``serve``; False: another server mounts :func:`handler_type`
+        and only the proposal worker starts)."""
+        if serve:
+            self._http = _Server((self.cfg.host, self.cfg.port), handler_type(self))
+            self._http_thread = threading.Thread(target=self._http.serve_forever,
+                                                 kwargs={"poll_interval": 0.2},
+                                                 name="loopline-label-http",
+                                                 daemon=True)  # fmt: skip
+            self._http_thread.start()
         if self.engine is not None:
             self._worker = threading.Thread(target=self._prefetch, name="loopline-label-model",
                                             daemon=True)  # fmt: skip
@@ -182,6 +202,31 @@ class LabelServer:
         self.close()
 
     # -- frames and proposals ---------------------------------------------------------------
+    def add(self, frame: LabelFrame) -> LabelFrame:
+        """One more frame to label (the same name again: the frame already there)."""
+        with self._frames_lock:
+            if frame.stem in self.by_stem:
+                return self.frames[self.by_stem[frame.stem]]
+            self.by_stem[frame.stem] = len(self.frames)
+            self.frames.append(frame)
+        if self.engine is not None:
+            self._queue.put(frame.stem)  # its proposals, before the page asks
+        return frame
+
+    def grab_frame(self, body: bytes) -> dict[str, Any]:
+        """``POST /api/grab``: a frame from :attr:`grab`, added; its name and place."""
+        if self.grab is None:
+            raise LabelError("this session labels a fixed set of frames; nothing to grab")
+        try:
+            req = json.loads(body or b"{}")
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise LabelError(f"expected a JSON object like {{\"seq\": 12}}, got {e}") from None
+        if not isinstance(req, dict):
+            raise LabelError(f"expected a JSON object like {{\"seq\": 12}}, got "
+                             f"{type(req).__name__}")  # fmt: skip
+        fr = self.add(self.grab(req))
+        return {"stem": fr.stem, "origin": fr.origin, "index": self.by_stem[fr.stem]}
+
     def frame(self, stem: str) -> LabelFrame:
         """The frame of a URL's name; LabelError / UnknownFrame for a bad / unknown one."""
         if not _STEM.fullmatch(stem) or stem.startswith("."):
@@ -217,7 +262,8 @@ class LabelServer:
                 logger.debug("%s: %d proposals in %.0f ms", frame.stem, len(got),
                              (time.perf_counter() - t0) * 1e3)  # fmt: skip
         nxt = self.by_stem[frame.stem] + 1
-        if prefetch and nxt < len(self.frames) and self.frames[nxt].stem not in self._proposals:
+        if (prefetch and nxt < len(self.frames) and self.frames[nxt].stem not in self._proposals
+                and not self.live):  # fmt: skip
             self._queue.put(self.frames[nxt].stem)
         return got
 
@@ -235,14 +281,14 @@ class LabelServer:
 
     def frame_list(self) -> dict[str, Any]:
         rows = []
-        for i, f in enumerate(self.frames):
+        for i, f in enumerate(list(self.frames)):
             d = self.store.get(f.stem)
             rows.append({"index": i, "stem": f.stem, "origin": f.origin,
                          "labelled": d is not None,
                          "instances": len(d["instances"]) if d else 0,
                          "slip_traces": len(d["slip_traces"]) if d else 0})  # fmt: skip
         return {"frames": rows, "label_width": self.label_width, "model": self.model,
-                "out": str(self.store.root)}  # fmt: skip
+                "out": str(self.store.root), "live": self.live}  # fmt: skip
 
     def labels(self, frame: LabelFrame) -> dict[str, Any]:
         d = self.store.get(frame.stem)
@@ -352,21 +398,32 @@ class _Handler(BaseHandler):
             return
         ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         try:
-            if route != "/api/labels/":
+            if route not in ("/api/labels/", "/api/grab"):
                 self._error(HTTPStatus.NOT_FOUND, f"cannot POST to {route[:80]!r}")
                 return
-            fr = self.app.frame(arg)
             if ctype != "application/json":
                 self._error(
                     HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
                     f"labels must be sent as application/json, got {ctype or 'none'!r}",
                 )
                 return
-            self._json(self.app.save(fr, body))
+            if route == "/api/grab":
+                self._json(self.app.grab_frame(body))
+            else:
+                self._json(self.app.save(self.app.frame(arg), body))
         except (BrokenPipeError, ConnectionResetError):
             pass
         except Exception as e:
             self._failed(e)
+
+
+def handler_type(app: LabelServer, base: type | None = None) -> type:
+    """The request handler class of ``app``'s page and API; with ``base`` (the viewer's
+    handler), one class that answers both, the label routes under ``/label/``."""
+    if base is None:
+        return type("Handler", (_Handler,), {"app": app})
+    return type("Handler", (base, _Handler), {"app": app, "_label_get": _Handler.do_GET,
+                                             "_label_post": _Handler.do_POST})
 
 
 def run_label(server: LabelServer, *, duration_s: float = 0.0, open_browser: bool = False,

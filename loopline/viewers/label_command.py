@@ -52,13 +52,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop after this many seconds (0: until Ctrl-C)")  # fmt: skip
 
 
-def run(a: argparse.Namespace) -> int:
+def proposal_engine(model: str, conf: float | None, *, flag: str):
+    """The engine whose instances the labelling page proposes; None for ``none``."""
+    if model.lower() == "none":
+        return None
     import logging
 
+    from ..engines import create_engine
+
+    try:
+        engine = create_engine(model, **({} if conf is None else {"conf": conf}))
+    except (OSError, ValueError, ImportError) as e:
+        raise CliError(f"{flag} {model}: {e}") from None
+    logging.getLogger(__name__).debug("proposals from %s (%s)", model, type(engine).__name__)
+    return engine
+
+
+def run(a: argparse.Namespace) -> int:
     from .label import LabelServer, run_label
     from .label_store import WIDTH_RANGE, collect_frames
 
-    log = logging.getLogger(__name__)
     if a.every < 1:
         raise CliError(f"--every must be >= 1, got {a.every}")
     if a.duration < 0:
@@ -78,16 +91,7 @@ def run(a: argparse.Namespace) -> int:
         frames = collect_frames(a.frames, every=a.every)
     except (OSError, ValueError, ImportError) as e:
         raise CliError(str(e)) from None
-    engine = None
-    if a.model.lower() != "none":
-        from ..engines import create_engine
-
-        opts = {} if a.conf is None else {"conf": a.conf}
-        try:
-            engine = create_engine(a.model, **opts)
-        except (OSError, ValueError, ImportError) as e:
-            raise CliError(f"--model {a.model}: {e}") from None
-        log.debug("proposals from %s (%s)", a.model, type(engine).__name__)
+    engine = proposal_engine(a.model, a.conf, flag="--model")
     try:
         server = LabelServer(frames, a.out, engine=engine, model=a.model if engine else None,
                              label_width=a.label_width, host=a.host, port=a.port,

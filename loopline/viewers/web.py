@@ -48,6 +48,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from ..io.sanitize import safe_filename
 from .config import ViewConfig, allowed_host_names
 from .state import ViewState
 from .stream import Message, ResultSubscriber
@@ -106,8 +107,13 @@ class ViewerServer:
     ``url`` is valid after :meth:`start` (``cfg.port = 0`` picks a free port).
     """
 
-    def __init__(self, cfg: ViewConfig) -> None:
+    def __init__(self, cfg: ViewConfig, *, label: Any = None) -> None:
         self.cfg = cfg
+        #: the labelling page, mounted at /label/ (a :class:`~loopline.viewers.label.LabelServer`
+        #: whose ``grab`` is :meth:`grab`; None: no labelling mode)
+        self.label = label
+        if label is not None:
+            label.grab = self.grab
         self.sub = ResultSubscriber(cfg.endpoint, stale_s=cfg.stale_s,
                                     curve_server_key=cfg.curve_server_key or None,
                                     curve_secret_key=cfg.curve_secret_key or None)  # fmt: skip
@@ -133,7 +139,12 @@ class ViewerServer:
         self.sub.start()
         self._feeder = threading.Thread(target=self._feed, name="loopline-web-feed", daemon=True)
         self._feeder.start()
-        handler = type("Handler", (_Handler,), {"viewer": self})
+        handler: type = type("Handler", (_Handler,), {"viewer": self})
+        if self.label is not None:
+            from .label import handler_type
+
+            self.label.start(serve=False)
+            handler = handler_type(self.label, handler)
         self._http = _Server((self.cfg.host, self.cfg.port), handler)
         self._http_thread = threading.Thread(target=self._http.serve_forever,
                                              kwargs={"poll_interval": 0.2},
@@ -151,6 +162,8 @@ class ViewerServer:
         self.sub.close()
         if self._feeder is not None:
             self._feeder.join(2.0)
+        if self.label is not None:
+            self.label.close()
 
     def __enter__(self) -> ViewerServer:
         return self.start()
@@ -249,6 +262,37 @@ class ViewerServer:
                 m = next(reversed(self._msgs.values()))
             return None if m is None else m.jpeg
 
+    def grab(self, req: dict[str, Any]) -> Any:
+        """The frame of message ``req["seq"]`` (the newest without one) as a frame to label:
+        the published JPEG, decoded to grey (what the viewer shows: display-stretched 8-bit,
+        downscaled where the daemon's ``publish.jpeg_max_side`` is smaller than the frame)."""
+        import cv2
+        import numpy as np
+
+        from .label_store import LabelError, LabelFrame, _packed
+
+        seq = req.get("seq")
+        if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int)):
+            raise LabelError(f"seq must be a message number, got {seq!r}")
+        with self._cond:
+            m = self._msgs.get(seq) if seq is not None else next(reversed(self._msgs.values()),
+                                                                None)  # fmt: skip
+        if m is None:
+            raise LabelError(f"no frame {seq} here (the viewer keeps its last {_KEEP})"
+                             if seq is not None else "no frame has come yet")  # fmt: skip
+        if m.jpeg is None:
+            raise LabelError("this frame came without its image (the daemon's publish.jpeg is "
+                             "off)")  # fmt: skip
+        img = cv2.imdecode(np.frombuffer(m.jpeg, np.uint8), cv2.IMREAD_GRAYSCALE)
+        if img is None:
+            raise LabelError("the frame's JPEG does not decode")
+        v = m.view
+        stem = safe_filename(f"{v.series or 'live'}-{v.frame:06d}")
+        scale = "" if (v.jpeg_scale or 1.0) >= 1.0 else f", downscaled x{v.jpeg_scale:g}"
+        origin = (f"live {self.cfg.endpoint}: series {v.series} frame {v.frame} (the published "
+                  f"JPEG{scale})")  # fmt: skip
+        return LabelFrame(stem, origin, _packed(img))
+
     def wait_jpeg(self, after: int, timeout: float) -> Message | None:
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -308,6 +352,16 @@ class _Handler(BaseHandler):
             return
         u = urlparse(self.path)
         q = parse_qs(u.query)
+        if u.path == "/label" and self.viewer.label is not None:
+            self.send_response(HTTPStatus.MOVED_PERMANENTLY)
+            self.send_header("Location", "/label/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if self.viewer.label is not None and u.path.startswith("/label/"):
+            self.path = self.path[len("/label") :]
+            self._label_get()  # the labelling page and its API (loopline.viewers.label)
+            return
         try:
             if u.path in ("/", "/index.html"):
                 self._send(200, self.viewer._page, "text/html; charset=utf-8")
@@ -316,7 +370,8 @@ class _Handler(BaseHandler):
                 timeout = min(float(q.get("timeout", ["2"])[0]), 10.0)
                 snap = self.viewer.next_snapshot(after, timeout)
                 body = dict(snap or {"rev": after, "timeout": True},
-                            stream=self.viewer.stream_stats())  # fmt: skip
+                            stream=self.viewer.stream_stats(),
+                            label=self.viewer.label is not None)  # fmt: skip
                 self._send(200, json.dumps(body).encode(), "application/json")
             elif u.path.startswith("/frame/") and u.path.endswith(".jpg"):
                 stem = u.path[len("/frame/"):-len(".jpg")]
@@ -333,6 +388,15 @@ class _Handler(BaseHandler):
             pass  # the browser went away
         except ValueError as e:
             self._send(HTTPStatus.BAD_REQUEST, f"{e}\n".encode(), "text/plain")
+
+    def do_POST(self) -> None:
+        if self.viewer.label is not None and self.path.startswith("/label/"):
+            self.path = self.path[len("/label") :]
+            self._label_post()  # its own Host, Origin, type and size checks
+            return
+        self.close_connection = True
+        self._send(HTTPStatus.NOT_FOUND, b"not found (labelling is on with --label-out)\n",
+                   "text/plain")  # fmt: skip
 
     def _mjpeg(self) -> None:
         self.send_response(200)
@@ -371,14 +435,19 @@ def _with_overlay(m: Message) -> bytes | None:
     return buf.tobytes() if ok else m.jpeg
 
 
-def run_web(cfg: ViewConfig, *, duration_s: float = 0.0, open_browser: bool = False) -> int:
-    """Serve the page until Ctrl-C (or ``duration_s`` when > 0). Prints the URL first."""
+def run_web(cfg: ViewConfig, *, duration_s: float = 0.0, open_browser: bool = False,
+            label: Any = None) -> int:  # fmt: skip
+    """Serve the page until Ctrl-C (or ``duration_s`` when > 0). Prints the URL first.
+    ``label``: a live :class:`~loopline.viewers.label.LabelServer` mounted at ``/label/``."""
     import math
 
     t_end = time.monotonic() + duration_s if duration_s > 0 else math.inf
-    with ViewerServer(cfg) as srv:
+    with ViewerServer(cfg, label=label) as srv:
         print(f"loopline view: serving {srv.url} (stream {cfg.endpoint}); Ctrl-C stops",
               flush=True)  # fmt: skip
+        if label is not None:
+            print(f"loopline view: labelling page {srv.url}label/ (labels -> "
+                  f"{label.store.root})", flush=True)  # fmt: skip
         if open_browser:
             import webbrowser
 
