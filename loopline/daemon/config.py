@@ -34,6 +34,25 @@ def _choice(*values: str) -> dict[str, Any]:
     return {"choices": values}
 
 
+def _mask_threshold(key: str, value: Any) -> tuple[float, ...]:
+    """``[]`` (the model's own), one cut for every class, or one per class: the one rule,
+    :func:`loopline.models.mask_thresholds`."""
+    from ..models import mask_thresholds
+
+    if isinstance(value, list | tuple) and not value:
+        return ()
+    if isinstance(value, bool) or not isinstance(value, int | float | list | tuple) or (
+            isinstance(value, list | tuple) and not all(isinstance(v, int | float)
+                                                        and not isinstance(v, bool)
+                                                        for v in value)):  # fmt: skip
+        raise ConfigError(f"{key} must be [] (the model's own), a number or a list of numbers "
+                          f"(one per class: dislocation, loop), got {value!r}")  # fmt: skip
+    try:
+        return tuple(float(v) for v in mask_thresholds(value, 2))
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e} ([] = the model's own)") from None
+
+
 @dataclass(frozen=True)
 class SourceConfig:
     protocol: str = field(metadata=_choice(*SERVE_PROTOCOLS))
@@ -57,7 +76,7 @@ class EngineConfig:
     imgsz: int = field(metadata=_rng(32, 4096))
     conf: float = field(metadata=_rng(0.0, 1.0))
     iou: float = field(metadata=_rng(0.01, 1.0))
-    mask_threshold: tuple = field(metadata={"check": "_mask_threshold"})
+    mask_threshold: tuple = field(metadata={"check": _mask_threshold})
     inference: str = field(metadata=_choice("tiles", "letterbox"))
     tile_overlap: int = field(metadata=_rng(0, 2048))
     line_snap: float = field(metadata=_rng(-1.0, 20.0))
@@ -226,31 +245,9 @@ def _defaults() -> dict[str, dict[str, Any]]:
     return tomllib.loads(text)
 
 
-def _mask_threshold(key: str, value: Any) -> tuple[float, ...]:
-    """``[]`` (the model's own), one cut for every class, or one per class: the one rule,
-    :func:`loopline.models.mask_thresholds`."""
-    from ..models import mask_thresholds
-
-    if isinstance(value, list | tuple) and not value:
-        return ()
-    if isinstance(value, bool) or not isinstance(value, int | float | list | tuple) or (
-            isinstance(value, list | tuple) and not all(isinstance(v, int | float)
-                                                        and not isinstance(v, bool)
-                                                        for v in value)):  # fmt: skip
-        raise ConfigError(f"{key} must be [] (the model's own), a number or a list of numbers "
-                          f"(one per class: dislocation, loop), got {value!r}")  # fmt: skip
-    try:
-        return tuple(float(v) for v in mask_thresholds(value, 2))
-    except ValueError as e:
-        raise ConfigError(f"{key}: {e} ([] = the model's own)") from None
-
-
-_CHECKS = {"_mask_threshold": _mask_threshold}
-
-
 def _check_value(key: str, f: dataclasses.Field, value: Any) -> Any:
-    if "check" in f.metadata:
-        return _CHECKS[f.metadata["check"]](key, value)
+    if "check" in f.metadata:  # a key with a rule of its own
+        return f.metadata["check"](key, value)
     kind = {"str": str, "int": int, "float": float, "bool": bool}[str(f.type)]
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)

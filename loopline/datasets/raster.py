@@ -12,15 +12,15 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["SHIFT", "fixed", "line_polygon", "polygon_mask", "resample_polyline"]
+__all__ = ["SCALE", "SHIFT", "fixed", "line_polygon", "polygon_mask", "resample_polyline"]
 
 SHIFT = 4  # sub-pixel bits for cv2 drawing
-_SCALE = 1 << SHIFT
+SCALE = 1 << SHIFT  # px -> OpenCV fixed point
 
 
 def fixed(pts: np.ndarray) -> np.ndarray:
     """(N, 2) px as OpenCV's fixed-point (N, 1, 2) int32 with :data:`SHIFT` fraction bits."""
-    return np.round(pts * _SCALE).astype(np.int32).reshape(-1, 1, 2)
+    return np.round(pts * SCALE).astype(np.int32).reshape(-1, 1, 2)
 
 
 def resample_polyline(pts: np.ndarray, step: float) -> np.ndarray:

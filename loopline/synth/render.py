@@ -19,9 +19,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from ..datasets.layout import CLASSES
-from ..datasets.raster import SHIFT as _SHIFT
-from ..datasets.raster import fixed as _fixed
-from ..datasets.raster import line_polygon, resample_polyline
+from ..datasets.raster import SCALE, SHIFT, fixed, line_polygon, resample_polyline
 from .background import render_background
 from .distractors import draw_distractors, draw_overlays, strip_rect
 from .scene import Line, Loop, band_polygons, drift_at, lines_at, loops_at, trace_segments
@@ -81,7 +79,7 @@ def _draw_lines(
         for ln in group:
             tmp[:] = 0
             thick = max(round(ln.width), 1)
-            cv2.polylines(tmp, [_fixed(ln.points)], False, 255, thick, cv2.LINE_AA, _SHIFT)
+            cv2.polylines(tmp, [fixed(ln.points)], False, 255, thick, cv2.LINE_AA, SHIFT)
             np.maximum(layer, tmp.astype(np.float32) * (ln.contrast / 255.0), out=layer)
         sigma = blur[pid]
         if sigma > 0:
@@ -101,16 +99,16 @@ def _draw_loops(shape: tuple[int, int], loops: list[Loop], dark: np.ndarray) -> 
         if x1 <= x0 or y1 <= y0:
             continue
         roi = np.zeros((y1 - y0, x1 - x0), np.float32)
-        center = (round((cx - x0) * (1 << _SHIFT)), round((cy - y0) * (1 << _SHIFT)))
-        axes = (round(lp.major / 2 * (1 << _SHIFT)), round(lp.minor / 2 * (1 << _SHIFT)))
+        center = (round((cx - x0) * SCALE), round((cy - y0) * SCALE))
+        axes = (round(lp.major / 2 * SCALE), round(lp.minor / 2 * SCALE))
         if lp.ring:
             thick = max(round(lp.rim), 1)
-            cv2.ellipse(roi, center, axes, lp.angle, 0, 360, 1.0, thick, cv2.LINE_AA, _SHIFT)
+            cv2.ellipse(roi, center, axes, lp.angle, 0, 360, 1.0, thick, cv2.LINE_AA, SHIFT)
             # Faint interior: bright-field loops enclose slightly darker, strained material.
-            cv2.ellipse(roi, center, axes, lp.angle, 0, 360, 0.35, -1, cv2.LINE_AA, _SHIFT)
-            cv2.ellipse(roi, center, axes, lp.angle, 0, 360, 1.0, thick, cv2.LINE_AA, _SHIFT)
+            cv2.ellipse(roi, center, axes, lp.angle, 0, 360, 0.35, -1, cv2.LINE_AA, SHIFT)
+            cv2.ellipse(roi, center, axes, lp.angle, 0, 360, 1.0, thick, cv2.LINE_AA, SHIFT)
         else:
-            cv2.ellipse(roi, center, axes, lp.angle, 0, 360, 1.0, -1, cv2.LINE_AA, _SHIFT)
+            cv2.ellipse(roi, center, axes, lp.angle, 0, 360, 1.0, -1, cv2.LINE_AA, SHIFT)
         if lp.blur > 0:
             roi = cv2.GaussianBlur(roi, (0, 0), lp.blur)
         np.maximum(dark[y0:y1, x0:x1], roi * lp.contrast, out=dark[y0:y1, x0:x1])
@@ -122,11 +120,11 @@ def _draw_traces(shape: tuple[int, int], scene: dict[str, Any], t: int) -> np.nd
     for seg, contrast, width in trace_segments(scene, t):
         tmp[:] = 0
         thick = max(round(width), 1)
-        cv2.polylines(tmp, [_fixed(seg)], False, 255, thick, cv2.LINE_AA, _SHIFT)
+        cv2.polylines(tmp, [fixed(seg)], False, 255, thick, cv2.LINE_AA, SHIFT)
         signed += cv2.GaussianBlur(tmp.astype(np.float32) * (contrast / 255.0), (0, 0), 0.8)
     for quad, contrast in band_polygons(scene, t):
         tmp[:] = 0
-        cv2.fillPoly(tmp, [_fixed(quad)], 255, cv2.LINE_AA, _SHIFT)
+        cv2.fillPoly(tmp, [fixed(quad)], 255, cv2.LINE_AA, SHIFT)
         signed += cv2.GaussianBlur(tmp.astype(np.float32) * (contrast / 255.0), (0, 0), 1.0)
     return signed
 

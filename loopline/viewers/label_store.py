@@ -60,6 +60,7 @@ __all__ = [
     "LabelFrame",
     "LabelStore",
     "collect_frames",
+    "packed_loader",
     "parse_labels",
 ]
 
@@ -113,7 +114,7 @@ def _image_frames(files: list[Path], every: int) -> list[LabelFrame]:
             for p in files[::every]]  # fmt: skip
 
 
-def _packed(image: np.ndarray) -> Callable[[], np.ndarray]:
+def packed_loader(image: np.ndarray) -> Callable[[], np.ndarray]:
     """A loader of a frame kept in memory: PNG bytes (lossless) for integer frames."""
     import cv2
 
@@ -142,7 +143,7 @@ def _sequence_frames(path: Path, every: int, max_frames: int) -> list[LabelFrame
         if len(out) >= max_frames:
             raise ValueError(f"{path} has more than {max_frames} frames to label at --every "
                              f"{every}; pass a larger --every")  # fmt: skip
-        out.append(LabelFrame(f"{base}_{i:06d}", f"{path} frame {i}", _packed(img)))
+        out.append(LabelFrame(f"{base}_{i:06d}", f"{path} frame {i}", packed_loader(img)))
     logger.info("read %d frames of %s (every %d) in %.1f s", len(out), path, every,
                 time.monotonic() - t0)  # fmt: skip
     return out

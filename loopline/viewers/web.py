@@ -269,7 +269,7 @@ class ViewerServer:
         import cv2
         import numpy as np
 
-        from .label_store import LabelError, LabelFrame, _packed
+        from .label_store import LabelError, LabelFrame, packed_loader
 
         seq = req.get("seq")
         if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int)):
@@ -291,7 +291,7 @@ class ViewerServer:
         scale = "" if (v.jpeg_scale or 1.0) >= 1.0 else f", downscaled x{v.jpeg_scale:g}"
         origin = (f"live {self.cfg.endpoint}: series {v.series} frame {v.frame} (the published "
                   f"JPEG{scale})")  # fmt: skip
-        return LabelFrame(stem, origin, _packed(img))
+        return LabelFrame(stem, origin, packed_loader(img))
 
     def wait_jpeg(self, after: int, timeout: float) -> Message | None:
         deadline = time.monotonic() + timeout
