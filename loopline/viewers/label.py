@@ -124,9 +124,9 @@ class LabelServer:
         An :class:`~loopline.engines.base.Engine` for the proposals, or None for none.
     model
         The model's name as the user gave it (recorded with each frame's labels).
-    live, grab
-        ``live``: frames come while the session runs (``frames`` may be empty), each from
-        ``grab`` (a request's JSON → a frame) on ``POST /api/grab``.
+    live
+        Frames come while the session runs (``frames`` may be empty): each from :attr:`grab`
+        on ``POST /api/grab``, which the server that mounts this page sets (the viewer).
     label_width
         Default width (px) of a dislocation's label.
     host, port
@@ -136,15 +136,14 @@ class LabelServer:
     def __init__(self, frames: list[LabelFrame], out: str | Path, *, engine: Any = None,
                  model: str | None = None, label_width: float = 6.0, host: str = "127.0.0.1",
                  port: int = 0, allowed_hosts: str = "",
-                 meta: dict[str, Any] | None = None, live: bool = False,
-                 grab: Callable[[dict[str, Any]], LabelFrame] | None = None) -> None:  # fmt: skip
+                 meta: dict[str, Any] | None = None, live: bool = False) -> None:  # fmt: skip
         if not frames and not live:
             raise ValueError("no frames to label")
         self.frames = list(frames)
         self.by_stem = {f.stem: i for i, f in enumerate(self.frames)}
-        #: where ``POST /api/grab`` takes a new frame from (None: a fixed set of frames; a
-        #: ``live`` session gets it from the viewer that mounts it)
-        self.grab = grab
+        #: where ``POST /api/grab`` takes a new frame from (a request's JSON → a frame; None: a
+        #: fixed set of frames), set by the viewer that mounts a ``live`` session
+        self.grab: Callable[[dict[str, Any]], LabelFrame] | None = None
         self.live = live
         self._frames_lock = threading.Lock()
         self.cfg = ViewConfig(host=host, port=port, allowed_hosts=allowed_hosts)
