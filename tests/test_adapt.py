@@ -2,7 +2,7 @@
 
 The dataset is four 128x128 M2 frames; the runs train for seconds at imgsz 128 with each frame
 listed a few times per epoch, so that a whole adaptation (export, evaluation before and after,
-training, export) stays within about half a minute of CPU.
+training, export) stays within about a quarter of a minute of CPU.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def data(tmp_path_factory):
 
 
 def _tiny(data, out, **kw) -> AdaptConfig:
-    opts = {"minutes": 0.2, "imgsz": 128, "batch": 4, "repeat": 4, "out": out, "name": "mine"}
+    opts = {"minutes": 0.05, "imgsz": 128, "batch": 4, "repeat": 4, "out": out, "name": "mine"}
     return AdaptConfig(data=data, **{**opts, **kw})
 
 

@@ -330,17 +330,44 @@ def _pub_port(monkeypatch):
 # ----------------------------------------------------------------------------- faults
 
 
+def _report_env(inherit, name: str) -> None:  # a worker process: what it was given
+    inherit.apply()
+    os.write(2, f"{name}={os.environ.get(name)}\n".encode())
+
+
+def test_a_worker_gets_the_supervisors_environment_and_stderr_as_it_starts(monkeypatch, capfd):
+    """Workers fork from a server that imported their libraries once (fast starts and
+    restarts); each still gets the environment and stderr the supervisor has when it starts
+    that worker, not those the server had when it started."""
+    from loopline.daemon.stages import Inherit
+    from loopline.daemon.supervisor import worker_context
+
+    ctx = worker_context()
+    if sys.platform.startswith("linux"):
+        assert ctx.get_start_method() == "forkserver"
+    first = ctx.Process(target=_report_env, args=(Inherit(), "LOOPLINE_TEST_INHERIT"))
+    first.start()  # the server runs from here on, with the environment of now
+    first.join(60)
+    monkeypatch.setenv("LOOPLINE_TEST_INHERIT", "set-later")
+    capfd.readouterr()
+    p = ctx.Process(target=_report_env, args=(Inherit(), "LOOPLINE_TEST_INHERIT"))
+    p.start()
+    p.join(60)
+    assert (first.exitcode, p.exitcode) == (0, 0)
+    assert "LOOPLINE_TEST_INHERIT=set-later" in capfd.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("stage", "n"),
-    [("engine0", 250), pytest.param("measure", 400, marks=pytest.mark.slow)],
+    [("engine0", 250), pytest.param("measure", 250, marks=pytest.mark.slow)],
 )
 def test_sigkill_worker_is_restarted_and_nothing_recorded_is_lost(
     tmp_path, sim, daemons, stage, n
 ):
     """SIGKILL mid-run: restarted, every frame recorded, analysis resumes.
 
-    A restarted worker needs a few seconds to import its libraries on a busy machine
-    (measure: trackpy, pandas, Numba caches), hence the longer series for it.
+    A restarted worker comes from the supervisor's fork server with its libraries imported
+    (measure: trackpy, pandas), so analysis resumes well within the 10 s series.
     """
     d = Daemon(tmp_path, sim.endpoint)
     daemons.append(d)
@@ -574,7 +601,7 @@ def test_crowded_slots_are_recorded_at_once(tmp_path, sim, daemons, monkeypatch)
     """An engine that takes seconds per frame, a small slot pool and a long record wait: the
     recorder writes frames at once when the slots are crowded, so none is lost for want of a
     slot (before, the frame at the head waited for its analysis and every slot filled)."""
-    monkeypatch.setenv("LOOPLINE_TEST_DELAY_MS", "2500")
+    monkeypatch.setenv("LOOPLINE_TEST_DELAY_MS", "1500")
     d = Daemon(tmp_path, sim.endpoint, **{"engine.factory": SLOW, "batch.size": 1,
                                           "pool.slots": 8, "output.record_wait_s": 60.0,
                                           "output.result_timeout_s": 60.0})  # fmt: skip
@@ -602,10 +629,10 @@ def test_sigkill_output_worker_its_video_is_recovered(tmp_path, sim, daemons, co
     d = Daemon(tmp_path, sim.endpoint, **{"output.video_codec": codec})
     daemons.append(d)
     d.start()
-    n = 250
+    n = 150
 
     def killer():
-        time.sleep(3.0)
+        time.sleep(2.5)
         os.kill(d.sup.pids()["output"], signal.SIGKILL)
 
     t = threading.Thread(target=killer)

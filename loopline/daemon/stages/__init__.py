@@ -102,7 +102,7 @@ from .receiver import Receiver
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STAGE_CLASSES", "Batcher", "EngineWorker", "MeasureWorker", "OutputWorker",
+__all__ = ["STAGE_CLASSES", "Batcher", "EngineWorker", "Inherit", "MeasureWorker", "OutputWorker",
            "Receiver", "Stage", "worker_main"]
 
 STAGE_CLASSES: dict[str, type[Stage]] = {
@@ -111,9 +111,35 @@ STAGE_CLASSES: dict[str, type[Stage]] = {
 }  # fmt: skip
 
 
+class Inherit:
+    """What a worker takes from the supervisor as it is when the worker starts: the
+    environment and stdout/stderr. A worker started by a fork server would otherwise have the
+    server's, as they were when the server started (the supervisor's may have changed since:
+    a test's captured output, an environment variable set later)."""
+
+    def __init__(self, env: dict[str, str] | None = None, fds: tuple[Any, ...] = ()) -> None:
+        self.env = dict(os.environ) if env is None else env
+        self.fds = fds
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled as the worker starts: hand over 1, 2
+        from multiprocessing import reduction
+
+        if not hasattr(reduction, "DupFd"):  # Windows: spawn's children have the parent's
+            return Inherit, (self.env,)
+        return Inherit, (self.env, (reduction.DupFd(1), reduction.DupFd(2)))
+
+    def apply(self) -> None:
+        os.environ.clear()
+        os.environ.update(self.env)
+        for target, fd in zip((1, 2), self.fds, strict=False):
+            os.dup2(fd.detach(), target)
+
+
 def worker_main(stage: str, cfg: DaemonConfig, spec: PoolSpec, eps: Endpoints, part: int,
-                run_dir: str, log_level: int) -> None:  # fmt: skip
+                run_dir: str, log_level: int, inherit: Inherit | None = None) -> None:  # fmt: skip
     """Process entry point of one stage (``multiprocessing`` target)."""
+    if inherit is not None:
+        inherit.apply()
     logging.basicConfig(level=log_level, format=f"%(asctime)s {stage}[%(process)d] %(message)s")
     install_log_escaping()  # sender data (series ids) cannot forge a log line
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
