@@ -105,26 +105,6 @@ def test_ctrl_c_in_the_first_epoch_writes_nothing(data, tmp_path):
     assert not (tmp_path / "mine").exists()
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_same_look_frames_are_trained_on_and_said(tmp_path):
-    """--same-look N: N frames made from the labelled loops join each epoch; the card and
-    adapt.json say so (frames and pasting: test_samelook.py)."""
-    loops = generate(tmp_path / "loops", preset="loops", count=3, seed=11, progress=False,
-                     overrides={"width": 128, "height": 128}).out  # fmt: skip
-    seen: list[int] = []
-
-    def count(trainer) -> None:
-        seen.append(len(trainer.train_loader.dataset))
-
-    res = adapt(_tiny(loops, tmp_path, holdout=0, repeat=2, same_look=5),
-                callbacks={"on_train_start": count})  # fmt: skip
-    assert seen == [3 * 2 + 5]  # the 3 frames twice, the 5 made once
-    rec = json.loads((res.folder / "adapt.json").read_text())
-    assert rec["same_look"] == 5
-    assert "and 5 same-look frames made from their loops" in res.card.read_text()
-
-
 def _frames_only(tmp_path, data, *, labels: bool):
     import shutil
 
@@ -147,7 +127,6 @@ def _frames_only(tmp_path, data, *, labels: bool):
         ("minutes_zero", "--minutes must be > 0, got 0.0"),
         ("minutes_negative", "--minutes must be > 0, got -1.0"),
         ("holdout_all", "--holdout 4 leaves no frame to train on (4 labelled frames)"),
-        ("same_look_negative", "--same-look must be >= 0, got -2"),
         ("bad_name", "--name must be letters, digits"),
         ("bad_source", "no model file"),
         ("thin_lines", "the dislocation labels are 1.0 px wide (median); expected lines at "
@@ -170,8 +149,6 @@ def test_errors_are_one_line(case, message, data, tmp_path, capsys):
         args += ["--minutes", "-1"]
     elif case == "holdout_all":
         args += ["--holdout", "4"]
-    elif case == "same_look_negative":
-        args += ["--same-look", "-2"]
     elif case == "bad_name":
         args += ["--name", "../x"]
     elif case == "bad_source":

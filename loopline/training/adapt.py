@@ -106,7 +106,6 @@ class AdaptConfig:
     batch: int = 8
     freeze: int = 10  # the first 10 layers: the YOLOv8 backbone
     repeat: int | None = None  # None: up to EPOCH_FRAMES frames per epoch
-    same_look: int = 0  # frames made from the labelled loops (samelook.py), once per epoch
     threads: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -141,8 +140,6 @@ class AdaptConfig:
             raise ValueError(f"--freeze must be >= 0, got {self.freeze}")
         if self.repeat is not None and self.repeat < 1:
             raise ValueError(f"--repeat must be >= 1, got {self.repeat}")
-        if self.same_look < 0:
-            raise ValueError(f"--same-look must be >= 0, got {self.same_look}")
 
 
 @dataclass(frozen=True)
@@ -272,16 +269,16 @@ def _copy_frames(root: Path, frames: Sequence[Path], dest: Path, *, truth: bool)
     return dest
 
 
-def _train_yaml(work: Path, repeat: int, extra: Sequence[str] = ()) -> Path:
-    """The ultralytics data file: the training frames ``repeat`` times per epoch (and the
-    ``extra`` image folders of ``work`` once), validated on the training frames once."""
+def _train_yaml(work: Path, repeat: int) -> Path:
+    """The ultralytics data file: the training frames ``repeat`` times per epoch, validated on
+    themselves once."""
     import yaml
 
     from ..datasets.layout import CLASSES
 
     doc = {
         "path": str(work),
-        "train": ["train/images"] * repeat + list(extra),
+        "train": ["train/images"] * repeat,
         "val": "train/images",
         "names": dict(enumerate(CLASSES)),
     }
@@ -412,7 +409,6 @@ def adapt(
     settings = shipped_settings(cfg.source)  # the source's operating point, for both models
     repeat = cfg.repeat or max(1, math.ceil(EPOCH_FRAMES / len(train_frames)))
     args = {**TRAIN_ARGS, "freeze": cfg.freeze, "nbs": cfg.batch, **cfg.extra}
-    same_look = 0
     logger.info("adapting %s on %d frames of %s (%d held out)", source, len(train_frames),
                 data, len(held))  # fmt: skip
 
@@ -430,21 +426,12 @@ def adapt(
             if cfg.test is not None:
                 sets["test"] = Path(cfg.test)
             _copy_frames(data, train_frames, work / "train", truth=False)
-            extra = []
-            if cfg.same_look:
-                from .samelook import same_look_frames
-
-                _say(progress, f"making {cfg.same_look} same-look frames")
-                made = same_look_frames(train_frames, cfg.same_look, work / "same_look",
-                                        seed=cfg.seed)  # fmt: skip
-                extra = ["same_look/images"] if made else []
-                same_look = len(made)
             before = {}
             if sets:
                 _say(progress, "measuring the source model")
                 before = measure(export_onnx(source, imgsz=cfg.imgsz,
                                              out=work / "source.onnx"), sets)  # fmt: skip
-            run = _train(cfg, source, _train_yaml(work, repeat, extra), folder / "run", args,
+            run = _train(cfg, source, _train_yaml(work, repeat), folder / "run", args,
                          progress=progress, callbacks=callbacks)  # fmt: skip
             _say(progress, "exporting")
             model_pt = folder / "model.pt"
@@ -475,7 +462,6 @@ def adapt(
         "data": str(data.resolve()),
         "test": None if cfg.test is None else str(Path(cfg.test).resolve()),
         "trained_on": list(res.trained_on), "held_out": list(res.held_out), "repeat": repeat,
-        "same_look": same_look,
         "minutes": cfg.minutes, "seed": cfg.seed, "imgsz": cfg.imgsz, "batch": cfg.batch,
         "train_args": args, "operating_point": settings, "stopped_early": run.stopped,
         "epochs": run.epochs, "best_epoch": run.best_epoch, "weights": run.weights.name,
@@ -593,10 +579,7 @@ def model_card(rec: dict[str, Any], *, name: str, folder: Path | str) -> str:
         "|---|---|",
         f"| source | `{rec['source_file']}`, sha256 `{rec['source_sha256']}` |",
         f"| trained on | {_count(rec['trained_on'])}, each {rec['repeat']} times per epoch: "
-        f"{_frames(rec['trained_on'])}"
-        + (f"; and {rec['same_look']} same-look frames made from their loops (`--same-look`), "
-           "each once per epoch" if rec.get("same_look") else "")
-        + " |",
+        f"{_frames(rec['trained_on'])} |",
         f"| held out | {_count(rec['held_out'])} (never trained on, never used to pick "
         f"weights): {_frames(rec['held_out'])} |",
         f"| test set | {'none' if rec['test'] is None else '`' + rec['test'] + '`'} |",

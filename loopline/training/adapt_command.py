@@ -43,10 +43,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", type=int, default=None, metavar="R",
                    help="times each training frame is listed per epoch (default: up to 64 "
                    "frames an epoch)")  # fmt: skip
-    p.add_argument("--same-look", type=int, default=0, metavar="N",
-                   help="also train on N frames made from the labelled ones: their loops cut "
-                   "out and pasted elsewhere on their own backgrounds, turned, rescaled (loop "
-                   "labels only; default 0)")  # fmt: skip
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     p.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                    help="ultralytics train argument (repeatable), e.g. lr0=0.0005")  # fmt: skip
@@ -82,7 +78,6 @@ def run(a: argparse.Namespace) -> int:
     cfg = AdaptConfig(
         data=a.data, source=a.source, minutes=a.minutes, out=a.out, name=a.name,
         holdout=a.holdout, test=a.test, seed=a.seed, imgsz=a.imgsz, batch=a.batch,
-        same_look=a.same_look,
         freeze=a.freeze, repeat=a.repeat, threads=a.threads, extra=extra,
     )  # fmt: skip
     try:
