@@ -232,3 +232,25 @@ def test_import_graph_of_loopline_has_no_upward_import_and_no_cycle(capsys):
     out = capsys.readouterr().out
     assert "loopline.engines ->" in out  # it did scan the real package
     assert code == 0, out
+
+
+# --- temporal_contrast.py ---------------------------------------------------------------------
+
+
+def test_temporal_channel_keeps_what_moves_and_drops_what_stays():
+    tc = _load("temporal_contrast")
+    rng = np.random.default_rng(1)
+    t, h, w = 9, 64, 96
+    imgs = 150.0 + rng.normal(0.0, 3.0, (t, h, w))
+    moving = np.zeros((t, h, w), bool)
+    static = np.zeros((t, h, w), bool)
+    for i in range(t):
+        moving[i, 8:56, 10 + 8 * i : 13 + 8 * i] = True  # glides 8 px a frame
+        static[i, 30:33, 4:92] = True  # a slip trace: same place in every frame
+    imgs[moving] -= 20.0
+    imgs[static & ~moving] -= 20.0
+    res = tc.contrasts(imgs, {"ds": moving, "st": static & ~moving}, k=2)
+    assert res["ds"]["raw"] < -2 and res["st"]["raw"] < -2  # both dark in the frame
+    assert res["ds"]["kept"] > 0.7  # the gliding line stays in the temporal channel
+    assert abs(res["st"]["kept"]) < 0.2  # the static trace is gone from it
+    assert res["ds"]["frames"] == res["st"]["frames"] == t
