@@ -131,7 +131,7 @@ def test_a_slow_model_loads_beside_the_running_one(tmp_path, sim, daemons, capsy
     fast, slow = tmp_path / "fast.bin", tmp_path / "slow.bin"
     fast.write_bytes(b"fast")
     slow.write_bytes(b"slow")
-    n = 100
+    n = 70
     d = Daemon(tmp_path, sim.endpoint, **{
         "engine.factory": "loopline.daemon.standins:SlowLoadingEngine",
         "engine.model": str(fast),
