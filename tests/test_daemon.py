@@ -478,7 +478,7 @@ def _anon_mb(pids: list[int]) -> float:
                 for line in f:
                     if line.startswith("RssAnon:"):
                         total += int(line.split()[1]) / 1024
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # the worker ended as it was read
             pass
     return total
 
