@@ -70,8 +70,9 @@ _SWAP_TIMEOUT_S = 330.0
 PICKLED = frozenset({".pt", ".pth"})
 
 #: what the fork server imports once for every worker it starts: the stages and the libraries
-#: their ``setup()`` imports. No runtime that starts threads on import (torch, OpenVINO, ONNX
-#: Runtime) is in it: a fork server must stay single-threaded to fork safely.
+#: their ``setup()`` imports. No inference runtime (torch, OpenVINO, ONNX Runtime) is in it:
+#: only an engine worker needs one, and what the server holds must be safe to fork (numpy's
+#: OpenBLAS threads are: OpenBLAS stops and restarts its pool around a fork).
 PRELOAD = (
     "numpy", "zmq", "cv2", "av", "pandas", "scipy.ndimage", "trackpy",
     "loopline.daemon.stages.receiver", "loopline.daemon.stages.batcher",

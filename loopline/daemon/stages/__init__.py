@@ -131,8 +131,11 @@ class Inherit:
     def apply(self) -> None:
         os.environ.clear()
         os.environ.update(self.env)
-        for target, fd in zip((1, 2), self.fds, strict=False):
-            os.dup2(fd.detach(), target)
+        for target, handed in zip((1, 2), self.fds, strict=False):
+            fd = handed.detach()
+            if fd != target:
+                os.dup2(fd, target)
+                os.close(fd)
 
 
 def worker_main(stage: str, cfg: DaemonConfig, spec: PoolSpec, eps: Endpoints, part: int,
