@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/restart.py [--repeat 3] [--json out.json]
 
 For each start method and each stage (measure, engine0, output): a daemon (the fast
-``ThresholdEngine`` stand-in, 256² frames at 25 fps from the camera simulator on loopback)
+``ThresholdEngine`` stand-in, 256² demo-scene frames at 25 fps from the camera simulator on
+loopback, as ``benchmarks/daemon.py`` makes them)
 runs a 150-frame series; one second in, the stage's worker is SIGKILLed. The figure is the
 time from the kill to the restarted worker's ``ready`` (the supervisor's log), median of
 ``--repeat`` runs. Also the time from ``Supervisor.run`` to all workers ready: the first
@@ -27,23 +28,12 @@ import threading
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from daemon import cpu_model
+from daemon import cpu_model, make_frames
 
 STAGES = ("measure", "engine0", "output")
-
-
-def frames(n: int, size: int = 256) -> list[np.ndarray]:
-    rng = np.random.default_rng(0)
-    out = []
-    for i in range(n):
-        img = (rng.random((size, size)) * 40 + 170).astype(np.uint8)
-        cv2.line(img, (20 + i % 100, 30), (60 + i % 100, size - 30), 40, 3)
-        out.append(img)
-    return out
 
 
 class _Ready(logging.Handler):
@@ -133,7 +123,7 @@ def main() -> int:
     ap.add_argument("--method", choices=("forkserver", "spawn"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.method:  # one method per process: a process's first daemon pays for its imports
-        print(json.dumps(measure(a.method, a.repeat, frames(150))))
+        print(json.dumps(measure(a.method, a.repeat, make_frames(150, 256))))
         return 0
     import subprocess
 

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
+
+from loopline.datasets.importers import read_grey, read_mask
+from loopline.io import image_files, natural_key
 
 HERE = Path(__file__).resolve().parents[1]
 REAL = HERE.parent / "shared" / "data" / "real"
@@ -33,23 +34,22 @@ CLASSES = {"ds": "dislocations", "st": "stacking faults / slip traces"}
 
 
 def _number(p: Path) -> int:
-    nums = re.findall(r"\d+", p.stem)
-    return int(nums[-1]) if nums else 0
+    """The last number in a file name (its frame index in these sets)."""
+    return next((t for t in reversed(natural_key(p)) if isinstance(t, int)), 0)
 
 
 def load(folder: Path) -> tuple[np.ndarray, dict[str, np.ndarray], list[int]]:
     """Frames (T, H, W) float, masks per class (T, H, W) bool (absent: all False), numbers."""
-    frames = sorted((folder / "original").iterdir(), key=_number)
-    imgs = np.stack([np.asarray(Image.open(p).convert("L"), float) for p in frames])
+    frames = sorted(image_files(folder / "original"), key=_number)
+    imgs = np.stack([read_grey(p).astype(float) for p in frames])
     masks = {}
     for cls in CLASSES:
-        d = folder / cls
-        if not d.is_dir():
+        if not (folder / cls).is_dir():
             continue
-        by_name = {p.name.lower(): p for p in d.iterdir()}
+        by_stem = {p.stem: p for p in image_files(folder / cls)}  # any case of suffix
         masks[cls] = np.stack([
-            np.asarray(Image.open(by_name[p.name.lower()])) != 0 if p.name.lower() in by_name
-            else np.zeros(imgs.shape[1:], bool) for p in frames
+            read_mask(by_stem[p.stem]) if p.stem in by_stem else np.zeros(imgs.shape[1:], bool)
+            for p in frames
         ])  # fmt: skip
     return imgs, masks, [_number(p) for p in frames]
 
