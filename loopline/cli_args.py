@@ -15,7 +15,7 @@ import math
 from typing import Any
 
 __all__ = ["CALIBRATION_ARGS", "DEFAULT_MODEL", "MODEL_ARGS", "add_calibration_arguments",
-           "add_model_arguments", "argument_kwargs"]  # fmt: skip
+           "add_loop_vote_argument", "add_model_arguments", "argument_kwargs"]  # fmt: skip
 
 #: The model a command runs when none is named: the one shipped with loopline.
 DEFAULT_MODEL = "defects"
@@ -108,6 +108,15 @@ def add_calibration_arguments(p: argparse.ArgumentParser, *,
                               dests: dict[str, str] | None = None) -> None:  # fmt: skip
     """Add ``--nm-per-px --fps`` to ``p`` (default None: the profile's or the file's)."""
     _add(p, CALIBRATION_ARGS, None, help_suffix, dests)
+
+
+def add_loop_vote_argument(p: argparse.ArgumentParser) -> None:
+    """Add ``--loop-vote / --no-loop-vote`` (engine option ``loop_vote``; default None: the
+    model's own operating point)."""
+    p.add_argument("--loop-vote", action=argparse.BooleanOptionalAction, default=None,
+                   help="one loop per cluster of overlapping candidate boxes, scored by their "
+                        "summed scores (default: the model's own: on for the shipped model, "
+                        "off for others)")  # fmt: skip
 
 
 def _add(p: argparse.ArgumentParser, table: dict[str, dict[str, Any]],

@@ -53,6 +53,7 @@ class AnalyzeOptions:
     tile_overlap: int = 64
     line_snap: float | None = None
     line_dedupe: float | None = None
+    loop_vote: bool | None = None
     sequence: int = 0
     search_range_px: float = 8.0
     memory: int = 3
@@ -113,7 +114,8 @@ def _make_detector(opt: AnalyzeOptions, nm_per_px: float | None = None, *,
     from ..engines import create_engine
 
     point = {k: v for k, v in (("line_snap", opt.line_snap), ("line_dedupe", opt.line_dedupe),
-                               ("imgsz", opt.imgsz), ("conf", opt.conf), ("device", opt.device))
+                               ("imgsz", opt.imgsz), ("conf", opt.conf), ("device", opt.device),
+                               ("loop_vote", opt.loop_vote))
              if v is not None}  # None: the model's own operating point
     engine = create_engine(opt.model, engine=opt.engine, inference=opt.inference,
                            tile_overlap=opt.tile_overlap, **point)  # fmt: skip

@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..cli_args import DEFAULT_MODEL, add_calibration_arguments, add_model_arguments
+from ..cli_args import (
+    DEFAULT_MODEL,
+    add_calibration_arguments,
+    add_loop_vote_argument,
+    add_model_arguments,
+)
 from ..errors import CliError
 
 HELP = "measure lines, loops and tracks in a video offline"
@@ -43,6 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--line-dedupe", type=float, default=None, metavar="PX",
                    help="drop a dislocation retracing a better-scored one within PX (0 = off; "
                         "default: the model's own)")
+    add_loop_vote_argument(p)
     p.add_argument("--calibration", type=Path, help="calibration profile (TOML)")
     add_calibration_arguments(p, help_suffix={"--nm-per-px": "given, it wins over both",
                                               "--fps": "given, it wins over both"})
@@ -110,7 +116,7 @@ def run(a: argparse.Namespace) -> int:
             model=a.model, engine=a.engine, imgsz=a.imgsz, conf=a.conf, device=a.device,
             times_from_names=a.times_from_names,
             inference=a.inference, tile_overlap=a.tile_overlap,
-            line_snap=a.line_snap, line_dedupe=a.line_dedupe,
+            line_snap=a.line_snap, line_dedupe=a.line_dedupe, loop_vote=a.loop_vote,
             sequence=a.sequence, search_range_px=a.search_range,
             memory=a.memory, drift="none" if a.no_drift else "phase", window=a.window,
             max_frames=a.max_frames, measure=MeasureOptions(impl=a.impl),

@@ -30,7 +30,7 @@ def _rng(lo: float | None = None, hi: float | None = None) -> dict[str, Any]:
     return {"range": (lo, hi)}
 
 
-def _choice(*values: str) -> dict[str, Any]:
+def _choice(*values: str | int) -> dict[str, Any]:
     return {"choices": values}
 
 
@@ -81,6 +81,7 @@ class EngineConfig:
     tile_overlap: int = field(metadata=_rng(0, 2048))
     line_snap: float = field(metadata=_rng(-1.0, 20.0))
     line_dedupe: float = field(metadata=_rng(-1.0, 20.0))
+    loop_vote: int = field(metadata=_choice(-1, 0, 1))
     mask_annotations: bool
     ignore_regions: str
     device: str
@@ -258,7 +259,7 @@ def _check_value(key: str, f: dataclasses.Field, value: Any) -> Any:
         raise ConfigError(f"{key} must lie in [{lo}, {hi}], got {value!r}")
     choices = f.metadata.get("choices")
     if choices and value not in choices:
-        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+        raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}; got {value!r}")
     return value
 
 

@@ -149,9 +149,16 @@ class Engine(ABC):
         a field of 170-210 was split in two); for a fixed overlay use ``ignore_regions``.
     ignore_regions : sequence of (x0, y0, x1, y1)
         Boxes (frame px) treated as annotations always, also with ``mask_annotations`` off.
+    loop_vote : bool
+        One loop per cluster of overlapping candidate boxes (IoU > 0.5), scored by the
+        cluster's summed scores (``loopline.engines.votes``); the network then runs at a score
+        floor of 0.05 and ``conf`` applies to the voted scores. Dislocations are untouched.
     """
 
     name: str = "base"
+    #: the runtime votes on loop candidates itself, before decoding masks (``loop_vote``:
+    #: the YOLO runtimes' ``ops.postprocess``); else ``__call__`` votes on its instances
+    votes_itself: bool = False
     #: the runtime builds a network per input shape (batch size, side) on first use, so the
     #: daemon runs every shape it will send once before it says ready (OpenVINO, TensorRT)
     compiles_per_shape: bool = False
@@ -174,6 +181,7 @@ class Engine(ABC):
         line_snap: float = 0.0,
         mask_annotations: bool = False,
         ignore_regions: Sequence[Sequence[float]] | None = (),
+        loop_vote: bool = False,
     ) -> None:
         if not 0.0 <= conf <= 1.0:
             raise ValueError(f"conf must lie in [0, 1], got {conf}")
@@ -203,6 +211,8 @@ class Engine(ABC):
                 0.0 <= line_snap <= 20.0):
             raise ValueError(f"line_snap must be a distance in [0, 20] px (0 = off), "
                              f"got {line_snap!r}")  # fmt: skip
+        if not isinstance(loop_vote, (bool, np.bool_)):
+            raise ValueError(f"loop_vote must be true or false, got {loop_vote!r}")
         if model_nm_per_px is not None and not 0.0 < model_nm_per_px < float("inf"):
             raise ValueError(f"model_nm_per_px must be > 0 or None, got {model_nm_per_px}")
         self.model = Path(model) if model is not None else None
@@ -224,6 +234,9 @@ class Engine(ABC):
         #: px: move each dislocation's centre line up to this far onto the valley it rides in
         #: the full-resolution frame (``loopline.engines.snap``), before ``line_dedupe``; 0 = off
         self.line_snap = float(line_snap)
+        #: one loop per cluster of overlapping candidates, scored by their sum
+        #: (``loopline.engines.votes``)
+        self.loop_vote = bool(loop_vote)
         from .burnt_in import check_regions
 
         self.mask_annotations = bool(mask_annotations)
@@ -259,10 +272,10 @@ class Engine(ABC):
         masks = None
         if getattr(self, "mask_annotations", False) or getattr(self, "ignore_regions", ()):
             frames, masks, ann_ms = self._mask_annotations(frames)
-        if nm_per_px is None:  # engines that know no pixel size take frames only
-            dets = self.forward(frames)
+        if getattr(self, "loop_vote", False) and not self.votes_itself:
+            dets = self._forward_voted(frames, nm_per_px)
         else:
-            dets = self.forward(frames, nm_per_px=nm_per_px)  # type: ignore[call-arg]
+            dets = self._forward(frames, nm_per_px)
         if self.line_snap > 0:
             # imported here, as below: scikit-image costs ~0.2 s at start-up
             from .snap import snap_lines
@@ -277,6 +290,22 @@ class Engine(ABC):
         if masks is not None:
             dets = self._drop_annotated(dets, masks, ann_ms)
         return dets
+
+    def _forward(self, frames: list[np.ndarray], nm_per_px) -> list[Detections]:
+        if nm_per_px is None:  # engines that know no pixel size take frames only
+            return self.forward(frames)
+        return self.forward(frames, nm_per_px=nm_per_px)  # type: ignore[call-arg]
+
+    def _forward_voted(self, frames: list[np.ndarray], nm_per_px) -> list[Detections]:
+        """The network at the votes' score floor, then its loops voted and ``conf`` applied."""
+        from .votes import VOTE_FLOOR, vote_loops
+
+        conf, self.conf = self.conf, min(self.conf, VOTE_FLOOR)
+        try:
+            dets = self._forward(frames, nm_per_px)
+        finally:
+            self.conf = conf
+        return [vote_loops(d, conf) for d in dets]
 
     def _mask_annotations(self, frames: list[np.ndarray]
                           ) -> tuple[list[np.ndarray], list[np.ndarray], float]:  # fmt: skip

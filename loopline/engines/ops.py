@@ -470,6 +470,7 @@ def postprocess(
     max_det: int,
     impl: str | None = None,
     mask_threshold: float | tuple[float, ...] = 0.5,
+    loop_vote: bool = False,
 ):
     """Raw outputs of a batch -> per frame ``(masks, boxes, scores, classes)``.
 
@@ -481,6 +482,9 @@ def postprocess(
 
     mask_threshold : float or tuple of float
         Mask probability cut (``decode_masks``), for every class or one per class.
+    loop_vote : bool
+        Vote on the loop candidates' boxes (``loopline.engines.votes``): NMS at the votes'
+        score floor, then ``conf`` on the voted scores, before any mask is decoded.
 
     Instances whose mask is empty are dropped, as ultralytics does.
     """
@@ -489,9 +493,18 @@ def postprocess(
     if nc < 1:
         raise ValueError(f"pred has {pred.shape[1]} channels: too few for 4 + nc + {nm}")
     per_class = mask_thresholds(mask_threshold, nc)
-    dets = non_max_suppression(pred, nc=nc, conf=conf, iou=iou, max_det=max_det, impl=impl)
+    floor = conf
+    if loop_vote:
+        from .votes import VOTE_FLOOR, vote_boxes
+
+        floor = min(conf, VOTE_FLOOR)
+    dets = non_max_suppression(pred, nc=nc, conf=floor, iou=iou, max_det=max_det, impl=impl)
     results = []
     for d, p, lb in zip(dets, protos, lbs, strict=True):
+        if loop_vote:
+            keep, voted = vote_boxes(d[:, :4], d[:, 4], d[:, 5].astype(np.int64), conf)
+            d = d[keep]
+            d[:, 4] = voted
         boxes = scale_boxes(d[:, :4], lb)
         thr = per_class[d[:, 5].astype(np.int64)] if len(per_class) > 1 else per_class[0]
         masks, keep = decode_masks(p, d[:, 6:], boxes, lb, impl=impl, return_nonempty=True,

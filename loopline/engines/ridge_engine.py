@@ -201,7 +201,7 @@ class RidgeEngine(Engine):
         base = {k: kwargs.pop(k) for k in ("imgsz", "iou", "max_det", "device", "inference",
                                            "tile_overlap", "tile_max", "max_det_frame",
                                            "model_nm_per_px", "line_dedupe", "line_snap",
-                                           "mask_annotations", "ignore_regions")
+                                           "mask_annotations", "ignore_regions", "loop_vote")
                 if k in kwargs}
         super().__init__(None, conf=conf, **base)
         allowed = set(inspect.signature(ridge_instances).parameters) - {"frame"}

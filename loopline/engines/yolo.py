@@ -42,6 +42,7 @@ class YoloEngine(Engine):
     """
 
     name = "yolo"
+    votes_itself = True  # ops.postprocess votes on loop candidates before decoding masks
 
     def __init__(self, model=None, *, max_batch: int | None = None, impl: str | None = None,
                  mask_threshold: float | Sequence[float] = 0.5, **kwargs) -> None:  # fmt: skip
@@ -105,7 +106,8 @@ class YoloEngine(Engine):
         t2 = time.perf_counter()
         res = ops.postprocess(pred[:n], protos[:n], lbs, conf=self.conf, iou=self.iou,
                               max_det=self.max_det, impl=self.impl,
-                              mask_threshold=self.mask_threshold)  # fmt: skip
+                              mask_threshold=self.mask_threshold,
+                              loop_vote=self.loop_vote)  # fmt: skip
         t3 = time.perf_counter()
         timings = {"preprocess": (t1 - t0) * 1e3 / n, "inference": (t2 - t1) * 1e3 / n,
                    "postprocess": (t3 - t2) * 1e3 / n}  # fmt: skip

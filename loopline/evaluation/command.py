@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..cli_args import DEFAULT_MODEL, add_model_arguments
+from ..cli_args import DEFAULT_MODEL, add_loop_vote_argument, add_model_arguments
 from ..errors import CliError
 
 HELP = "evaluate a model on a dataset (mAP, LAR, line F1@tol, loop F1, relative errors)"
@@ -65,6 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="move each dislocation's centre line up to PX onto the valley it rides "
                         "in the full-resolution frame, before --line-dedupe (0 = off; default: "
                         "the shipped model's operating point, off for other models)")  # fmt: skip
+    add_loop_vote_argument(p)
     p.add_argument("--tol", type=float, default=3.0, help="tolerance of LAR@tol, F1@tol (px)")
     p.add_argument("--batch", type=int, default=8, help="frames per engine call")
 
@@ -179,7 +180,7 @@ def _engine(a: argparse.Namespace):
                            device=a.device, mask_threshold=a.mask_threshold,
                            inference=a.inference, tile_overlap=a.tile_overlap,
                            tile_max=a.tile_max, line_dedupe=a.line_dedupe,
-                           line_snap=a.line_snap)  # fmt: skip
+                           line_snap=a.line_snap, loop_vote=a.loop_vote)  # fmt: skip
     except (ValueError, FileNotFoundError, KeyError, ImportError, TypeError) as e:
         raise CliError(str(e)) from None
 

@@ -433,6 +433,7 @@ def make_engine(
     line_dedupe: float | None = None,
     tile_max: int | None = None,
     line_snap: float | None = None,
+    loop_vote: bool | None = None,
 ):
     """The engine ``loopline eval`` runs for ``model`` (a file, a shipped name or ``ridge``).
 
@@ -446,6 +447,8 @@ def make_engine(
     the shipped model's operating point, off for other models.
     ``line_snap`` (px): how far a dislocation's centre line may move onto its valley in the
     full-resolution frame (``loopline.engines.snap``); None: as ``line_dedupe``.
+    ``loop_vote``: loop score voting (``loopline.engines.votes``); None: the shipped model's
+    operating point, off for other models.
     ``tile_max`` (px): the largest tile side where the runtime takes any input size; None:
     the engine's default (1.25 ``imgsz``).
 
@@ -471,6 +474,8 @@ def make_engine(
         opts["line_dedupe"] = line_dedupe
     if line_snap is not None:
         opts["line_snap"] = line_snap
+    if loop_vote is not None:
+        opts["loop_vote"] = loop_vote
     if tile_overlap is not None:
         if tile_overlap < 0:
             raise ValueError(f"--tile-overlap must be >= 0, got {tile_overlap}")

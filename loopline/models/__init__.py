@@ -31,12 +31,13 @@ SHIPPED: dict[str, str] = {"defects": "defects", "dislocations": "defects", "loo
 #: (``mask_threshold``: one value per class, dislocation then loop; ``model_nm_per_px``: the
 #: pixel size, nm, of the frames it was trained on, to which frames of a known pixel size are
 #: resampled; None: its synthetic training frames have no one scale, frames are used as they are;
-#: ``line_snap``, ``line_dedupe``: px, see ``loopline.engines.snap`` and ``.duplicates``)
-_OPERATING_KEYS = ("mask_threshold", "model_nm_per_px", "line_snap", "line_dedupe")
+#: ``line_snap``, ``line_dedupe``: px, see ``loopline.engines.snap`` and ``.duplicates``;
+#: ``loop_vote``: see ``loopline.engines.votes``)
+_OPERATING_KEYS = ("mask_threshold", "model_nm_per_px", "line_snap", "line_dedupe", "loop_vote")
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "defects": {"mask_threshold": (0.4, 0.4), "model_nm_per_px": None, "line_snap": 4.0,
-                "line_dedupe": 1.5},
+                "line_dedupe": 1.5, "loop_vote": True},
 }
 
 

@@ -45,6 +45,8 @@ def make_engine(cfg: DaemonConfig):
         for key in ("line_snap", "line_dedupe"):  # -1: the model's own operating point
             if getattr(e, key) >= 0:
                 kw[key] = getattr(e, key)
+        if e.loop_vote >= 0:  # -1: the model's own operating point
+            kw["loop_vote"] = bool(e.loop_vote)
         engine = create_engine(e.model, engine=e.engine or None, inference=e.inference,
                                tile_overlap=e.tile_overlap, **kw)  # fmt: skip
     engine.load()
