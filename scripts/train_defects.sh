@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces the shipped model loopline/models/defects.{pt,onnx} (see loopline/models/README.md).
-# Usage: scripts/train_defects.sh [WORK_DIR] [stage1|...|stage6|wild|wild2|wild-ft|wild-r3|bowing]   (default: /work
+# Usage: scripts/train_defects.sh [WORK_DIR] [stage1|...|stage6|wild|wild2|temporal|temporal-raw|wild-ft|wild-r3|bowing]   (default: /work
 #        stage2; needs `make test`'s .venv). Run the stages in order; stage 3 writes the shipped
 #        weights. stage4, p2, stage5 and stage6 (each after stage 3) are the experiments of the
 #        model card that were not shipped.
@@ -21,6 +21,8 @@
 #                  only (no frame of tanaka-twip-2um or creme-loops-512), 320 px crops.
 #   defects-wild2  wild2: defects-wild continued (fresh schedule) with bowing frames added.
 #                  NAME=defects-wild3 FROM=.../defects-wild2/weights/last.pt continues it again.
+#   defects-temporal, defects-temporal-raw  temporal, temporal-raw: defects-wild2 continued on
+#                  synthetic video frames with and without a temporal channel (issue 15).
 #   defects-wild-ft wild-ft: defects-wild continued with the real first halves.
 #   defects-wild-r3 wild-r3: run 3 continued on 512 px domain-randomised frames and the real
 #                  first halves (shipped as run 7).
@@ -168,6 +170,50 @@ $L train --data "$Z/defects2.yaml" --out "$W/runs" --name "${NAME:-defects-wild2
   --weights "${FROM:-$W/runs/defects-wild/weights/last.pt}" --set mask_ratio=2 \
   --set overlap_mask=False --set warmup_epochs=1 --imgsz 320 --batch 16 --seed 31 \
   --hours "${HOURS:-2.0}" --epochs 100 --workers 2
+exit 0
+fi
+
+if [ "$STAGE" = temporal ] || [ "$STAGE" = temporal-raw ]; then
+# Issue 15, item 3: does a temporal channel help a zero-shot model? Two arms from defects-wild2
+# (never saw tanaka-twip-2um or creme-loops-512), the same 320 px synthetic video frames, seed,
+# settings and time: `temporal` sees (frame, frame minus the median of its 4 registered previous
+# frames, frame) as its three channels (scripts/temporal_dataset.py), `temporal-raw` (frame,
+# frame, frame). Glide 1-4 px per frame, like tanaka's labelled frames, which are 5-50 video
+# frames apart. Run both at once with THREADS=1 each so they share the 2 cores equally.
+Z=$W/datatemporal
+BG="--backgrounds $REAL/tanaka-twip-086um/original"
+V="--video --frames 12 --set lead_velocity=1.0,4.0 --set lead_pinned_prob=0.15 --set stage_drift=0,1.0 --jobs 2"
+if [ ! -f "$Z/videos.done" ]; then
+  mkdir -p "$Z"
+  # shellcheck disable=SC2086
+  {
+  $L synth --preset wild   --count 70 --seed 541 --out "$Z/videos_wild"   $BG $V --overwrite
+  $L synth --preset bowing --count 30 --seed 542 --out "$Z/videos_bowing" $BG $V --overwrite \
+    --set width=320 --set height=320
+  $L synth --preset wild   --count 10 --seed 641 --out "$Z/videos_val"    $BG $V --overwrite
+  }
+  for arm in temporal raw; do
+    for v in wild bowing val; do
+      rm -rf "$Z/${arm}_$v"
+      $PY scripts/temporal_dataset.py "$Z/videos_$v" "$Z/${arm}_$v" --k 4 --min-history 3 \
+        --channels "$arm"
+    done
+    cat > "$Z/$arm.yaml" <<YAML
+path: $Z
+train: [${arm}_wild/images, ${arm}_bowing/images]
+val: [${arm}_val/images]
+names:
+  0: dislocation
+  1: loop
+YAML
+  done
+  touch "$Z/videos.done"
+fi
+ARM=temporal; [ "$STAGE" = temporal-raw ] && ARM=raw
+$L train --data "$Z/$ARM.yaml" --out "$W/runs" --name "defects-$STAGE" --arch yolov8n-seg \
+  --weights "${FROM:-$W/runs/defects-wild2/weights/best.pt}" --set mask_ratio=2 \
+  --set overlap_mask=False --set warmup_epochs=1 --set hsv_h=0 --set hsv_s=0 --imgsz 320 \
+  --batch 16 --seed 41 --hours "${HOURS:-1.2}" --epochs 100 --workers 0 --threads "${THREADS:-2}"
 exit 0
 fi
 

@@ -254,3 +254,97 @@ def test_temporal_channel_keeps_what_moves_and_drops_what_stays():
     assert res["ds"]["kept"] > 0.7  # the gliding line stays in the temporal channel
     assert abs(res["st"]["kept"]) < 0.2  # the static trace is gone from it
     assert res["ds"]["frames"] == res["st"]["frames"] == t
+
+
+# --- temporal_dataset.py / temporal_eval.py -----------------------------------------------------
+
+
+def _drifting_video(t=6, h=72, w=96, drift=1.5, glide=6):
+    """Frames with a static slip trace moved by stage drift and a line gliding across it."""
+    rng = np.random.default_rng(2)
+    yy, xx = np.mgrid[:h, :w].astype(float)
+    frames, lines = [], []
+    for i in range(t):
+        trace = np.abs(yy - (30 + drift * i)) < 1.5  # the stage moves it down
+        line = np.abs(xx - (12 + glide * i)) < 1.5  # the dislocation glides right
+        img = 150.0 - 40.0 * trace - 25.0 * line + rng.normal(0.0, 2.0, (h, w))
+        img += 20.0 * np.sin(xx / 9.0) * np.cos((yy - drift * i) / 7.0)  # drifting texture
+        frames.append(np.clip(img, 0, 255).astype(np.uint8))
+        lines.append(line)
+    return frames, lines
+
+
+def test_temporal_channel_registers_drift_and_keeps_the_gliding_line():
+    td = _load("temporal_dataset")
+    frames, lines = _drifting_video()
+    ch = td.temporal_channel(frames[-1], frames[-5:-1]).astype(float) - 128.0
+    trace = np.abs(np.mgrid[:72, :96][0] - (30 + 1.5 * 5)) < 1.5
+    bg = ~(trace | lines[-1])
+    assert ch[lines[-1]].mean() < -35  # the line: about 2 x its 25 grey levels, dark
+    assert abs(ch[trace & ~lines[-1]].mean()) < 8  # the drifting trace: registered away
+    assert ch[bg].std() < 10  # texture registered away too, camera noise left
+    # without registration the drifting trace would leave its edges
+    unregistered = frames[-1].astype(float) - np.median(np.stack(frames[-5:-1]), axis=0)
+    assert np.abs(unregistered[trace & ~lines[-1]]).mean() > 10
+    assert (td.temporal_channel(frames[0], []) == 128).all()  # no history: neutral
+
+
+def test_temporal_dataset_writes_three_channels_per_video_and_the_control_arm(tmp_path):
+    import cv2
+
+    td = _load("temporal_dataset")
+    src = tmp_path / "videos"
+    (src / "images").mkdir(parents=True)
+    (src / "labels").mkdir()
+    (src / "data.yaml").write_text("train: images\nval: images\nnames:\n  0: dislocation\n")
+    frames, _ = _drifting_video()
+    for v in range(2):
+        for i, f in enumerate(frames):
+            stem = f"wild-7-{v:05d}-f{i:05d}"
+            cv2.imwrite(str(src / "images" / f"{stem}.png"), f)
+            (src / "labels" / f"{stem}.txt").write_text(f"0 0.1 0.1 0.2 0.1 0.2 0.2 # {v}{i}\n")
+    assert [len(s) for s in td.sequences(src).values()] == [6, 6]
+    n = td.build(src, tmp_path / "t", k=4, min_history=3)
+    m = td.build(src, tmp_path / "r", k=4, min_history=3, channels="raw")
+    assert n == m == 2 * 3  # frames 3-5 of each video
+    t = cv2.imread(str(tmp_path / "t" / "images" / "wild-7-00001-f00005.png"))
+    r = cv2.imread(str(tmp_path / "r" / "images" / "wild-7-00001-f00005.png"))
+    assert (t[..., 0] == frames[5]).all() and (t[..., 2] == frames[5]).all()
+    assert (t[..., 1] == td.temporal_channel(frames[5], frames[1:5])).all()
+    assert (r == frames[5][..., None]).all()  # control arm: the frame thrice
+    label = (tmp_path / "t" / "labels" / "wild-7-00001-f00005.txt").read_text()
+    assert label.endswith("# 15\n")  # each frame keeps its own label
+    with pytest.raises(SystemExit, match="exists"):
+        td.build(src, tmp_path / "t")
+
+
+def test_temporal_eval_gives_each_frame_its_own_videos_history(tmp_path):
+    import cv2
+
+    te = _load("temporal_eval")
+    from loopline.engines.base import Detections
+
+    root = tmp_path / "videos"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    frames, _ = _drifting_video(t=3)
+    for v in range(2):
+        for i, f in enumerate(frames):
+            cv2.imwrite(str(root / "images" / f"wild-7-{v:05d}-f{i:05d}.png"), f)
+            (root / "labels" / f"wild-7-{v:05d}-f{i:05d}.txt").write_text("")
+    seen = []
+
+    def predict(img):
+        seen.append(img)
+        h, w = img.shape[:2]
+        return Detections(np.zeros((0, h, w), bool), np.zeros((0, 4), np.float32),
+                          np.zeros(0, np.float32), np.zeros(0, np.int64))  # fmt: skip
+
+    ds = te.Dataset(root)
+    te.evaluate(te.VideoEngine(ds, predict, k=4), ds, batch=4)
+    assert len(seen) == 6
+    assert (seen[0][..., 1] == 128).all() and (seen[3][..., 1] == 128).all()  # new videos
+    assert (seen[4][..., 1] == te.td.temporal_channel(frames[1], [frames[0]])).all()
+    seen.clear()
+    te.evaluate(te.VideoEngine(ds, predict, channels="raw"), ds, batch=4)
+    assert all((s[..., 1] == s[..., 0]).all() for s in seen)
