@@ -625,9 +625,9 @@ def model_card(rec: dict[str, Any], *, name: str, folder: Path | str) -> str:
         f"- offline: `loopline analyze VIDEO --model {folder}/model.onnx --out RUN`",
         f"- adapt further: `loopline adapt --from {folder}/model.pt --data DIR`",
         "",
-        "The engines read the source's operating point (mask threshold, line snapping and "
-        "duplicate suppression) from `adapt.json` beside the model files: keep them together; "
-        "an option given explicitly wins.",
+        "The engines read the source's operating point (mask threshold, line snapping, "
+        "duplicate suppression and loop voting) from `adapt.json` beside the model files: keep "
+        "them together; an option given explicitly wins.",
         "",
     ]
     return "\n".join(lines)
