@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loopline.cli_args import add_loop_vote_argument
 from loopline.datasets.importers import import_dataset
 from loopline.evaluation.evaluate import EvalResult, evaluate, make_engine
 from loopline.evaluation.metrics import size_bin_names
@@ -229,6 +230,7 @@ def run(
     mask_threshold: float | None = None,
     line_dedupe: float | None = None,
     line_snap: float | None = None,
+    loop_vote: bool | None = None,
     batch: int = 8,
 ) -> list[dict[str, Any]]:
     """Evaluate every model on every chosen set; one :func:`summary` row per pair.
@@ -250,7 +252,8 @@ def run(
     rows = []
     for model in models:
         engine = make_engine(model, conf=conf, imgsz=imgsz, mask_threshold=mask_threshold,
-                             line_dedupe=line_dedupe, line_snap=line_snap)  # fmt: skip
+                             line_dedupe=line_dedupe, line_snap=line_snap,
+                             loop_vote=loop_vote)  # fmt: skip
         for s, folder in folders:
             t0 = time.perf_counter()
             res = evaluate(engine, folder, conf=conf, tol=tol, batch=batch)
@@ -285,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--line-snap", type=float, default=None, metavar="PX",
                    help="how far a centre line may move onto its valley, px (0 = off; default: "
                         "the shipped model's operating point)")  # fmt: skip
+    add_loop_vote_argument(p)
     p.add_argument("--batch", type=int, default=8, help="frames per engine call")
     p.add_argument("--json", type=Path, metavar="OUT", help="write every row as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
@@ -296,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = run(a.model, real=a.real, work=a.work, sets=a.sets, part=part, conf=a.conf,
                    tol=a.tol, imgsz=a.imgsz, mask_threshold=a.mask_threshold,
                    line_dedupe=a.line_dedupe, line_snap=a.line_snap,
-                   batch=a.batch)  # fmt: skip
+                   loop_vote=a.loop_vote, batch=a.batch)  # fmt: skip
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"zero_shot_eval: {e}", file=sys.stderr)
         return 2
