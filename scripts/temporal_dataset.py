@@ -8,8 +8,8 @@ VIDEOS is a dataset folder whose frames are video frames: ``loopline synth --vid
 (one sequence, in natural file-name order). Each frame with at least ``--min-history`` earlier
 frames in its sequence is written to OUT as an RGB PNG of (frame, temporal channel, frame),
 with its label file. The temporal channel is what a live daemon can compute: the frame minus
-the median of its ``k`` previous frames, each registered onto it first (phase correlation, so
-that stage drift does not leave the edges of static features), stored as
+the median of its ``k`` previous frames, each registered onto it first (the tracker's phase
+correlation, so that stage drift does not leave the edges of static features), stored as
 ``128 + GAIN * residual`` in 8 bits. ``--channels raw`` writes (frame, frame, frame) for
 the same frames instead: the control arm of the comparison, the same frames and labels
 without the channel.
@@ -30,9 +30,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 from scipy import ndimage
-from skimage.registration import phase_cross_correlation
 
+from loopline.analysis.tracking import phase_drift
 from loopline.datasets.importers import read_grey
+from loopline.engines.ops import to_uint8
 from loopline.io import image_files, natural_key
 
 #: The residual's 8-bit encoding: 128 + GAIN * (frame - median of the registered history).
@@ -60,9 +61,10 @@ def sequences(folder: Path) -> dict[str, list[Path]]:
 
 
 def register(frame: np.ndarray, past: np.ndarray) -> np.ndarray:
-    """``past`` shifted onto ``frame`` by the phase-correlation peak (sub-pixel, 1/4 px)."""
-    shift, _, _ = phase_cross_correlation(frame, past, upsample_factor=4, normalization=None)
-    return ndimage.shift(past, shift, order=1, mode="nearest")
+    """``past`` shifted onto ``frame`` by the tracker's phase correlation
+    (``loopline.analysis.tracking.phase_drift``, sub-pixel)."""
+    dx, dy, _ = phase_drift(past, frame)  # frame's content sits at past's + (dx, dy)
+    return ndimage.shift(past, (dy, dx), order=1, mode="nearest")
 
 
 def temporal_channel(frame: np.ndarray, history: list[np.ndarray]) -> np.ndarray:
@@ -77,13 +79,6 @@ def temporal_channel(frame: np.ndarray, history: list[np.ndarray]) -> np.ndarray
     return np.clip(np.rint(128.0 + GAIN * (f - med)), 0, 255).astype(np.uint8)
 
 
-def to_u8(frame: np.ndarray) -> np.ndarray:
-    """A grey frame as uint8 (a deeper one stretched to its own range)."""
-    if frame.dtype == np.uint8:
-        return frame
-    return cv2.normalize(frame, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
-
-
 def build(videos: Path, out: Path, *, k: int = 4, min_history: int = 3,
           channels: str = "temporal") -> int:  # fmt: skip
     """Write OUT (images/, labels/, data.yaml); returns the number of frames written."""
@@ -96,7 +91,7 @@ def build(videos: Path, out: Path, *, k: int = 4, min_history: int = 3,
     shutil.copy2(videos / "data.yaml", out / "data.yaml")
     n = 0
     for frames in sequences(videos).values():
-        grey = [to_u8(read_grey(p)) for p in frames]
+        grey = [to_uint8(read_grey(p)) for p in frames]
         for i, p in enumerate(frames):
             if i < min_history:
                 continue

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from loopline.engines.base import Detections
+from loopline.engines.ops import to_uint8
 from loopline.evaluation.data import Dataset
 from loopline.evaluation.evaluate import evaluate
 
@@ -63,7 +64,7 @@ class VideoEngine:
     def __call__(self, frames: list[np.ndarray]) -> list[Detections]:
         out = []
         for f in frames:
-            g = td.to_u8(f)
+            g = to_uint8(f)
             if self.i > 0 and self.seq[self.i] != self.seq[self.i - 1]:
                 self.history = []  # a new video
             if self.channels == "temporal":

@@ -66,8 +66,8 @@ def vote_boxes(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
     kept = classes != 1
     if len(loops):
         s_loops = scores[loops]
-        iou = ops.box_iou(np.asarray(boxes, np.float32)[loops],
-                          np.asarray(boxes, np.float32)[loops])  # fmt: skip
+        b = np.asarray(boxes, np.float32)[loops]
+        iou = ops.box_iou(b, b)
         free = np.ones(len(loops), bool)
         for i in np.argsort(-s_loops, kind="stable"):
             if not free[i]:
