@@ -110,6 +110,13 @@ def add_calibration_arguments(p: argparse.ArgumentParser, *,
     _add(p, CALIBRATION_ARGS, None, help_suffix, dests)
 
 
+#: help of every command's ``--inference`` (its choices: ``loopline.engines.INFERENCE_MODES``)
+INFERENCE_HELP = ("tiles: a frame larger than the network input as native-scale overlapping "
+                  "tiles merged across seams, a smaller one enlarged to it (as in training); "
+                  "native: the same tiles, a smaller frame padded at its own pixel scale; "
+                  "letterbox: every frame shrunk or enlarged to the input")
+
+
 def add_loop_vote_argument(p: argparse.ArgumentParser) -> None:
     """Add ``--loop-vote / --no-loop-vote`` (engine option ``loop_vote``; default None: the
     model's own operating point)."""

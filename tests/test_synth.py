@@ -386,6 +386,28 @@ def test_shaded_band_and_vignette_change_the_grey_where_they_should():
     assert dark[124:132, 124:132].mean() < 2
 
 
+def test_arcs_preset_draws_dense_pileups_of_broad_blurred_lines_labelled_apart():
+    # Issue 15: the pile-up the shipped model missed is ~15 broad (6-10 px), blurred arcs 20-40
+    # px apart. Every pile-up of the arcs preset has 6-18 lines 5-12 px wide, blurred, the
+    # leading pair 14-48 px apart, and its labels narrow so that neighbours never touch.
+    over = {"width": 320, "height": 320, "pileups": 1, "loops": 0}
+    for seed in range(6):
+        scene = sample_scene(load_preset("arcs", over), seed, 0)
+        (pu,) = scene["pileups"]
+        assert 6 <= len(pu["dislocations"]) <= 18
+        assert all(5.0 <= d["width"] <= 12.0 for d in pu["dislocations"])
+        assert 1.0 <= pu["blur"] <= 3.5
+        offsets = sorted(d["offset"] for d in pu["dislocations"])
+        assert 14.0 <= offsets[1] - offsets[0] <= 48.0
+        masks = [polygon_mask(i.polygon, (320, 320)) for i in render_frame(scene).instances
+                 if i.cls == 0]  # fmt: skip
+        assert len(masks) >= 3, "a dense pile-up must show several lines in the frame"
+        grown = [cv2.dilate(m.view(np.uint8), np.ones((3, 3), np.uint8)) > 0 for m in masks]
+        for a in range(len(masks)):
+            for b in range(a + 1, len(masks)):
+                assert not (grown[a] & masks[b]).any(), f"seed {seed}: labels {a} and {b} touch"
+
+
 def _distractors_only(**over):
     base = {**SMALL, "pileups": 0, "loops": 0, "texts": 0, "scale_bar_prob": 0.0,
             "info_strip_prob": 0.0, "real_background_prob": 0.0, "image_blur": 0.0,

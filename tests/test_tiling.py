@@ -12,7 +12,7 @@ import pytest
 from loopline.daemon.standins import ThresholdEngine
 from loopline.engines import create_engine
 from loopline.engines.base import Detections
-from loopline.engines.ops import match_instances, to_uint8
+from loopline.engines.ops import PAD_VALUE, match_instances, to_uint8
 from loopline.engines.tiling import (
     Window,
     detect_frames,
@@ -337,6 +337,37 @@ def test_physical_scale_resamples_to_the_model_and_back():
         detect_frames(detect, [frame, frame], imgsz=512, model_nm_per_px=1.0, nm_per_px=[1.0])
 
 
+def test_native_pads_a_frame_that_fits_tiles_enlarge_it():
+    frame, n_lines, n_loops = _scene()
+    small = np.ascontiguousarray(frame[:300, :400])
+    det = ThresholdEngine()
+    seen: list[np.ndarray] = []
+
+    def detect(pieces, side):
+        seen.extend(pieces)
+        return det.forward(pieces)
+
+    # tiles (the default) and letterbox hand the frame over as it is; the runtime enlarges it
+    for mode in ("tiles", "letterbox"):
+        seen.clear()
+        (d,) = detect_frames(detect, [small], imgsz=512, inference=mode)
+        assert [p.shape for p in seen] == [(300, 400)] and d.shape == (300, 400)
+    # native: padded at the bottom and right to the network input, never enlarged
+    seen.clear()
+    (d,) = detect_frames(detect, [small], imgsz=512, inference="native")
+    assert [p.shape for p in seen] == [(512, 512)] and d.shape == (300, 400)
+    np.testing.assert_array_equal(seen[0][:300, :400], small)
+    assert (seen[0][300:] == PAD_VALUE).all() and (seen[0][:, 400:] == PAD_VALUE).all()
+    whole = det.forward([small])[0]
+    assert len(d) == len(whole)
+    assert len(match_instances(d.masks, whole.masks, min_iou=0.6)) == len(d)
+    # a frame larger than the input is tiled as with tiles
+    seen.clear()
+    (d,) = detect_frames(detect, [frame], imgsz=512, inference="native")
+    assert d.shape == (1024, 1024) and np.bincount(d.classes).tolist() == [n_lines, n_loops]
+    assert len(seen) == 9
+
+
 def test_rescale_detections_keeps_a_same_size_result():
     d = Detections(_disc(50, 50, 10, (100, 100))[None], np.array([[40, 40, 61, 61]], np.float32),
                    np.array([0.5], np.float32), np.array([1]))  # fmt: skip
@@ -350,7 +381,7 @@ def test_rescale_detections_keeps_a_same_size_result():
 
 
 def test_a_bad_inference_value_is_one_clear_error():
-    msg = r"inference must be 'tiles' or 'letterbox', got 'tile'"
+    msg = r"inference must be one of tiles, native, letterbox, got 'tile'"
     with pytest.raises(ValueError, match=msg):
         create_engine("ridge", inference="tile")
     with pytest.raises(ValueError, match=msg):
@@ -360,8 +391,8 @@ def test_a_bad_inference_value_is_one_clear_error():
         create_engine("ridge", tile_overlap=300)
     from loopline.daemon.config import ConfigError, load_config
 
-    with pytest.raises(ConfigError, match=r"engine\.inference must be one of tiles, letterbox; "
-                                          r"got 'tile'"):  # fmt: skip
+    with pytest.raises(ConfigError, match=r"engine\.inference must be one of tiles, native, "
+                                          r"letterbox; got 'tile'"):  # fmt: skip
         load_config(overrides={"engine.inference": "tile"})
     with pytest.raises(ConfigError, match=r"engine.tile_overlap must lie in \[0, 2048\]"):
         load_config(overrides={"engine.tile_overlap": -1})

@@ -7,10 +7,12 @@ from pathlib import Path
 
 from ..cli_args import (
     DEFAULT_MODEL,
+    INFERENCE_HELP,
     add_calibration_arguments,
     add_loop_vote_argument,
     add_model_arguments,
 )
+from ..engines.base import INFERENCE_MODES
 from ..errors import CliError
 
 HELP = "measure lines, loops and tracks in a video offline"
@@ -37,9 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                 "(labels/<stem>.txt beside images/) instead"},
     )  # fmt: skip
     p.add_argument("--engine", default=None, help="engine runtime (default: from the model)")
-    p.add_argument("--inference", choices=("tiles", "letterbox"), default="tiles",
-                   help="frames larger than the network input: native-scale overlapping tiles "
-                        "merged across seams (default), or the whole frame shrunk")  # fmt: skip
+    p.add_argument("--inference", choices=INFERENCE_MODES, default="tiles",
+                   help=INFERENCE_HELP + " (default: tiles)")  # fmt: skip
     p.add_argument("--tile-overlap", type=int, default=64, metavar="PX",
                    help="least overlap of neighbouring tiles, px (default 64)")  # fmt: skip
     p.add_argument("--line-snap", type=float, default=None, metavar="PX",

@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..engines.base import INFERENCE_MODES
 from ..errors import ConfigError  # one error type for every config section (also [view])
 from .ingest import SERVE_PROTOCOLS
 
@@ -77,7 +78,7 @@ class EngineConfig:
     conf: float = field(metadata=_rng(0.0, 1.0))
     iou: float = field(metadata=_rng(0.01, 1.0))
     mask_threshold: tuple = field(metadata={"check": _mask_threshold})
-    inference: str = field(metadata=_choice("tiles", "letterbox"))
+    inference: str = field(metadata=_choice(*INFERENCE_MODES))
     tile_overlap: int = field(metadata=_rng(0, 2048))
     line_snap: float = field(metadata=_rng(-1.0, 20.0))
     line_dedupe: float = field(metadata=_rng(-1.0, 20.0))

@@ -115,13 +115,15 @@ def create_engine(model: str | Path | None = "ridge", *, engine: str | None = No
     engine : str, optional
         Runtime name; by default picked from the file suffix, and for a shipped name
         ``openvino`` where installed, else ``onnx`` (:func:`default_runtime`).
-    inference : {"tiles", "letterbox"}
+    inference : {"tiles", "native", "letterbox"}
         How a frame larger than the network input (``imgsz``) is fed to a learned engine:
         ``"tiles"`` (default) covers it with overlapping tiles at native pixel scale and merges
         the instances across seams (``loopline.engines.tiling``; ``tile_overlap`` px, default
         64; tiles of ``imgsz``, or up to ``tile_max`` px, default 1.25 ``imgsz``, where the
         runtime and model take any input size); ``"letterbox"`` shrinks the whole frame to
-        ``imgsz``. ``ridge`` ignores it.
+        ``imgsz``. A smaller frame is enlarged to ``imgsz`` by both (as training enlarged
+        small frames); ``"native"`` tiles as ``"tiles"`` and pads a smaller frame at its own
+        pixel scale instead. ``ridge`` ignores it.
     **opts
         Engine options (``imgsz``, ``conf``, ``iou``, ``max_det`` per network call,
         ``max_det_frame`` per tiled frame, ``device``, ``tile_overlap``, ``tile_max``, and the

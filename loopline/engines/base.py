@@ -23,9 +23,12 @@ __all__ = ["CLASS_NAMES", "INFERENCE_MODES", "Detections", "Engine", "check_infe
 
 CLASS_NAMES: tuple[str, ...] = ("dislocation", "loop")
 
-#: how a frame larger than the network input is fed to it: native-scale overlapping tiles
-#: merged across seams (``loopline.engines.tiling``), or the whole frame shrunk to ``imgsz``
-INFERENCE_MODES: tuple[str, ...] = ("tiles", "letterbox")
+#: how a frame is fed to the network: ``tiles``: one larger than the network input as
+#: native-scale overlapping tiles merged across seams (``loopline.engines.tiling``), one that
+#: fits letterboxed (enlarged to ``imgsz``, as training enlarges a small frame); ``native``:
+#: the same tiles, and a frame that fits padded at its own pixel scale, never enlarged;
+#: ``letterbox``: every frame shrunk or enlarged to ``imgsz``
+INFERENCE_MODES: tuple[str, ...] = ("tiles", "native", "letterbox")
 
 
 def default_tile_max(imgsz: int) -> int:
@@ -36,7 +39,7 @@ def default_tile_max(imgsz: int) -> int:
 def check_inference(value: object) -> str:
     """``value`` if it names an inference mode, else a ValueError naming the modes."""
     if value not in INFERENCE_MODES:
-        raise ValueError(f"inference must be 'tiles' or 'letterbox', got {value!r}")
+        raise ValueError(f"inference must be one of {', '.join(INFERENCE_MODES)}, got {value!r}")
     return str(value)
 
 
@@ -116,12 +119,14 @@ class Engine(ABC):
     max_det : int
         Most instances kept per network call: per frame that fits (letterboxed), per tile of
         a tiled frame.
-    inference : {"tiles", "letterbox"}
+    inference : {"tiles", "native", "letterbox"}
         How a frame with a side longer than ``imgsz`` is fed to the network: ``"tiles"``
         covers it with overlapping tiles (``imgsz``, or up to ``tile_max``) at its own pixel
         scale and merges the instances across seams (``loopline.engines.tiling``);
         ``"letterbox"`` shrinks the whole frame to ``imgsz``. Frames that fit are letterboxed
-        either way. Weight-free engines (``ridge``) see whole frames and ignore it.
+        (enlarged to ``imgsz``, as ultralytics' training enlarges them) with both;
+        ``"native"`` tiles as ``"tiles"`` and pads a frame that fits at its own pixel scale.
+        Weight-free engines (``ridge``) see whole frames and ignore it.
     tile_overlap : int
         Least overlap of neighbouring tiles (px), in [0, imgsz / 2].
     tile_max : int or None

@@ -25,7 +25,9 @@ multiple of 32) whose grid feeds the fewest pixels to the network, so a 1024x102
 its tiles (and those of same-sized frames) batch together.
 
 Frames that fit the network (both sides <= ``imgsz``) are letterboxed as before, so a
-512x512 frame gives exactly what ``inference="letterbox"`` gives. :func:`detect_frames` runs
+512x512 frame gives exactly what ``inference="letterbox"`` gives, and a smaller one is enlarged
+to ``imgsz`` as ultralytics' training enlarges it; ``inference="native"`` pads it at its own
+pixel scale instead (lines and loops keep their size in pixels). :func:`detect_frames` runs
 the whole path around any ``(list of frames, input side) -> list of Detections`` network
 call, and optionally resamples frames to the pixel size the model was trained at first
 (``model_nm_per_px``), scaling the results back. The network's ``max_det`` caps each call's
@@ -451,7 +453,7 @@ def detect_frames(
         Grey frames, any size.
     imgsz : int
         Network input size (px).
-    inference : {"tiles", "letterbox"}
+    inference : {"tiles", "native", "letterbox"}
     overlap : int
         Least overlap of neighbouring tiles (px).
     tile_max : int, optional
@@ -484,10 +486,12 @@ def detect_frames(
         g = _resample(f, s) if s is not None and s != 1.0 else f
         hw = (int(g.shape[0]), int(g.shape[1]))
         side, wins = imgsz, None
-        if inference == "tiles" and max(hw) > imgsz:
+        if inference != "letterbox" and max(hw) > imgsz:
             side, wins = tile_plan(hw, imgsz, overlap=overlap, tile_max=tile_max)
-        elif inference == "tiles" and s is not None and max(hw) < imgsz:
-            # at the model's scale already: pad rather than let the letterbox enlarge it
+        elif max(hw) < imgsz and (inference == "native"
+                                  or (inference == "tiles" and s is not None)):
+            # at the model's scale already, or asked to stay at the frame's own: pad rather
+            # than let the letterbox enlarge it
             wins = [Window(0, 0, *hw)]
         i0 = len(pieces)
         if wins is None:

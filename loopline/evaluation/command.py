@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..cli_args import DEFAULT_MODEL, add_loop_vote_argument, add_model_arguments
+from ..cli_args import DEFAULT_MODEL, INFERENCE_HELP, add_loop_vote_argument, add_model_arguments
+from ..engines.base import INFERENCE_MODES
 from ..errors import CliError
 
 HELP = "evaluate a model on a dataset (mAP, LAR, line F1@tol, loop F1, relative errors)"
@@ -48,9 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="mask probability cut of the YOLO runtimes, in (0, 1): one for every "
                         "class or one per class (dislocation,loop) (default: the shipped "
                         "model's operating point, 0.5 for other models)")  # fmt: skip
-    p.add_argument("--inference", choices=("tiles", "letterbox"), default=None,
-                   help="frames larger than --imgsz: native-scale overlapping tiles merged "
-                        "across seams, or the whole frame shrunk (default: tiles)")  # fmt: skip
+    p.add_argument("--inference", choices=INFERENCE_MODES, default=None,
+                   help=INFERENCE_HELP + " (default: tiles)")  # fmt: skip
     p.add_argument("--tile-overlap", type=int, default=None, metavar="PX",
                    help="least overlap of neighbouring tiles, px (default 64)")  # fmt: skip
     p.add_argument("--tile-max", type=int, default=None, metavar="PX",

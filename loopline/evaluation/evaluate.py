@@ -441,8 +441,8 @@ def make_engine(
     detection down to ``map_conf``, the other metrics keep those at ``conf`` or more.
     ``mask_threshold``: one cut for every class or one per class (dislocation, loop); None
     keeps a shipped model's operating point (0.5 for other models).
-    ``inference`` (``"tiles"`` or ``"letterbox"``) and ``tile_overlap`` (px): how frames larger
-    than ``imgsz`` are fed to the network; None: the engine's default (tiles, 64 px).
+    ``inference`` (``"tiles"``, ``"native"`` or ``"letterbox"``) and ``tile_overlap`` (px): how
+    frames are fed to the network; None: the engine's default (tiles, 64 px).
     ``line_dedupe`` (px): duplicate-line suppression (``loopline.engines.duplicates``); None:
     the shipped model's operating point, off for other models.
     ``line_snap`` (px): how far a dislocation's centre line may move onto its valley in the
