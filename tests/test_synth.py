@@ -408,6 +408,18 @@ def test_arcs_preset_draws_dense_pileups_of_broad_blurred_lines_labelled_apart()
                 assert not (grown[a] & masks[b]).any(), f"seed {seed}: labels {a} and {b} touch"
 
 
+def test_a_preset_extends_another_and_a_loop_is_refused(monkeypatch):
+    from loopline.synth import params
+
+    arcs, wild = load_preset("arcs").values, load_preset("wild").values
+    assert arcs["stacking_faults"] == wild["stacking_faults"]  # not named in arcs: wild's
+    assert arcs["line_width"] == (5.0, 12.0) and (arcs["width"], wild["width"]) == (512, 320)
+    presets = {**params._DEFAULTS["presets"], "a": {"extends": "b"}, "b": {"extends": "a"}}
+    monkeypatch.setitem(params._DEFAULTS, "presets", presets)
+    with pytest.raises(ParameterError, match="presets extend each other in a loop: a -> b -> a"):
+        load_preset("a")
+
+
 def _distractors_only(**over):
     base = {**SMALL, "pileups": 0, "loops": 0, "texts": 0, "scale_bar_prob": 0.0,
             "info_strip_prob": 0.0, "real_background_prob": 0.0, "image_blur": 0.0,

@@ -1,7 +1,8 @@
 """Parameter ranges of the synthetic generator: loading, validation and sampling.
 
 All defaults live in ``defaults.toml`` beside this file. A preset is the ``[base]`` table
-overridden by ``[presets.NAME]``; command-line ``--set name=value`` overrides go on top.
+overridden by ``[presets.NAME]`` (by the preset it names in ``extends`` first, if any);
+command-line ``--set name=value`` overrides go on top.
 Every value is checked against hard bounds here, once, so that a bad value is rejected with
 a message naming the parameter instead of failing deep inside the renderer.
 """
@@ -230,6 +231,19 @@ class Preset:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(self.values.items())}
 
 
+def _preset_table(name: str, chain: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``[presets.NAME]`` over the preset it ``extends`` (if any), without the key itself."""
+    if name not in _DEFAULTS["presets"]:
+        raise ParameterError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    if name in chain:
+        raise ParameterError(f"presets extend each other in a loop: {' -> '.join((*chain, name))}")
+    own = dict(_DEFAULTS["presets"][name])
+    parent = own.pop("extends", None)
+    table = _preset_table(parent, (*chain, name)) if parent is not None else {}
+    table.update(own)
+    return table
+
+
 def load_preset(name: str, overrides: dict[str, Any] | None = None) -> Preset:
     """Return the validated preset ``name`` with ``overrides`` applied.
 
@@ -238,10 +252,8 @@ def load_preset(name: str, overrides: dict[str, Any] | None = None) -> Preset:
     ParameterError
         If the preset or a parameter is unknown, or a value is out of range.
     """
-    if name not in _DEFAULTS["presets"]:
-        raise ParameterError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     raw: dict[str, Any] = dict(_DEFAULTS["base"])
-    raw.update(_DEFAULTS["presets"][name])
+    raw.update(_preset_table(name))
     raw.update(overrides or {})
     missing = set(_BOUNDS) - set(raw)
     if missing:  # a defaults file edited without updating the bounds table
