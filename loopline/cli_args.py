@@ -59,8 +59,9 @@ MODEL_ARGS: dict[str, dict[str, Any]] = {
                         f"(.pt, .onnx, .xml or an OpenVINO folder, .engine) "
                         f"(default: {DEFAULT_MODEL})"},
     "--imgsz": {"type": _imgsz, "metavar": "PX",
-                "help": "network input size, px, a multiple of 32 (default: 512); larger "
-                        "frames are tiled or shrunk (inference)"},
+                "help": "network input size, px, a multiple of 32 (default: the model's "
+                        "own: 512, or the --imgsz a `loopline adapt` model was trained at); "
+                        "larger frames are tiled or shrunk (inference)"},
     "--conf": {"type": _unit, "metavar": "P",
                "help": "score threshold in [0, 1]: detections scoring less are dropped "
                        "(default: 0.25)"},

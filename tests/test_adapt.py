@@ -65,11 +65,15 @@ def test_adapt_writes_a_model_folder_that_the_engines_run(data, tmp_path, capsys
     assert shipped_settings(folder / "model.onnx") == op
     assert shipped_settings(tmp_path / "elsewhere.onnx") == {}
 
-    # the adapted model runs in `loopline eval` as any model file
+    # the adapted model runs in `loopline eval` as any model file, at the input size it was
+    # trained at (adapt.json's imgsz, 128 here) without being told
+    from loopline.engines import create_engine
+
+    assert create_engine(folder / "model.onnx").imgsz == 128
     capsys.readouterr()
     js = tmp_path / "eval.json"
-    assert main(["eval", "--model", str(folder / "model.onnx"), "--data", str(data), "--imgsz",
-                 "128", "--json", str(js), "--figure", str(tmp_path / "e.png")]) == 0  # fmt: skip
+    assert main(["eval", "--model", str(folder / "model.onnx"), "--data", str(data),
+                 "--json", str(js), "--figure", str(tmp_path / "e.png")]) == 0  # fmt: skip
     assert json.loads(js.read_text())["images"] == 4
 
     # a second run of the same name would overwrite the model: refused

@@ -157,7 +157,7 @@ def test_config_defaults_and_overrides(tmp_path):
         ("[batch]\nsize = 0\n", r"batch.size must lie in \[1, 256\]"),
         ("[batch]\nsize = 'four'\n", "batch.size must be a int"),
         ("[output]\nraw = 'png'\n", "output.raw must be one of none, npy, tiff"),
-        ("[engine]\nimgsz = 500\n", "multiple of 32"),
+        ("[engine]\nimgsz = 500\n", r"multiple of 32 \(0 = the model's own\), got 500"),
         ("[engine]\nmask_threshold = 1.0\n",
          r"engine.mask_threshold: mask_threshold must lie in \(0, 1\), one value or one per "
          r"class \(2\), got 1.0 \(\[\] = the model's own\)"),

@@ -167,6 +167,34 @@ def test_shipped_model_brings_its_operating_point(tmp_path):
         create_engine(other, mask_threshold=1.0)
 
 
+def test_an_adapted_model_runs_at_the_input_size_it_was_trained_at(tmp_path, caplog):
+    import json
+    import logging
+
+    from loopline.models import model_imgsz
+
+    folder = tmp_path / "mine"
+    (folder / "model_openvino_model").mkdir(parents=True)
+    for f in ("model.onnx", "model.pt", "model_openvino_model/model.xml"):
+        (folder / f).write_bytes(b"")
+    record = folder / "adapt.json"
+    record.write_text(json.dumps({"imgsz": 640, "operating_point": {"line_dedupe": 3.0}}))
+    onnx = folder / "model.onnx"
+    for m in (onnx, folder / "model.pt", folder / "model_openvino_model",
+              folder / "model_openvino_model" / "model.xml"):  # fmt: skip
+        assert model_imgsz(m) == 640, m
+    assert model_imgsz("defects") is None  # the engines' default, 512, is the shipped model's
+    assert model_imgsz(tmp_path / "other.onnx") is None
+    eng = create_engine(onnx)
+    assert (eng.imgsz, eng.line_dedupe) == (640, 3.0)
+    assert create_engine(onnx, imgsz=512).imgsz == 512  # given explicitly: it wins
+    assert create_engine(folder / "model.pt").imgsz == 640  # torch too
+    record.write_text(json.dumps({"imgsz": 500}))
+    with caplog.at_level(logging.WARNING, logger="loopline.models"):
+        assert create_engine(onnx).imgsz == 512
+    assert "ignoring imgsz 500 (expected a multiple of 32)" in caplog.text
+
+
 # ------------------------------------------------------------------------ ridge
 
 

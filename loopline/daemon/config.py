@@ -74,7 +74,7 @@ class SourceConfig:
 class EngineConfig:
     model: str
     engine: str
-    imgsz: int = field(metadata=_rng(32, 4096))
+    imgsz: int = field(metadata=_rng(0, 4096))  # 0: the model's own
     conf: float = field(metadata=_rng(0.0, 1.0))
     iou: float = field(metadata=_rng(0.01, 1.0))
     mask_threshold: tuple = field(metadata={"check": _mask_threshold})
@@ -287,8 +287,9 @@ def _build(tree: dict[str, dict[str, Any]]) -> DaemonConfig:
         sections[sec] = cls(**kwargs)
     cfg = DaemonConfig(**sections)
     if cfg.engine.imgsz % 32:
-        raise ConfigError(f"engine.imgsz must be a multiple of 32, got {cfg.engine.imgsz}")
-    if cfg.engine.tile_overlap > cfg.engine.imgsz // 2:
+        raise ConfigError(f"engine.imgsz must be a multiple of 32 (0 = the model's own), got "
+                          f"{cfg.engine.imgsz}")  # fmt: skip
+    if cfg.engine.imgsz and cfg.engine.tile_overlap > cfg.engine.imgsz // 2:
         raise ConfigError(f"engine.tile_overlap must lie in [0, {cfg.engine.imgsz // 2}] px "
                           f"(engine.imgsz / 2), got {cfg.engine.tile_overlap}")  # fmt: skip
     if cfg.engine.ignore_regions:

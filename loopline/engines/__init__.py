@@ -129,7 +129,8 @@ def create_engine(model: str | Path | None = "ridge", *, engine: str | None = No
         ``max_det_frame`` per tiled frame, ``device``, ``tile_overlap``, ``tile_max``, and the
         runtime's own, e.g. ``mask_threshold``; see :class:`~.base.Engine`). A shipped model
         brings its operating point (``loopline.models.SETTINGS``) to the runtimes that take
-        it; what is given here wins.
+        it, a model made by ``loopline adapt`` its own and its input size
+        (``loopline.models.model_imgsz``); what is given here wins.
 
     Raises
     ------
@@ -162,4 +163,10 @@ def create_engine(model: str | Path | None = "ridge", *, engine: str | None = No
         if not path.exists():
             raise FileNotFoundError(f"no model file {path}")
     opts = {**_operating_point(path, name), **opts}
+    if "imgsz" not in opts:
+        from ..models import model_imgsz
+
+        size = model_imgsz(path)
+        if size is not None:  # an adapted model runs at the input size it was trained at
+            opts["imgsz"] = size
     return engine_class(name)(path, **opts)

@@ -18,7 +18,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MODEL_DIR", "SETTINGS", "SHIPPED", "mask_thresholds", "resolve_model",
+__all__ = ["MODEL_DIR", "SETTINGS", "SHIPPED", "mask_thresholds", "model_imgsz", "resolve_model",
            "shipped_settings"]
 
 MODEL_DIR = Path(__file__).resolve().parent
@@ -71,22 +71,50 @@ def shipped_settings(model: str | Path) -> dict[str, Any]:
     point it inherited); {} for any other model."""
     stem = SHIPPED.get(str(model))
     if stem is None:
-        p = Path(model).resolve()
-        if p.parent.name.endswith("_openvino_model"):  # an .xml inside an exported IR folder
-            p = p.parent
+        p = _model_file(model)
         if p.parent != MODEL_DIR:
             return _adapted_settings(p.parent / "adapt.json")
         stem = Path(p.name.removesuffix("_openvino_model")).stem
     return dict(SETTINGS.get(stem, {}))
 
 
+def model_imgsz(model: str | Path) -> int | None:
+    """The network input size (px) a model made by ``loopline adapt`` was trained at (its
+    ``adapt.json`` records it), which every engine should run it at; None for any other model
+    (the engines' default, 512, is the shipped model's)."""
+    if str(model) in SHIPPED:
+        return None
+    record = _model_file(model).parent / "adapt.json"
+    size = _adapt_record(record).get("imgsz") if record.is_file() else None
+    if isinstance(size, bool) or not isinstance(size, int) or size < 32 or size % 32:
+        if size is not None:
+            logger.warning("%s: ignoring imgsz %r (expected a multiple of 32)", record, size)
+        return None
+    return size
+
+
+def _model_file(model: str | Path) -> Path:
+    """A model file's path, resolved; an exported OpenVINO IR folder for an .xml inside one
+    (the folder lies beside the model's other files)."""
+    p = Path(model).resolve()
+    return p.parent if p.parent.name.endswith("_openvino_model") else p
+
+
+def _adapt_record(record: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(record.read_text("utf-8"))
+    except (OSError, ValueError) as e:
+        logger.warning("%s: cannot read the adapted model's record (%s)", record, e)
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
 def _adapted_settings(record: Path) -> dict[str, Any]:
     if not record.is_file():
         return {}
-    try:
-        op = json.loads(record.read_text("utf-8")).get("operating_point") or {}
-    except (OSError, ValueError, AttributeError) as e:
-        logger.warning("%s: cannot read the adapted model's operating point (%s)", record, e)
+    op = _adapt_record(record).get("operating_point") or {}
+    if not isinstance(op, dict):
+        logger.warning("%s: cannot read the adapted model's operating point", record)
         return {}
     if "mask_threshold" in op and isinstance(op["mask_threshold"], list):
         op["mask_threshold"] = tuple(op["mask_threshold"])

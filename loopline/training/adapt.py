@@ -22,6 +22,7 @@ of the epochs finished so far are exported and the card says the run stopped ear
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -102,7 +103,7 @@ class AdaptConfig:
     holdout: int | None = None  # None: 1 frame when >= 3 are labelled, else 0
     test: Path | None = None  # another labelled dataset to measure before and after on
     seed: int = 0
-    imgsz: int = 512
+    imgsz: int | None = None  # None: the source's own (an adapted source's), else 512
     batch: int = 8
     freeze: int = 10  # the first 10 layers: the YOLOv8 backbone
     repeat: int | None = None  # None: up to EPOCH_FRAMES frames per epoch
@@ -132,7 +133,7 @@ class AdaptConfig:
             )
         if self.holdout is not None and self.holdout < 0:
             raise ValueError(f"--holdout must be >= 0, got {self.holdout}")
-        if self.imgsz < 32 or self.imgsz % 32:
+        if self.imgsz is not None and (self.imgsz < 32 or self.imgsz % 32):
             raise ValueError(f"--imgsz must be a multiple of 32 (>= 32), got {self.imgsz}")
         if self.batch < 2:
             raise ValueError(f"--batch must be >= 2 (BatchNorm), got {self.batch}")
@@ -386,13 +387,15 @@ def adapt(
     KeyboardInterrupt
         Ctrl-C before the first epoch ended (nothing to keep; nothing is written).
     """
-    from ..models import resolve_model, shipped_settings
+    from ..models import model_imgsz, resolve_model, shipped_settings
 
     t0 = time.perf_counter()
     cfg.validate()
     source = resolve_model(cfg.source, suffix=".pt")
     if source.suffix != ".pt":
         raise ValueError(f"--from must be a shipped model name or a .pt file, got {cfg.source}")
+    if cfg.imgsz is None:  # a model adapted at another input size goes on at it
+        cfg = dataclasses.replace(cfg, imgsz=model_imgsz(source) or 512)
     data = Path(cfg.data)
     train_frames, held = split_frames(data, cfg.holdout)
     if cfg.test is not None:
@@ -626,8 +629,9 @@ def model_card(rec: dict[str, Any], *, name: str, folder: Path | str) -> str:
         f"- adapt further: `loopline adapt --from {folder}/model.pt --data DIR`",
         "",
         "The engines read the source's operating point (mask threshold, line snapping, "
-        "duplicate suppression and loop voting) from `adapt.json` beside the model files: keep "
-        "them together; an option given explicitly wins.",
+        f"duplicate suppression and loop voting) and this model's input size ({rec['imgsz']} "
+        "px) from `adapt.json` beside the model files: keep them together; an option given "
+        "explicitly wins.",
         "",
     ]
     return "\n".join(lines)

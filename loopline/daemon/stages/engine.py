@@ -27,9 +27,10 @@ __all__ = ["EngineWorker", "check_engine", "engine_label", "load_model", "make_e
 def make_engine(cfg: DaemonConfig):
     """The configured :class:`~loopline.engines.base.Engine`, loaded."""
     e = cfg.engine
-    kw: dict[str, Any] = {"imgsz": e.imgsz, "conf": e.conf, "iou": e.iou,
-                          "mask_annotations": e.mask_annotations,
+    kw: dict[str, Any] = {"conf": e.conf, "iou": e.iou, "mask_annotations": e.mask_annotations,
                           "ignore_regions": e.ignore_regions}  # fmt: skip
+    if e.imgsz:  # 0: the model's own (loopline.models.model_imgsz; the engine's default)
+        kw["imgsz"] = e.imgsz
     if e.factory:
         mod, _, fn = e.factory.partition(":")
         engine = getattr(importlib.import_module(mod), fn)(e.model or None, **kw)
@@ -141,12 +142,15 @@ def check_engine(engine: Any, shape: tuple[int, int]) -> None:
         raise ValueError(f"expected a model of {len(CLASS_NAMES)} classes ({names}), got {nc}")
 
 
-def warm_shapes(cfg: DaemonConfig, shape: tuple[int, int]) -> list[tuple[int, int]]:
+def warm_shapes(cfg: DaemonConfig, shape: tuple[int, int],
+                imgsz: int | None = None) -> list[tuple[int, int]]:  # fmt: skip
     """The frame shapes to warm an engine up on: ``shape`` (the network's input), and with
-    ``engine.inference = "tiles"`` the pool's frame size where it is larger (its tiles and
-    tile batches are other input shapes)."""
+    ``engine.inference = "tiles"`` the pool's frame size where it is larger than the network's
+    input ``imgsz`` (default: the configured one, else 512): its tiles and tile batches are
+    other input shapes."""
     big = (cfg.pool.max_height, cfg.pool.max_width)
-    tiles = cfg.engine.inference == "tiles" and max(big) > cfg.engine.imgsz
+    side = imgsz or cfg.engine.imgsz or 512
+    tiles = cfg.engine.inference == "tiles" and max(big) > side
     return [shape, big] if tiles and big != tuple(shape) else [shape]
 
 
@@ -250,15 +254,15 @@ class EngineWorker(Stage):
     def setup(self) -> None:
         # the synthetic frame a model is checked on (then: the last frame's shape)
         c = self.cfg
-        self._shape = (min(c.engine.imgsz, c.pool.max_height),
-                       min(c.engine.imgsz, c.pool.max_width))  # fmt: skip
         engine = make_engine(self.cfg)
+        side = getattr(engine, "imgsz", None) or c.engine.imgsz or 512  # the network's input
+        self._shape = (min(side, c.pool.max_height), min(side, c.pool.max_width))
         # the configured model passes the check a swapped-in one does (a model of other
         # classes stops the daemon at start-up, named), and the runtime's first call, slow in
         # most, is not the first frame's
         check_engine(engine, self._shape)
         warm_up(engine, self._shape, c.batch.size,
-                more=tuple(warm_shapes(c, self._shape)[1:]))  # fmt: skip
+                more=tuple(warm_shapes(c, self._shape, side)[1:]))  # fmt: skip
         self._adopt(engine)
         logger.info("engine: %r (%s)", self.engine, self.model)
         self.dealer = self.sock(zmq.DEALER, connect=self.eps.work)
