@@ -33,7 +33,7 @@ def _tiny(data, out, **kw) -> AdaptConfig:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_adapt_writes_a_model_folder_that_the_engines_run(data, tmp_path, capsys):
+def test_adapt_writes_a_model_folder_that_the_engines_run(data, tmp_path, capsys, monkeypatch):
     res = adapt(_tiny(data, tmp_path))
     folder = tmp_path / "mine"
     assert res.folder == folder
@@ -75,6 +75,16 @@ def test_adapt_writes_a_model_folder_that_the_engines_run(data, tmp_path, capsys
     assert main(["eval", "--model", str(folder / "model.onnx"), "--data", str(data),
                  "--json", str(js), "--figure", str(tmp_path / "e.png")]) == 0  # fmt: skip
     assert json.loads(js.read_text())["images"] == 4
+
+    # and `loopline export` exports it at that size without being told
+    import loopline.engines.export as export_module
+
+    asked = []
+    monkeypatch.setattr(export_module, "export_onnx",
+                        lambda src, *, imgsz, out: asked.append(imgsz) or out)  # fmt: skip
+    assert main(["export", "--model", str(folder / "model.pt"), "--format", "onnx",
+                 "--out", str(tmp_path / "exp")]) == 0  # fmt: skip
+    assert asked == [128]
 
     # a second run of the same name would overwrite the model: refused
     with pytest.raises(FileExistsError, match="already holds a model"):

@@ -31,7 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=True,
         help="FP16 TensorRT engine (default; --no-half for FP32)",
     )
-    p.add_argument("--imgsz", type=int, default=512, help="network input size (px)")
+    p.add_argument("--imgsz", type=int, default=None,
+                   help="network input size, px (default: the model's own: 512, or the --imgsz "
+                        "a `loopline adapt` model was trained at)")  # fmt: skip
     p.add_argument("--max-batch", type=int, default=8, help="largest TensorRT batch")
     p.add_argument(
         "--calib-frames",
@@ -61,15 +63,18 @@ def _source(model: str, fmt: str, int8: bool) -> Path:
 def run(a: argparse.Namespace) -> int:
     import logging
 
+    from ..models import model_imgsz
     from .export import export_engine, export_onnx, export_openvino, quantize_onnx
 
     log = logging.getLogger("loopline")
-    if a.imgsz < 32 or a.imgsz % 32:
+    if a.imgsz is not None and (a.imgsz < 32 or a.imgsz % 32):
         raise CliError(f"--imgsz must be a multiple of 32, got {a.imgsz}")
     try:
         src = _source(a.model, a.format, a.int8)
     except FileNotFoundError as e:
         raise CliError(str(e)) from None
+    if a.imgsz is None:
+        a.imgsz = model_imgsz(src) or 512
     if src.suffix not in (".pt", ".onnx"):
         raise CliError(f"--model must be a .pt or .onnx file or a shipped name, got {src}")
     if a.out is not None:
