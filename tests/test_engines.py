@@ -18,6 +18,7 @@ from loopline.engines.base import Detections
 from loopline.engines.calibration import calibration_batches, calibration_frames
 from loopline.engines.ops import match_instances
 from loopline.engines.tensorrt_engine import TensorRTSettings
+from loopline.training.train import architecture_problem
 
 IMGSZ = 512
 #: INT8 tolerance against torch FP32: measured 0.79-0.87 mean mask IoU, F1 0.89 (engines README)
@@ -296,6 +297,8 @@ def test_fp32_runtimes_match_torch(exported, frames, reference, name, opts):
 
 
 @needs_model
+@pytest.mark.skipif(architecture_problem("yolov8n-seg-p2") is not None,
+                    reason="ultralytics misreads this checkout's path (a digit and a scale letter)")
 def test_p2_architecture_runs_on_onnx_like_torch(frames, tmp_path):
     """A model of the P2 architecture (prototypes at 1/2 of the input, four head levels) goes
     through export and the shared decoder unchanged: the decoder takes the prototype stride from

@@ -28,7 +28,8 @@ from .command import _ARCHITECTURES as ARCHITECTURES
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ARCHITECTURES", "TrainConfig", "architecture_yaml", "train", "transfer_weights"]
+__all__ = ["ARCHITECTURES", "TrainConfig", "architecture_problem", "architecture_yaml", "train",
+           "transfer_weights"]
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,16 @@ def _add_callbacks(model, callbacks: dict[str, Callable] | None) -> None:
     model.add_callback("on_fit_epoch_end", _epoch_printer())
     for event, fn in (callbacks or {}).items():
         model.add_callback(event, fn)
+
+
+def architecture_problem(arch: str) -> str | None:
+    """Why ``arch`` cannot be built from where loopline is installed (None: it can); see
+    :func:`architecture_yaml`."""
+    try:
+        architecture_yaml(arch)
+    except RuntimeError as e:
+        return str(e)
+    return None
 
 
 def architecture_yaml(arch: str) -> str:
