@@ -298,7 +298,7 @@ def test_fp32_runtimes_match_torch(exported, frames, reference, name, opts):
 
 @needs_model
 @pytest.mark.skipif(architecture_problem("yolov8n-seg-p2") is not None,
-                    reason="ultralytics misreads this checkout's path (a digit and a scale letter)")
+                    reason=architecture_problem("yolov8n-seg-p2") or "")
 def test_p2_architecture_runs_on_onnx_like_torch(frames, tmp_path):
     """A model of the P2 architecture (prototypes at 1/2 of the input, four head levels) goes
     through export and the shared decoder unchanged: the decoder takes the prototype stride from

@@ -119,7 +119,7 @@ def test_one_epoch_training_offline(tmp_path):
 
 
 @pytest.mark.skipif(architecture_problem("yolov8n-seg-p2") is not None,
-                    reason="ultralytics misreads this checkout's path (a digit and a scale letter)")
+                    reason=architecture_problem("yolov8n-seg-p2") or "")
 def test_transfer_weights_into_the_p2_architecture():
     """Every layer that kept its shape carries over; the head's levels are matched coarsest
     first, so the source's P3-P5 branches land on the P2 head's P3-P5 (levels 1-3)."""
