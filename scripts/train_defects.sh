@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Reproduces the shipped model loopline/models/defects.{pt,onnx} (see loopline/models/README.md).
-# Usage: scripts/train_defects.sh [WORK_DIR] [stage1|...|stage6|wild|wild2|temporal|temporal-raw|wild-ft|wild-r3|bowing|arcs]   (default: /work
+# Usage: scripts/train_defects.sh [WORK_DIR] [stage1|...|stage6|wild|wild2|temporal|temporal-raw|wild-ft|wild-r3|bowing|arcs|arcs-zero-shot]   (default: /work
 #        stage2; needs `make test`'s .venv). Run the stages in order: stage1-3, wild-r3, bowing,
 #        arcs; stage 3 wrote the shipped weights until issue 15, arcs (run 9) writes them now.
 #        stage4, p2, stage5 and stage6 (each after stage 3) and wild, wild2, temporal,
-#        temporal-raw, wild-ft are the experiments of the model card that were not shipped.
+#        temporal-raw, wild-ft, arcs-zero-shot are the experiments of the model card that were not shipped.
 #
 # Three shipped runs, each warm-started from the one before, and two experiments from run 3:
 #   defects-n320   stage1: 2 h from scratch on 320 px synthetic crops.
@@ -302,6 +302,27 @@ $L train --data "$A/defects.yaml" --out "$W/runs" --name "${NAME:-defects-arcs}"
 cp "$W/runs/${NAME:-defects-arcs}/weights/best.pt" loopline/models/defects.pt
 $PY -c "from ultralytics.utils.torch_utils import strip_optimizer as s; s('loopline/models/defects.pt')"
 $L export --model loopline/models/defects.pt --format onnx --imgsz 512
+exit 0
+fi
+if [ "$STAGE" = arcs-zero-shot ]; then
+# Issue 15, zero-shot run `defects-arcs-zs` (not shipped): run 9's synthetic data (stage arcs,
+# $W/dataarcs) WITHOUT the real first halves, continued from the zero-shot `defects-wild2`
+# (FROM), so that neither tanaka-twip-2um nor creme-loops-512 is ever seen: all 63 tanaka frames
+# and all 16 creme frames are its test sets. tanaka-twip-086um (no dislocation labels) stays a
+# source of background patches, as in every synthetic set.
+A=$W/dataarcs
+cat > "$A/zero_shot.yaml" <<YAML
+path: $A
+train: [train_arcs/images, train_bowing/images, train_wild2/images, train_wild/images, train_wild_loops/images, train_M2/images, train_loops/images]
+val: [val_M2/images, val_loops/images, val_wild/images, val_bowing/images, val_arcs/images]
+names:
+  0: dislocation
+  1: loop
+YAML
+$L train --data "$A/zero_shot.yaml" --out "$W/runs" --name "${NAME:-defects-arcs-zs}" \
+  --arch yolov8n-seg --weights "${FROM:-$W/runs/defects-wild2/weights/best.pt}" \
+  --set mask_ratio=2 --set overlap_mask=False --set warmup_epochs=1 \
+  --imgsz 512 --batch 16 --seed 23 --hours "${HOURS:-1.5}" --epochs 60 --workers 2
 exit 0
 fi
 if [ "$STAGE" = bowing ]; then

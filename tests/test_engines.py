@@ -196,6 +196,39 @@ def test_an_adapted_model_runs_at_the_input_size_it_was_trained_at(tmp_path, cap
     assert "ignoring imgsz 500 (expected a multiple of 32)" in caplog.text
 
 
+def test_serve_and_analyze_run_an_onnx_file_in_openvino_where_installed(tmp_path, monkeypatch):
+    """An adapted 640-px model keeps up with a 25 fps camera in OpenVINO and not in ONNX Runtime
+    (README, adapt section): the live paths run ``.onnx`` files in OpenVINO, ``eval`` does not."""
+    import shutil
+
+    from loopline import engines
+    from loopline.analysis.analyze import AnalyzeOptions, _make_detector
+    from loopline.daemon.config import load_config
+    from loopline.daemon.stages.engine import make_engine
+    from loopline.engines import live_runtime
+    from loopline.models import MODEL_DIR
+
+    pytest.importorskip("openvino")
+    onnx = tmp_path / "mine.onnx"
+    shutil.copy(MODEL_DIR / "defects.onnx", onnx)
+    assert live_runtime(onnx) == "openvino"
+    assert live_runtime(tmp_path / "none.onnx") is None  # not a file: create_engine says so
+    assert live_runtime(tmp_path / "net.pt") is None and live_runtime("defects") is None
+    assert create_engine(onnx).name == "onnx"  # eval: the suffix's runtime, as measured
+    cfg = load_config(overrides={"engine.model": str(onnx), "engine.factory": ""})
+    assert make_engine(cfg).name == "openvino"
+    cfg = load_config(overrides={"engine.model": str(onnx), "engine.factory": "",
+                                 "engine.engine": "onnx"})  # fmt: skip
+    assert make_engine(cfg).name == "onnx"  # named: it wins
+    made = []
+    real = engines.create_engine
+    monkeypatch.setattr(engines, "create_engine", lambda *a, **k: made.append(real(*a, **k))
+                        or made[-1])  # fmt: skip
+    _make_detector(AnalyzeOptions(model=str(onnx)))
+    _make_detector(AnalyzeOptions(model=str(onnx), engine="onnx"))
+    assert [e.name for e in made] == ["openvino", "onnx"]
+
+
 # ------------------------------------------------------------------------ ridge
 
 

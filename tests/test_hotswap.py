@@ -64,6 +64,7 @@ def test_swap_mid_series_every_frame_recorded(tmp_path, sim, daemons, capsys, ca
     assert ids["a.onnx"].startswith("a.onnx@") and len(ids["a.onnx"]) == len("a.onnx@") + 8
     d = Daemon(tmp_path, sim.endpoint, **{
         "engine.factory": "", "engine.model": str(a), "engine.imgsz": 256,
+        "engine.engine": "onnx",  # OpenVINO would compile each batch size for seconds
         "engine.threads": 1, "engine.workers": 2, "engine.watch": str(watch),
         "batch.max_pending": 64,
         "output.result_timeout_s": 15.0, "output.mp4": False,

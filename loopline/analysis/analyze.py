@@ -111,13 +111,14 @@ def _make_detector(opt: AnalyzeOptions, nm_per_px: float | None = None, *,
             return out
 
         return detect
-    from ..engines import create_engine
+    from ..engines import create_engine, live_runtime
 
     point = {k: v for k, v in (("line_snap", opt.line_snap), ("line_dedupe", opt.line_dedupe),
                                ("imgsz", opt.imgsz), ("conf", opt.conf), ("device", opt.device),
                                ("loop_vote", opt.loop_vote))
              if v is not None}  # None: the model's own operating point
-    engine = create_engine(opt.model, engine=opt.engine, inference=opt.inference,
+    engine = create_engine(opt.model, engine=opt.engine or live_runtime(opt.model),
+                           inference=opt.inference,
                            tile_overlap=opt.tile_overlap, **point)  # fmt: skip
     if threads is not None and hasattr(engine, "threads"):  # read when it loads, lazily
         engine.threads = int(threads)

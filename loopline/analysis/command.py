@@ -38,7 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help_suffix={"--model": "'truth' measures the label masks of a labelled dataset "
                                 "(labels/<stem>.txt beside images/) instead"},
     )  # fmt: skip
-    p.add_argument("--engine", default=None, help="engine runtime (default: from the model)")
+    p.add_argument("--engine", default=None,
+                   help="engine runtime (default: by the model's suffix, OpenVINO for .onnx "
+                        "where installed, as serve)")  # fmt: skip
     p.add_argument("--inference", choices=INFERENCE_MODES, default="tiles",
                    help=INFERENCE_HELP + " (default: tiles)")  # fmt: skip
     p.add_argument("--tile-overlap", type=int, default=64, metavar="PX",

@@ -63,7 +63,8 @@ _FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "--device": ("engine.device", _shared("--device", "engine.device")),
     "--engine": ("engine.engine", {"metavar": "RUNTIME",
                                    "help": "runtime (torch, onnx, openvino, tensorrt; default: "
-                                           "by the model file's suffix)"}),
+                                           "by the model file's suffix, OpenVINO for .onnx "
+                                           "where installed)"}),
     "--batch": ("batch.size", {"type": int, "metavar": "N", "help": "frames per engine call"}),
     "--deadline-ms": ("batch.deadline_ms", {"type": float, "metavar": "MS",
                                             "help": "batch latency deadline, ms"}),

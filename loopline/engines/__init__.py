@@ -28,7 +28,7 @@ from typing import Any
 from .base import CLASS_NAMES, INFERENCE_MODES, Detections, Engine, check_inference
 
 __all__ = ["CLASS_NAMES", "ENGINES", "INFERENCE_MODES", "SUFFIXES", "Detections", "Engine",
-           "create_engine", "engine_for"]  # fmt: skip
+           "create_engine", "engine_for", "live_runtime"]  # fmt: skip
 
 #: engine name -> "module:class"; modules are imported only when their engine is used
 ENGINES: dict[str, str] = {
@@ -79,6 +79,25 @@ def default_runtime() -> str:
     """The runtime for a shipped model: OpenVINO where installed (fastest on CPUs here: 34 fps
     at 512 px against 8-10 for ONNX Runtime, see README.md in this folder), else ONNX Runtime."""
     return "openvino" if importlib.util.find_spec("openvino") is not None else "onnx"
+
+
+def live_runtime(model: str | Path | None) -> str | None:
+    """The runtime ``serve`` and ``analyze`` run ``model`` in when none is named.
+
+    For an ONNX file that is :func:`default_runtime`: OpenVINO where installed (it reads ONNX
+    itself, at 1.4-1.6x ONNX Runtime's frames per second on these CPUs, ``README.md`` in this
+    folder), as for a shipped name; a model adapted at 640 px keeps up with a 25 fps camera in
+    OpenVINO and not in ONNX Runtime. Anything else: None (:func:`create_engine` picks by
+    suffix). ``loopline eval`` keeps the suffix's runtime (ONNX Runtime for ``.onnx``), in which
+    the model card's figures were measured.
+
+    Examples
+    --------
+    >>> live_runtime("ridge") is None and live_runtime("net.pt") is None
+    True
+    """
+    p = Path(str(model))
+    return default_runtime() if p.suffix.lower() == ".onnx" and p.is_file() else None
 
 
 def engine_class(name: str) -> type[Engine]:

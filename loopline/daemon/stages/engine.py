@@ -35,7 +35,7 @@ def make_engine(cfg: DaemonConfig):
         mod, _, fn = e.factory.partition(":")
         engine = getattr(importlib.import_module(mod), fn)(e.model or None, **kw)
     else:
-        from ...engines import create_engine  # type: ignore[attr-defined]
+        from ...engines import create_engine, live_runtime  # type: ignore[attr-defined]
 
         if e.device != "cpu":
             kw["device"] = e.device
@@ -48,7 +48,8 @@ def make_engine(cfg: DaemonConfig):
                 kw[key] = getattr(e, key)
         if e.loop_vote >= 0:  # -1: the model's own operating point
             kw["loop_vote"] = bool(e.loop_vote)
-        engine = create_engine(e.model, engine=e.engine or None, inference=e.inference,
+        engine = create_engine(e.model, engine=e.engine or live_runtime(e.model),
+                               inference=e.inference,
                                tile_overlap=e.tile_overlap, **kw)  # fmt: skip
     engine.load()
     engine.loaded = True
