@@ -31,13 +31,16 @@ def _imgsz(text: str) -> int:
     return v
 
 
-def _unit(text: str) -> float:
+def _confs(text: str) -> tuple[float, ...]:
+    """``--conf 0.25`` or ``0.15,0.25`` (per class: dislocation, loop), each in [0, 1] (the
+    rule of ``loopline.models.score_thresholds``, which this base layer cannot import)."""
     try:
-        v = float(text)
+        v = tuple(float(t) for t in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {v:g}")
+        v = ()
+    if len(v) not in (1, 2) or not all(0.0 <= c <= 1.0 for c in v):
+        raise argparse.ArgumentTypeError(f"expected one number in [0, 1] or one per class "
+                                         f"(dislocation,loop), got {text!r}")  # fmt: skip
     return v
 
 
@@ -62,9 +65,10 @@ MODEL_ARGS: dict[str, dict[str, Any]] = {
                 "help": "network input size, px, a multiple of 32 (default: the model's "
                         "own: 512, or the --imgsz a `loopline adapt` model was trained at); "
                         "larger frames are tiled or shrunk (inference)"},
-    "--conf": {"type": _unit, "metavar": "P",
-               "help": "score threshold in [0, 1]: detections scoring less are dropped "
-                       "(default: 0.25)"},
+    "--conf": {"type": _confs, "metavar": "P[,P]",
+               "help": "score threshold in [0, 1], one for every class or one per class "
+                       "(dislocation,loop): detections scoring less are dropped (default: the "
+                       "model's own: 0.15,0.25 for the shipped model, else 0.25)"},
     "--device": {"metavar": "DEV",
                  "help": "where the engine runs: cpu, cuda:0 (torch, ONNX Runtime with CUDA, "
                          "TensorRT) or an OpenVINO device such as GPU (default: cpu)"},

@@ -52,8 +52,9 @@ from typing import Any
 
 from loopline.cli_args import add_loop_vote_argument
 from loopline.datasets.importers import import_dataset
-from loopline.evaluation.evaluate import EvalResult, evaluate, make_engine
+from loopline.evaluation.evaluate import EvalResult, evaluate, make_engine, operating_conf
 from loopline.evaluation.metrics import size_bin_names
+from loopline.models import score_thresholds
 
 logger = logging.getLogger("zero_shot_eval")
 
@@ -224,7 +225,7 @@ def run(
     work: Path = ROOT / "runs" / "zero-shot",
     sets: list[str] | None = None,
     part: str = "all",
-    conf: float = 0.25,
+    conf: float | tuple[float, ...] | None = None,
     tol: float = 3.0,
     imgsz: int | None = None,
     mask_threshold: float | None = None,
@@ -236,7 +237,8 @@ def run(
     """Evaluate every model on every chosen set; one :func:`summary` row per pair.
 
     Sets whose source folder is missing under ``real`` are skipped with a warning; if none is
-    there, FileNotFoundError.
+    there, FileNotFoundError. ``conf``: one score threshold or one per class; None: each
+    model's own (``loopline.evaluation.evaluate.operating_conf``).
     """
     chosen = [s for s in SETS if sets is None or s.name in sets]
     folders = []
@@ -256,7 +258,8 @@ def run(
                              loop_vote=loop_vote)  # fmt: skip
         for s, folder in folders:
             t0 = time.perf_counter()
-            res = evaluate(engine, folder, conf=conf, tol=tol, batch=batch)
+            res = evaluate(engine, folder, conf=operating_conf(model, conf), tol=tol,
+                           batch=batch)  # fmt: skip
             logger.info("%s on %s (%s): %d frames in %.1f s", model, s.name, part,
                         res.metrics["images"], time.perf_counter() - t0)  # fmt: skip
             rows.append(summary(model, s, part, res))
@@ -277,7 +280,10 @@ def main(argv: list[str] | None = None) -> int:
                       help="only the first half of each set in time (the tuning half)")
     half.add_argument("--second-half", dest="part", action="store_const", const="second",
                       help="only the second half (the fine-tuned figures' test half)")
-    p.add_argument("--conf", type=float, default=0.25, help="score threshold (default 0.25)")
+    p.add_argument("--conf", type=lambda t: tuple(float(c) for c in score_thresholds(t)),
+                   default=None, metavar="P[,P]",
+                   help="score threshold, one or one per class (dislocation,loop) (default: "
+                        "each model's own: 0.15,0.25 for the shipped model, else 0.25)")
     p.add_argument("--tol", type=float, default=3.0, help="tolerance of LAR@tol, F1@tol (px)")
     p.add_argument("--imgsz", type=int, default=None, help="network input size (px)")
     p.add_argument("--mask-threshold", type=float, default=None, metavar="P",

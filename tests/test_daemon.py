@@ -145,6 +145,9 @@ def test_config_defaults_and_overrides(tmp_path):
     p.write_text('[batch]\nsize = 8\n[engine]\nmodel = "ridge"\n')
     cfg = load_config(p, overrides={"batch.deadline_ms": 10})
     assert (cfg.batch.size, cfg.engine.model, cfg.batch.deadline_ms) == (8, "ridge", 10.0)
+    assert cfg.engine.conf == ()  # the model's own score thresholds
+    assert load_config(overrides={"engine.conf": [0.15, 0.25]}).engine.conf == (0.15, 0.25)
+    assert load_config(overrides={"engine.conf": 0.3}).engine.conf == (0.3,)
     assert parse_set("output.raw=npy") == ("output.raw", "npy")
     assert parse_set("output.mp4=false") == ("output.mp4", False)
 
@@ -164,6 +167,11 @@ def test_config_defaults_and_overrides(tmp_path):
         ("[engine]\nmask_threshold = [0.4, 0.5, 0.6]\n", r"one per class \(2\)"),
         ("[engine]\nmask_threshold = \"high\"\n",
          r"engine.mask_threshold must be \[\] \(the model's own\), a number or a list"),
+        ("[engine]\nconf = 1.5\n",
+         r"engine.conf: conf must lie in \[0, 1\], one value or one per class \(dislocation, "
+         r"loop\), got 1.5 \(\[\] = the model's own\)"),
+        ("[engine]\nconf = [0.1, 0.2, 0.3]\n", r"one per class \(dislocation, loop\)"),
+        ("[engine]\nconf = \"low\"\n", r"engine.conf must be \[\] \(the model's own\)"),
         ("[source]\nendpoint = 'localhost'\n", "ZeroMQ URL"),
         ("[output]\nmp4 = 1\n", "output.mp4 must be a bool"),
         ("batch = 3\n", "must be a \\[section\\] table"),

@@ -232,6 +232,31 @@ def test_serve_and_analyze_run_an_onnx_file_in_openvino_where_installed(tmp_path
 # ------------------------------------------------------------------------ ridge
 
 
+def test_the_score_threshold_can_be_one_per_class():
+    """``conf`` as (dislocation, loop): the runtime keeps candidates down to the lower one and
+    each class's own applies after it; the shipped model brings its operating point's pair
+    (lines 0.15, loops 0.25, chosen on validation sets: the model card), which a single value
+    given explicitly replaces."""
+    from loopline.synth.params import load_preset
+    from loopline.synth.render import render_frame
+    from loopline.synth.scene import sample_scene
+
+    frame = render_frame(sample_scene(load_preset("mixed", {"width": 256, "height": 256}), 3,
+                                      0)).image  # fmt: skip
+    (both,) = create_engine("ridge")([frame])
+    (lines,) = create_engine("ridge", conf=(0.0, 1.0))([frame])  # no loop scores 1.0 or more
+    assert (both.classes == 1).sum() >= 1 and (lines.classes == 1).sum() == 0
+    assert (lines.classes == 0).sum() == (both.classes == 0).sum() >= 1
+    e = create_engine("defects", engine="onnx") if _has("onnxruntime") else None
+    if e is not None:
+        assert (e.conf, e.class_conf) == (0.15, (0.15, 0.25))
+        assert "conf=(0.15, 0.25)" in repr(e)
+        e = create_engine("defects", engine="onnx", conf=0.3)
+        assert (e.conf, e.class_conf) == (0.3, None)
+    with pytest.raises(ValueError, match=r"conf must lie in \[0, 1\], one value or one per"):
+        create_engine("ridge", conf=(0.1, 0.2, 0.3))
+
+
 def test_ridge_finds_lines_and_loops():
     from loopline.synth.params import load_preset
     from loopline.synth.render import render_frame

@@ -115,6 +115,14 @@ def test_missing_loops_and_false_positives(synth: Path):
     assert m["loop_f1"] == pytest.approx(2 * n / (2 * n + 2))
     assert m["n_re"] == pytest.approx(2 / n)
     assert m["box_map50"] < 1.0
+    # One threshold per class (dislocation, loop): a loop at 0.3 is dropped by a loop cut of 0.5
+    # and kept by 0.25, whatever the lines' own cut; a bad pair is refused in one line.
+    m = evaluate(TruthEngine(synth, add_false_loop(0.3)), synth, conf=(0.1, 0.5)).metrics
+    assert (m["loop_f1"], m["n_re"]) == (1.0, 0.0)
+    m = evaluate(TruthEngine(synth, add_false_loop(0.3)), synth, conf=(0.6, 0.25)).metrics
+    assert m["n_re"] == pytest.approx(2 / n)
+    with pytest.raises(ValueError, match=r"one value or one per class \(dislocation, loop\)"):
+        evaluate(TruthEngine(synth), synth, conf=(0.1, 0.2, 0.3))
 
 
 def test_no_line_predictions(synth: Path):

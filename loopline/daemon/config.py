@@ -35,6 +35,25 @@ def _choice(*values: str | int) -> dict[str, Any]:
     return {"choices": values}
 
 
+def _conf(key: str, value: Any) -> tuple[float, ...]:
+    """``[]`` (the model's own), one score threshold for every class, or one per class: the
+    one rule, :func:`loopline.models.score_thresholds`."""
+    from ..models import score_thresholds
+
+    if isinstance(value, list | tuple) and not value:
+        return ()
+    if isinstance(value, bool) or not isinstance(value, int | float | list | tuple) or (
+            isinstance(value, list | tuple) and not all(isinstance(v, int | float)
+                                                        and not isinstance(v, bool)
+                                                        for v in value)):  # fmt: skip
+        raise ConfigError(f"{key} must be [] (the model's own), a number or a list of numbers "
+                          f"(one per class: dislocation, loop), got {value!r}")  # fmt: skip
+    try:
+        return tuple(float(v) for v in score_thresholds(value))
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e} ([] = the model's own)") from None
+
+
 def _mask_threshold(key: str, value: Any) -> tuple[float, ...]:
     """``[]`` (the model's own), one cut for every class, or one per class: the one rule,
     :func:`loopline.models.mask_thresholds`."""
@@ -75,7 +94,7 @@ class EngineConfig:
     model: str
     engine: str
     imgsz: int = field(metadata=_rng(0, 4096))  # 0: the model's own
-    conf: float = field(metadata=_rng(0.0, 1.0))
+    conf: tuple = field(metadata={"check": _conf})
     iou: float = field(metadata=_rng(0.01, 1.0))
     mask_threshold: tuple = field(metadata={"check": _mask_threshold})
     inference: str = field(metadata=_choice(*INFERENCE_MODES))

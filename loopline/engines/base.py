@@ -19,7 +19,8 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CLASS_NAMES", "INFERENCE_MODES", "Detections", "Engine", "check_inference"]
+__all__ = ["CLASS_NAMES", "INFERENCE_MODES", "Detections", "Engine", "check_inference",
+           "class_threshold"]
 
 CLASS_NAMES: tuple[str, ...] = ("dislocation", "loop")
 
@@ -105,6 +106,21 @@ class Detections:
         )  # fmt: skip
 
 
+def class_threshold(det: Detections, class_conf: Sequence[float]) -> Detections:
+    """The instances scoring at least their class's threshold (``class_conf[class]``; a class
+    past the end takes the last one).
+
+    >>> d = Detections(np.zeros((3, 2, 2), bool), np.zeros((3, 4), np.float32),
+    ...                np.array([0.2, 0.2, 0.3], np.float32), np.array([0, 1, 1]))
+    >>> class_threshold(d, (0.15, 0.25)).scores.tolist()
+    [0.20000000298023224, 0.30000001192092896]
+    """
+    thr = np.asarray(class_conf, np.float64)
+    cut = thr[np.minimum(det.classes.astype(np.int64), len(thr) - 1)]
+    keep = det.scores >= cut
+    return det if keep.all() else det.select(keep)
+
+
 class Engine(ABC):
     """Load once, then ``forward`` batches of frames.
 
@@ -114,8 +130,11 @@ class Engine(ABC):
         Model file (``.pt``, ``.onnx``, ``.xml``, ``.engine``) or None for weight-free engines.
     imgsz : int
         Network input size (square, px).
-    conf, iou : float
-        Score threshold and NMS IoU threshold.
+    conf : float or (float, float)
+        Score threshold: one for every class, or one per class (dislocation, loop). The runtime
+        keeps candidates down to the lower one; each class's own applies after it.
+    iou : float
+        NMS IoU threshold.
     max_det : int
         Most instances kept per network call: per frame that fits (letterboxed), per tile of
         a tiled frame.
@@ -173,7 +192,7 @@ class Engine(ABC):
         model: Path | None = None,
         *,
         imgsz: int = 512,
-        conf: float = 0.25,
+        conf: float | Sequence[float] = 0.25,
         iou: float = 0.7,
         max_det: int = 300,
         device: str = "cpu",
@@ -188,8 +207,9 @@ class Engine(ABC):
         ignore_regions: Sequence[Sequence[float]] | None = (),
         loop_vote: bool = False,
     ) -> None:
-        if not 0.0 <= conf <= 1.0:
-            raise ValueError(f"conf must lie in [0, 1], got {conf}")
+        from ..models import score_thresholds
+
+        class_conf = score_thresholds(conf)
         if not 0.0 < iou <= 1.0:
             raise ValueError(f"iou must lie in (0, 1], got {iou}")
         if imgsz < 32 or imgsz % 32:
@@ -222,7 +242,10 @@ class Engine(ABC):
             raise ValueError(f"model_nm_per_px must be > 0 or None, got {model_nm_per_px}")
         self.model = Path(model) if model is not None else None
         self.imgsz = imgsz
-        self.conf = conf
+        #: the runtime's score floor: the lowest class threshold
+        self.conf = float(class_conf.min())
+        #: (dislocation, loop) score thresholds, applied after the runtime; None: ``conf`` for all
+        self.class_conf = tuple(float(c) for c in class_conf) if len(set(class_conf)) > 1 else None
         self.iou = iou
         self.max_det = max_det
         self.device = device
@@ -281,6 +304,8 @@ class Engine(ABC):
             dets = self._forward_voted(frames, nm_per_px)
         else:
             dets = self._forward(frames, nm_per_px)
+        if self.class_conf is not None:
+            dets = [class_threshold(d, self.class_conf) for d in dets]
         if self.line_snap > 0:
             # imported here, as below: scikit-image costs ~0.2 s at start-up
             from .snap import snap_lines
@@ -339,5 +364,6 @@ class Engine(ABC):
         return out
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(model={self.model}, imgsz={self.imgsz}, conf={self.conf}, "
+        conf = self.class_conf or self.conf
+        return (f"{type(self).__name__}(model={self.model}, imgsz={self.imgsz}, conf={conf}, "
                 f"inference={self.inference})")  # fmt: skip

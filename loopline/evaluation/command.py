@@ -33,7 +33,7 @@ def _cuts(text: str) -> tuple[float, ...]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(
-        p, defaults={"--model": DEFAULT_MODEL, "--conf": 0.25},
+        p, defaults={"--model": DEFAULT_MODEL},
         help_suffix={"--conf": "here also the threshold of LAR, F1 and the relative errors "
                                "(mAP ranks every detection down to --map-conf)"},
     )  # fmt: skip
@@ -189,19 +189,17 @@ def run(a: argparse.Namespace) -> int:
     from rich.console import Console
 
     from .data import Dataset
-    from .evaluate import evaluate, save_figure
+    from .evaluate import evaluate, operating_conf, save_figure
 
-    for name in ("conf", "map_conf"):
-        v = getattr(a, name)
-        if not 0.0 <= v <= 1.0:
-            raise CliError(f"--{name.replace('_', '-')} must lie in [0, 1], got {v}")
+    if not 0.0 <= a.map_conf <= 1.0:
+        raise CliError(f"--map-conf must lie in [0, 1], got {a.map_conf}")
     try:
         ds = Dataset(a.data)
     except ValueError as e:
         raise CliError(str(e)) from None
     engine = _engine(a)
     try:
-        res = evaluate(engine, ds, conf=a.conf, tol=a.tol, batch=a.batch,
+        res = evaluate(engine, ds, conf=operating_conf(a.model, a.conf), tol=a.tol, batch=a.batch,
                        progress=sys.stderr.isatty())  # fmt: skip
     except ValueError as e:
         raise CliError(str(e)) from None

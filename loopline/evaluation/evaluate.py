@@ -47,7 +47,7 @@ import numpy as np
 
 from ..datasets.layout import CLASSES
 from ..engines.base import Detections
-from ..models import mask_thresholds
+from ..models import mask_thresholds, score_thresholds
 from . import metrics as M
 from .data import Dataset, Frame
 
@@ -61,6 +61,7 @@ __all__ = [
     "FramePanel",
     "evaluate",
     "make_engine",
+    "operating_conf",
 ]
 
 #: Keys of the JSON report, in order; a value is None where the metric does not apply.
@@ -234,7 +235,7 @@ def _frame_update(
     fr: Frame,
     det: Detections,
     *,
-    conf: float,
+    conf: np.ndarray,
     tol: float,
     lar_iou: float,
     loop_iou: float,
@@ -247,7 +248,7 @@ def _frame_update(
     frame's score is the mean of its box F1 per class.
     """
     _ap_update(pool, fr, det, masks=not box_only)
-    keep = det.scores >= conf
+    keep = _kept(det, conf)
     box_parts = _box_f1_update(pool, fr, det, keep)
     if box_only:
         _box_only_update(pool, fr, det, keep, loop_iou)
@@ -420,10 +421,29 @@ def _summarise(
     return metrics, details
 
 
+def operating_conf(model: str | Path, conf: float | Sequence[float] | None = None
+                   ) -> tuple[float, ...]:  # fmt: skip
+    """The score threshold(s) ``loopline eval`` scores ``model`` at: ``conf`` where given, else
+    the model's own operating point (the shipped model: 0.15 for dislocations, 0.25 for
+    loops; an adapted model: the one it inherited), else 0.25.
+
+    >>> operating_conf("defects"), operating_conf("ridge"), operating_conf("defects", 0.3)
+    ((0.15, 0.25), (0.25,), (0.3,))
+    """
+    from ..models import shipped_settings
+
+    if conf is None:
+        try:
+            conf = shipped_settings(model).get("conf", 0.25)
+        except (OSError, ValueError):  # not a model file: no operating point of its own
+            conf = 0.25
+    return tuple(float(c) for c in score_thresholds(conf))
+
+
 def make_engine(
     model: str | Path,
     *,
-    conf: float = 0.25,
+    conf: float | Sequence[float] | None = None,
     map_conf: float = 0.001,
     imgsz: int | None = None,
     device: str | None = None,
@@ -438,7 +458,8 @@ def make_engine(
     """The engine ``loopline eval`` runs for ``model`` (a file, a shipped name or ``ridge``).
 
     The engine's own score floor is the lower of ``conf`` and ``map_conf``: mAP ranks every
-    detection down to ``map_conf``, the other metrics keep those at ``conf`` or more.
+    detection down to ``map_conf``, the other metrics keep those at ``conf`` or more (one for
+    every class or one per class; None: the model's own, :func:`operating_conf`).
     ``mask_threshold``: one cut for every class or one per class (dislocation, loop); None
     keeps a shipped model's operating point (0.5 for other models).
     ``inference`` (``"tiles"``, ``"native"`` or ``"letterbox"``) and ``tile_overlap`` (px): how
@@ -461,7 +482,7 @@ def make_engine(
     """
     from ..engines import create_engine
 
-    opts: dict[str, Any] = {"conf": min(map_conf, conf)}
+    opts: dict[str, Any] = {"conf": min(map_conf, *operating_conf(model, conf))}
     if imgsz is not None:
         opts["imgsz"] = imgsz
     if device is not None:
@@ -489,7 +510,7 @@ def evaluate(
     engine: Callable[[list[np.ndarray]], Sequence[Detections]],
     data: Path | str | Dataset,
     *,
-    conf: float = 0.25,
+    conf: float | Sequence[float] = 0.25,
     tol: float = 3.0,
     lar_iou: float = 0.5,
     loop_iou: float = 0.15,
@@ -506,8 +527,9 @@ def evaluate(
         ``loopline.engines.base.Engine``.
     data : Path or Dataset
         Dataset folder (``images/``, ``labels/``, optionally ``masks/``, ``truth.json``).
-    conf : float
-        Score threshold of the operating point (all metrics but mAP).
+    conf : float or (float, float)
+        Score threshold of the operating point (all metrics but mAP): one for every class or
+        one per class (dislocation, loop); :func:`operating_conf` gives a model's own.
     tol : float
         Tolerance (px) of ``lar_tol`` and ``line_f1_tol``.
     lar_iou, loop_iou : float
@@ -525,8 +547,7 @@ def evaluate(
     EvalResult
     """
     ds = data if isinstance(data, Dataset) else Dataset(data)
-    if not 0.0 <= conf <= 1.0:
-        raise ValueError(f"conf must lie in [0, 1], got {conf}")
+    conf = score_thresholds(conf)
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     if distractor_tol < 0:
@@ -578,8 +599,13 @@ def _better(score: float, panel: FramePanel | None, sign: float) -> bool:
     return math.isnan(panel.score) or sign * score > sign * panel.score
 
 
-def _panel(fr: Frame, det: Detections, score: float, conf: float) -> FramePanel:
-    keep = det.scores >= conf
+def _kept(det: Detections, conf: np.ndarray) -> np.ndarray:
+    """Which detections score at least their class's threshold (one for all, or per class)."""
+    return det.scores >= conf[np.minimum(det.classes.astype(np.int64), len(conf) - 1)]
+
+
+def _panel(fr: Frame, det: Detections, score: float, conf: np.ndarray) -> FramePanel:
+    keep = _kept(det, conf)
     gt_masks = fr.masks if fr.strokes is None else np.where(
         (fr.classes == 0)[:, None, None], fr.strokes, fr.masks)  # fmt: skip
     return FramePanel(

@@ -19,7 +19,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 __all__ = ["MODEL_DIR", "SETTINGS", "SHIPPED", "mask_thresholds", "model_imgsz", "resolve_model",
-           "shipped_settings"]
+           "score_thresholds", "shipped_settings"]
 
 MODEL_DIR = Path(__file__).resolve().parent
 
@@ -28,17 +28,46 @@ SHIPPED: dict[str, str] = {"defects": "defects", "dislocations": "defects", "loo
 
 #: file stem -> engine options of its operating point, chosen on the validation sets (never the
 #: test sets) and recorded in the model card; an option given explicitly wins
-#: (``mask_threshold``: one value per class, dislocation then loop; ``model_nm_per_px``: the
+#: (``conf``: the score threshold, one value per class, dislocation then loop;
+#: ``mask_threshold``: one value per class, dislocation then loop; ``model_nm_per_px``: the
 #: pixel size, nm, of the frames it was trained on, to which frames of a known pixel size are
 #: resampled; None: its synthetic training frames have no one scale, frames are used as they are;
 #: ``line_snap``, ``line_dedupe``: px, see ``loopline.engines.snap`` and ``.duplicates``;
 #: ``loop_vote``: see ``loopline.engines.votes``)
-_OPERATING_KEYS = ("mask_threshold", "model_nm_per_px", "line_snap", "line_dedupe", "loop_vote")
+_OPERATING_KEYS = ("conf", "mask_threshold", "model_nm_per_px", "line_snap", "line_dedupe",
+                   "loop_vote")
 
 SETTINGS: dict[str, dict[str, Any]] = {
-    "defects": {"mask_threshold": (0.4, 0.4), "model_nm_per_px": None, "line_snap": 4.0,
-                "line_dedupe": 1.5, "loop_vote": True},
+    "defects": {"conf": (0.15, 0.25), "mask_threshold": (0.4, 0.4), "model_nm_per_px": None,
+                "line_snap": 4.0, "line_dedupe": 1.5, "loop_vote": True},
 }
+
+
+def score_thresholds(value: Any, n: int | None = 2) -> np.ndarray:
+    """The one rule for a score threshold (``conf``): one value for every class, or one per
+    class (dislocation, loop; ``n``), each in [0, 1]; as a 1-D float64 array. Every command,
+    config key and engine checks its threshold here.
+
+    >>> score_thresholds("0.15,0.25").tolist()
+    [0.15, 0.25]
+    >>> score_thresholds(0.3).tolist()
+    [0.3]
+    >>> score_thresholds(1.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: conf must lie in [0, 1], one value or one per class (dislocation, loop), got 1.5
+    """
+    if isinstance(value, str):
+        value = [v for v in value.replace(" ", "").split(",") if v]
+    try:
+        thr = np.atleast_1d(np.asarray(value, np.float64))
+    except (TypeError, ValueError):
+        thr = np.zeros(0)
+    ok = thr.ndim == 1 and thr.size > 0 and bool(np.all((thr >= 0.0) & (thr <= 1.0)))
+    if not ok or isinstance(value, bool) or (n is not None and len(thr) not in (1, n)):
+        raise ValueError(f"conf must lie in [0, 1], one value or one per class (dislocation, "
+                         f"loop), got {value}")  # fmt: skip
+    return thr
 
 
 def mask_thresholds(value: Any, n: int | None = None, *, per: str = "class") -> np.ndarray:
@@ -116,8 +145,9 @@ def _adapted_settings(record: Path) -> dict[str, Any]:
     if not isinstance(op, dict):
         logger.warning("%s: cannot read the adapted model's operating point", record)
         return {}
-    if "mask_threshold" in op and isinstance(op["mask_threshold"], list):
-        op["mask_threshold"] = tuple(op["mask_threshold"])
+    for key in ("conf", "mask_threshold"):  # JSON keeps a pair as a list
+        if key in op and isinstance(op[key], list):
+            op[key] = tuple(op[key])
     return {k: v for k, v in op.items() if k in _OPERATING_KEYS}
 
 

@@ -27,8 +27,10 @@ __all__ = ["EngineWorker", "check_engine", "engine_label", "load_model", "make_e
 def make_engine(cfg: DaemonConfig):
     """The configured :class:`~loopline.engines.base.Engine`, loaded."""
     e = cfg.engine
-    kw: dict[str, Any] = {"conf": e.conf, "iou": e.iou, "mask_annotations": e.mask_annotations,
+    kw: dict[str, Any] = {"iou": e.iou, "mask_annotations": e.mask_annotations,
                           "ignore_regions": e.ignore_regions}  # fmt: skip
+    if e.conf:  # []: the model's own (its operating point, else the engine's 0.25)
+        kw["conf"] = e.conf if len(e.conf) > 1 else e.conf[0]
     if e.imgsz:  # 0: the model's own (loopline.models.model_imgsz; the engine's default)
         kw["imgsz"] = e.imgsz
     if e.factory:
