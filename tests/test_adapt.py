@@ -58,10 +58,12 @@ def test_adapt_writes_a_model_folder_that_the_engines_run(data, tmp_path, capsys
         assert rec[when]["held-out"]["images"] == 1
         assert rec[when]["held-out"]["line_f1_tol"] is not None
     assert rec["train_args"]["freeze"] == 10 and rec["train_args"]["mask_ratio"] == 2
-    # the engines take the source's operating point from adapt.json beside the model
+    # the engines take the source's operating point from adapt.json beside the model, but for
+    # its score threshold (fine-tuning moves the scores: the engines' 0.25)
     from loopline.models import shipped_settings
 
     op = shipped_settings("defects")
+    assert op.pop("conf") == (0.15, 0.25)
     assert shipped_settings(folder / "model.onnx") == op
     assert shipped_settings(tmp_path / "elsewhere.onnx") == {}
 
@@ -69,7 +71,8 @@ def test_adapt_writes_a_model_folder_that_the_engines_run(data, tmp_path, capsys
     # trained at (adapt.json's imgsz, 128 here) without being told
     from loopline.engines import create_engine
 
-    assert create_engine(folder / "model.onnx").imgsz == 128
+    adapted = create_engine(folder / "model.onnx")
+    assert (adapted.imgsz, adapted.conf, adapted.class_conf) == (128, 0.25, None)
     capsys.readouterr()
     js = tmp_path / "eval.json"
     assert main(["eval", "--model", str(folder / "model.onnx"), "--data", str(data),
