@@ -36,7 +36,8 @@ class AnalyzeOptions:
 
     ``model``: the shipped ``defects`` by default, ``ridge``, a model file, or ``truth`` (the
     label masks of a labelled dataset). ``imgsz``, ``conf``, ``device``: the engine's network
-    input size (px), score threshold and device; None: the model's own (512 px, 0.25, cpu).
+    input size (px), score threshold (one, or one per class: dislocation, loop) and device;
+    None: the model's own (512 px; 0.15 for lines and 0.25 for loops, shipped; cpu).
     ``times_from_names``: an image folder's frame times from its file names (see
     :func:`loopline.calibration.frame_times_from_names`; "" = the last number of each name as
     the frame number, with the calibration's ``fps``); None: off. ``alarms``: the alarm
@@ -46,7 +47,7 @@ class AnalyzeOptions:
     model: str = "defects"
     engine: str | None = None
     imgsz: int | None = None
-    conf: float | None = None
+    conf: float | tuple[float, ...] | None = None
     device: str | None = None
     times_from_names: str | None = None
     inference: str = "tiles"

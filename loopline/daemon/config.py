@@ -35,11 +35,9 @@ def _choice(*values: str | int) -> dict[str, Any]:
     return {"choices": values}
 
 
-def _conf(key: str, value: Any) -> tuple[float, ...]:
-    """``[]`` (the model's own), one score threshold for every class, or one per class: the
-    one rule, :func:`loopline.models.score_thresholds`."""
-    from ..models import score_thresholds
-
+def _per_class(key: str, value: Any, rule: Any) -> tuple[float, ...]:
+    """``[]`` (the model's own), one value for every class, or one per class, checked by
+    ``rule`` (the one rule of that value, which raises ValueError)."""
     if isinstance(value, list | tuple) and not value:
         return ()
     if isinstance(value, bool) or not isinstance(value, int | float | list | tuple) or (
@@ -49,28 +47,23 @@ def _conf(key: str, value: Any) -> tuple[float, ...]:
         raise ConfigError(f"{key} must be [] (the model's own), a number or a list of numbers "
                           f"(one per class: dislocation, loop), got {value!r}")  # fmt: skip
     try:
-        return tuple(float(v) for v in score_thresholds(value))
+        return tuple(float(v) for v in rule(value))
     except ValueError as e:
         raise ConfigError(f"{key}: {e} ([] = the model's own)") from None
+
+
+def _conf(key: str, value: Any) -> tuple[float, ...]:
+    """A score threshold: :func:`loopline.models.score_thresholds`."""
+    from ..models import score_thresholds
+
+    return _per_class(key, value, score_thresholds)
 
 
 def _mask_threshold(key: str, value: Any) -> tuple[float, ...]:
-    """``[]`` (the model's own), one cut for every class, or one per class: the one rule,
-    :func:`loopline.models.mask_thresholds`."""
+    """A mask probability cut: :func:`loopline.models.mask_thresholds`."""
     from ..models import mask_thresholds
 
-    if isinstance(value, list | tuple) and not value:
-        return ()
-    if isinstance(value, bool) or not isinstance(value, int | float | list | tuple) or (
-            isinstance(value, list | tuple) and not all(isinstance(v, int | float)
-                                                        and not isinstance(v, bool)
-                                                        for v in value)):  # fmt: skip
-        raise ConfigError(f"{key} must be [] (the model's own), a number or a list of numbers "
-                          f"(one per class: dislocation, loop), got {value!r}")  # fmt: skip
-    try:
-        return tuple(float(v) for v in mask_thresholds(value, 2))
-    except ValueError as e:
-        raise ConfigError(f"{key}: {e} ([] = the model's own)") from None
+    return _per_class(key, value, lambda v: mask_thresholds(v, 2))
 
 
 @dataclass(frozen=True)

@@ -425,7 +425,8 @@ def operating_conf(model: str | Path, conf: float | Sequence[float] | None = Non
                    ) -> tuple[float, ...]:  # fmt: skip
     """The score threshold(s) ``loopline eval`` scores ``model`` at: ``conf`` where given, else
     the model's own operating point (the shipped model: 0.15 for dislocations, 0.25 for
-    loops; an adapted model: the one it inherited), else 0.25.
+    loops), else 0.25 (other models, and models made by ``loopline adapt``, which do not
+    inherit their source's).
 
     >>> operating_conf("defects"), operating_conf("ridge"), operating_conf("defects", 0.3)
     ((0.15, 0.25), (0.25,), (0.3,))
