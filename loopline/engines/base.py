@@ -19,8 +19,8 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CLASS_NAMES", "INFERENCE_MODES", "Detections", "Engine", "check_inference",
-           "class_threshold"]
+__all__ = ["CLASS_NAMES", "INFERENCE_MODES", "Detections", "Engine", "above_threshold",
+           "check_inference", "class_threshold"]
 
 CLASS_NAMES: tuple[str, ...] = ("dislocation", "loop")
 
@@ -106,18 +106,22 @@ class Detections:
         )  # fmt: skip
 
 
+def above_threshold(det: Detections, class_conf: Sequence[float]) -> np.ndarray:
+    """Which instances score at least their class's threshold (``class_conf[class]``; one
+    value for every class, or a class past the end, takes the last one), as a bool array."""
+    thr = np.asarray(class_conf, np.float64)
+    return det.scores >= thr[np.minimum(det.classes.astype(np.int64), len(thr) - 1)]
+
+
 def class_threshold(det: Detections, class_conf: Sequence[float]) -> Detections:
-    """The instances scoring at least their class's threshold (``class_conf[class]``; a class
-    past the end takes the last one).
+    """The instances scoring at least their class's threshold (:func:`above_threshold`).
 
     >>> d = Detections(np.zeros((3, 2, 2), bool), np.zeros((3, 4), np.float32),
     ...                np.array([0.2, 0.2, 0.3], np.float32), np.array([0, 1, 1]))
     >>> class_threshold(d, (0.15, 0.25)).scores.tolist()
     [0.20000000298023224, 0.30000001192092896]
     """
-    thr = np.asarray(class_conf, np.float64)
-    cut = thr[np.minimum(det.classes.astype(np.int64), len(thr) - 1)]
-    keep = det.scores >= cut
+    keep = above_threshold(det, class_conf)
     return det if keep.all() else det.select(keep)
 
 

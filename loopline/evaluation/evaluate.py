@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from ..datasets.layout import CLASSES
-from ..engines.base import Detections
+from ..engines.base import Detections, above_threshold
 from ..models import mask_thresholds, score_thresholds
 from . import metrics as M
 from .data import Dataset, Frame
@@ -248,7 +248,7 @@ def _frame_update(
     frame's score is the mean of its box F1 per class.
     """
     _ap_update(pool, fr, det, masks=not box_only)
-    keep = _kept(det, conf)
+    keep = above_threshold(det, conf)
     box_parts = _box_f1_update(pool, fr, det, keep)
     if box_only:
         _box_only_update(pool, fr, det, keep, loop_iou)
@@ -600,13 +600,8 @@ def _better(score: float, panel: FramePanel | None, sign: float) -> bool:
     return math.isnan(panel.score) or sign * score > sign * panel.score
 
 
-def _kept(det: Detections, conf: np.ndarray) -> np.ndarray:
-    """Which detections score at least their class's threshold (one for all, or per class)."""
-    return det.scores >= conf[np.minimum(det.classes.astype(np.int64), len(conf) - 1)]
-
-
 def _panel(fr: Frame, det: Detections, score: float, conf: np.ndarray) -> FramePanel:
-    keep = _kept(det, conf)
+    keep = above_threshold(det, conf)
     gt_masks = fr.masks if fr.strokes is None else np.where(
         (fr.classes == 0)[:, None, None], fr.strokes, fr.masks)  # fmt: skip
     return FramePanel(

@@ -43,10 +43,10 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def score_thresholds(value: Any, n: int | None = 2) -> np.ndarray:
+def score_thresholds(value: Any) -> np.ndarray:
     """The one rule for a score threshold (``conf``): one value for every class, or one per
-    class (dislocation, loop; ``n``), each in [0, 1]; as a 1-D float64 array. Every command,
-    config key and engine checks its threshold here.
+    class (dislocation, loop), each in [0, 1]; as a 1-D float64 array. Every command, config
+    key and engine checks its threshold here.
 
     >>> score_thresholds("0.15,0.25").tolist()
     [0.15, 0.25]
@@ -64,7 +64,7 @@ def score_thresholds(value: Any, n: int | None = 2) -> np.ndarray:
     except (TypeError, ValueError):
         thr = np.zeros(0)
     ok = thr.ndim == 1 and thr.size > 0 and bool(np.all((thr >= 0.0) & (thr <= 1.0)))
-    if not ok or isinstance(value, bool) or (n is not None and len(thr) not in (1, n)):
+    if not ok or isinstance(value, bool) or len(thr) not in (1, 2):
         raise ValueError(f"conf must lie in [0, 1], one value or one per class (dislocation, "
                          f"loop), got {value}")  # fmt: skip
     return thr

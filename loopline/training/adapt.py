@@ -354,14 +354,13 @@ class _Tracker:
 
 def _evaluate(onnx: Path, data: Path, *, imgsz: int, settings: dict[str, Any]) -> dict[str, Any]:
     """loopline's own metrics of an ONNX model on a dataset folder (``loopline eval``'s
-    defaults: the operating point's score thresholds, else 0.25; mAP down to 0.001; tolerance
-    3 px)."""
+    defaults for a model without a score threshold of its own: 0.25, mAP down to 0.001,
+    tolerance 3 px)."""
     from ..engines import create_engine
     from ..evaluation.evaluate import evaluate
 
-    point = {k: v for k, v in settings.items() if k != "conf"}
-    engine = create_engine(onnx, conf=0.001, imgsz=imgsz, **point)
-    return evaluate(engine, data, conf=settings.get("conf", 0.25), tol=3.0).metrics
+    engine = create_engine(onnx, conf=0.001, imgsz=imgsz, **settings)
+    return evaluate(engine, data, conf=0.25, tol=3.0).metrics
 
 
 def adapt(
