@@ -408,6 +408,33 @@ def test_arcs_preset_draws_dense_pileups_of_broad_blurred_lines_labelled_apart()
                 assert not (grown[a] & masks[b]).any(), f"seed {seed}: labels {a} and {b} touch"
 
 
+def test_inclined_preset_draws_ladders_of_thin_close_segments_between_two_traces():
+    # Planar pile-ups seen through the foil: tens of thin segments 4-14 px apart, each spanning
+    # the slip band (its length set by the band, not by the frame), labelled apart.
+    over = {"width": 320, "height": 320, "pileups": 1, "loops": 0}
+    for seed in range(6):
+        scene = sample_scene(load_preset("inclined", over), seed, 0)
+        (pu,) = scene["pileups"]
+        assert 10 <= len(pu["dislocations"]) <= 40
+        assert all(1.0 <= d["width"] <= 3.5 for d in pu["dislocations"])
+        assert 30.0 <= pu["slip_width"] <= 160.0
+        offsets = sorted(d["offset"] for d in pu["dislocations"])
+        assert 4.0 <= offsets[1] - offsets[0] <= 14.0
+        frame = render_frame(scene)
+        masks = [polygon_mask(i.polygon, (320, 320)) for i in frame.instances if i.cls == 0]
+        assert len(masks) >= 5, "a ladder must show several rungs in the frame"
+        for m in masks:  # a rung spans the band: no longer than the band allows
+            ys, xs = np.nonzero(m)
+            extent = np.hypot(np.ptp(xs), np.ptp(ys))
+            assert extent <= 1.3 * pu["slip_width"] / np.cos(np.radians(45.0)) + 10
+        # Labels narrowed to 0.6 of the spacing: 4-6 px apart they may touch, never overlap
+        # by more than a sliver.
+        for a in range(len(masks)):
+            for b in range(a + 1, len(masks)):
+                shared = (masks[a] & masks[b]).sum()
+                assert shared <= 0.05 * min(masks[a].sum(), masks[b].sum()), (seed, a, b)
+
+
 def test_a_preset_extends_another_and_a_loop_is_refused(monkeypatch):
     from loopline.synth import params
 
