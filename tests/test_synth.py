@@ -410,7 +410,7 @@ def test_arcs_preset_draws_dense_pileups_of_broad_blurred_lines_labelled_apart()
 
 def test_inclined_preset_draws_ladders_of_thin_close_segments_between_two_traces():
     # Planar pile-ups seen through the foil: tens of thin segments 4-14 px apart, each spanning
-    # the slip band (its length set by the band, not by the frame), labelled apart.
+    # the slip band (its length set by the band, not by the frame), their labels kept apart.
     over = {"width": 320, "height": 320, "pileups": 1, "loops": 0}
     for seed in range(6):
         scene = sample_scene(load_preset("inclined", over), seed, 0)
