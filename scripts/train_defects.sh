@@ -41,6 +41,10 @@ L=${LOOPLINE:-.venv/bin/loopline}
 PY=${PYTHON:-.venv/bin/python}
 REAL=${REAL:-../shared/data/real}
 mkdir -p "$W/runs"
+# Real-background patches (tanaka-twip-086um: no dislocation labels) and whole 512² frames,
+# for the synthetic sets of the issue-15 stages.
+BG="--backgrounds $REAL/tanaka-twip-086um/original"
+S512="--set width=512 --set height=512 --jobs 2"
 
 if [ "$STAGE" = stage1 ]; then
 D=$W/data
@@ -76,6 +80,18 @@ synthetic() {
   $L synth --preset mixed --count "$6" --seed $(($2 + 3)) --out "$1/train_mixed" --jobs 2
 }
 
+# A data yaml of the two classes.   classes_yaml YAML PATH "TRAIN, ..." "VAL, ..."
+classes_yaml() {
+  cat > "$1" <<YAML
+path: $2
+train: [$3]
+val: [$4]
+names:
+  0: dislocation
+  1: loop
+YAML
+}
+
 # The data yaml: the four synthetic sets under OUT, the real first halves under REALDIR listed
 # several times (they are small: ~15 % of an epoch), validation under REALDIR. Optionally another
 # creme folder and its number of copies (default REALDIR/train_creme, 6) and one more synthetic
@@ -85,14 +101,9 @@ data_yaml() {
   local r="$2/train_tanaka/images" c="${3:-$2/train_creme}/images" extra="${5:+, $5/images}"
   local creme="" i
   for ((i = 0; i < ${4:-6}; i++)); do creme+=", $c"; done
-  cat > "$1/defects.yaml" <<YAML
-path: $1
-train: [train_M2/images, train_M1/images, train_loops/images$extra, train_mixed/images, $r, $r, $r, $r, $r$creme]
-val: [$2/val_M2/images, $2/val_loops/images]
-names:
-  0: dislocation
-  1: loop
-YAML
+  classes_yaml "$1/defects.yaml" "$1" \
+    "train_M2/images, train_M1/images, train_loops/images$extra, train_mixed/images, $r, $r, $r, $r, $r$creme" \
+    "$2/val_M2/images, $2/val_loops/images"
 }
 
 # The real first halves in time of the two real sets in OUT/train_tanaka (tanaka-twip-2um frames
@@ -111,26 +122,9 @@ real_first_halves() {
 #   wild_yaml YAML PATH REALDIR VAL
 wild_yaml() {
   local t="$3/train_tanaka/images" c="$3/train_creme/images" x=${5:+$5, }
-  cat > "$1" <<YAML
-path: $2
-train: [${x}train_wild/images, train_wild_loops/images, train_M2/images, train_loops/images, $t, $t, $t, $t, $t, $c, $c, $c, $c, $c, $c]
-val: [$4]
-names:
-  0: dislocation
-  1: loop
-YAML
-}
-
-# A data yaml of the two classes.   data_yaml YAML PATH "TRAIN, ..." "VAL, ..."
-data_yaml() {
-  cat > "$1" <<YAML
-path: $2
-train: [$3]
-val: [$4]
-names:
-  0: dislocation
-  1: loop
-YAML
+  classes_yaml "$1" "$2" \
+    "${x}train_wild/images, train_wild_loops/images, train_M2/images, train_loops/images, $t, $t, $t, $t, $t, $c, $c, $c, $c, $c, $c" \
+    "$4"
 }
 
 # The 512-px continuation of runs 7-9 and the zero-shot runs after them (masks at 1/2, one mask
@@ -150,7 +144,6 @@ if [ "$STAGE" = wild ]; then
 # No frame of tanaka-twip-2um or creme-loops-512 is seen, so both are zero-shot test sets.
 # 320x320 crops at native pixel scale (inference tiles 512 px frames and larger at that scale).
 Z=$W/datawild
-BG="--backgrounds $REAL/tanaka-twip-086um/original"
 S="--set width=320 --set height=320 --jobs 2"
 if [ ! -f "$Z/defects.yaml" ]; then
   mkdir -p "$Z"
@@ -183,7 +176,6 @@ if [ "$STAGE" = wild2 ]; then
 # fresh learning-rate schedule on its own data plus 300 320x320 `bowing` frames (seed 531).
 # Still no frame of tanaka-twip-2um or creme-loops-512: both stay zero-shot test sets.
 Z=$W/datawild
-BG="--backgrounds $REAL/tanaka-twip-086um/original"
 S="--set width=320 --set height=320 --jobs 2"
 if [ ! -f "$Z/defects2.yaml" ]; then
   # shellcheck disable=SC2086
@@ -206,7 +198,6 @@ if [ "$STAGE" = temporal ] || [ "$STAGE" = temporal-raw ]; then
 # frame, frame). Glide 1-4 px per frame, like tanaka's labelled frames, which are 5-50 video
 # frames apart. Run both at once with THREADS=1 each so they share the 2 cores equally.
 Z=$W/datatemporal
-BG="--backgrounds $REAL/tanaka-twip-086um/original"
 V="--video --frames 12 --set lead_velocity=1.0,4.0 --set lead_pinned_prob=0.15 --set stage_drift=0,1.0 --jobs 2"
 if [ ! -f "$Z/videos.done" ]; then
   mkdir -p "$Z"
@@ -269,8 +260,6 @@ if [ "$STAGE" = wild-r3 ]; then
 # 4 px wide, x5; creme frames 1-8, x6). Validation: the validation sets of stages 2-3 (made by
 # stage 2 in $W/data512, else here) and 60 wild frames.
 R=$W/datawild512
-BG="--backgrounds $REAL/tanaka-twip-086um/original"
-S512="--set width=512 --set height=512 --jobs 2"
 if [ ! -f "$R/defects.yaml" ]; then
   mkdir -p "$R"
   # shellcheck disable=SC2086
@@ -286,10 +275,7 @@ if [ ! -f "$R/defects.yaml" ]; then
   real_first_halves "$R"
   wild_yaml "$R/defects.yaml" "$R" "$R" "val_M2/images, val_loops/images, val_wild/images"
 fi
-$L train --data "$R/defects.yaml" --out "$W/runs" --name defects-wild-r3 --arch yolov8n-seg \
-  --weights "${FROM:-loopline/models/defects.pt}" --set mask_ratio=2 --set overlap_mask=False \
-  --set warmup_epochs=1 \
-  --imgsz 512 --batch 16 --seed 13 --hours "${HOURS:-1.0}" --epochs 60 --workers 2
+train512 "$R/defects.yaml" defects-wild-r3 "${FROM:-loopline/models/defects.pt}" 13 "${HOURS:-1.0}"
 exit 0
 fi
 
@@ -302,7 +288,6 @@ if [ "$STAGE" = arcs ]; then
 # apart, which run 8 finds a third of) at 512 px. Validation adds 30 arcs frames.
 B=$W/databowing
 A=$W/dataarcs
-BG="--backgrounds $REAL/tanaka-twip-086um/original"
 if [ ! -f "$A/defects.yaml" ]; then
   mkdir -p "$A"
   for s in train_wild train_wild_loops train_M2 train_loops train_tanaka train_creme val_M2 \
@@ -316,10 +301,8 @@ if [ ! -f "$A/defects.yaml" ]; then
     "val_M2/images, val_loops/images, val_wild/images, val_bowing/images, val_arcs/images" \
     "train_arcs/images, train_bowing/images, train_wild2/images"
 fi
-$L train --data "$A/defects.yaml" --out "$W/runs" --name "${NAME:-defects-arcs}" \
-  --arch yolov8n-seg --weights "${FROM:-loopline/models/defects.pt}" --set mask_ratio=2 \
-  --set overlap_mask=False --set warmup_epochs=1 \
-  --imgsz 512 --batch 16 --seed 19 --hours "${HOURS:-1.1}" --epochs 60 --workers 2
+train512 "$A/defects.yaml" "${NAME:-defects-arcs}" "${FROM:-loopline/models/defects.pt}" 19 \
+  "${HOURS:-1.1}"
 # The shipped weights (run 9): best epoch, optimizer stripped, exported to ONNX at 512.
 cp "$W/runs/${NAME:-defects-arcs}/weights/best.pt" loopline/models/defects.pt
 $PY -c "from ultralytics.utils.torch_utils import strip_optimizer as s; s('loopline/models/defects.pt')"
@@ -333,7 +316,7 @@ if [ "$STAGE" = arcs-zero-shot ]; then
 # and all 16 creme frames are its test sets. tanaka-twip-086um (no dislocation labels) stays a
 # source of background patches, as in every synthetic set.
 A=$W/dataarcs
-data_yaml "$A/zero_shot.yaml" "$A" \
+classes_yaml "$A/zero_shot.yaml" "$A" \
   "train_arcs/images, train_bowing/images, train_wild2/images, train_wild/images, train_wild_loops/images, train_M2/images, train_loops/images" \
   "val_M2/images, val_loops/images, val_wild/images, val_bowing/images, val_arcs/images"
 train512 "$A/zero_shot.yaml" "${NAME:-defects-arcs-zs}" \
@@ -350,24 +333,22 @@ if [ "$STAGE" = inclined-zero-shot ]; then
 # 512 px frames of the presets of runs 7-9 beside the new family; tanaka-twip-086um (no
 # dislocation labels) stays a source of background patches.
 Z=$W/datainclined
-BG="--backgrounds $REAL/tanaka-twip-086um/original"
-S512="--set width=512 --set height=512"
 if [ ! -f "$Z/defects.yaml" ]; then
   mkdir -p "$Z"
   # shellcheck disable=SC2086
   {
   $L synth --preset inclined   --count 500 --seed 561 --out "$Z/train_inclined"   $BG --jobs 2
   $L synth --preset arcs       --count 300 --seed 562 --out "$Z/train_arcs"       $BG --jobs 2
-  $L synth --preset wild       --count 400 --seed 563 --out "$Z/train_wild"       $BG $S512 --jobs 2
+  $L synth --preset wild       --count 400 --seed 563 --out "$Z/train_wild"       $BG $S512
   $L synth --preset bowing     --count 200 --seed 564 --out "$Z/train_bowing"     $BG --jobs 2
-  $L synth --preset wild_loops --count 200 --seed 565 --out "$Z/train_wild_loops" $BG $S512 --jobs 2
+  $L synth --preset wild_loops --count 200 --seed 565 --out "$Z/train_wild_loops" $BG $S512
   $L synth --preset loops      --count 150 --seed 566 --out "$Z/train_loops"      --jobs 2
   $L synth --preset M2         --count 150 --seed 567 --out "$Z/train_M2"         --jobs 2
   $L synth --preset inclined   --count 20  --seed 661 --out "$Z/val_inclined"     $BG --jobs 2
-  $L synth --preset wild       --count 20  --seed 663 --out "$Z/val_wild"         $BG $S512 --jobs 2
+  $L synth --preset wild       --count 20  --seed 663 --out "$Z/val_wild"         $BG $S512
   $L synth --preset loops      --count 20  --seed 666 --out "$Z/val_loops"        --jobs 2
   }
-  data_yaml "$Z/defects.yaml" "$Z" \
+  classes_yaml "$Z/defects.yaml" "$Z" \
     "train_inclined/images, train_arcs/images, train_wild/images, train_bowing/images, train_wild_loops/images, train_loops/images, train_M2/images" \
     "val_inclined/images, val_wild/images, val_loops/images"
 fi
@@ -384,8 +365,6 @@ if [ "$STAGE" = bowing ]; then
 # the same textures. Validation adds 30 bowing frames.
 R=$W/datawild512
 B=$W/databowing
-BG="--backgrounds $REAL/tanaka-twip-086um/original"
-S512="--set width=512 --set height=512 --jobs 2"
 if [ ! -f "$B/defects.yaml" ]; then
   mkdir -p "$B"
   for s in train_wild train_wild_loops train_M2 train_loops train_tanaka train_creme val_M2 \
@@ -399,10 +378,7 @@ if [ ! -f "$B/defects.yaml" ]; then
   wild_yaml "$B/defects.yaml" "$B" "$B" "val_M2/images, val_loops/images, val_wild/images, val_bowing/images" \
     "train_bowing/images, train_wild2/images"
 fi
-$L train --data "$B/defects.yaml" --out "$W/runs" --name defects-bowing --arch yolov8n-seg \
-  --weights "${FROM:-loopline/models/defects.pt}" --set mask_ratio=2 --set overlap_mask=False \
-  --set warmup_epochs=1 \
-  --imgsz 512 --batch 16 --seed 17 --hours "${HOURS:-1.6}" --epochs 60 --workers 2
+train512 "$B/defects.yaml" defects-bowing "${FROM:-loopline/models/defects.pt}" 17 "${HOURS:-1.6}"
 # The shipped weights (run 8): best epoch, optimizer stripped, exported to ONNX at 512.
 cp "$W/runs/defects-bowing/weights/best.pt" loopline/models/defects.pt
 $PY -c "from ultralytics.utils.torch_utils import strip_optimizer as s; s('loopline/models/defects.pt')"

@@ -386,21 +386,28 @@ def test_shaded_band_and_vignette_change_the_grey_where_they_should():
     assert dark[124:132, 124:132].mean() < 2
 
 
+def _one_pileup_frames(preset: str, seeds=range(6)):
+    """(seed, pile-up, dislocation label masks) of 320² frames of ``preset`` with one pile-up
+    and no loops."""
+    over = {"width": 320, "height": 320, "pileups": 1, "loops": 0}
+    for seed in seeds:
+        scene = sample_scene(load_preset(preset, over), seed, 0)
+        (pu,) = scene["pileups"]
+        masks = [polygon_mask(i.polygon, (320, 320)) for i in render_frame(scene).instances
+                 if i.cls == 0]  # fmt: skip
+        yield seed, pu, masks
+
+
 def test_arcs_preset_draws_dense_pileups_of_broad_blurred_lines_labelled_apart():
     # Issue 15: the pile-up the shipped model missed is ~15 broad (6-10 px), blurred arcs 20-40
     # px apart. Every pile-up of the arcs preset has 6-18 lines 5-12 px wide, blurred, the
     # leading pair 14-48 px apart, and its labels narrow so that neighbours never touch.
-    over = {"width": 320, "height": 320, "pileups": 1, "loops": 0}
-    for seed in range(6):
-        scene = sample_scene(load_preset("arcs", over), seed, 0)
-        (pu,) = scene["pileups"]
+    for seed, pu, masks in _one_pileup_frames("arcs"):
         assert 6 <= len(pu["dislocations"]) <= 18
         assert all(5.0 <= d["width"] <= 12.0 for d in pu["dislocations"])
         assert 1.0 <= pu["blur"] <= 3.5
         offsets = sorted(d["offset"] for d in pu["dislocations"])
         assert 14.0 <= offsets[1] - offsets[0] <= 48.0
-        masks = [polygon_mask(i.polygon, (320, 320)) for i in render_frame(scene).instances
-                 if i.cls == 0]  # fmt: skip
         assert len(masks) >= 3, "a dense pile-up must show several lines in the frame"
         grown = [cv2.dilate(m.view(np.uint8), np.ones((3, 3), np.uint8)) > 0 for m in masks]
         for a in range(len(masks)):
@@ -411,17 +418,12 @@ def test_arcs_preset_draws_dense_pileups_of_broad_blurred_lines_labelled_apart()
 def test_inclined_preset_draws_ladders_of_thin_close_segments_between_two_traces():
     # Planar pile-ups seen through the foil: tens of thin segments 4-14 px apart, each spanning
     # the slip band (its length set by the band, not by the frame), their labels kept apart.
-    over = {"width": 320, "height": 320, "pileups": 1, "loops": 0}
-    for seed in range(6):
-        scene = sample_scene(load_preset("inclined", over), seed, 0)
-        (pu,) = scene["pileups"]
+    for seed, pu, masks in _one_pileup_frames("inclined"):
         assert 10 <= len(pu["dislocations"]) <= 40
         assert all(1.0 <= d["width"] <= 3.5 for d in pu["dislocations"])
         assert 30.0 <= pu["slip_width"] <= 160.0
         offsets = sorted(d["offset"] for d in pu["dislocations"])
         assert 4.0 <= offsets[1] - offsets[0] <= 14.0
-        frame = render_frame(scene)
-        masks = [polygon_mask(i.polygon, (320, 320)) for i in frame.instances if i.cls == 0]
         assert len(masks) >= 5, "a ladder must show several rungs in the frame"
         for m in masks:  # a rung spans the band: no longer than the band allows
             ys, xs = np.nonzero(m)
