@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces the shipped model loopline/models/defects.{pt,onnx} (see loopline/models/README.md).
-# Usage: scripts/train_defects.sh [WORK_DIR] [stage1|...|stage6|wild|wild2|temporal|temporal-raw|wild-ft|wild-r3|bowing|arcs|arcs-zero-shot|inclined-zero-shot]   (default: /work
+# Usage: scripts/train_defects.sh [WORK_DIR] [stage1|...|stage6|wild|wild2|temporal|temporal-raw|wild-ft|wild-r3|bowing|arcs|arcs-zero-shot|inclined-zero-shot|inclined]   (default: /work
 #        stage2; needs `make test`'s .venv). Run the stages in order: stage1-3, wild-r3, bowing,
 #        arcs; stage 3 wrote the shipped weights until issue 15, arcs (run 9) writes them now.
 #        stage4, p2, stage5 and stage6 (each after stage 3) and wild, wild2, temporal,
@@ -133,6 +133,31 @@ train512() {
   $L train --data "$1" --out "$W/runs" --name "$2" --arch yolov8n-seg --weights "$3" \
     --set mask_ratio=2 --set overlap_mask=False --set warmup_epochs=1 \
     --imgsz 512 --batch 16 --seed "$4" --hours "$5" --epochs 60 --workers 2
+}
+
+# The synthetic frames of the inclined stages in OUT (made once): 1900 fresh 512 px frames, 500 of
+# the `inclined` preset beside the presets of runs 7-9, and validation; OUT/defects.yaml lists them.
+#   inclined_frames OUT
+inclined_frames() {
+  if [ ! -f "$1/defects.yaml" ]; then
+    mkdir -p "$1"
+    # shellcheck disable=SC2086
+    {
+    $L synth --preset inclined   --count 500 --seed 561 --out "$1/train_inclined"   $BG --jobs 2
+    $L synth --preset arcs       --count 300 --seed 562 --out "$1/train_arcs"       $BG --jobs 2
+    $L synth --preset wild       --count 400 --seed 563 --out "$1/train_wild"       $BG $S512
+    $L synth --preset bowing     --count 200 --seed 564 --out "$1/train_bowing"     $BG --jobs 2
+    $L synth --preset wild_loops --count 200 --seed 565 --out "$1/train_wild_loops" $BG $S512
+    $L synth --preset loops      --count 150 --seed 566 --out "$1/train_loops"      --jobs 2
+    $L synth --preset M2         --count 150 --seed 567 --out "$1/train_M2"         --jobs 2
+    $L synth --preset inclined   --count 20  --seed 661 --out "$1/val_inclined"     $BG --jobs 2
+    $L synth --preset wild       --count 20  --seed 663 --out "$1/val_wild"         $BG $S512
+    $L synth --preset loops      --count 20  --seed 666 --out "$1/val_loops"        --jobs 2
+    }
+    classes_yaml "$1/defects.yaml" "$1" \
+      "train_inclined/images, train_arcs/images, train_wild/images, train_bowing/images, train_wild_loops/images, train_loops/images, train_M2/images" \
+      "val_inclined/images, val_wild/images, val_loops/images"
+  fi
 }
 
 if [ "$STAGE" = wild ]; then
@@ -333,27 +358,37 @@ if [ "$STAGE" = inclined-zero-shot ]; then
 # 512 px frames of the presets of runs 7-9 beside the new family; tanaka-twip-086um (no
 # dislocation labels) stays a source of background patches.
 Z=$W/datainclined
-if [ ! -f "$Z/defects.yaml" ]; then
-  mkdir -p "$Z"
-  # shellcheck disable=SC2086
-  {
-  $L synth --preset inclined   --count 500 --seed 561 --out "$Z/train_inclined"   $BG --jobs 2
-  $L synth --preset arcs       --count 300 --seed 562 --out "$Z/train_arcs"       $BG --jobs 2
-  $L synth --preset wild       --count 400 --seed 563 --out "$Z/train_wild"       $BG $S512
-  $L synth --preset bowing     --count 200 --seed 564 --out "$Z/train_bowing"     $BG --jobs 2
-  $L synth --preset wild_loops --count 200 --seed 565 --out "$Z/train_wild_loops" $BG $S512
-  $L synth --preset loops      --count 150 --seed 566 --out "$Z/train_loops"      --jobs 2
-  $L synth --preset M2         --count 150 --seed 567 --out "$Z/train_M2"         --jobs 2
-  $L synth --preset inclined   --count 20  --seed 661 --out "$Z/val_inclined"     $BG --jobs 2
-  $L synth --preset wild       --count 20  --seed 663 --out "$Z/val_wild"         $BG $S512
-  $L synth --preset loops      --count 20  --seed 666 --out "$Z/val_loops"        --jobs 2
-  }
-  classes_yaml "$Z/defects.yaml" "$Z" \
-    "train_inclined/images, train_arcs/images, train_wild/images, train_bowing/images, train_wild_loops/images, train_loops/images, train_M2/images" \
-    "val_inclined/images, val_wild/images, val_loops/images"
-fi
+inclined_frames "$Z"
 train512 "$Z/defects.yaml" "${NAME:-defects-inclined-zs}" "${FROM:?FROM=run 1 weights (see above)}" \
   29 "${HOURS:-1.0}"
+exit 0
+fi
+if [ "$STAGE" = inclined ]; then
+# Issue 15, run 10 `defects-inclined` (session 34): run 9 (FROM, default the shipped weights)
+# continued on stage inclined-zero-shot's 1900 synthetic frames (made here if absent: 500 of
+# them `inclined`, planar pile-ups seen through the foil, which run 9 finds a quarter of) plus
+# the real first halves (tanaka frames 0-31 with 4 px labels x5, creme frames 1-8 x6, as in runs
+# 7-9). Validation adds run 9's arcs, bowing and M2 validation sets (the same seeds).
+Z=$W/datainclined
+inclined_frames "$Z"
+I=$W/datainclined10
+if [ ! -f "$I/defects.yaml" ]; then
+  mkdir -p "$I"
+  for s in train_inclined train_arcs train_wild train_bowing train_wild_loops train_loops \
+           train_M2 val_inclined val_wild val_loops; do ln -sfn "$Z/$s" "$I/$s"; done
+  real_first_halves "$I"
+  # shellcheck disable=SC2086
+  {
+  $L synth --preset arcs   --count 30 --seed 651 --out "$I/val_arcs"   $BG --jobs 2
+  $L synth --preset bowing --count 30 --seed 621 --out "$I/val_bowing" $BG --jobs 2
+  $L synth --preset M2     --count 40 --seed 401 --out "$I/val_M2"     --jobs 2
+  }
+  wild_yaml "$I/defects.yaml" "$I" "$I" \
+    "val_inclined/images, val_wild/images, val_loops/images, val_arcs/images, val_bowing/images, val_M2/images" \
+    "train_inclined/images, train_arcs/images, train_bowing/images"
+fi
+train512 "$I/defects.yaml" "${NAME:-defects-inclined}" "${FROM:-loopline/models/defects.pt}" 31 \
+  "${HOURS:-1.0}"
 exit 0
 fi
 if [ "$STAGE" = bowing ]; then

@@ -222,6 +222,33 @@ def test_card_shows_missing_metrics_as_dashes():
     assert "1 frame," in card and "seed 3" in card
 
 
+@pytest.mark.parametrize(("spacing", "imgsz"), [((5.0, 6.0), 640), ((30.0, 40.0), 512)])
+def test_the_input_size_follows_how_close_the_labelled_lines_lie(tmp_path, caplog, spacing,
+                                                                   imgsz):  # fmt: skip
+    # 512 px frames of one pile-up of 8 lines: 5-6 px apart, 512 would merge their masks (the
+    # larger size is taken and said); 30-40 px apart, 512 keeps them apart.
+    from loopline.training.adapt import choose_imgsz, line_label_spacing
+
+    over = {"width": 512, "height": 512, "pileups": 1, "dislocations": 8, "loops": 0,
+            "spacing": list(spacing), "spacing_growth": 0.0, "line_width": 3.0}  # fmt: skip
+    out = generate(tmp_path / "d", preset="M2", count=2, seed=5, progress=False,
+                   overrides=over).out  # fmt: skip
+    frames = sorted((out / "images").iterdir())
+    near = line_label_spacing(out, frames) * 512  # px: the lines' distance, at most the spacing
+    assert 0.6 * spacing[0] <= near <= spacing[1]  # along the glide direction (lines lie oblique)
+    with caplog.at_level(logging.INFO, logger="loopline.training.adapt"):
+        assert choose_imgsz(out, frames) == imgsz
+    assert ("training at --imgsz 640" in caplog.text) == (imgsz == 640)
+
+
+def test_without_two_labelled_lines_the_input_size_is_512(data, tmp_path):
+    from loopline.training.adapt import choose_imgsz
+
+    loops = generate(tmp_path / "l", preset="loops", count=2, seed=1, progress=False,
+                     overrides={"width": 128, "height": 128}).out  # fmt: skip
+    assert choose_imgsz(loops, sorted((loops / "images").iterdir())) == 512
+
+
 def test_frames_larger_than_imgsz_are_flagged(data, caplog):
     from loopline.training.adapt import _check_scale
 

@@ -188,7 +188,9 @@ def _box_f1_update(pool: _Pool, fr: Frame, det: Detections, keep: np.ndarray) ->
     return out
 
 
-def _gt_polylines(fr: Frame, idx: np.ndarray) -> list[np.ndarray]:
+def gt_polylines(fr: Frame, idx: np.ndarray) -> list[np.ndarray]:
+    """The centre lines of the true instances ``idx`` of ``fr``: the stored lines, else the
+    skeletons of their strokes (or masks)."""
     out = []
     for k in idx:
         ln = fr.lines[k] if fr.lines is not None else None
@@ -203,7 +205,7 @@ def _spacing_update(pool: _Pool, fr: Frame, idx: np.ndarray, pred0: np.ndarray) 
     """Pile-up spacing of truth and prediction, per pile-up with at least two lines."""
     if len(idx) < 2:
         return
-    gt_lines = _gt_polylines(fr, idx)
+    gt_lines = gt_polylines(fr, idx)
     groups = fr.pileups[idx] if fr.pileups is not None else np.full(len(idx), -1)
     pred_lines = [M.skeleton_polyline(m) for m in pred0]
     pred_lines = [p for p in pred_lines if len(p) >= 2]

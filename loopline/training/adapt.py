@@ -103,7 +103,7 @@ class AdaptConfig:
     holdout: int | None = None  # None: 1 frame when >= 3 are labelled, else 0
     test: Path | None = None  # another labelled dataset to measure before and after on
     seed: int = 0
-    imgsz: int | None = None  # None: the source's own (an adapted source's), else 512
+    imgsz: int | None = None  # None: the source's own (an adapted source's), else choose_imgsz
     batch: int = 8
     freeze: int = 10  # the first 10 layers: the YOLOv8 backbone
     repeat: int | None = None  # None: up to EPOCH_FRAMES frames per epoch
@@ -239,6 +239,55 @@ def line_label_width(frames: Sequence[Path]) -> float | None:
             if half > 0:
                 widths.append(area / half)
     return float(np.median(widths)) if widths else None
+
+
+#: Input sizes ``adapt`` chooses between when neither ``--imgsz`` nor the source says one, and the
+#: distance from a labelled dislocation to its nearest labelled neighbour (px at the network input,
+#: median over the lines) under which the larger one is taken: YOLOv8-seg decodes masks at 1/4 of
+#: its input, so lines closer than ~2.5 mask pixels share pixels and come out as duplicate
+#: instances. Measured on tanaka (400 px frames; 7.2-7.9 px at 512, 9.0-9.9 at 640; 22-55 px on
+#: the synthetic validation sets), 10 labelled frames, 10 min: at 512, 19 lines a frame for 16.5
+#: labelled and spacing -12 %; at 640, +2.2 % (README).
+DENSE_INPUT_SPACING_PX = 10.0
+IMGSZ_CHOICES = (512, 640)
+
+
+def line_label_spacing(root: Path, frames: Sequence[Path]) -> float | None:
+    """Median distance from each labelled dislocation of ``frames`` to its nearest labelled
+    neighbour in the same frame (``loopline eval``'s line distance between centre lines) as a
+    fraction of the frame's longer side; None where no frame has two."""
+    from ..evaluation import metrics as M
+    from ..evaluation.data import read_frame
+    from ..evaluation.evaluate import gt_polylines
+
+    near: list[np.ndarray] = []
+    for img in frames:
+        fr = read_frame(Path(root), img)
+        lines = [ln for ln in gt_polylines(fr, np.flatnonzero(fr.classes == 0)) if len(ln) >= 2]
+        if len(lines) < 2:
+            continue
+        d = M.line_distances(lines, lines)
+        np.fill_diagonal(d, np.inf)
+        near.append(d.min(axis=1) / max(fr.shape))
+    return float(np.median(np.concatenate(near))) if near else None
+
+
+def choose_imgsz(root: Path, frames: Sequence[Path]) -> int:
+    """The smallest of :data:`IMGSZ_CHOICES` at which the labelled dislocations lie at least
+    :data:`DENSE_INPUT_SPACING_PX` from their nearest neighbours at the network input (median;
+    the largest size where none does; the smallest without two labelled lines in a frame)."""
+    spacing = line_label_spacing(root, frames)
+    small = IMGSZ_CHOICES[0]
+    if spacing is None:
+        return small
+    size = next((s for s in IMGSZ_CHOICES if spacing * s >= DENSE_INPUT_SPACING_PX),
+                IMGSZ_CHOICES[-1])  # fmt: skip
+    if size != small:
+        logger.info("the labelled dislocations lie %.1f px from their nearest neighbours at input "
+                    "%d (median): training at --imgsz %d so that their masks do not merge; the "
+                    "adapted model runs at %d, about 1.5x the engine time (--imgsz %d keeps %d)",
+                    spacing * small, small, size, size, small, small)  # fmt: skip
+    return size
 
 
 def _check_line_width(frames: Sequence[Path]) -> None:
@@ -395,10 +444,11 @@ def adapt(
     source = resolve_model(cfg.source, suffix=".pt")
     if source.suffix != ".pt":
         raise ValueError(f"--from must be a shipped model name or a .pt file, got {cfg.source}")
-    if cfg.imgsz is None:  # a model adapted at another input size goes on at it
-        cfg = dataclasses.replace(cfg, imgsz=model_imgsz(source) or 512)
     data = Path(cfg.data)
     train_frames, held = split_frames(data, cfg.holdout)
+    if cfg.imgsz is None:  # a model adapted at another input size goes on at it
+        own = model_imgsz(source)
+        cfg = dataclasses.replace(cfg, imgsz=own or choose_imgsz(data, train_frames))
     if cfg.test is not None:
         from ..evaluation.data import Dataset
 

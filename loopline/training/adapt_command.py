@@ -37,10 +37,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="another labelled dataset to measure before and after on")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--imgsz", type=int, default=None,
-                   help="network input size, px, a multiple of 32 (default: the source's: 512 "
-                        "for the shipped model); the adapted model runs at it everywhere. 640 "
-                        "separates the lines of dense pile-ups (under ~10 px apart) that 512 "
-                        "merges, at 1.4-1.6x the engine time")  # fmt: skip
+                   help="network input size, px, a multiple of 32 (default: an adapted "
+                        "source's own; else 512, or 640 where the labelled lines lie under 10 px "
+                        "from their neighbours at 512, which 512 merges, at 1.4-1.6x the engine "
+                        "time); the adapted model runs at it everywhere")  # fmt: skip
     p.add_argument("--batch", type=int, default=8, help="frames per batch (default 8)")
     p.add_argument("--freeze", type=int, default=10,
                    help="layers kept frozen (default 10: the backbone)")  # fmt: skip
