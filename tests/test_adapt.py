@@ -249,6 +249,15 @@ def test_without_two_labelled_lines_the_input_size_is_512(data, tmp_path):
     assert choose_imgsz(loops, sorted((loops / "images").iterdir())) == 512
 
 
+def test_a_test_set_lets_every_labelled_frame_train(data, caplog):
+    frames = sorted((data / "images").iterdir())
+    assert split_frames(data, None) == (frames[:3], frames[3:])
+    with caplog.at_level(logging.WARNING, logger="loopline.training.adapt"):
+        assert split_frames(data, None, tested=True) == (frames, [])
+        assert split_frames(data, 2, tested=True) == (frames[:2], frames[2:])
+    assert caplog.text == ""  # no warning that nothing is held out: the test set measures
+
+
 def test_frames_larger_than_imgsz_are_flagged(data, caplog):
     from loopline.training.adapt import _check_scale
 

@@ -3,12 +3,13 @@
 A dataset folder in the project's layout (what ``loopline import``, ``loopline label`` and
 ``loopline synth`` write: ``images/``, ``labels/``, optionally ``masks/``, ``distractors/``,
 ``truth.json``) is split by file name (natural order): the last ``holdout`` labelled frames are
-held back, the others are trained on. The source model (the shipped ``defects`` or any
-ultralytics ``.pt``) is fine-tuned with ``loopline.training.train`` inside a wall-time budget,
-with settings that learn something in minutes on two cores (``TRAIN_ARGS``): the backbone
-frozen, the training frames listed several times per epoch, flips, small rotations and scale
-changes, a low learning rate, masks supervised as the shipped model was (``mask_ratio=2``,
-``overlap_mask=False``). Ultralytics' per-epoch validation, which
+held back (by default one, none where a ``test`` dataset measures the model), the others are
+trained on, at the input size the labels call for (``choose_imgsz``). The source model (the
+shipped ``defects`` or any ultralytics ``.pt``) is fine-tuned with ``loopline.training.train``
+inside a wall-time budget, with settings that learn something in minutes on two cores
+(``TRAIN_ARGS``): the backbone frozen, the training frames listed several times per epoch,
+flips, small rotations and scale changes, a low learning rate, masks supervised as the shipped
+model was (``mask_ratio=2``, ``overlap_mask=False``). Ultralytics' per-epoch validation, which
 picks ``best.pt``, runs on the training frames: the held-out frames decide nothing.
 
 Before and after are measured on the held-out frames (and on a ``test`` dataset, if given)
@@ -100,7 +101,7 @@ class AdaptConfig:
     minutes: float = 15.0  # training budget; evaluation and export come on top
     out: Path = Path("models")
     name: str | None = None  # None: "<data folder name>-adapted"
-    holdout: int | None = None  # None: 1 frame when >= 3 are labelled, else 0
+    holdout: int | None = None  # None: 0 with a test set, else 1 frame when >= 3 are labelled
     test: Path | None = None  # another labelled dataset to measure before and after on
     seed: int = 0
     imgsz: int | None = None  # None: the source's own (an adapted source's), else choose_imgsz
@@ -162,12 +163,15 @@ class AdaptResult:
     wall_s: float
 
 
-def split_frames(data: Path, holdout: int | None) -> tuple[list[Path], list[Path]]:
+def split_frames(
+    data: Path, holdout: int | None, *, tested: bool = False
+) -> tuple[list[Path], list[Path]]:
     """The labelled frames of a dataset folder, split into (train, held out).
 
     A frame is labelled if ``labels/<stem>.txt`` exists (an empty file: labelled, no defect);
-    the last ``holdout`` labelled frames in natural file-name order are held out (None: 1 when
-    there are at least 3, else 0).
+    the last ``holdout`` labelled frames in natural file-name order are held out (None: 0 where
+    another labelled set measures the model, ``tested``; else 1 when there are at least 3, else
+    0).
 
     Raises
     ------
@@ -182,7 +186,9 @@ def split_frames(data: Path, holdout: int | None) -> tuple[list[Path], list[Path
     frames = [p for p in image_files(Path(data) / "images") if (labels / f"{p.stem}.txt").is_file()]
     if not frames:
         raise ValueError(f"no labelled frames in {data}: no image has a labels/<name>.txt")
-    if holdout is None:
+    if holdout is None and tested:
+        holdout = 0  # every labelled frame trains; the test set says before and after
+    elif holdout is None:
         holdout = 1 if len(frames) >= 3 else 0
         if holdout == 0:
             logger.warning("only %d labelled frames: none held out, so no before/after figures "
@@ -445,7 +451,7 @@ def adapt(
     if source.suffix != ".pt":
         raise ValueError(f"--from must be a shipped model name or a .pt file, got {cfg.source}")
     data = Path(cfg.data)
-    train_frames, held = split_frames(data, cfg.holdout)
+    train_frames, held = split_frames(data, cfg.holdout, tested=cfg.test is not None)
     if cfg.imgsz is None:  # a model adapted at another input size goes on at it
         own = model_imgsz(source)
         cfg = dataclasses.replace(cfg, imgsz=own or choose_imgsz(data, train_frames))

@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="model folder under --out (default: <DIR name>-adapted)")  # fmt: skip
     p.add_argument("--holdout", type=int, default=None, metavar="K",
                    help="hold back the last K labelled frames (by name) to measure before and "
-                   "after (default 1 with at least 3 frames, else 0)")  # fmt: skip
+                   "after (default: 0 with --test, else 1 with at least 3 frames)")  # fmt: skip
     p.add_argument("--test", type=Path, default=None, metavar="DIR",
                    help="another labelled dataset to measure before and after on")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
