@@ -54,6 +54,7 @@ def test_adapt_writes_a_model_folder_that_the_engines_run(data, tmp_path, capsys
     assert "sha256" in card and "defects.pt" in card
     rec = json.loads((folder / "adapt.json").read_text())
     assert rec["held_out"] == ["M2-7-00003.png"] and rec["seed"] == 0
+    assert (rec["imgsz"], rec["imgsz_from"]) == (128, "given")
     for when in ("before", "after"):
         assert rec[when]["held-out"]["images"] == 1
         assert rec[when]["held-out"]["line_f1_tol"] is not None
@@ -207,8 +208,8 @@ def test_card_shows_missing_metrics_as_dashes():
     rec = {
         "source": "defects", "source_file": "/m/defects.pt", "source_sha256": "ab",
         "data": "/d", "test": None, "trained_on": ["a.png"], "held_out": ["b.png"],
-        "repeat": 64, "minutes": 1.0, "seed": 3, "imgsz": 512, "batch": 8,
-        "train_args": {"freeze": 10}, "operating_point": {"mask_threshold": [0.4, 0.4]},
+        "repeat": 64, "minutes": 1.0, "seed": 3, "imgsz": 640, "imgsz_from": "labels",
+        "batch": 8, "train_args": {"freeze": 10}, "operating_point": {"mask_threshold": [0.4, 0.4]},
         "stopped_early": False, "epochs": 2, "best_epoch": 2, "weights": "best.pt",
         "train_s": 60.0, "wall_s": 80.0, "model_pt_sha256": "cd", "model_onnx_sha256": "ef",
         "before": {"held-out": {"line_f1_tol": 0.5, "loop_f1": None, "images": 1}},
@@ -220,6 +221,7 @@ def test_card_shows_missing_metrics_as_dashes():
     assert "| loop F1 | - | - |" in card
     assert "--mask-threshold" not in card and "adapt.json" in card
     assert "1 frame," in card and "seed 3" in card
+    assert "imgsz 640 (chosen from how close the labelled lines lie" in card
 
 
 @pytest.mark.parametrize(("spacing", "imgsz"), [((5.0, 6.0), 640), ((30.0, 40.0), 512)])

@@ -452,8 +452,10 @@ def adapt(
         raise ValueError(f"--from must be a shipped model name or a .pt file, got {cfg.source}")
     data = Path(cfg.data)
     train_frames, held = split_frames(data, cfg.holdout, tested=cfg.test is not None)
+    imgsz_from = "given"
     if cfg.imgsz is None:  # a model adapted at another input size goes on at it
         own = model_imgsz(source)
+        imgsz_from = "source" if own else "labels"
         cfg = dataclasses.replace(cfg, imgsz=own or choose_imgsz(data, train_frames))
     if cfg.test is not None:
         from ..evaluation.data import Dataset
@@ -527,7 +529,8 @@ def adapt(
         "data": str(data.resolve()),
         "test": None if cfg.test is None else str(Path(cfg.test).resolve()),
         "trained_on": list(res.trained_on), "held_out": list(res.held_out), "repeat": repeat,
-        "minutes": cfg.minutes, "seed": cfg.seed, "imgsz": cfg.imgsz, "batch": cfg.batch,
+        "minutes": cfg.minutes, "seed": cfg.seed, "imgsz": cfg.imgsz, "imgsz_from": imgsz_from,
+        "batch": cfg.batch,
         "train_args": args, "operating_point": settings, "stopped_early": run.stopped,
         "epochs": run.epochs, "best_epoch": run.best_epoch, "weights": run.weights.name,
         "train_s": round(run.seconds, 1), "wall_s": round(res.wall_s, 1),
@@ -616,6 +619,11 @@ def _frames(names: Sequence[str]) -> str:
     return ", ".join(f"`{n}`" for n in names) if names else "none"
 
 
+#: How the card says where the input size came from (``adapt.json``'s ``imgsz_from``).
+_IMGSZ_FROM = {"source": " (the source's)",
+               "labels": " (chosen from how close the labelled lines lie: `choose_imgsz`)"}
+
+
 def model_card(rec: dict[str, Any], *, name: str, folder: Path | str) -> str:
     """The README.md of the adapted model ``folder``, from its ``adapt.json`` record."""
     op = rec["operating_point"]
@@ -648,7 +656,8 @@ def model_card(rec: dict[str, Any], *, name: str, folder: Path | str) -> str:
         f"| held out | {_count(rec['held_out'])} (never trained on, never used to pick "
         f"weights): {_frames(rec['held_out'])} |",
         f"| test set | {'none' if rec['test'] is None else '`' + rec['test'] + '`'} |",
-        f"| settings | imgsz {rec['imgsz']}, batch {rec['batch']}, seed {rec['seed']}; "
+        f"| settings | imgsz {rec['imgsz']}{_IMGSZ_FROM.get(rec.get('imgsz_from'), '')}, "
+        f"batch {rec['batch']}, seed {rec['seed']}; "
         f"ultralytics {args} |",
         f"| time | training {rec['train_s']:.0f} s (budget {60 * rec['minutes']:.0f} s), "
         f"all {rec['wall_s']:.0f} s with evaluation and export |",
