@@ -4,7 +4,7 @@
 #        stage2; needs `make test`'s .venv). Run the stages in order: stage1-3, wild-r3, bowing,
 #        arcs; stage 3 wrote the shipped weights until issue 15, arcs (run 9) writes them now.
 #        stage4, p2, stage5 and stage6 (each after stage 3) and wild, wild2, temporal,
-#        temporal-raw, wild-ft, arcs-zero-shot, inclined-zero-shot are the experiments of the model card that were not shipped.
+#        temporal-raw, wild-ft, arcs-zero-shot, inclined-zero-shot, inclined are the experiments of the model card that were not shipped.
 #
 # Three shipped runs, each warm-started from the one before, and two experiments from run 3:
 #   defects-n320   stage1: 2 h from scratch on 320 px synthetic crops.
@@ -33,6 +33,8 @@
 #                  shipped as run 9 (writes loopline/models/defects.{pt,onnx}).
 #   defects-inclined-zs inclined-zero-shot: run 1 (synthetic only) continued on fresh synthetic
 #                  frames with planar pile-ups seen through the foil (preset inclined), zero-shot.
+#   defects-inclined inclined: run 9 continued on those frames and the real first halves (run
+#                  10, not shipped).
 # Wall time on 2 CPU cores: data ~2 min, each training run ~2 h (time-boxed), export 10 s.
 set -euo pipefail
 W=${1:-/work}
