@@ -243,7 +243,7 @@ def test_the_input_size_follows_how_close_the_labelled_lines_lie(tmp_path, caplo
     assert ("training at --imgsz 640" in caplog.text) == (imgsz == 640)
 
 
-def test_without_two_labelled_lines_the_input_size_is_512(data, tmp_path):
+def test_without_two_labelled_lines_the_input_size_is_512(tmp_path):
     from loopline.training.adapt import choose_imgsz
 
     loops = generate(tmp_path / "l", preset="loops", count=2, seed=1, progress=False,

@@ -291,8 +291,8 @@ def choose_imgsz(root: Path, frames: Sequence[Path]) -> int:
     if size != small:
         logger.info("the labelled dislocations lie %.1f px from their nearest neighbours at input "
                     "%d (median): training at --imgsz %d so that their masks do not merge; the "
-                    "adapted model runs at %d, about 1.5x the engine time (--imgsz %d keeps %d)",
-                    spacing * small, small, size, size, small, small)  # fmt: skip
+                    "adapted model runs at it, about 1.5x the engine time (--imgsz %d keeps %d)",
+                    spacing * small, small, size, small, small)  # fmt: skip
     return size
 
 
